@@ -1,0 +1,32 @@
+# The Model Optimization Lab. Every target installs what it needs into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+JOBS   ?= 2
+NB     ?=
+
+.PHONY: install report test lab bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+## Execute every notebook at its default parameters, render HTML, write reports/index.html
+report: install
+	$(BIN)/python -m nbhelpers.report $(NB) --jobs $(JOBS)
+
+## Unit tests and every notebook through papermill with tests/params/<stem>.yaml
+test: install
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+
+## JupyterLab on notebooks/ (token authentication stays on; the kernel imports nbhelpers)
+lab: install
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean:
+	rm -rf reports .pytest_cache

@@ -1,0 +1,245 @@
+"""Measure models honestly: accuracy, parameter and non-zero counts, bytes, latency, comparisons."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+Predictor = Callable[[torch.Tensor], object]
+
+
+def _as_tensor(out: object) -> torch.Tensor:
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+
+
+def accuracy(model: nn.Module | Predictor, loader: DataLoader, device: str = "cpu") -> float:
+    """Fraction of correctly classified samples; works for modules and plain callables.
+
+    Args:
+        model: an ``nn.Module`` (run in eval mode without gradients) or a callable mapping a
+            batch tensor to logits (a torch tensor or a NumPy array, e.g. ONNX Runtime).
+        loader: yields (x, y) batches.
+        device: where to run a module.
+
+    Returns:
+        The accuracy in [0, 1].
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x = x.to(device) if isinstance(model, nn.Module) else x
+            pred = _as_tensor(model(x)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def _weights_of(module: nn.Module) -> list[torch.Tensor]:
+    """The effective weight tensors a module owns itself (pruning masks and int8 packing resolved)."""
+    out = []
+    if callable(getattr(module, "weight", None)) and hasattr(module, "_packed_params"):
+        w = module.weight()
+        out.append(w.int_repr() if w.is_quantized else w)
+        b = module.bias()
+        if b is not None:
+            out.append(b)
+        return out
+    for name, p in module.named_parameters(recurse=False):
+        if name.endswith("_orig"):  # torch.nn.utils.prune re-parametrisation: use the masked weight
+            p = getattr(module, name[: -len("_orig")])
+        out.append(p.detach())
+    for name, b in module.named_buffers(recurse=False):
+        if isinstance(b, torch.Tensor) and b.is_quantized:
+            out.append(b.int_repr())
+    return out
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Number of parameters and of non-zero parameters (after pruning masks, int8 included).
+
+    Args:
+        model: the model.
+
+    Returns:
+        {"params": total, "nonzero": non-zero count}.
+    """
+    total = nonzero = 0
+    for m in model.modules():
+        for t in _weights_of(m):
+            total += t.numel()
+            nonzero += int(torch.count_nonzero(t))
+    return {"params": total, "nonzero": nonzero}
+
+
+def serialized_bytes(model: nn.Module | Mapping, path: str | Path | None = None) -> int:
+    """Bytes of the model's ``state_dict`` saved with ``torch.save`` (the deployable artifact).
+
+    Args:
+        model: a module or a state dict.
+        path: where to write the file; None measures an in-memory buffer of the same bytes.
+
+    Returns:
+        The number of bytes.
+    """
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    if path is not None:
+        torch.save(state, path)
+        return file_bytes(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getbuffer().nbytes
+
+
+def file_bytes(path: str | Path) -> int:
+    """Size of a file on disk, in bytes."""
+    return Path(path).stat().st_size
+
+
+def _as_predictor(model: nn.Module | Predictor) -> Predictor:
+    if isinstance(model, nn.Module):
+        model.eval()
+    return model
+
+
+def time_call(fn: Callable[[], object], warmup: int = 5, repeats: int = 30, min_sample_s: float = 2e-3) -> list[float]:
+    """Time a call: warm up, calibrate inner loops to ``min_sample_s``, return per-call seconds.
+
+    Args:
+        fn: the call to time, without arguments.
+        warmup: calls made first and thrown away.
+        repeats: number of timing samples.
+        min_sample_s: each sample repeats the call until it lasts at least this long.
+
+    Returns:
+        ``repeats`` per-call durations in seconds.
+    """
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_sample_s / once))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return samples
+
+
+def latency(
+    models: Mapping[str, nn.Module | Predictor],
+    example: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 256),
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    rounds: int = 3,
+) -> pd.DataFrame:
+    """Median latency of several models side by side, in one run, with a fixed thread count.
+
+    The models take turns (``rounds`` rounds of ``repeats`` samples each) so that a slow phase of
+    the machine hits them all alike.
+
+    Args:
+        models: name -> module or callable taking a batch tensor.
+        example: real inputs (n, ...) to draw batches from; repeated when a batch is larger.
+        batch_sizes: batch sizes to time.
+        threads: ``torch.set_num_threads`` during the measurement (restored after).
+        warmup: calls thrown away before each model's first sample.
+        repeats: samples per model per round.
+        rounds: rounds of alternation between the models.
+
+    Returns:
+        One row per (model, batch_size): median_ms, p25_ms, p75_ms, per_sample_us.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        for bs in batch_sizes:
+            idx = torch.arange(bs) % len(example)
+            x = example[idx].contiguous()
+            samples: dict[str, list[float]] = {name: [] for name in models}
+            with torch.inference_mode():
+                for r in range(rounds):
+                    for name, m in models.items():
+                        pred = _as_predictor(m)
+                        samples[name] += time_call(lambda: pred(x), warmup if r == 0 else 1, repeats)
+            for name, s in samples.items():
+                q = np.percentile(s, [25, 50, 75]) * 1e3
+                rows.append({"model": name, "batch_size": bs, "median_ms": statistics.median(s) * 1e3,
+                             "p25_ms": q[0], "p75_ms": q[2], "per_sample_us": statistics.median(s) * 1e6 / bs})
+    finally:
+        torch.set_num_threads(old)
+    return pd.DataFrame(rows)
+
+
+def compare(
+    models: Mapping[str, nn.Module | Predictor],
+    loader: DataLoader,
+    baseline: str,
+    batch_sizes: Sequence[int] = (1, 256),
+    sizes: Mapping[str, int] | None = None,
+    counts: Mapping[str, Mapping[str, int]] | None = None,
+    threads: int = 1,
+    repeats: int = 30,
+) -> pd.DataFrame:
+    """One table comparing models on accuracy, parameters, bytes and latency, with ratios to a baseline.
+
+    Args:
+        models: name -> module or callable (callables need their bytes in ``sizes``).
+        loader: the test loader (accuracy, and the inputs used for timing).
+        baseline: the name in ``models`` the ratios refer to.
+        batch_sizes: batch sizes timed.
+        sizes: name -> bytes on disk, overriding the serialized ``state_dict`` size.
+        counts: name -> {"params", "nonzero"}, overriding the counted parameters.
+        threads: threads used for timing.
+        repeats: timing samples per round.
+
+    Returns:
+        One row per model: accuracy, params, nonzero, bytes, latency_ms_b<bs>, and the ratios
+        accuracy_delta_points, size_ratio (baseline bytes / bytes: "times smaller") and
+        speedup_b<bs> (baseline latency / latency).
+    """
+    if baseline not in models:
+        raise KeyError(f"baseline {baseline!r} is not among the models {list(models)}")
+    sizes, counts = dict(sizes or {}), dict(counts or {})
+    example = torch.cat([x for x, _ in loader])[: max(batch_sizes)]
+    lat = latency(models, example, batch_sizes, threads=threads, repeats=repeats)
+    rows = []
+    for name, m in models.items():
+        c = counts.get(name) or (count_parameters(m) if isinstance(m, nn.Module) else {})
+        if name not in sizes and not isinstance(m, nn.Module):
+            raise KeyError(f"model {name!r} is a callable: give its bytes in sizes")
+        row = {
+            "model": name,
+            "accuracy": accuracy(m, loader),
+            "params": c.get("params", np.nan),
+            "nonzero": c.get("nonzero", np.nan),
+            "bytes": sizes.get(name) if name in sizes else serialized_bytes(m),
+        }
+        for bs in batch_sizes:
+            row[f"latency_ms_b{bs}"] = float(lat.query("model == @name and batch_size == @bs")["median_ms"].iloc[0])
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("model")
+    base = df.loc[baseline]
+    df["accuracy_delta_points"] = (df["accuracy"] - base["accuracy"]) * 100
+    df["size_ratio"] = base["bytes"] / df["bytes"]
+    for bs in batch_sizes:
+        df[f"speedup_b{bs}"] = base[f"latency_ms_b{bs}"] / df[f"latency_ms_b{bs}"]
+    return df

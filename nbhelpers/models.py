@@ -1,0 +1,114 @@
+"""The shared model family: an MLP like LeNet-300-100 and a LeNet-5 CNN, BatchNorm optional.
+
+Both are ``nn.Sequential`` so that every layer is visible and easy to cut, fold or quantize, and
+both take images of shape (N, 1, H, W) or already flat vectors, for 8x8 and 28x28 inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .params import ParameterError, check_choice
+
+ARCHS = ("mlp", "lenet5")
+
+
+class MLP(nn.Sequential):
+    """Fully connected classifier: Flatten, then (Linear, [BatchNorm1d], ReLU, [Dropout]) per hidden layer."""
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden: Sequence[int] = (300, 100),
+        n_classes: int = 10,
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+    ):
+        if len(hidden) == 0 or any(int(h) < 1 for h in hidden):
+            raise ParameterError("hidden", hidden, "a non-empty list of positive layer widths")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers.append(nn.Linear(width, int(h)))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(int(h)))
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = int(h)
+        layers.append(nn.Linear(width, n_classes))
+        super().__init__(*layers)
+
+
+class LeNet5(nn.Sequential):
+    """LeNet-5 with ReLU and max-pooling: conv 6, pool, conv 16, pool, fc 120, fc 84, fc classes.
+
+    For 28x28 inputs the first convolution pads by 2 (the classic 32x32 input); for small inputs
+    such as 8x8 both convolutions pad by 2 so that the feature maps do not vanish.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int] = (1, 28, 28),
+        n_classes: int = 10,
+        batchnorm: bool = False,
+        channels: Sequence[int] = (6, 16),
+        fc: Sequence[int] = (120, 84),
+    ):
+        c, h, w = in_shape
+        pad2 = 0 if min(h, w) >= 16 else 2
+        c1, c2 = int(channels[0]), int(channels[1])
+        layers: list[nn.Module] = [nn.Conv2d(c, c1, 5, padding=2)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c1))
+        layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(c1, c2, 5, padding=pad2)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c2))
+        layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()]
+        with torch.no_grad():
+            n_flat = nn.Sequential(*layers).eval()(torch.zeros(1, c, h, w)).shape[1]
+        width = n_flat
+        for f in fc:
+            layers.append(nn.Linear(width, int(f)))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(int(f)))
+            layers.append(nn.ReLU())
+            width = int(f)
+        layers.append(nn.Linear(width, n_classes))
+        super().__init__(*layers)
+        self.in_shape = tuple(in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # accepts flat vectors too
+        """Classify a batch of images (or flat vectors, reshaped to the input shape)."""
+        if x.dim() == 2:
+            x = x.reshape(len(x), *self.in_shape)
+        return super().forward(x)
+
+
+def build_model(
+    arch: str,
+    image_shape: Sequence[int] = (1, 28, 28),
+    n_classes: int = 10,
+    batchnorm: bool = False,
+    **kwargs,
+) -> nn.Module:
+    """Build a member of the shared family for an input shape.
+
+    Args:
+        arch: "mlp" or "lenet5".
+        image_shape: (channels, height, width) of one input.
+        n_classes: number of classes.
+        batchnorm: insert BatchNorm after each hidden layer.
+        **kwargs: passed on (``hidden``, ``dropout`` for the MLP; ``channels``, ``fc`` for LeNet-5).
+
+    Returns:
+        The freshly initialised model.
+    """
+    check_choice("MODEL", arch, ARCHS)
+    if arch == "mlp":
+        n = int(torch.tensor(image_shape).prod())
+        return MLP(n, n_classes=n_classes, batchnorm=batchnorm, **kwargs)
+    return LeNet5(image_shape, n_classes=n_classes, batchnorm=batchnorm, **kwargs)

@@ -1,0 +1,347 @@
+"""Run notebooks with papermill, render them to HTML and write ``reports/index.html``.
+
+Usage::
+
+    python -m nbhelpers.report                       # every notebook at its defaults
+    python -m nbhelpers.report 00_baseline --jobs 2  # selected notebooks
+    python -m nbhelpers.report --params-dir tests/params   # small parameters, one YAML per notebook
+    python -m nbhelpers.report --params my.yaml      # {stem: {PARAM: value}} in one file
+
+A failing notebook does not stop the others; its error shows in the index, and the last good
+report of that notebook is kept (the failed run is written beside it as ``<stem>.failed.*``).
+This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import record as rec
+from .paths import REPO_DIR
+
+DEFAULT_NOTEBOOKS = REPO_DIR / "notebooks"
+DEFAULT_OUT = REPO_DIR / "reports"
+
+
+@dataclass
+class RunResult:
+    """The outcome of running one notebook."""
+
+    stem: str
+    status: str  # "ok" or "failed"
+    seconds: float
+    parameters: dict = field(default_factory=dict)
+    error: str = ""
+    records: dict = field(default_factory=dict)
+    finished_at: str = ""
+
+
+def list_notebooks(folder: Path = DEFAULT_NOTEBOOKS, names: list[str] | None = None) -> list[Path]:
+    """The notebooks to run: all ``*.ipynb`` in ``folder`` or those named (by stem or path).
+
+    Args:
+        folder: where the notebooks are.
+        names: stems (``00_baseline``), file names or paths; None or empty means all.
+
+    Returns:
+        Sorted notebook paths.
+    """
+    every = sorted(p for p in Path(folder).glob("*.ipynb") if not p.name.startswith("."))
+    if not names:
+        return every
+    chosen = []
+    for n in names:
+        p = Path(n)
+        if p.suffix == ".ipynb" and p.exists():
+            chosen.append(p)
+            continue
+        match = [q for q in every if q.stem == p.stem or q.stem.startswith(p.stem)]
+        if not match:
+            raise SystemExit(f"no notebook named {n!r}; choose from: {', '.join(q.stem for q in every)}")
+        chosen += match
+    return sorted(set(chosen))
+
+
+def load_parameters(stem: str, params_file: Path | None = None, params_dir: Path | None = None) -> dict:
+    """Papermill parameters of one notebook from a mapping file or a folder of per-notebook YAML.
+
+    Args:
+        stem: the notebook's stem.
+        params_file: YAML mapping ``{stem: {PARAM: value}}``.
+        params_dir: folder of ``<stem>.yaml`` files, each ``{PARAM: value}``.
+
+    Returns:
+        The parameters (empty for the notebook's defaults).
+    """
+    if params_file is not None:
+        data = yaml.safe_load(Path(params_file).read_text()) or {}
+        return dict(data.get(stem) or {})
+    if params_dir is not None and (Path(params_dir) / f"{stem}.yaml").exists():
+        return dict(yaml.safe_load((Path(params_dir) / f"{stem}.yaml").read_text()) or {})
+    return {}
+
+
+def render_html(nb_path: Path, html_path: Path) -> None:
+    """Render an executed notebook to a standalone HTML file.
+
+    Args:
+        nb_path: the executed ``.ipynb``.
+        html_path: where to write the HTML.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+    html_path.write_text(body, encoding="utf-8")
+
+
+def _error_text(exc: BaseException) -> str:
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_notebook(
+    src: Path,
+    out_dir: Path = DEFAULT_OUT,
+    parameters: dict | None = None,
+    kernel: str = "python3",
+    timeout: int | None = None,
+    progress: bool = False,
+    html_out: bool = True,
+) -> RunResult:
+    """Execute one notebook with papermill into ``out_dir`` and render its HTML.
+
+    On success ``<stem>.ipynb`` and ``<stem>.html`` are replaced; on failure they are left as they
+    were and the failed run is written to ``<stem>.failed.ipynb`` and ``.failed.html``.
+
+    Args:
+        src: the notebook.
+        out_dir: the reports folder.
+        parameters: papermill parameters overriding the notebook's defaults.
+        kernel: the Jupyter kernel.
+        timeout: seconds allowed per cell (None: no limit).
+        progress: show papermill's per-cell progress bar.
+        html_out: render HTML.
+
+    Returns:
+        The ``RunResult`` with the recorded values.
+    """
+    import papermill as pm
+
+    src, out_dir = Path(src), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = src.stem
+    running = out_dir / f".{stem}.running.ipynb"
+    parameters = dict(parameters or {})
+    t0 = time.perf_counter()
+    error = ""
+    try:
+        pm.execute_notebook(str(src), str(running), parameters=parameters, kernel_name=kernel,
+                            cwd=str(src.parent), progress_bar=progress, execution_timeout=timeout,
+                            log_output=False)
+    except BaseException as exc:  # noqa: BLE001 - any failure is reported, not raised
+        error = _error_text(exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+    seconds = time.perf_counter() - t0
+    records = rec.read(running) if running.exists() else {}
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not error:
+        os.replace(running, out_dir / f"{stem}.ipynb")
+        for stale in (out_dir / f"{stem}.failed.ipynb", out_dir / f"{stem}.failed.html"):
+            stale.unlink(missing_ok=True)
+        if html_out:
+            render_html(out_dir / f"{stem}.ipynb", out_dir / f"{stem}.html")
+        return RunResult(stem, "ok", seconds, parameters, "", records, finished)
+    failed = out_dir / f"{stem}.failed.ipynb"
+    if running.exists():
+        os.replace(running, failed)
+        if html_out:
+            try:
+                render_html(failed, out_dir / f"{stem}.failed.html")
+            except Exception:  # noqa: BLE001 - the error text is still in the index
+                pass
+    return RunResult(stem, "failed", seconds, parameters, error, records, finished)
+
+
+def load_runs(out_dir: Path) -> dict[str, dict]:
+    """The run log ``runs.json`` of a reports folder (empty when absent or unreadable)."""
+    try:
+        return json.loads((Path(out_dir) / "runs.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_run(out_dir: Path, result: RunResult) -> dict[str, dict]:
+    """Add a run to ``runs.json``, keeping the last good run of each notebook beside the latest.
+
+    Args:
+        out_dir: the reports folder.
+        result: the run.
+
+    Returns:
+        The whole updated log.
+    """
+    runs = load_runs(out_dir)
+    entry = runs.get(result.stem, {})
+    entry["latest"] = asdict(result)
+    if result.status == "ok":
+        entry["last_good"] = asdict(result)
+    runs[result.stem] = entry
+    tmp = Path(out_dir) / ".runs.json.tmp"
+    tmp.write_text(json.dumps(runs, indent=1, default=str))
+    os.replace(tmp, Path(out_dir) / "runs.json")
+    return runs
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def index_html(runs: dict[str, dict], extra_sections: list[str] | None = None) -> str:
+    """The HTML of the index page: one row per notebook with status, time, values and links.
+
+    Args:
+        runs: the run log (see ``save_run``).
+        extra_sections: HTML fragments appended after the table (e.g. a leaderboard).
+
+    Returns:
+        A standalone HTML document.
+    """
+    rows = []
+    for stem in sorted(runs):
+        latest = runs[stem].get("latest", {})
+        good = runs[stem].get("last_good")
+        status = latest.get("status", "?")
+        links = []
+        if good:
+            links.append(f'<a href="{html.escape(stem)}.html">report</a>')
+        if status == "failed":
+            links.append(f'<a href="{html.escape(stem)}.failed.html">failed run</a>')
+        shown = good if status == "failed" and good else latest
+        values = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                         for k, v in sorted((shown.get("records") or {}).items()))
+        note = ""
+        if status == "failed":
+            note = f'<div class="err">{html.escape(latest.get("error", ""))}</div>'
+            if good:
+                note += f'<div class="old">values below are from the last good run ({html.escape(good["finished_at"])})</div>'
+        rows.append(
+            f'<tr class="{status}"><td><b>{html.escape(stem)}</b></td><td class="st">{status}</td>'
+            f'<td>{latest.get("seconds", 0):.1f} s</td><td>{html.escape(latest.get("finished_at", ""))}</td>'
+            f'<td>{" · ".join(links)}</td><td>{note}<details><summary>{len(shown.get("records") or {})} recorded values'
+            f"</summary><table class=\"vals\">{values}</table></details></td></tr>"
+        )
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Model Optimization Lab report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}}
+tr.failed .st{{color:#b00;font-weight:bold}} tr.ok .st{{color:#070;font-weight:bold}}
+.err{{color:#b00;font-family:monospace;white-space:pre-wrap}} .old{{color:#666;font-size:90%}}
+table.vals td{{font-family:monospace;font-size:85%;border:none;padding:1px 6px}}</style></head><body>
+<h1>Model Optimization Lab report</h1><p>Generated {generated}.</p>
+<table><tr><th>notebook</th><th>status</th><th>run time</th><th>finished</th><th>links</th><th>recorded values</th></tr>
+{''.join(rows)}</table>{''.join(extra_sections or [])}</body></html>"""
+
+
+def write_index(out_dir: Path) -> Path:
+    """Write ``index.html`` for everything in the run log of ``out_dir``.
+
+    Args:
+        out_dir: the reports folder.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    path = Path(out_dir) / "index.html"
+    path.write_text(index_html(load_runs(out_dir)), encoding="utf-8")
+    return path
+
+
+def run_all(
+    notebooks: list[Path],
+    out_dir: Path = DEFAULT_OUT,
+    params_file: Path | None = None,
+    params_dir: Path | None = None,
+    jobs: int = 1,
+    timeout: int | None = None,
+    kernel: str = "python3",
+) -> list[RunResult]:
+    """Run notebooks (``jobs`` at a time), log each run, and rewrite the index after each.
+
+    Args:
+        notebooks: the notebooks.
+        out_dir: the reports folder.
+        params_file: YAML mapping of parameters per notebook stem.
+        params_dir: folder of per-notebook YAML parameter files.
+        jobs: notebooks run at once.
+        timeout: seconds allowed per cell.
+        kernel: Jupyter kernel name.
+
+    Returns:
+        The results, in the order of ``notebooks``.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {nb.stem: load_parameters(nb.stem, params_file, params_dir) for nb in notebooks}
+    results: dict[str, RunResult] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(notebooks), desc="notebooks",
+                                                                     unit="nb") as bar:
+        futures = {pool.submit(run_notebook, nb, out_dir, params[nb.stem], kernel, timeout): nb for nb in notebooks}
+        for fut in as_completed(futures):
+            r = fut.result()
+            results[r.stem] = r
+            save_run(out_dir, r)
+            write_index(out_dir)
+            bar.write(f"[{r.status}] {r.stem} in {r.seconds:.1f} s" + (f": {r.error}" if r.error else ""))
+            bar.update(1)
+    return [results[nb.stem] for nb in notebooks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns 1 if any notebook failed."""
+    ap = argparse.ArgumentParser(prog="python -m nbhelpers.report", description=__doc__.split("\n")[0])
+    ap.add_argument("notebooks", nargs="*", help="stems or paths (default: every notebook)")
+    ap.add_argument("--notebooks-dir", type=Path, default=DEFAULT_NOTEBOOKS)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="reports folder (default: reports/)")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--params", type=Path, help="YAML {stem: {PARAM: value}}")
+    group.add_argument("--params-dir", type=Path, help="folder of <stem>.yaml parameter files")
+    ap.add_argument("--jobs", type=int, default=1, help="notebooks run in parallel")
+    ap.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
+    ap.add_argument("--kernel", default="python3")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be an integer >= 1, got {args.jobs}")
+    for p in (args.params, args.params_dir):
+        if p is not None and not p.exists():
+            ap.error(f"parameter path {p} does not exist")
+    nbs = list_notebooks(args.notebooks_dir, args.notebooks)
+    results = run_all(nbs, args.out, args.params, args.params_dir, args.jobs, args.timeout, args.kernel)
+    failed = [r.stem for r in results if r.status != "ok"]
+    print(f"{len(results) - len(failed)} ok, {len(failed)} failed; index: {args.out / 'index.html'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

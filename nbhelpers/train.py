@@ -1,0 +1,195 @@
+"""Fit and evaluate models: seeding, device choice, progress bar, history as a DataFrame, hooks."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .params import check_choice
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that runs repeat exactly.
+
+    Args:
+        seed: the seed.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(
+    model: nn.Module, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """Build an optimizer by name.
+
+    Args:
+        model: the model whose parameters to optimise.
+        name: "adam", "adamw" or "sgd" (with momentum).
+        lr: learning rate.
+        weight_decay: L2 penalty.
+        momentum: momentum for SGD.
+
+    Returns:
+        The optimizer.
+    """
+    check_choice("optimizer", name, OPTIMIZERS)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Default loss: cross-entropy of the logits against the labels (``x`` is ignored)."""
+    return F.cross_entropy(logits, y)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of a whole loader, in eval mode.
+
+    Args:
+        model: the model.
+        loader: yields (x, y) batches.
+        device: where to run.
+
+    Returns:
+        (logits, labels) on the CPU.
+    """
+    model.eval()
+    outs, ys = [], []
+    for x, y in loader:
+        outs.append(model(x.to(device)).float().cpu())
+        ys.append(y)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu") -> dict[str, float]:
+    """Mean cross-entropy and accuracy of a model on a loader.
+
+    Args:
+        model: the model.
+        loader: yields (x, y) batches.
+        device: where to run.
+
+    Returns:
+        {"loss": ..., "accuracy": ...} with accuracy a fraction in [0, 1].
+    """
+    logits, y = predict(model, loader, device)
+    return {
+        "loss": float(F.cross_entropy(logits, y)),
+        "accuracy": float((logits.argmax(1) == y).float().mean()),
+    }
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    optimizer: str | torch.optim.Optimizer = "adam",
+    weight_decay: float = 0.0,
+    scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
+    scheduler_step: str = "epoch",
+    loss_fn: LossFn | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    desc: str = "train",
+    stop_on_nan: bool = True,
+) -> pd.DataFrame:
+    """Train a model and return its per-epoch history.
+
+    Args:
+        model: the model, trained in place.
+        train_loader: yields (x, y) training batches.
+        val_loader: optional validation loader, evaluated after every epoch.
+        epochs: number of passes over the training data.
+        lr: learning rate (ignored when ``optimizer`` is an optimizer instance).
+        optimizer: "adam", "adamw", "sgd", or a ready optimizer.
+        weight_decay: L2 penalty for a named optimizer.
+        scheduler: ``f(optimizer) -> scheduler``; ReduceLROnPlateau steps on the validation loss.
+        scheduler_step: "epoch" or "batch" (one-cycle and warm-up schedules step per batch).
+        loss_fn: ``f(logits, y, x) -> loss``; cross-entropy by default (distillation swaps it).
+        extra_loss: ``f(model) -> tensor`` added to every batch's loss (regularisers, penalties).
+        after_step: ``f(model)`` called after every optimizer step (masks, constraints).
+        device: where to train.
+        progress: show a tqdm bar over epochs.
+        desc: label of the progress bar.
+        stop_on_nan: stop when the training loss becomes NaN or infinite (divergence).
+
+    Returns:
+        A DataFrame with one row per epoch: epoch, lr, train_loss, train_accuracy, val_loss,
+        val_accuracy (NaN without a validation loader) and epoch_seconds.
+    """
+    check_choice("scheduler_step", scheduler_step, ("epoch", "batch"))
+    model.to(device)
+    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else make_optimizer(
+        model, optimizer, lr, weight_decay
+    )
+    sched = scheduler(opt) if scheduler is not None else None
+    plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    loss_fn = loss_fn or cross_entropy
+    rows = []
+    bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        lr_now = opt.param_groups[0]["lr"]
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        for x, y in train_loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = loss_fn(logits, y, x)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step(model)
+            if sched is not None and scheduler_step == "batch" and not plateau:
+                sched.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        row = {
+            "epoch": epoch,
+            "lr": lr_now,
+            "train_loss": loss_sum / total,
+            "train_accuracy": correct / total,
+            "val_loss": math.nan,
+            "val_accuracy": math.nan,
+        }
+        if val_loader is not None:
+            ev = evaluate(model, val_loader, device)
+            row["val_loss"], row["val_accuracy"] = ev["loss"], ev["accuracy"]
+        if sched is not None:
+            if plateau:
+                sched.step(row["val_loss"] if val_loader is not None else row["train_loss"])
+            elif scheduler_step == "epoch":
+                sched.step()
+        row["epoch_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
+        if stop_on_nan and not math.isfinite(row["train_loss"]):
+            break
+    return pd.DataFrame(rows)

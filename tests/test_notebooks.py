@@ -1,0 +1,88 @@
+"""Every notebook in notebooks/: the contract, a small papermill run checked on its records, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nbhelpers.record import is_timing
+from notebook_runner import (EXPECT_DIR, PARAMS_DIR, check_expectations, dump, error_code_cell,
+                             parameters_cell, parameters_code_cell, run, small_params)
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+COMMON = {"DATASET", "SEED", "DEVICE", "OUTPUT_DIR"}
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_contract(nb: Path):
+    """Static contract: kernelspec, one literal parameters cell, YAML keys known, records, stripped."""
+    book = nbformat.read(str(nb), as_version=4)
+    assert book.metadata["kernelspec"]["name"] == "python3"
+    assert book.metadata["language_info"]["name"] == "python"
+    idx, params = parameters_cell(nb)
+    assert COMMON <= set(params), f"missing common parameters {COMMON - set(params)}"
+    for line in book.cells[idx].source.splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert "#" in line, f"parameter without a trailing comment: {line}"
+    assert (PARAMS_DIR / f"{nb.stem}.yaml").exists(), "tests/params/<stem>.yaml is missing"
+    assert (EXPECT_DIR / f"{nb.stem}.yaml").exists(), "tests/expect/<stem>.yaml is missing"
+    unknown = set(small_params(nb.stem)) - set(params)
+    assert not unknown, f"tests/params keys that are not parameters: {unknown}"
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    assert any("record(" in c.source for c in code), "the notebook records nothing"
+    md = "\n".join(c.source for c in book.cells if c.cell_type == "markdown")
+    assert "Record results" in md and "References" in md
+    assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
+    """Each notebook runs with its small parameters and records what tests/expect/<stem>.yaml asks."""
+    result = run(nb, tmp_path)
+    assert result.status == "ok", result.error
+    problems = check_expectations(nb.stem, result.records)
+    assert not problems, "\n".join(problems) + "\nrecorded:\n" + dump(result.records)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_unknown_dataset_fails_before_work(nb: Path, tmp_path: Path):
+    """DATASET='bogus' raises ParameterError naming DATASET in the cell right after the parameters."""
+    result = run(nb, tmp_path, DATASET="bogus")
+    assert result.status == "failed"
+    assert "ParameterError" in result.error and "DATASET" in result.error and "mnist5k" in result.error
+    # papermill inserts the injected-parameters cell after the tagged one; validation comes next.
+    assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("override,name", [({"SEED": -1}, "SEED"), ({"SEED": 1.5}, "SEED"),
+                                            ({"DEVICE": "tpu"}, "DEVICE")])
+def test_baseline_bad_input(override: dict, name: str, tmp_path: Path):
+    """Bad SEED or DEVICE stops 00_baseline in its validation cell with a ParameterError."""
+    result = run(ROOT / "notebooks" / "00_baseline.ipynb", tmp_path, **override)
+    assert result.status == "failed" and "ParameterError" in result.error and name in result.error
+
+
+@pytest.mark.notebook
+def test_same_seed_same_records(tmp_path: Path, monkeypatch):
+    """Two runs of 00_baseline with one SEED, each training from scratch, record identical values."""
+    nb = ROOT / "notebooks" / "00_baseline.ipynb"
+    records = []
+    for i in range(2):
+        monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path / f"cache{i}"))
+        r = run(nb, tmp_path / f"run{i}")
+        assert r.status == "ok", r.error
+        records.append({k: v for k, v in r.records.items() if not is_timing(k)})
+    assert records[0] == records[1], json.dumps(records, indent=1)
