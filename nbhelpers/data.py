@@ -38,6 +38,7 @@ class Split:
     y_val: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
+    indices: dict[str, np.ndarray] | None = None  # positions of each part in the loaded dataset
     n_classes: int = 10
 
     @property
@@ -149,17 +150,18 @@ def load_split(
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
     if val_fraction + test_fraction >= 1:
-        raise ParameterError("val_fraction", val_fraction, f"val_fraction + test_fraction < 1")
+        raise ParameterError("val_fraction", val_fraction, "val_fraction + test_fraction < 1")
     X, y, shape = load_arrays(name)
     if limit is not None and limit < len(y):
         idx, _ = train_test_split(np.arange(len(y)), train_size=limit, stratify=y, random_state=seed)
-        X, y = X[np.sort(idx)], y[np.sort(idx)]
+        X, y = X[np.sort(idx)], y[np.sort(idx)]  # positions below refer to this subset
     idx = np.arange(len(y))
     rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
     train, val = train_test_split(
         rest, test_size=val_fraction / (1 - test_fraction), stratify=y[rest], random_state=seed
     )
-    return Split(name, shape, X[train], y[train], X[val], y[val], X[test], y[test])
+    parts = {"train": train, "val": val, "test": test}
+    return Split(name, shape, X[train], y[train], X[val], y[val], X[test], y[test], parts)
 
 
 def loader(

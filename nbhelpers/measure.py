@@ -95,11 +95,11 @@ def serialized_bytes(model: nn.Module | Mapping, path: str | Path | None = None)
         The number of bytes.
     """
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    if path is not None:
-        torch.save(state, path)
-        return file_bytes(path)
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(state, buf)  # through a buffer, so the file holds exactly these bytes
+    if path is not None:
+        Path(path).write_bytes(buf.getvalue())
+        return file_bytes(path)
     return buf.getbuffer().nbytes
 
 

@@ -1,0 +1,76 @@
+"""nbhelpers.measure: counts, bytes, accuracy of modules and callables, latency and comparison tables."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.data import DataLoader, TensorDataset
+
+from nbhelpers.measure import accuracy, compare, count_parameters, file_bytes, latency, serialized_bytes
+from nbhelpers.models import MLP
+
+
+@pytest.fixture()
+def mlp():
+    torch.manual_seed(0)
+    return MLP(16, hidden=[8])
+
+
+def test_serialized_bytes_equal_written_file(mlp, tmp_path):
+    path = tmp_path / "m.pt"
+    n = serialized_bytes(mlp, path)
+    assert n == path.stat().st_size == file_bytes(path) == serialized_bytes(mlp)
+
+
+def test_counts_follow_pruning_masks(mlp):
+    assert count_parameters(mlp) == {"params": 16 * 8 + 8 + 8 * 10 + 10, "nonzero": 226}
+    prune.l1_unstructured(mlp[1], "weight", amount=64)
+    assert count_parameters(mlp) == {"params": 226, "nonzero": 226 - 64}
+    prune.remove(mlp[1], "weight")
+    assert count_parameters(mlp) == {"params": 226, "nonzero": 226 - 64}
+
+
+def test_counts_int8_dynamic(mlp):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(mlp, {nn.Linear}, dtype=torch.qint8)
+    assert count_parameters(q)["params"] == 226
+
+
+def _loader(n=40):
+    x = torch.randn(n, 16)
+    return x, DataLoader(TensorDataset(x, torch.arange(n) % 10), batch_size=16)
+
+
+def test_accuracy_of_module_and_callable(mlp):
+    x, dl = _loader()
+    labels = torch.arange(40) % 10
+    expected = float((mlp.eval()(x).argmax(1) == labels).float().mean())
+    assert accuracy(mlp, dl) == pytest.approx(expected)
+    assert accuracy(lambda b: mlp(b).detach().numpy(), dl) == pytest.approx(expected)
+    assert accuracy(lambda b: np.eye(10)[(torch.arange(len(b)) % 10).numpy()], DataLoader(
+        TensorDataset(x, labels), batch_size=40)) == 1.0
+
+
+def test_latency_table(mlp):
+    x, _ = _loader()
+    df = latency({"a": mlp, "b": mlp}, x, batch_sizes=(1, 64), repeats=3, rounds=2, warmup=1)
+    assert len(df) == 4 and set(df.batch_size) == {1, 64}
+    assert (df.median_ms > 0).all() and (df.p25_ms <= df.median_ms).all() and (df.median_ms <= df.p75_ms).all()
+    assert torch.get_num_threads() >= 1
+
+
+def test_compare_ratios(mlp):
+    _, dl = _loader()
+    small = MLP(16, hidden=[2])
+    df = compare({"big": mlp, "small": small, "fn": lambda b: mlp(b)}, dl, "big", batch_sizes=(1, 8),
+                 sizes={"fn": 1000}, repeats=3)
+    assert df.loc["big", "size_ratio"] == 1 and df.loc["big", "speedup_b8"] == 1
+    assert df.loc["small", "size_ratio"] == pytest.approx(df.loc["big", "bytes"] / df.loc["small", "bytes"])
+    assert df.loc["fn", "bytes"] == 1000 and np.isnan(df.loc["fn", "params"])
+    assert df.loc["fn", "accuracy_delta_points"] == 0
+    with pytest.raises(KeyError, match="give its bytes"):
+        compare({"big": mlp, "fn": lambda b: mlp(b)}, dl, "big", batch_sizes=(1,), repeats=1)

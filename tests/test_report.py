@@ -1,0 +1,67 @@
+"""nbhelpers.report: runs notebooks, keeps the last good report, shows failures in the index."""
+
+import json
+
+import nbformat
+import pytest
+
+from nbhelpers.report import list_notebooks, load_parameters, main
+from nbhelpers.record import read
+
+
+def _notebook(path, body: str):
+    params = nbformat.v4.new_code_cell("VALUE: int = 1  # a parameter")
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(
+        "from nbhelpers.record import record\n" + body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.notebook
+def test_failure_shown_and_last_good_kept(tmp_path):
+    src, out = tmp_path / "nbs", tmp_path / "reports"
+    src.mkdir()
+    _notebook(src / "good.ipynb", "record('value', VALUE * 10)")
+    _notebook(src / "bad.ipynb", "record('before', 1)\nraise RuntimeError('deliberate failure')")
+    (tmp_path / "p.yaml").write_text("good: {VALUE: 4}\n")
+
+    assert main(["--notebooks-dir", str(src), "--out", str(out), "--params", str(tmp_path / "p.yaml"),
+                 "--jobs", "2"]) == 1
+    index = (out / "index.html").read_text()
+    assert "RuntimeError: deliberate failure" in index and index.count('class="failed"') == 1
+    assert read(out / "good.ipynb") == {"value": 40} and (out / "good.html").exists()
+    assert (out / "bad.failed.ipynb").exists() and not (out / "bad.ipynb").exists()
+    runs = json.loads((out / "runs.json").read_text())
+    assert runs["bad"]["latest"]["records"] == {"before": 1} and "last_good" not in runs["bad"]
+
+    # the good notebook breaks: its last good report and values survive, the failure is shown
+    good_html = (out / "good.html").read_bytes()
+    _notebook(src / "good.ipynb", "raise ValueError('broken now')")
+    assert main(["good", "--notebooks-dir", str(src), "--out", str(out)]) == 1
+    assert read(out / "good.ipynb") == {"value": 40} and (out / "good.html").read_bytes() == good_html
+    index = (out / "index.html").read_text()
+    assert "ValueError: broken now" in index and "last good run" in index and "value" in index
+
+    # fixed again: the failed copy goes, the report is replaced
+    _notebook(src / "good.ipynb", "record('value', VALUE + 1)")
+    assert main(["good", "--notebooks-dir", str(src), "--out", str(out)]) == 0
+    assert read(out / "good.ipynb") == {"value": 2} and not (out / "good.failed.ipynb").exists()
+
+
+def test_selection_and_parameters(tmp_path):
+    for stem in ("00_a", "01_b"):
+        _notebook(tmp_path / f"{stem}.ipynb", "")
+    assert [p.stem for p in list_notebooks(tmp_path)] == ["00_a", "01_b"]
+    assert [p.stem for p in list_notebooks(tmp_path, ["01"])] == ["01_b"]
+    with pytest.raises(SystemExit, match="no notebook named 'zz'"):
+        list_notebooks(tmp_path, ["zz"])
+    (tmp_path / "00_a.yaml").write_text("X: 1\n")
+    assert load_parameters("00_a", params_dir=tmp_path) == {"X": 1}
+    assert load_parameters("01_b", params_dir=tmp_path) == {}
+
+
+def test_cli_rejects_bad_jobs(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--jobs", "0", "--notebooks-dir", str(tmp_path)])
