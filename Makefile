@@ -23,6 +23,10 @@ report: install
 test: install
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
+## Execute every notebook at its defaults, one at a time, and write docs/benchmarks.md
+bench: install
+	$(BIN)/python -m nbhelpers.bench $(NB)
+
 ## JupyterLab on notebooks/ (token authentication stays on; the kernel imports nbhelpers)
 lab: install
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"

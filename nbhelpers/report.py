@@ -271,8 +271,12 @@ def write_index(out_dir: Path) -> Path:
     Returns:
         The path of ``index.html``.
     """
+    from . import leaderboard
+
+    runs = load_runs(out_dir)
+    records = {stem: (r.get("last_good") or {}).get("records") or {} for stem, r in runs.items()}
     path = Path(out_dir) / "index.html"
-    path.write_text(index_html(load_runs(out_dir)), encoding="utf-8")
+    path.write_text(index_html(runs, [leaderboard.safe_html_section(records)]), encoding="utf-8")
     return path
 
 

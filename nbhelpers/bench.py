@@ -1,0 +1,153 @@
+"""The benchmark: run every notebook at its defaults and write ``docs/benchmarks.md``.
+
+Usage::
+
+    python -m nbhelpers.bench            # all notebooks, one at a time (clean timings)
+    python -m nbhelpers.bench --jobs 2   # faster, but notebooks then share the cores
+
+Every target a notebook records (``targets``, see ``nbhelpers.targets``) is listed with its measured
+figure and verdict; every speed figure is a ratio measured side by side within one notebook run
+(``comparison``); the wall time of each notebook and of the whole suite closes the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import leaderboard
+from .report import DEFAULT_NOTEBOOKS, DEFAULT_OUT, REPO_DIR, RunResult, list_notebooks, run_all
+
+
+def machine() -> dict[str, str]:
+    """The machine the benchmark ran on: cores, CPU model, Python and torch versions.
+
+    Returns:
+        name -> description.
+    """
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
+            "torch": metadata.version("torch"), "os": platform.platform()}
+
+
+def targets_frame(results: list[RunResult]) -> pd.DataFrame:
+    """Every recorded target of every notebook, one row each.
+
+    Args:
+        results: the notebook runs.
+
+    Returns:
+        Columns notebook, target, measured, goal, met, note.
+    """
+    rows = []
+    for r in results:
+        for t in r.records.get("targets") or []:
+            rows.append({"notebook": r.stem, "target": t["name"],
+                         "measured": f"{t['measured']:.4g} {t['unit']}".strip(),
+                         "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
+                         "met": "yes" if t["met"] else "**no**", "note": t.get("note", "")})
+    return pd.DataFrame(rows, columns=["notebook", "target", "measured", "goal", "met", "note"])
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_none_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dict[str, str]) -> str:
+    """The text of ``docs/benchmarks.md``.
+
+    Args:
+        results: the notebook runs.
+        wall_seconds: wall time of the whole suite.
+        jobs: notebooks run at once.
+        info: the ``machine()`` description.
+
+    Returns:
+        Markdown.
+    """
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    targets = targets_frame(results)
+    met = int((targets["met"] == "yes").sum()) if not targets.empty else 0
+    board = leaderboard.build({r.stem: r.records for r in results if r.status == "ok"})
+    speed = board.loc[~board["is_baseline"].astype(bool),
+                      ["notebook", "model", "accuracy_delta_points", "size_ratio", "speedup_b1", "speedup_b256"]]
+    speed = speed.assign(**{c: speed[c].map(lambda v: "" if pd.isna(v) else f"{float(v):.2f}")
+                            for c in ["accuracy_delta_points", "size_ratio", "speedup_b1", "speedup_b256"]})
+    runs = pd.DataFrame([{"notebook": r.stem, "status": r.status, "wall seconds": f"{r.seconds:.1f}",
+                          "error": r.error[:120]} for r in results])
+    return f"""# Benchmarks
+
+Written by `make bench` (`python -m nbhelpers.bench --jobs {jobs}`) on {date}.
+
+| machine | |
+|---|---|
+| cores | {info['cores']} |
+| CPU | {info['cpu']} |
+| Python | {info['python']} |
+| torch | {info['torch']} |
+| OS | {info['os']} |
+
+Every notebook ran at its default parameters. Accuracy is on the held-out test split. Speed-ups
+are ratios of median latencies measured side by side in one notebook run, with one thread
+(`nbhelpers.measure.latency`); they are not comparable across machines, the ratios are more stable.
+
+## Targets from the issues: {met} of {len(targets)} met
+
+{_md(targets)}
+## Every optimized model against the baseline measured in the same run
+
+accuracy_delta_points: test-accuracy change in points; size_ratio: times smaller on disk;
+speedup_b1 / speedup_b256: times faster at batch 1 / 256.
+
+{_md(speed)}
+## Run times
+
+Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time).
+
+{_md(runs)}"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns 1 if any notebook failed."""
+    ap = argparse.ArgumentParser(prog="python -m nbhelpers.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("notebooks", nargs="*", help="stems (default: every notebook)")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "benchmarks.md")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs must be an integer >= 1, got {args.jobs}")
+    nbs = list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks)
+    t0 = time.perf_counter()
+    results = run_all(nbs, args.out, jobs=args.jobs)
+    wall = time.perf_counter() - t0
+    args.doc.parent.mkdir(parents=True, exist_ok=True)
+    args.doc.write_text(markdown(results, wall, args.jobs, machine()), encoding="utf-8")
+    print(f"wrote {args.doc}")
+    return 1 if any(r.status != "ok" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

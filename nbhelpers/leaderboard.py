@@ -1,0 +1,124 @@
+"""One leaderboard of every technique's recorded accuracy, bytes and latency (no torch needed).
+
+Each technique notebook records ``comparison`` (a ``measure.compare`` table: its baseline and its
+optimized models, measured side by side in one run) and ``comparison_baseline`` (the baseline's
+row name). This module gathers those tables across notebooks into one table and one picture.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = ["notebook", "model", "is_baseline", "accuracy", "accuracy_delta_points", "params", "nonzero",
+           "bytes", "size_ratio", "latency_ms_b1", "latency_ms_b256", "speedup_b1", "speedup_b256"]
+
+
+def build(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Gather every notebook's ``comparison`` into one leaderboard.
+
+    Ratios (``accuracy_delta_points``, ``size_ratio``, ``speedup_*``) are those against the baseline
+    measured in the same notebook run, so speed figures always compare models timed side by side.
+
+    Args:
+        records_by_notebook: notebook stem -> its recorded values.
+
+    Returns:
+        One row per (notebook, model) with the ``COLUMNS``; empty when nothing recorded a comparison.
+    """
+    frames = []
+    for stem, rec in sorted(records_by_notebook.items()):
+        rows = rec.get("comparison")
+        if not rows:
+            continue
+        df = pd.DataFrame(rows)
+        base = rec.get("comparison_baseline")
+        if base not in set(df["model"]):
+            raise ValueError(f"{stem}: comparison_baseline {base!r} is not a row of its comparison")
+        df.insert(0, "notebook", stem)
+        df["is_baseline"] = df["model"] == base
+        frames.append(df.reindex(columns=COLUMNS))
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def figure(board: pd.DataFrame):
+    """Accuracy against bytes on disk for every row of the leaderboard (latency as marker size).
+
+    Args:
+        board: the table from ``build``.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    data = board.assign(label=board["notebook"].str.replace(r"^\d+_", "", regex=True) + ": " + board["model"])
+    data["latency b256 (ms)"] = data["latency_ms_b256"].astype(float)
+    sns.scatterplot(data=data, x="bytes", y="accuracy", hue="notebook", style="is_baseline",
+                    size="latency b256 (ms)", sizes=(30, 300), ax=ax)
+    for _, r in data.iterrows():
+        ax.annotate(str(r["model"]), (r["bytes"], r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes on disk (log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Every technique against its baseline: accuracy vs size (marker: latency at batch 256)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def html_section(board: pd.DataFrame) -> str:
+    """The leaderboard as an HTML section: the picture (embedded PNG) and the table.
+
+    Args:
+        board: the table from ``build``.
+
+    Returns:
+        An HTML fragment; a short note when the board is empty.
+    """
+    if board.empty:
+        return "<h2>Leaderboard</h2><p>No notebook has recorded a comparison yet.</p>"
+    import matplotlib.pyplot as plt
+
+    fig = figure(board)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    img = base64.b64encode(buf.getvalue()).decode()
+    fmt = {"accuracy": "{:.4f}", "accuracy_delta_points": "{:+.2f}", "size_ratio": "{:.2f}x",
+           "speedup_b1": "{:.2f}x", "speedup_b256": "{:.2f}x", "latency_ms_b1": "{:.3f}",
+           "latency_ms_b256": "{:.3f}", "params": "{:,.0f}", "nonzero": "{:,.0f}", "bytes": "{:,.0f}"}
+    shown = board.copy()
+    for col, f in fmt.items():
+        shown[col] = [("" if pd.isna(v) else f.format(v)) for v in shown[col]]
+    table = shown.to_html(index=False, escape=True, classes="board", border=0)
+    return (f"<h2>Leaderboard</h2><p>Each notebook's optimized models against the baseline it measured in the "
+            f"same run; ratios are against that baseline (size_ratio: times smaller; speedup: times faster).</p>"
+            f'<img alt="leaderboard" src="data:image/png;base64,{img}"/>{table}')
+
+
+def safe_html_section(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> str:
+    """``html_section(build(...))`` that reports a malformed comparison instead of raising.
+
+    Args:
+        records_by_notebook: notebook stem -> its recorded values.
+
+    Returns:
+        An HTML fragment.
+    """
+    try:
+        return html_section(build(records_by_notebook))
+    except Exception as exc:  # noqa: BLE001 - the index must still be written
+        return f"<h2>Leaderboard</h2><p class=\"err\">could not build the leaderboard: {html.escape(str(exc))}</p>"

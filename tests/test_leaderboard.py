@@ -1,0 +1,61 @@
+"""nbhelpers.leaderboard: one table from the comparisons recorded by several notebooks."""
+
+import pytest
+
+from nbhelpers.leaderboard import build, html_section, safe_html_section
+
+
+def _row(model, acc, nbytes, b256, **extra):
+    return {"model": model, "accuracy": acc, "params": 100, "nonzero": 100, "bytes": nbytes,
+            "latency_ms_b1": 0.1, "latency_ms_b256": b256, **extra}
+
+
+RECORDS = {
+    "06_quantization": {
+        "comparison": [_row("fp32", 0.93, 1000, 2.0, size_ratio=1.0, speedup_b256=1.0, accuracy_delta_points=0.0),
+                       _row("int8", 0.92, 250, 1.0, size_ratio=4.0, speedup_b256=2.0, accuracy_delta_points=-1.0)],
+        "comparison_baseline": "fp32"},
+    "04_weight_pruning": {
+        "comparison": [_row("dense", 0.93, 1000, 2.0, size_ratio=1.0), _row("pruned", 0.925, 90, 2.1, size_ratio=11.1)],
+        "comparison_baseline": "dense"},
+    "00_baseline": {"mlp_test_accuracy": 0.93},  # no comparison: not on the board
+}
+
+
+def test_build_gathers_all_rows_in_notebook_order():
+    board = build(RECORDS)
+    assert board[["notebook", "model", "is_baseline"]].values.tolist() == [
+        ["04_weight_pruning", "dense", True], ["04_weight_pruning", "pruned", False],
+        ["06_quantization", "fp32", True], ["06_quantization", "int8", False]]
+    assert board.loc[3, "size_ratio"] == 4.0 and board.loc[3, "speedup_b256"] == 2.0
+    assert board.loc[1, "size_ratio"] == pytest.approx(11.1)
+
+
+def test_html_has_table_and_picture():
+    text = html_section(build(RECORDS))
+    assert text.count("<tr") == 5 and "data:image/png;base64," in text and "int8" in text
+    assert "No notebook" in html_section(build({}))
+
+
+def test_bad_baseline_is_reported_not_raised():
+    bad = {"x": {"comparison": [_row("a", 0.9, 1, 1)], "comparison_baseline": "zzz"}}
+    with pytest.raises(ValueError, match="comparison_baseline 'zzz'"):
+        build(bad)
+    assert "could not build the leaderboard" in safe_html_section(bad)
+
+
+def test_benchmark_markdown_lists_targets_speedups_and_times():
+    from nbhelpers.bench import markdown
+    from nbhelpers.report import RunResult
+    from nbhelpers.targets import target
+
+    recs = dict(RECORDS["06_quantization"], targets=[target("int8 speed-up b256", 2.0, ">=", 2, "x"),
+                                                     target("int8 loss", 1.0, "<=", 0.5, "points")])
+    text = markdown([RunResult("06_quantization", "ok", 12.0, records=recs),
+                     RunResult("99_broken", "failed", 3.0, error="ValueError: x")], 15.2, 1,
+                    {"cores": "2", "cpu": "Test CPU", "python": "3.11", "torch": "2.13.0", "os": "linux"})
+    assert "## Targets from the issues: 1 of 2 met" in text
+    assert "| 06_quantization | int8 speed-up b256 | 2 x | >= 2 x | yes |" in text
+    assert "| 06_quantization | int8 loss | 1 points | <= 0.5 points | **no** |" in text
+    assert "| 06_quantization | int8 | -1.00 | 4.00 |" in text and "Test CPU" in text
+    assert "| 99_broken | failed | 3.0 | ValueError: x |" in text and "Whole suite: 15 s" in text
