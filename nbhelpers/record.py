@@ -116,3 +116,19 @@ def is_timing(name: str) -> bool:
         True for a timing.
     """
     return any(mark in name for mark in TIMING_MARKS)
+
+
+def without_timings(records: Any) -> Any:
+    """Recorded values with every timing removed, in nested dicts and lists too.
+
+    Args:
+        records: name -> value, as ``read`` returns.
+
+    Returns:
+        The same structure without the keys ``is_timing`` recognises.
+    """
+    if isinstance(records, dict):
+        return {k: without_timings(v) for k, v in records.items() if not is_timing(str(k))}
+    if isinstance(records, list):
+        return [without_timings(v) for v in records]
+    return records

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbhelpers.record import is_timing
+from nbhelpers.record import without_timings
 from notebook_runner import (EXPECT_DIR, PARAMS_DIR, check_expectations, dump, error_code_cell,
                              parameters_cell, parameters_code_cell, run, small_params)
 
@@ -84,5 +84,5 @@ def test_same_seed_same_records(tmp_path: Path, monkeypatch):
         monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path / f"cache{i}"))
         r = run(nb, tmp_path / f"run{i}")
         assert r.status == "ok", r.error
-        records.append({k: v for k, v in r.records.items() if not is_timing(k)})
+        records.append(without_timings(r.records))
     assert records[0] == records[1], json.dumps(records, indent=1)

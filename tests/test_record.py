@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from nbhelpers.record import MIME_TYPE, is_timing, read, read_notebook, to_jsonable
+from nbhelpers.record import MIME_TYPE, is_timing, read, read_notebook, to_jsonable, without_timings
 
 
 def test_to_jsonable():
@@ -42,3 +42,8 @@ def test_read_ignores_other_outputs():
 def test_is_timing():
     assert all(map(is_timing, ["train_seconds", "latency_mlp_b1_ms", "speedup_b256", "foo_ms"]))
     assert not any(map(is_timing, ["mlp_test_accuracy", "mlp_bytes", "comparison"]))
+
+
+def test_without_timings_is_recursive():
+    recs = {"acc": 1, "train_seconds": 2, "table": [{"model": "a", "latency_ms_b1": 3, "speedup_b1": 1, "bytes": 4}]}
+    assert without_timings(recs) == {"acc": 1, "table": [{"model": "a", "bytes": 4}]}
