@@ -30,7 +30,7 @@ bench: install
 ## JupyterLab on notebooks/ (token authentication stays on; the kernel imports nbhelpers)
 lab: install
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)"
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf reports .pytest_cache
