@@ -1,0 +1,553 @@
+"""Quantization: uniform affine quantization from scratch, PyTorch eager int8, ONNX Runtime int8.
+
+From scratch, a float tensor :math:`x` is mapped to integers :math:`q \\in [q_{min}, q_{max}]` with
+a scale :math:`s` and a zero point :math:`z`: :math:`q = \\mathrm{clamp}(\\mathrm{round}(x/s) + z)`
+and back with :math:`\\hat x = s\\,(q - z)`. The PyTorch helpers wrap the eager
+``torch.ao.quantization`` path (deprecated in torch 2.13 but the int8 path with CPU kernels here);
+the ONNX helpers export, quantize and run models with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .params import ParameterError, check_choice, check_int
+
+#: Message patterns of the warnings ``torch.ao.quantization`` emits in torch 2.13 on every call.
+AO_WARNINGS = (
+    r"torch\.ao\.quantization is deprecated",
+    r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+    r".*quantized tensor creation functions",
+    r"Please use quant_min and quant_max",
+    r"must run observer before calling calculate_qparams",
+    r".*reduce_range will be deprecated",
+)
+#: Layers whose weights are quantized.
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def engines() -> list[str]:
+    """The quantized engines this torch build supports (e.g. x86, fbgemm, qnnpack, onednn)."""
+    return [e for e in torch.backends.quantized.supported_engines if e != "none"]
+
+
+def check_bits(name: str, bits: object) -> int:
+    """Check a bit width: an integer from 2 to 16.
+
+    Args:
+        name: parameter name.
+        bits: the given value.
+
+    Returns:
+        The bit width.
+    """
+    return check_int(name, bits, minimum=2, maximum=16)
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The integer range of a bit width: signed and restricted when symmetric, unsigned otherwise.
+
+    Args:
+        bits: bit width (2 to 16).
+        symmetric: True for [-(2^(b-1)-1), 2^(b-1)-1] (zero point 0), False for [0, 2^b - 1].
+
+    Returns:
+        (q_min, q_max).
+    """
+    check_bits("bits", bits)
+    if symmetric:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def _reduce(x: torch.Tensor, per_channel: bool, op) -> torch.Tensor:
+    """``op`` (torch.amin or torch.amax) over the whole tensor, or over all axes but the first."""
+    if not per_channel or x.dim() < 2:
+        return op(x)
+    return op(x, dim=tuple(range(1, x.dim())), keepdim=True)
+
+
+def quant_params(x: torch.Tensor, bits: int = 8, symmetric: bool = False,
+                 per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of a tensor (per tensor, or per output channel along axis 0).
+
+    Asymmetric: s = (max(x_max, 0) - min(x_min, 0)) / (q_max - q_min), z = q_min - round(x_min / s).
+    Symmetric: s = max|x| / q_max, z = 0. The range always contains 0 so that 0 is exact.
+
+    Args:
+        x: the float tensor (e.g. a weight of shape (out, in) or (out, in, kh, kw)).
+        bits: bit width.
+        symmetric: symmetric (signed, z = 0) or asymmetric (unsigned, z from the range).
+        per_channel: one (s, z) per slice along axis 0 instead of one for the whole tensor.
+
+    Returns:
+        (scale, zero_point), broadcastable against ``x``; the zero point is an integer tensor.
+    """
+    qmin, qmax = qrange(bits, symmetric)
+    x = x.detach().float()
+    lo = torch.clamp(_reduce(x, per_channel, torch.amin), max=0.0)
+    hi = torch.clamp(_reduce(x, per_channel, torch.amax), min=0.0)
+    if symmetric:
+        scale = torch.maximum(hi, -lo) / qmax
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero slice: any scale is exact
+    zero = torch.zeros_like(scale, dtype=torch.int64) if symmetric else \
+        torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int64)
+    return scale, zero
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int = 8,
+             symmetric: bool = False) -> torch.Tensor:
+    """Map floats to integers: q = clamp(round(x / s) + z, q_min, q_max).
+
+    Args:
+        x: the float tensor.
+        scale: the scale(s), broadcastable against ``x``.
+        zero_point: the zero point(s), broadcastable against ``x``.
+        bits: bit width.
+        symmetric: which integer range (see ``qrange``).
+
+    Returns:
+        The integers, as an int64 tensor.
+    """
+    qmin, qmax = qrange(bits, symmetric)
+    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(torch.int64)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """Map integers back to floats: x_hat = s (q - z)."""
+    return scale * (q - zero_point).float()
+
+
+def fake_quantize(
+    x: torch.Tensor, bits: int = 8, symmetric: bool = False, per_channel: bool = False
+) -> torch.Tensor:
+    """Quantize then dequantize a tensor: the float values an integer model would compute with.
+
+    Args:
+        x: the float tensor.
+        bits: bit width.
+        symmetric: symmetric or asymmetric.
+        per_channel: per output channel (axis 0) or per tensor.
+
+    Returns:
+        The dequantized tensor, same shape and dtype as ``x``.
+    """
+    s, z = quant_params(x, bits, symmetric, per_channel)
+    return dequantize(quantize(x, s, z, bits, symmetric), s, z).to(x.dtype)
+
+
+def naive_rescale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "divide by the max and rescale" trick: x / max|x| in [-1, 1], and the max to undo it.
+
+    It maps nothing to a finite set of levels: the result is still 32-bit floats, one distinct
+    value per distinct input, so it is not quantization and saves no bytes.
+
+    Args:
+        x: the float tensor.
+
+    Returns:
+        (x / m, m) with m = max|x|.
+    """
+    m = x.detach().abs().max()
+    return x / m, m
+
+
+def mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Mean squared error between a tensor and its reconstruction."""
+    return float(((x.float() - x_hat.float()) ** 2).mean())
+
+
+def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in decibels: 10 log10(sum x^2 / sum (x - x_hat)^2)."""
+    noise = float(((x.float() - x_hat.float()) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * float(np.log10(float((x.float() ** 2).sum()) / noise))
+
+
+def quantize_weights(model: nn.Module, bits: int, symmetric: bool, per_channel: bool) -> nn.Module:
+    """A copy of a model whose Linear and Conv2d weights are fake-quantized (biases stay float).
+
+    Args:
+        model: the float model (left unchanged).
+        bits: bit width.
+        symmetric: symmetric or asymmetric.
+        per_channel: per output channel or per tensor.
+
+    Returns:
+        The copy, in eval mode.
+    """
+    out = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for m in out.modules():
+            if isinstance(m, WEIGHT_LAYERS):
+                m.weight.copy_(fake_quantize(m.weight, bits, symmetric, per_channel))
+    return out
+
+
+def weight_error(
+    model: nn.Module, bits: int, symmetric: bool, per_channel: bool
+) -> dict[str, float]:
+    """Quantization error over all Linear/Conv2d weights of a model, pooled.
+
+    Args:
+        model: the float model.
+        bits: bit width.
+        symmetric: symmetric or asymmetric.
+        per_channel: per output channel or per tensor.
+
+    Returns:
+        {"mse": ..., "sqnr_db": ...} over the concatenated weights.
+    """
+    ws = [m.weight.detach() for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+    w = torch.cat([t.reshape(-1) for t in ws])
+    w_hat = torch.cat([fake_quantize(t, bits, symmetric, per_channel).reshape(-1) for t in ws])
+    return {"mse": mse(w, w_hat), "sqnr_db": sqnr_db(w, w_hat)}
+
+
+VARIANTS = {"asymmetric per-tensor": (False, False), "symmetric per-tensor": (True, False),
+            "asymmetric per-channel": (False, True), "symmetric per-channel": (True, True)}
+
+
+# ---------------------------------------------------------------- PyTorch eager int8 (torch.ao)
+
+@contextmanager
+def quiet_ao() -> Iterator[None]:
+    """Silence exactly the deprecation and observer warnings ``torch.ao.quantization`` emits."""
+    with warnings.catch_warnings():
+        for pattern in AO_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+def set_engine(engine: str) -> str:
+    """Select the quantized kernel library (x86, fbgemm, qnnpack, onednn) for the int8 ops.
+
+    Args:
+        engine: the engine name.
+
+    Returns:
+        The engine now in use.
+    """
+    check_choice("ENGINE", engine, engines())
+    torch.backends.quantized.engine = engine
+    return torch.backends.quantized.engine
+
+
+class QuantReady(nn.Module):
+    """A float model between a QuantStub and a DeQuantStub, ready for eager static quantization."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        from torch.ao.quantization import DeQuantStub, QuantStub
+
+        self.quant, self.body, self.dequant = QuantStub(), copy.deepcopy(body), DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize the input, run the (converted) body on int8, dequantize the logits."""
+        return self.dequant(self.body(self.quant(x)))
+
+
+def fusion_groups(seq: nn.Sequential) -> list[list[str]]:
+    """Names of (Conv2d or Linear, ReLU) neighbours in a Sequential, to fuse into one int8 op.
+
+    Args:
+        seq: the sequential model.
+
+    Returns:
+        e.g. [["0", "1"], ["3", "4"]].
+    """
+    names = list(seq._modules)
+    return [[a, b] for a, b in zip(names, names[1:])
+            if isinstance(seq._modules[a], WEIGHT_LAYERS) and isinstance(seq._modules[b], nn.ReLU)]
+
+
+def prepare_static(model: nn.Sequential, engine: str = "x86", qat: bool = False) -> QuantReady:
+    """Wrap, fuse, attach the engine's default qconfig and insert observers (or fake-quant for QAT).
+
+    Args:
+        model: the float ``nn.Sequential`` (copied, not changed).
+        engine: quantized engine whose default qconfig (observers, per-channel or not) is used.
+        qat: prepare for quantization-aware training (train mode, fake-quant modules) instead.
+
+    Returns:
+        The prepared ``QuantReady`` model: calibrate (or train) it, then ``convert``.
+    """
+    import torch.ao.quantization as tq
+
+    set_engine(engine)
+    m = QuantReady(model)
+    m.train(qat)
+    with quiet_ao():
+        fuse = tq.fuse_modules_qat if qat else tq.fuse_modules
+        fuse(m.body, fusion_groups(m.body), inplace=True)
+        m.qconfig = tq.get_default_qat_qconfig(engine) if qat else tq.get_default_qconfig(engine)
+        (tq.prepare_qat if qat else tq.prepare)(m, inplace=True)
+    return m
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, loader: DataLoader, batches: int) -> int:
+    """Run a few batches through a prepared model so its observers record activation ranges.
+
+    Args:
+        model: the prepared model.
+        loader: yields (x, y) batches (training data, never the test set).
+        batches: how many batches.
+
+    Returns:
+        The number of samples seen.
+    """
+    model.eval()
+    seen = 0
+    with quiet_ao():
+        for i, (x, _) in enumerate(loader):
+            if i >= batches:
+                break
+            model(x)
+            seen += len(x)
+    return seen
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """A copy of a prepared model with observed/fake-quant modules replaced by int8 kernels."""
+    import torch.ao.quantization as tq
+
+    with quiet_ao():
+        return tq.convert(model.eval(), inplace=False)
+
+
+def dynamic_int8(model: nn.Module, engine: str = "x86") -> nn.Module:
+    """Dynamic post-training quantization: int8 Linear weights, activations quantized on the fly.
+
+    Args:
+        model: the float model (copied).
+        engine: quantized engine.
+
+    Returns:
+        The quantized copy.
+    """
+    import torch.ao.quantization as tq
+
+    set_engine(engine)
+    with quiet_ao():
+        return tq.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+# ---------------------------------------------------------------- ONNX and ONNX Runtime
+
+ORT_FORMATS = ("QDQ", "QOperator")
+
+
+def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int = 17) -> Path:
+    """Export a float model to ONNX with a dynamic batch axis (TorchScript exporter, dynamo=False).
+
+    Args:
+        model: the float model.
+        path: the .onnx file to write.
+        example: an input batch (its shape beyond the batch axis is fixed).
+        opset: ONNX opset version.
+
+    Returns:
+        The path.
+    """
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(copy.deepcopy(model).eval(), (example[:1],), str(path), input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+    return path
+
+
+class OrtModel:
+    """An ONNX Runtime session as a callable: torch tensor in, NumPy logits out."""
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        """Logits of a batch."""
+        return self.session.run(None, {self.input: x.detach().cpu().numpy()})[0]
+
+    @property
+    def bytes(self) -> int:
+        """Size of the model file on disk."""
+        return self.path.stat().st_size
+
+
+def calibration_reader(loader: DataLoader, batches: int, input_name: str = "x"):
+    """An ONNX Runtime ``CalibrationDataReader`` yielding the first ``batches`` batches of a loader.
+
+    Args:
+        loader: yields (x, y) batches (training data).
+        batches: how many batches.
+        input_name: the model's input name.
+
+    Returns:
+        The reader.
+    """
+    from onnxruntime.quantization import CalibrationDataReader
+
+    feeds = [{input_name: x.numpy()} for (x, _), _ in zip(loader, range(batches))]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    return Reader()
+
+
+def ort_quantize(
+    src: str | Path,
+    dst: str | Path,
+    loader: DataLoader | None = None,
+    batches: int = 0,
+    fmt: str = "QDQ",
+    per_channel: bool = True,
+) -> Path:
+    """Quantize an ONNX model with ONNX Runtime: dynamic without a loader, static with calibration.
+
+    Args:
+        src: the float .onnx file.
+        dst: the int8 .onnx file to write.
+        loader: calibration data for static quantization; None for dynamic quantization.
+        batches: calibration batches (static only).
+        fmt: static format, "QDQ" (Quantize/DequantizeLinear pairs) or "QOperator" (QLinear* ops).
+        per_channel: per-channel weight scales (static only).
+
+    Returns:
+        The path of the int8 model.
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    check_choice("ORT_FORMAT", fmt, ORT_FORMATS)
+    src, dst = Path(src), Path(dst)
+    pre = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(pre))
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
+    try:
+        if loader is None:
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+        else:
+            if batches < 1:
+                raise ParameterError("CALIBRATION_BATCHES", batches, "an integer >= 1")
+            reader = calibration_reader(loader, batches)
+            quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat[fmt],
+                            per_channel=per_channel, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().setLevel(level)
+        pre.unlink(missing_ok=True)
+    return dst
+
+
+def output_agreement(
+    reference: torch.Tensor | np.ndarray, other: torch.Tensor | np.ndarray
+) -> dict[str, float]:
+    """How close two models' logits are: max and mean absolute difference, top-1 agreement.
+
+    Args:
+        reference: logits of the reference model (n, classes).
+        other: logits of the other model.
+
+    Returns:
+        {"max_abs_diff", "mean_abs_diff", "relative_max_diff" (max diff / reference logit range),
+        "top1_agreement"}.
+    """
+    a = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
+    b = torch.as_tensor(np.asarray(other), dtype=torch.float32)
+    d = (a - b).abs()
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
+            "relative_max_diff": float(d.max() / (a.max() - a.min())),
+            "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean())}
+
+
+def same_runtime_speedups(
+    table: pd.DataFrame, pairs: Sequence[tuple[str, str]], batch_sizes: Sequence[int]
+) -> pd.DataFrame:
+    """Speedup of int8 over fp32 within one runtime, from a ``measure.compare`` table.
+
+    Args:
+        table: the comparison table (index: model names).
+        pairs: (fp32 row, int8 row) pairs measured in the same runtime.
+        batch_sizes: batch sizes whose latency columns to use.
+
+    Returns:
+        One row per int8 model: its fp32 reference, speedup_b<bs> = fp32 latency / int8 latency,
+        size_ratio = fp32 bytes / int8 bytes, accuracy_delta_points.
+    """
+    rows = []
+    for ref, q in pairs:
+        r, m = table.loc[ref], table.loc[q]
+        row = {"model": q, "fp32 reference": ref, "size_ratio": r["bytes"] / m["bytes"],
+               "accuracy_delta_points": (m["accuracy"] - r["accuracy"]) * 100}
+        for bs in batch_sizes:
+            row[f"speedup_b{bs}"] = r[f"latency_ms_b{bs}"] / m[f"latency_ms_b{bs}"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
+def ort_profile(path: str | Path, x: torch.Tensor, runs: int = 20, threads: int = 1,
+                prefix: str | Path | None = None) -> pd.DataFrame:
+    """Time spent per operator in an ONNX Runtime model, from its built-in profiler.
+
+    Args:
+        path: the .onnx model.
+        x: the input batch.
+        runs: how many calls to profile (after one warm-up call).
+        threads: intra-op threads.
+        prefix: where the profiler writes its JSON (default: beside the model); the file is removed.
+
+    Returns:
+        One row per node, slowest first: node, op, ms_per_run, share (of the summed kernel time).
+    """
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(prefix or Path(path).with_suffix(""))
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.detach().cpu().numpy()}
+    sess.run(None, feed)
+    for _ in range(runs):
+        sess.run(None, feed)
+    trace = Path(sess.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink(missing_ok=True)
+    rows: dict[tuple[str, str], float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            key = (e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", ""))
+            rows[key] = rows.get(key, 0.0) + e["dur"] / 1e3 / (runs + 1)
+    df = pd.DataFrame([{"node": n, "op": op, "ms_per_run": v} for (n, op), v in rows.items()])
+    df["share"] = df["ms_per_run"] / df["ms_per_run"].sum()
+    return df.sort_values("ms_per_run", ascending=False).reset_index(drop=True)
