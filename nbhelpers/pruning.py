@@ -1,0 +1,446 @@
+"""Unstructured (weight) magnitude pruning with ``torch.nn.utils.prune``, its schedules and storage.
+
+A *prunable weight* is the ``weight`` of an ``nn.Linear`` or ``nn.Conv2d``; biases are kept.
+Sparsity is always the **absolute** fraction of prunable weights that are zero, so that repeated
+calls (iterative and gradual pruning) grow the existing masks up to the requested level:
+
+* ``magnitude_prune(model, s, "global")`` removes the ``round(s * N)`` smallest |w| over all layers;
+* ``magnitude_prune(model, s, "layer")`` removes ``round(s * N_l)`` in each layer;
+* ``cubic_sparsity`` is the gradual schedule of Zhu and Gupta (2017), ``GradualPruner`` applies it
+  from the ``after_step`` hook of ``nbhelpers.train.fit``;
+* ``iterative_sparsities`` are the levels of Han et al.'s (2015) prune-and-retrain rounds.
+
+Storage: ``save_sparse`` writes CSR arrays (fp32 values, uint16 column indices where they fit,
+int32 row pointers) with NumPy, optionally deflate-compressed; ``save_torch_sparse`` writes torch's
+sparse CSR tensors; both load back to the exact dense weights.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from .measure import file_bytes, time_call
+from .params import ParameterError, check_choice, check_float
+
+PRUNABLE = (nn.Linear, nn.Conv2d)
+_CSR_BETA = "Sparse CSR tensor support is in beta"
+
+
+def _to_csr(t: torch.Tensor) -> torch.Tensor:
+    """``t.to_sparse_csr()`` without torch's "beta" warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_BETA)
+        return t.to_sparse_csr()
+SCOPES = ("global", "layer")
+METHODS = ("one-shot", "iterative", "gradual")
+
+
+def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs whose ``weight`` may be pruned: every Linear and Conv2d, in order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
+
+
+def _masked(m: nn.Module) -> int:
+    """Weights a module's pruning mask already removes (0 without a mask)."""
+    mask = getattr(m, "weight_mask", None)
+    return 0 if mask is None else int((mask == 0).sum())
+
+
+def check_run(name: str, value: object) -> tuple[str, str]:
+    """Check a "method/scope" string such as "gradual/global" and split it.
+
+    Args:
+        name: parameter name.
+        value: "<method>/<scope>" with method in ``METHODS`` and scope in ``SCOPES``.
+
+    Returns:
+        (method, scope).
+    """
+    allowed = "'<method>/<scope>' with method in " + ", ".join(map(repr, METHODS)) + \
+        " and scope in " + ", ".join(map(repr, SCOPES))
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise ParameterError(name, value, allowed)
+    method, scope = value.split("/")
+    if method not in METHODS or scope not in SCOPES:
+        raise ParameterError(name, value, allowed)
+    return method, scope
+
+
+def magnitude_prune(
+    model: nn.Module, sparsity: float, scope: str = "global", only: Sequence[str] | None = None
+) -> nn.Module:
+    """Prune the smallest-magnitude weights (L1 criterion) until ``sparsity`` of them are masked.
+
+    Masks only grow: weights already masked stay masked, and the new ones are the smallest among
+    those remaining (``torch.nn.utils.prune`` combines the masks in a ``PruningContainer``).
+
+    Args:
+        model: the model, pruned in place (``weight`` becomes ``weight_orig * weight_mask``).
+        sparsity: target fraction of masked weights in [0, 1), absolute, not relative.
+        scope: "global" (one threshold over all layers) or "layer" (the fraction in every layer).
+        only: names of the layers to prune (default: every prunable layer).
+
+    Returns:
+        The model.
+    """
+    check_float("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    check_choice("scope", scope, SCOPES)
+    layers = [(n, m) for n, m in prunable(model) if only is None or n in only]
+    if only is not None and len(layers) != len(set(only)):
+        raise ParameterError("only", list(only), "names of prunable layers: " + ", ".join(n for n, _ in prunable(model)))
+    if scope == "global":
+        total = sum(m.weight.numel() for _, m in layers)
+        extra = max(0, round(sparsity * total) - sum(_masked(m) for _, m in layers))
+        prune.global_unstructured([(m, "weight") for _, m in layers], prune.L1Unstructured, amount=extra)
+    else:
+        for _, m in layers:
+            extra = max(0, round(sparsity * m.weight.numel()) - _masked(m))
+            prune.l1_unstructured(m, "weight", amount=extra)
+    return model
+
+
+def global_threshold(model: nn.Module, sparsity: float) -> float:
+    """The magnitude ``tau`` such that ``|w| <= tau`` holds for ``round(sparsity * N)`` prunable weights.
+
+    Args:
+        model: the model.
+        sparsity: fraction in (0, 1).
+
+    Returns:
+        The threshold (the k-th smallest |w| over every prunable weight).
+    """
+    check_float("sparsity", sparsity, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    w = torch.cat([m.weight.detach().abs().flatten() for _, m in prunable(model)])
+    k = max(1, round(sparsity * w.numel()))
+    return float(w.kthvalue(k).values)
+
+
+@torch.no_grad()
+def threshold_prune(model: nn.Module, threshold: float) -> nn.Module:
+    """The naive method: zero every prunable weight with ``|w| <= threshold`` in place (no mask, no retraining).
+
+    Args:
+        model: the model, changed in place.
+        threshold: the fixed magnitude threshold.
+
+    Returns:
+        The model.
+    """
+    for _, m in prunable(model):
+        m.weight[m.weight.abs() <= threshold] = 0.0
+    return model
+
+
+def layer_sparsity(model: nn.Module) -> pd.DataFrame:
+    """Zeros per prunable layer, counted on the effective (masked) weights.
+
+    Args:
+        model: the model, pruned or not.
+
+    Returns:
+        One row per layer (index: name): shape, weights, nonzero, sparsity; plus a "total" row.
+    """
+    rows = []
+    for n, m in prunable(model):
+        w = m.weight.detach()
+        nz = int(torch.count_nonzero(w))
+        rows.append({"layer": n, "shape": "x".join(map(str, w.shape)), "weights": w.numel(), "nonzero": nz})
+    df = pd.DataFrame(rows)
+    df.loc[len(df)] = {"layer": "total", "shape": "", "weights": df.weights.sum(), "nonzero": df.nonzero.sum()}
+    df["sparsity"] = 1 - df.nonzero / df.weights
+    return df.set_index("layer")
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of all prunable weights that are zero."""
+    return float(layer_sparsity(model).loc["total", "sparsity"])
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """Whether any layer still carries a ``torch.nn.utils.prune`` re-parametrisation."""
+    return any(prune.is_pruned(m) for _, m in prunable(model))
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """``prune.remove`` on every pruned layer: ``weight`` becomes a plain parameter holding the zeros.
+
+    Args:
+        model: the model, changed in place.
+
+    Returns:
+        The model (its ``state_dict`` has no ``weight_orig``/``weight_mask`` any more).
+    """
+    for _, m in prunable(model):
+        if prune.is_pruned(m):
+            prune.remove(m, "weight")
+    return model
+
+
+def cubic_sparsity(step: int, final: float, begin: int, end: int, initial: float = 0.0) -> float:
+    """Zhu and Gupta's (2017) gradual schedule ``s_t = s_f + (s_i - s_f) (1 - (t - t_0)/(t_n - t_0))^3``.
+
+    Args:
+        step: the training step ``t``.
+        final: the final sparsity ``s_f``.
+        begin: the step ``t_0`` where pruning starts (``s_i`` before it).
+        end: the step ``t_n`` where ``s_f`` is reached (and kept after it).
+        initial: the initial sparsity ``s_i``.
+
+    Returns:
+        The sparsity at ``step``.
+    """
+    if end <= begin:
+        return final if step >= begin else initial
+    progress = min(max((step - begin) / (end - begin), 0.0), 1.0)
+    return final + (initial - final) * (1.0 - progress) ** 3
+
+
+def iterative_sparsities(final: float, rounds: int) -> list[float]:
+    """Han et al.'s prune-and-retrain levels ``s_k = 1 - (1 - s_f)^{k/K}``: each round keeps the same fraction.
+
+    Args:
+        final: sparsity after the last round.
+        rounds: number of rounds ``K``.
+
+    Returns:
+        The ``K`` increasing sparsities, the last one equal to ``final``.
+    """
+    return [1.0 - (1.0 - final) ** (k / rounds) for k in range(1, rounds + 1)]
+
+
+class GradualPruner:
+    """An ``after_step`` hook for ``train.fit``: every ``every`` steps, prune to ``cubic_sparsity(step)``."""
+
+    def __init__(self, final: float, begin: int, end: int, every: int = 10, scope: str = "global",
+                 initial: float = 0.0):
+        """Set up the schedule (steps count optimizer steps, from 1).
+
+        Args:
+            final: final sparsity.
+            begin: step where pruning starts.
+            end: step where ``final`` is reached.
+            every: prune every this many steps (``Delta t``), and at ``end``.
+            scope: "global" or "layer".
+            initial: sparsity at ``begin``.
+        """
+        self.final, self.begin, self.end, self.every = final, begin, end, max(1, every)
+        self.scope, self.initial, self.step = check_choice("scope", scope, SCOPES), initial, 0
+        self.history: list[tuple[int, float]] = []
+
+    def __call__(self, model: nn.Module) -> None:
+        """Count the step and prune when the schedule says so."""
+        self.step += 1
+        t = self.step
+        if self.begin <= t <= self.end and ((t - self.begin) % self.every == 0 or t == self.end):
+            s = cubic_sparsity(t, self.final, self.begin, self.end, self.initial)
+            magnitude_prune(model, s, self.scope)
+            self.history.append((t, s))
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _is_matrix(key: str, v: torch.Tensor) -> bool:
+    return key.endswith("weight") and v.dim() >= 2
+
+
+def sparse_arrays(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """CSR arrays of every weight matrix of a (permanent) state dict; other tensors stay dense.
+
+    A weight of shape (out, ...) is stored as a CSR matrix (out, prod(...)): ``values`` (float32),
+    ``indices`` (column of each value: uint16 when the row has at most 65,536 columns, else int32),
+    ``indptr`` (int32, where each row starts) and ``shape``.
+
+    Args:
+        state: name -> tensor, without pruning masks (call ``make_permanent`` first).
+
+    Returns:
+        Array name -> array, ready for ``np.savez``.
+    """
+    out: dict[str, np.ndarray] = {}
+    for k, v in state.items():
+        if k.endswith(("_orig", "_mask")):
+            raise ValueError(f"{k}: make the pruning permanent (prune.remove) before saving")
+        a = v.detach().cpu().numpy()
+        if not _is_matrix(k, v):
+            out[f"{k}.dense"] = a
+            continue
+        m = a.reshape(a.shape[0], -1)
+        rows, cols = np.nonzero(m)
+        out[f"{k}.values"] = m[rows, cols].astype(np.float32)
+        out[f"{k}.indices"] = cols.astype(np.uint16 if m.shape[1] <= 65536 else np.int32)
+        out[f"{k}.indptr"] = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))]).astype(np.int32)
+        out[f"{k}.shape"] = np.asarray(a.shape, dtype=np.int64)
+    return out
+
+
+def dense_state(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The dense state dict back from ``sparse_arrays`` (the inverse, exactly).
+
+    Args:
+        arrays: array name -> array.
+
+    Returns:
+        Name -> tensor.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for key in arrays:
+        name, kind = key.rsplit(".", 1)
+        if kind == "dense":
+            state[name] = torch.from_numpy(np.array(arrays[key]))
+        elif kind == "values":
+            shape = tuple(int(s) for s in arrays[f"{name}.shape"])
+            indptr = arrays[f"{name}.indptr"].astype(np.int64)
+            m = np.zeros((shape[0], int(np.prod(shape[1:]))), dtype=np.float32)
+            rows = np.repeat(np.arange(shape[0]), np.diff(indptr))
+            m[rows, arrays[f"{name}.indices"].astype(np.int64)] = arrays[key]
+            state[name] = torch.from_numpy(m.reshape(shape))
+    return state
+
+
+def save_sparse(state: Mapping[str, torch.Tensor], path: str | Path, compress: bool = False) -> int:
+    """Write the CSR arrays of a state dict to an ``.npz`` file (deflate-compressed if asked).
+
+    Args:
+        state: permanent state dict.
+        path: file to write (should end in ``.npz``).
+        compress: use ``np.savez_compressed``.
+
+    Returns:
+        Bytes on disk.
+    """
+    (np.savez_compressed if compress else np.savez)(Path(path), **sparse_arrays(state))
+    return file_bytes(path)
+
+
+def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a file written by ``save_sparse`` back to a dense state dict."""
+    with np.load(Path(path)) as f:
+        return dense_state({k: f[k] for k in f.files})
+
+
+def save_torch_sparse(state: Mapping[str, torch.Tensor], path: str | Path) -> int:
+    """``torch.save`` with every weight matrix as a torch sparse CSR tensor (int64 indices).
+
+    Args:
+        state: permanent state dict (conv weights are flattened to (out, -1); the shape is kept).
+        path: file to write.
+
+    Returns:
+        Bytes on disk.
+    """
+    out = {}
+    for k, v in state.items():
+        if _is_matrix(k, v):
+            out[k] = {"csr": _to_csr(v.detach().reshape(v.shape[0], -1)), "shape": tuple(v.shape)}
+        else:
+            out[k] = v.detach()
+    torch.save(out, Path(path))
+    return file_bytes(path)
+
+
+def load_torch_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a file written by ``save_torch_sparse`` back to a dense state dict."""
+    raw = torch.load(Path(path), weights_only=True)
+    return {k: v["csr"].to_dense().reshape(v["shape"]) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def gzip_file(path: str | Path) -> int:
+    """Compress a file with gzip (level 9) next to it (``<path>.gz``).
+
+    Args:
+        path: the file.
+
+    Returns:
+        Bytes of the compressed file.
+    """
+    out = Path(f"{path}.gz")
+    with open(path, "rb") as src, gzip.open(out, "wb", compresslevel=9) as dst:
+        shutil.copyfileobj(src, dst)
+    return file_bytes(out)
+
+
+# ---------------------------------------------------------------- sparse kernels
+
+
+class CSRLinear(nn.Module):
+    """A Linear layer whose weight is a torch sparse CSR matrix: ``y = (W x^T)^T + b`` with ``torch.sparse.mm``."""
+
+    def __init__(self, linear: nn.Linear):
+        """Copy a (permanent, pruned) Linear layer into CSR form.
+
+        Args:
+            linear: the dense layer.
+        """
+        super().__init__()
+        self.weight = _to_csr(linear.weight.detach())
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the sparse layer to a batch (n, in_features)."""
+        y = torch.sparse.mm(self.weight, x.t()).t()
+        return y if self.bias is None else y + self.bias
+
+
+def to_csr_model(model: nn.Sequential) -> nn.Sequential:
+    """A copy of a Sequential with every ``nn.Linear`` replaced by a ``CSRLinear`` (same outputs).
+
+    Args:
+        model: a permanent pruned model (``make_permanent``).
+
+    Returns:
+        The sparse-kernel model, in eval mode.
+    """
+    layers = [CSRLinear(m) if isinstance(m, nn.Linear) else m for m in model]
+    return nn.Sequential(*layers).eval()
+
+
+def kernel_latency(
+    weight: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 256),
+    threads: int = 1,
+    repeats: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by side.
+
+    Args:
+        weight: the (out, in) weight matrix, with its zeros.
+        batch_sizes: number of input rows ``x``.
+        threads: ``torch.set_num_threads`` during the measurement (restored after).
+        repeats: timing samples per kernel and batch size.
+        seed: seed of the random inputs.
+
+    Returns:
+        One row per (kernel, batch_size): median_ms; with sparsity and the shape.
+    """
+    w = weight.detach().contiguous()
+    csr = _to_csr(w)
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        with torch.inference_mode():
+            for bs in batch_sizes:
+                x = torch.rand(bs, w.shape[1], generator=gen)
+                xt = x.t().contiguous()
+                for kernel, fn in [("dense", lambda: x @ w.t()), ("sparse csr", lambda: torch.sparse.mm(csr, xt))]:
+                    t = time_call(fn, warmup=3, repeats=repeats)
+                    rows.append({"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3})
+    finally:
+        torch.set_num_threads(old)
+    df = pd.DataFrame(rows)
+    df["sparsity"] = float(1 - torch.count_nonzero(w) / w.numel())
+    df["shape"] = "x".join(map(str, w.shape))
+    return df
