@@ -48,11 +48,34 @@ def build(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def figure(board: pd.DataFrame):
+def pareto_front(df: pd.DataFrame, x: str = "bytes", y: str = "accuracy") -> pd.DataFrame:
+    """The rows no other row beats on both axes (smaller ``x`` and higher ``y``), sorted by ``x``.
+
+    Args:
+        df: the points.
+        x: column to minimise.
+        y: column to maximise.
+
+    Returns:
+        The non-dominated rows.
+    """
+    rows = df.sort_values([x, y], ascending=[True, False])
+    best = -float("inf")
+    keep = []
+    for idx, v in zip(rows.index, rows[y]):
+        if v > best:
+            keep.append(idx)
+            best = v
+    return rows.loc[keep]
+
+
+def figure(board: pd.DataFrame, title: str = "", front: bool = True):
     """Accuracy against bytes on disk for every row of the leaderboard (latency as marker size).
 
     Args:
         board: the table from ``build``.
+        title: the title (a default one when empty).
+        front: draw the Pareto front (smaller and more accurate is better).
 
     Returns:
         The matplotlib Figure.
@@ -70,10 +93,13 @@ def figure(board: pd.DataFrame):
                     size="latency b256 (ms)", sizes=(30, 300), ax=ax)
     for _, r in data.iterrows():
         ax.annotate(str(r["model"]), (r["bytes"], r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if front and len(data) > 1:
+        pf = pareto_front(data)
+        ax.step(pf["bytes"], pf["accuracy"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("bytes on disk (log)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Every technique against its baseline: accuracy vs size (marker: latency at batch 256)")
+    ax.set_title(title or "Every technique against its baseline: accuracy vs size (marker: latency at batch 256)")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig

@@ -104,6 +104,21 @@ def check_float(
     return float(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Check that ``value`` is True or False.
+
+    Args:
+        name: parameter name.
+        value: the given value.
+
+    Returns:
+        The value.
+    """
+    if not isinstance(value, bool):
+        raise ParameterError(name, value, "True or False")
+    return value
+
+
 def check_fraction(name: str, value: Any) -> float:
     """Check that ``value`` is a fraction strictly between 0 and 1.
 

@@ -307,6 +307,8 @@ def run_all(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # kernels inherit the environment: share the cores between notebooks run at once, not oversubscribe
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     params = {nb.stem: load_parameters(nb.stem, params_file, params_dir) for nb in notebooks}
     results: dict[str, RunResult] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(notebooks), desc="notebooks",

@@ -2,7 +2,9 @@
 
 import pytest
 
-from nbhelpers.leaderboard import build, html_section, safe_html_section
+import pandas as pd
+
+from nbhelpers.leaderboard import build, html_section, pareto_front, safe_html_section
 
 
 def _row(model, acc, nbytes, b256, **extra):
@@ -59,3 +61,8 @@ def test_benchmark_markdown_lists_targets_speedups_and_times():
     assert "| 06_quantization | int8 loss | 1 points | <= 0.5 points | **no** |" in text
     assert "| 06_quantization | int8 | -1.00 | 4.00 |" in text and "Test CPU" in text
     assert "| 99_broken | failed | 3.0 | ValueError: x |" in text and "Whole suite: 15 s" in text
+
+
+def test_pareto_front():
+    df = pd.DataFrame({"bytes": [100, 50, 50, 10, 200], "accuracy": [0.9, 0.92, 0.8, 0.85, 0.95]})
+    assert pareto_front(df).index.tolist() == [3, 1, 4]

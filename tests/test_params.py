@@ -2,7 +2,7 @@
 
 import pytest
 
-from nbhelpers.params import (ParameterError, check_choice, check_choices, check_device, check_float,
+from nbhelpers.params import (ParameterError, check_bool, check_choice, check_choices, check_device, check_float,
                               check_fraction, check_int, check_list, check_positive, check_seed)
 
 
@@ -68,3 +68,9 @@ def test_device():
     if not torch.cuda.is_available():
         with pytest.raises(ParameterError, match="CUDA is not available"):
             check_device("DEVICE", "cuda")
+
+
+def test_bool():
+    assert check_bool("ENTROPY_CODING", False) is False
+    with pytest.raises(ParameterError, match="ENTROPY_CODING=1 .* True or False"):
+        check_bool("ENTROPY_CODING", 1)
