@@ -47,7 +47,7 @@ def machine() -> dict[str, str]:
 
 
 def targets_frame(results: list[RunResult]) -> pd.DataFrame:
-    """Every recorded target of every notebook, one row each.
+    """Every recorded target of every notebook (records ``targets`` and ``targets_*``), one row each.
 
     Args:
         results: the notebook runs.
@@ -57,7 +57,8 @@ def targets_frame(results: list[RunResult]) -> pd.DataFrame:
     """
     rows = []
     for r in results:
-        for t in r.records.get("targets") or []:
+        lists = [v for k, v in sorted(r.records.items()) if k == "targets" or k.startswith("targets_")]
+        for t in (t for lst in lists for t in (lst or [])):
             rows.append({"notebook": r.stem, "target": t["name"],
                          "measured": f"{t['measured']:.4g} {t['unit']}".strip(),
                          "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),

@@ -80,10 +80,7 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
     Returns:
         The matplotlib Figure.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless processes fall back to the Agg backend by themselves
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
