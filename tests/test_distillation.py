@@ -1,0 +1,191 @@
+"""Unit tests of nbhelpers.distillation: the losses against hand computations, the teacher cache, helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nbhelpers import distillation as KD
+from nbhelpers.data import loader
+from nbhelpers.models import MLP
+from nbhelpers.params import ParameterError
+
+# Fixed tensors: two samples, three classes.
+S = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+T_LOGITS = torch.tensor([[4.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+Y = torch.tensor([0, 2])
+
+
+def softmax(z: list[float], T: float = 1.0) -> list[float]:
+    e = [math.exp(v / T) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def hand_hinton(T: float, alpha: float) -> float:
+    """Hinton's loss by hand, with Python floats only."""
+    ce = kl = 0.0
+    for s, t, y in zip(S.tolist(), T_LOGITS.tolist(), Y.tolist()):
+        ce += -math.log(softmax(s)[y])
+        ps, pt = softmax(s, T), softmax(t, T)
+        kl += sum(q * math.log(q / p) for q, p in zip(pt, ps))
+    n = len(Y)
+    return (1 - alpha) * ce / n + alpha * T * T * kl / n
+
+
+@pytest.mark.parametrize("T,alpha", [(1.0, 0.5), (2.0, 0.9), (4.0, 1.0), (20.0, 0.3)])
+def test_hinton_loss_equals_hand_computation(T, alpha):
+    assert KD.hinton_loss(S, T_LOGITS, Y, T, alpha).item() == pytest.approx(hand_hinton(T, alpha), rel=1e-5)
+
+
+def test_hinton_loss_worked_example():
+    # One sample, two classes: student logits [0, 0], teacher [ln 3, 0], label 0, alpha 0.5.
+    # T=1: CE = ln 2; p_t = (3/4, 1/4), p_s = (1/2, 1/2); KL = 3/4 ln 1.5 + 1/4 ln 0.5 = 0.130812.
+    # T=2: p_t = (sqrt3, 1) / (sqrt3 + 1); KL = 0.036341, times T^2 = 0.145363.
+    s, t, y = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([0])
+    assert KD.hinton_loss(s, t, y, 1.0, 0.5).item() == pytest.approx(0.5 * 0.693147 + 0.5 * 0.130812, abs=1e-5)
+    assert KD.hinton_loss(s, t, y, 2.0, 0.5).item() == pytest.approx(0.5 * 0.693147 + 0.5 * 0.145363, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", KD.LOSSES)
+@pytest.mark.parametrize("T", [0.5, 1.0, 8.0])
+def test_alpha_zero_is_cross_entropy(loss, T):
+    ce = F.cross_entropy(S, Y)
+    assert torch.equal(KD.distillation_loss(S, T_LOGITS, Y, loss, T, 0.0), ce)
+
+
+def test_alpha_one_ignores_labels_and_is_zero_when_student_equals_teacher():
+    other = torch.tensor([1, 1])
+    assert KD.hinton_loss(S, T_LOGITS, Y, 3.0, 1.0) == KD.hinton_loss(S, T_LOGITS, other, 3.0, 1.0)
+    assert KD.hinton_loss(T_LOGITS, T_LOGITS, Y, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert KD.logit_loss(T_LOGITS, T_LOGITS, Y, 1.0).item() == 0.0
+
+
+def test_logit_loss_equals_hand_computation():
+    mse = sum((a - b) ** 2 for ra, rb in zip(S.tolist(), T_LOGITS.tolist()) for a, b in zip(ra, rb)) / 6
+    ce = F.cross_entropy(S, Y).item()
+    assert KD.logit_loss(S, T_LOGITS, Y, 1.0).item() == pytest.approx(mse, rel=1e-6)
+    assert KD.logit_loss(S, T_LOGITS, Y, 0.25).item() == pytest.approx(0.75 * ce + 0.25 * mse, rel=1e-6)
+
+
+def test_no_gradient_flows_into_teacher_logits():
+    s, t = S.clone().requires_grad_(), T_LOGITS.clone().requires_grad_()
+    KD.hinton_loss(s, t, Y, 2.0, 0.7).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_soft_targets():
+    p = KD.soft_targets(T_LOGITS, 4.0)
+    assert torch.allclose(p.sum(1), torch.ones(2))
+    assert p[0].tolist() == pytest.approx(softmax(T_LOGITS[0].tolist(), 4.0), rel=1e-6)
+    # a higher temperature spreads the mass: the top probability falls
+    assert (KD.soft_targets(T_LOGITS, 20.0).max(1).values < KD.soft_targets(T_LOGITS, 1.0).max(1).values).all()
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, float("nan"), float("inf"), "4", True])
+def test_bad_temperature_raises(bad):
+    with pytest.raises(ParameterError, match="TEMPERATURE"):
+        KD.check_temperature("TEMPERATURE", bad)
+    with pytest.raises(ParameterError):
+        KD.hinton_loss(S, T_LOGITS, Y, bad, 0.5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan"), "0.5", None])
+def test_bad_alpha_raises(bad):
+    with pytest.raises(ParameterError, match="ALPHA"):
+        KD.check_alpha("ALPHA", bad)
+    with pytest.raises(ParameterError):
+        KD.make_loss_fn(torch.nn.Identity(), "hinton", 2.0, bad)
+
+
+def test_unknown_loss_raises():
+    with pytest.raises(ParameterError, match="LOSS"):
+        KD.distillation_loss(S, T_LOGITS, Y, "kl")
+    with pytest.raises(ParameterError, match="LOSS"):
+        KD.make_loss_fn(torch.nn.Identity(), "mse", 2.0, 0.5)
+
+
+def test_teacher_logits_cache_equals_teacher():
+    torch.manual_seed(0)
+    teacher = MLP(16, [8]).eval()
+    X = torch.randn(50, 1, 4, 4)
+    cache = KD.TeacherLogits(teacher, X, batch_size=7)
+    batch = X[torch.tensor([3, 49, 0, 3, 17])]
+    with torch.no_grad():
+        expected = teacher(batch)
+    assert torch.allclose(cache(batch), expected, atol=1e-6)
+    assert (cache.hits, cache.misses) == (5, 0)
+    fresh = torch.randn(2, 1, 4, 4)  # not in the cache: computed by the teacher
+    with torch.no_grad():
+        assert torch.allclose(cache(fresh), teacher(fresh), atol=1e-6)
+    assert cache.misses == 2
+
+
+def test_make_loss_fn_with_cache_or_module_agree():
+    torch.manual_seed(0)
+    teacher = MLP(16, [8]).eval()
+    X = torch.randn(20, 1, 4, 4)
+    y = torch.randint(0, 10, (20,))
+    logits = torch.randn(20, 10)
+    a = KD.make_loss_fn(KD.TeacherLogits(teacher, X), "hinton", 3.0, 0.8)(logits, y, X)
+    b = KD.make_loss_fn(teacher, "hinton", 3.0, 0.8)(logits, y, X)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_shifted_copies_moves_pixels_and_keeps_originals():
+    X = torch.zeros(30, 1, 8, 8)
+    X[:, 0, 4, 4] = 1.0
+    out = KD.shifted_copies(X, 2, max_shift=2, seed=0)
+    assert out.shape == (90, 1, 8, 8)
+    assert torch.equal(out[:30], X)
+    pos = out.reshape(90, -1).argmax(1)
+    r, c = pos // 8, pos % 8
+    assert ((r - 4).abs() <= 2).all() and ((c - 4).abs() <= 2).all()
+    assert out.sum(dim=(1, 2, 3)).eq(1).all()  # shifted, not lost
+    assert (pos[30:] != 4 * 8 + 4).any()
+    assert torch.equal(out, KD.shifted_copies(X, 2, max_shift=2, seed=0))
+    assert torch.equal(KD.shifted_copies(X, 0), X)
+
+
+def test_train_student_repeats_with_a_seed():
+    torch.manual_seed(0)
+    X = torch.randn(64, 1, 4, 4).numpy()
+    y = torch.randint(0, 3, (64,)).numpy()
+    dl = loader(X, y, 16, shuffle=True)
+    runs = [KD.train_student(lambda: MLP(16, [5], n_classes=3), 7, dl, None, 2)[0] for _ in range(2)]
+    for p, q in zip(runs[0].parameters(), runs[1].parameters()):
+        assert torch.equal(p, q)
+
+
+def test_gap_closed_and_summarize():
+    assert KD.gap_closed(0.90, 0.95, 1.00) == pytest.approx(0.5)
+    assert KD.gap_closed(0.90, 0.88, 1.00) == pytest.approx(-0.2)
+    assert math.isnan(KD.gap_closed(0.95, 0.96, 0.95))
+    import pandas as pd
+
+    runs = pd.DataFrame({"T": [1, 1, 4, 4], "seed": [0, 1, 0, 1], "test_accuracy": [0.8, 0.9, 0.7, 0.7]})
+    s = KD.summarize(runs, ["T"]).set_index("T")
+    assert s.loc[1, "mean"] == pytest.approx(0.85) and s.loc[4, "std"] == 0 and s.loc[1, "n"] == 2
+
+
+def test_teacher_table():
+    tab = KD.teacher_table(T_LOGITS, torch.tensor([0, 1]), [1.0, 4.0])
+    assert len(tab) == 4 and list(tab.columns[:3]) == ["sample", "label", "T"]
+    assert tab[["0", "1", "2"]].sum(1).tolist() == pytest.approx([1.0] * 4)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("override,name", [({"TEMPERATURE": 0.0}, "TEMPERATURE"), ({"ALPHA": 1.5}, "ALPHA"),
+                                            ({"LOSS": "kl"}, "LOSS"), ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN")])
+def test_notebook_bad_input_fails_in_validation(override, name, tmp_path):
+    """Bad distillation parameters stop notebook 07 in its validation cell, before any training."""
+    from pathlib import Path
+
+    from notebook_runner import error_code_cell, parameters_code_cell, run
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "07_knowledge_distillation.ipynb"
+    result = run(nb, tmp_path, **override)
+    assert result.status == "failed" and "ParameterError" in result.error and name in result.error
+    assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
