@@ -1,0 +1,434 @@
+"""Structured (neuron and channel) pruning of ``nn.Sequential`` models: rank units, then cut them out.
+
+A *unit* is an output row of an ``nn.Linear`` (a hidden neuron) or an output channel of an
+``nn.Conv2d`` (a filter). Every weighted layer except the last (the classifier) is prunable.
+Scores follow one convention: **higher means more important**; the lowest-scored units go.
+
+* weight norms: :math:`s_j = \\lVert W_{j,:} \\rVert_p` (p = 1 or 2) of the unit's incoming weights;
+* activations on training data, after the unit's ReLU: the mean activation, and
+  :math:`1 - \\mathrm{APoZ}_j` where APoZ is the average percentage of zeros (Hu et al. 2016);
+* random scores, the control.
+
+``remove_units`` builds the smaller model by hand: the pruned layer keeps the rows (filters) of the
+kept units, a BatchNorm after it keeps their statistics, and the next weighted layer keeps only the
+matching input columns (for a Linear after a Conv2d and a Flatten, each kept channel brings its
+H x W block of flattened features).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .params import ParameterError, check_choice, check_choices, check_fraction
+
+CRITERIA = ("l1", "l2", "mean_activation", "apoz", "random")
+SCOPES = ("layer", "global")
+WEIGHTED = (nn.Linear, nn.Conv2d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def weighted_layers(model: nn.Sequential) -> list[int]:
+    """Positions of the Linear and Conv2d layers in a Sequential, in order."""
+    return [i for i, m in enumerate(model) if isinstance(m, WEIGHTED)]
+
+
+def prunable_layers(model: nn.Sequential) -> list[int]:
+    """Positions of the layers whose units may be removed: every weighted layer but the last."""
+    return weighted_layers(model)[:-1]
+
+
+def widths(model: nn.Sequential) -> dict[int, int]:
+    """Number of units (output features or channels) of each prunable layer, by position."""
+    return {i: _n_units(model[i]) for i in prunable_layers(model)}
+
+
+def _n_units(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def n_removed(n: int, fraction: float) -> int:
+    """Units removed from a layer of ``n`` units at ``fraction``: ``floor(fraction * n + 0.5)``."""
+    return int(math.floor(fraction * n + 0.5))
+
+
+def check_prune_fraction(name: str, fraction: object, layer_widths: Mapping[object, int] | Sequence[int]) -> float:
+    """Check a per-layer fraction: strictly in (0, 1) and leaving every layer at least one unit.
+
+    Args:
+        name: parameter name.
+        fraction: the given value.
+        layer_widths: units per prunable layer (a mapping layer -> width, or a list of widths).
+
+    Returns:
+        The fraction as a float.
+    """
+    f = check_fraction(name, fraction)
+    items = layer_widths.items() if isinstance(layer_widths, Mapping) else enumerate(layer_widths)
+    for layer, n in items:
+        if n - n_removed(n, f) < 1:
+            raise ParameterError(name, fraction, f"a fraction in (0, 1) that leaves every layer a unit "
+                                 f"(layer {layer} has {n} units: {n_removed(n, f)} would go)")
+    return f
+
+
+def check_criteria(name: str, values: object) -> list[str]:
+    """Check a list of distinct criterion names from ``CRITERIA``."""
+    out = check_choices(name, values, CRITERIA)
+    if len(set(out)) != len(out):
+        raise ParameterError(name, values, "distinct criteria, each one of " + ", ".join(map(repr, CRITERIA)))
+    return out
+
+
+def weight_norm_scores(model: nn.Sequential, p: int = 1) -> dict[int, torch.Tensor]:
+    """The p-norm of each unit's incoming weights (a Linear row, a Conv2d filter), per prunable layer.
+
+    Args:
+        model: the Sequential model.
+        p: 1 for the L1 norm, 2 for the L2 norm.
+
+    Returns:
+        layer position -> scores (one per unit).
+    """
+    return {i: model[i].weight.detach().flatten(1).norm(p=p, dim=1) for i in prunable_layers(model)}
+
+
+def _activation_of(model: nn.Sequential, i: int) -> int:
+    """Position of the first ReLU after layer ``i`` (the unit's activation)."""
+    for j in range(i + 1, len(model)):
+        if isinstance(model[j], nn.ReLU):
+            return j
+        if isinstance(model[j], WEIGHTED):
+            break
+    raise ValueError(f"layer {i} is not followed by a ReLU before the next weighted layer")
+
+
+@torch.no_grad()
+def activation_stats(
+    model: nn.Sequential, loader: DataLoader, max_batches: int | None = None
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Mean activation and APoZ of every prunable unit, after its ReLU, over batches of data.
+
+    For a channel both are taken over the samples and all spatial positions.
+
+    Args:
+        model: the Sequential model (run in eval mode).
+        loader: yields (x, y) batches, e.g. training data.
+        max_batches: use at most this many batches (None: all).
+
+    Returns:
+        layer position -> {"mean_activation": ..., "apoz": ...}, one value per unit.
+    """
+    model.eval()
+    sums: dict[int, torch.Tensor] = {}
+    zeros: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    hooks = []
+
+    def hook_for(i: int):
+        def hook(_m, _inp, out):
+            a = out.detach().transpose(0, 1).flatten(1)  # units x (samples * positions)
+            sums[i] = sums.get(i, 0) + a.sum(1)
+            zeros[i] = zeros.get(i, 0) + (a == 0).sum(1)
+            counts[i] = counts.get(i, 0) + a.shape[1]
+        return hook
+
+    for i in prunable_layers(model):
+        hooks.append(model[_activation_of(model, i)].register_forward_hook(hook_for(i)))
+    try:
+        for b, (x, _) in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                break
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {i: {"mean_activation": sums[i] / counts[i], "apoz": zeros[i].float() / counts[i]} for i in sums}
+
+
+def unit_scores(
+    model: nn.Sequential,
+    criterion: str,
+    loader: DataLoader | None = None,
+    max_batches: int | None = None,
+    seed: int = 0,
+) -> dict[int, torch.Tensor]:
+    """Importance of every prunable unit by a criterion (higher: more important).
+
+    Args:
+        model: the Sequential model.
+        criterion: one of ``CRITERIA``: "l1", "l2", "mean_activation", "apoz" (scored as 1 - APoZ), "random".
+        loader: data for the activation criteria.
+        max_batches: batches of ``loader`` used.
+        seed: seed of the random scores.
+
+    Returns:
+        layer position -> scores.
+    """
+    check_choice("criterion", criterion, CRITERIA)
+    if criterion in ("l1", "l2"):
+        return weight_norm_scores(model, 1 if criterion == "l1" else 2)
+    if criterion == "random":
+        g = torch.Generator().manual_seed(seed)
+        return {i: torch.rand(n, generator=g) for i, n in widths(model).items()}
+    if loader is None:
+        raise ValueError(f"criterion {criterion!r} needs a data loader")
+    stats = activation_stats(model, loader, max_batches)
+    if criterion == "mean_activation":
+        return {i: s["mean_activation"] for i, s in stats.items()}
+    return {i: 1.0 - s["apoz"] for i, s in stats.items()}
+
+
+def select_keep(scores: Mapping[int, torch.Tensor], fraction: float, scope: str = "layer") -> dict[int, torch.Tensor]:
+    """Which units to keep: drop the lowest-scored ones.
+
+    ``"layer"`` removes ``n_removed(n, fraction)`` units of every layer. ``"global"`` ranks all units
+    together, each score divided by its layer's mean score (layers differ in scale), removes the same
+    total number, and always keeps each layer's best unit. Ties go to the lower index.
+
+    Args:
+        scores: layer position -> scores.
+        fraction: fraction of units removed, strictly in (0, 1).
+        scope: "layer" or "global".
+
+    Returns:
+        layer position -> sorted indices of the kept units.
+    """
+    check_choice("scope", scope, SCOPES)
+    check_prune_fraction("fraction", fraction, {i: len(s) for i, s in scores.items()})
+    if scope == "layer":
+        keep = {}
+        for i, s in scores.items():
+            order = torch.sort(s.double(), descending=True, stable=True).indices
+            keep[i] = order[: len(s) - n_removed(len(s), fraction)].sort().values
+        return keep
+    total = sum(n_removed(len(s), fraction) for s in scores.values())
+    flat = []
+    for i, s in scores.items():
+        norm = s.double() / s.double().abs().mean().clamp_min(1e-12)
+        norm[int(torch.argmax(s))] = math.inf  # a layer never loses all its units
+        flat += [(float(v), i, j) for j, v in enumerate(norm)]
+    flat.sort(key=lambda t: (t[0], -t[2]))  # lowest first; among ties the higher index goes first
+    dropped: dict[int, set[int]] = {i: set() for i in scores}
+    for _, i, j in flat[:total]:
+        dropped[i].add(j)
+    return {i: torch.tensor([j for j in range(len(s)) if j not in dropped[i]], dtype=torch.long)
+            for i, s in scores.items()}
+
+
+def _resized(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A new Linear or Conv2d like ``m`` holding the given (sliced) weight and bias."""
+    if isinstance(m, nn.Linear):
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    else:
+        if m.groups != 1:
+            raise NotImplementedError("grouped convolutions are not supported")
+        new = nn.Conv2d(weight.shape[1], weight.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
+                        bias=bias is not None, padding_mode=m.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new.to(weight.device, weight.dtype)
+
+
+def _sliced_norm(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
+    """A BatchNorm like ``bn`` keeping only the features in ``keep``."""
+    new = type(bn)(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                   track_running_stats=bn.track_running_stats)
+    ref = next(iter(bn.parameters()), None)
+    ref = ref if ref is not None else bn.running_mean
+    if ref is not None:
+        new = new.to(ref.device, ref.dtype)
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight[keep])
+            new.bias.copy_(bn.bias[keep])
+        if bn.track_running_stats:
+            new.running_mean.copy_(bn.running_mean[keep])
+            new.running_var.copy_(bn.running_var[keep])
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new
+
+
+def remove_units(model: nn.Sequential, keep: Mapping[int, Sequence[int] | torch.Tensor]) -> nn.Sequential:
+    """A physically smaller copy of the model keeping only the given units (the original is untouched).
+
+    Args:
+        model: a Sequential of Linear/Conv2d layers with activations, pooling, BatchNorm, Flatten between.
+        keep: layer position -> indices of the units kept (layers not listed keep all their units).
+
+    Returns:
+        The pruned copy, in the same mode (train/eval) as ``model``.
+    """
+    new = copy.deepcopy(model)
+    layers = weighted_layers(new)
+    if set(keep) - set(layers[:-1]):
+        raise ValueError(f"only layers {layers[:-1]} can lose units, got {sorted(keep)}")
+    kept_in: torch.Tensor | None = None  # units kept by the previous weighted layer (None: all)
+    prev_units = None
+    for pos, i in enumerate(layers):
+        m = new[i]
+        w, b = m.weight.detach(), (m.bias.detach() if m.bias is not None else None)
+        if kept_in is not None:
+            cols = kept_in
+            if isinstance(m, nn.Linear) and w.shape[1] != prev_units:  # conv -> flatten -> linear
+                per = w.shape[1] // prev_units  # H x W features per channel, channel-major
+                cols = (kept_in[:, None] * per + torch.arange(per)).flatten()
+            w = w[:, cols]
+        kept_out = torch.as_tensor(keep[i], dtype=torch.long).sort().values if i in keep else None
+        if kept_out is not None:
+            if len(kept_out) == 0 or len(set(kept_out.tolist())) != len(kept_out):
+                raise ValueError(f"layer {i}: keep a non-empty set of distinct units")
+            w, b = w[kept_out], (b[kept_out] if b is not None else None)
+            end = layers[pos + 1] if pos + 1 < len(layers) else len(new)
+            for j in range(i + 1, end):
+                if isinstance(new[j], NORMS):
+                    new[j] = _sliced_norm(new[j], kept_out)
+        prev_units = _n_units(m)
+        new[i] = _resized(m, w.contiguous(), b)
+        kept_in = kept_out
+    return new.train(model.training)
+
+
+def prune(
+    model: nn.Sequential,
+    criterion: str,
+    fraction: float,
+    scope: str = "layer",
+    loader: DataLoader | None = None,
+    max_batches: int | None = None,
+    seed: int = 0,
+) -> tuple[nn.Sequential, dict[int, torch.Tensor]]:
+    """Rank units by a criterion and remove ``fraction`` of them (scores, selection, surgery).
+
+    Args:
+        model: the Sequential model.
+        criterion: one of ``CRITERIA``.
+        fraction: fraction removed, strictly in (0, 1).
+        scope: "layer" or "global".
+        loader: data for the activation criteria.
+        max_batches: batches of ``loader`` used.
+        seed: seed of the random criterion.
+
+    Returns:
+        (the smaller model, layer position -> kept unit indices).
+    """
+    keep = select_keep(unit_scores(model, criterion, loader, max_batches, seed), fraction, scope)
+    return remove_units(model, keep), keep
+
+
+def dead_units(model: nn.Sequential) -> dict[int, torch.Tensor]:
+    """Units whose outgoing weights (their input columns in the next weighted layer) are all zero.
+
+    Args:
+        model: the Sequential model.
+
+    Returns:
+        layer position -> indices of the dead units (empty tensors where none).
+    """
+    layers = weighted_layers(model)
+    out = {}
+    for i, nxt in zip(layers[:-1], layers[1:]):
+        n = _n_units(model[i])
+        w = model[nxt].weight.detach()
+        alive = w.reshape(w.shape[0], n, -1).ne(0).any(2).any(0)  # Linear (incl. after Flatten) or Conv2d
+        out[i] = torch.nonzero(~alive).flatten()
+    return out
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass per sample, over Linear and Conv2d layers.
+
+    Linear: in x out; Conv2d: out_channels x (in_channels / groups) x kh x kw x output positions.
+
+    Args:
+        model: the model.
+        example: one input batch (its first sample is used).
+
+    Returns:
+        MACs per sample.
+    """
+    total = 0
+
+    def hook(m, _inp, out):
+        nonlocal total
+        if isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+        else:
+            kh, kw = m.kernel_size
+            total += m.out_channels * (m.in_channels // m.groups) * kh * kw * out.shape[-1] * out.shape[-2]
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, WEIGHTED)]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def torch_pruning_remove(
+    model: nn.Module, example: torch.Tensor, keep: Mapping[int, Sequence[int] | torch.Tensor]
+) -> nn.Module:
+    """The same removal through torch-pruning's dependency graph (works for non-Sequential models too).
+
+    Args:
+        model: the model (a copy is pruned); ``keep`` positions refer to ``model[i]``.
+        example: an input batch to trace the graph.
+        keep: layer position -> indices of the kept units.
+
+    Returns:
+        The pruned copy.
+    """
+    import torch_pruning as tp
+
+    new = copy.deepcopy(model).eval()
+    dg = tp.DependencyGraph().build_dependency(new, example_inputs=example[:1])
+    for i, kept in keep.items():
+        m = new[i]
+        kept_set = set(torch.as_tensor(kept).tolist())
+        drop = [j for j in range(_n_units(m)) if j not in kept_set]
+        fn = tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
+        group = dg.get_pruning_group(m, fn, idxs=drop)
+        if drop and dg.check_pruning_group(group):
+            group.prune()
+    return new.train(model.training)
+
+
+@torch.no_grad()
+def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> "pd.Series":
+    """Median time of each layer of a Sequential on the input it really receives, in milliseconds.
+
+    Args:
+        model: the Sequential model (eval mode).
+        x: the input batch.
+        repeats: timing samples per layer.
+        threads: ``torch.set_num_threads`` while timing (restored after).
+
+    Returns:
+        A Series indexed "position type" (e.g. "2 MaxPool2d") of median milliseconds.
+    """
+    import pandas as pd
+
+    from .measure import time_call
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        model.eval()
+        h = x
+        for i, layer in enumerate(model):
+            s = sorted(time_call(lambda: layer(h), 2, repeats))
+            out[f"{i} {type(layer).__name__}"] = s[len(s) // 2] * 1e3
+            h = layer(h)
+    finally:
+        torch.set_num_threads(old)
+    return pd.Series(out, name="ms")
