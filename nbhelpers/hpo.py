@@ -29,7 +29,7 @@ from torch import nn
 
 from .cache import config_key
 from .models import MLP
-from .params import ParameterError, check_choice, check_int
+from .params import ParameterError, check_choice, check_int, check_list
 from .paths import cache_dir
 
 BACKENDS = ("loky", "dask")
@@ -355,6 +355,47 @@ def results_table(search, top: int | None = None) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Backends: loky (local processes) or a Dask cluster, through joblib
 # ---------------------------------------------------------------------------------------------
+
+
+def check_backend(backend: Any, scheduler: Any, n_jobs: Any) -> str:
+    """Check ``BACKEND``, ``DASK_SCHEDULER`` (reachable within seconds when given) and ``N_JOBS``.
+
+    Args:
+        backend: one of ``BACKENDS``.
+        scheduler: "" (start a local cluster) or a scheduler address such as "tcp://host:8786".
+        n_jobs: parallel fits, an integer >= 1.
+
+    Returns:
+        The backend.
+    """
+    check_choice("BACKEND", backend, BACKENDS)
+    if backend == "dask":
+        check_scheduler("DASK_SCHEDULER", scheduler)  # fails within seconds if unreachable
+    elif not isinstance(scheduler, str):
+        raise ParameterError("DASK_SCHEDULER", scheduler, "a string ('' or tcp://host:port)")
+    check_int("N_JOBS", n_jobs, minimum=1)
+    return backend
+
+
+def check_table(dims: Any, points: Any, space: Mapping[str, dict]) -> tuple[list[str], list[int]]:
+    """Check ``TABLE_DIMS`` (two different numeric dimensions of ``space``) and ``TABLE_POINTS``.
+
+    Args:
+        dims: the two hyperparameters of the lookup table.
+        points: grid points along each of them (integers >= 2).
+        space: the search space.
+
+    Returns:
+        (dims, points) as lists.
+    """
+    numeric = [k for k, d in space.items() if "values" not in d]
+    check_list("TABLE_DIMS", dims, lambda n, v: check_choice(n, v, numeric), min_len=2)
+    if len(dims) != 2 or dims[0] == dims[1]:
+        raise ParameterError("TABLE_DIMS", dims, "two different numeric hyperparameters of the space")
+    check_list("TABLE_POINTS", points, lambda n, v: check_int(n, v, minimum=2), min_len=2)
+    if len(points) != 2:
+        raise ParameterError("TABLE_POINTS", points, "two integers >= 2, one per TABLE_DIMS axis")
+    return list(dims), list(points)
 
 
 def parse_scheduler(name: str, address: Any) -> tuple[str, int]:

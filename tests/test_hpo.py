@@ -340,3 +340,22 @@ def test_notebook_bad_input(stem: str, override: dict, name: str, tmp_path: Path
     assert result.status == "failed" and "ParameterError" in result.error and name in result.error
     assert error_code_cell(tmp_path / f"{stem}.failed.ipynb") == parameters_code_cell(nb) + 2
     assert time.perf_counter() - t0 < 60
+
+
+def test_check_backend_and_table():
+    from nbhelpers.params import ParameterError
+
+    assert hpo.check_backend("loky", "", 2) == "loky"
+    with pytest.raises(ParameterError, match="BACKEND='spark'"):
+        hpo.check_backend("spark", "", 1)
+    with pytest.raises(ParameterError, match="N_JOBS=0"):
+        hpo.check_backend("loky", "", 0)
+    with pytest.raises(ParameterError, match="DASK_SCHEDULER=3"):
+        hpo.check_backend("loky", 3, 1)
+    assert hpo.check_table(["lr", "weight_decay"], [4, 3], hpo.MLP_SPACE) == (["lr", "weight_decay"], [4, 3])
+    with pytest.raises(ParameterError, match="TABLE_DIMS"):
+        hpo.check_table(["lr", "lr"], [4, 3], hpo.MLP_SPACE)
+    with pytest.raises(ParameterError, match="TABLE_DIMS"):
+        hpo.check_table(["lr", "batch_size"], [4, 3], hpo.MLP_SPACE)  # categorical: not a table axis
+    with pytest.raises(ParameterError, match="TABLE_POINTS"):
+        hpo.check_table(["lr", "weight_decay"], [4, 1], hpo.MLP_SPACE)
