@@ -21,6 +21,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -403,7 +404,7 @@ def torch_pruning_remove(
 
 
 @torch.no_grad()
-def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> "pd.Series":
+def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> pd.Series:
     """Median time of each layer of a Sequential on the input it really receives, in milliseconds.
 
     Args:
@@ -415,8 +416,6 @@ def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, thread
     Returns:
         A Series indexed "position type" (e.g. "2 MaxPool2d") of median milliseconds.
     """
-    import pandas as pd
-
     from .measure import time_call
 
     old = torch.get_num_threads()

@@ -18,7 +18,6 @@ import argparse
 import html
 import json
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
