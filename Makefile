@@ -23,9 +23,9 @@ report: install
 test: install
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
-## Execute every notebook at its defaults, one at a time, and write docs/benchmarks.md
+## Execute every notebook at its defaults, one at a time, from an empty model cache, and write docs/benchmarks.md
 bench: install
-	$(BIN)/python -m nbhelpers.bench $(NB)
+	$(BIN)/python -m nbhelpers.bench --empty-cache $(NB)
 
 ## JupyterLab on notebooks/ (token authentication stays on; the kernel imports nbhelpers)
 lab: install

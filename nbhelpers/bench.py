@@ -4,6 +4,7 @@ Usage::
 
     python -m nbhelpers.bench            # all notebooks, one at a time (clean timings)
     python -m nbhelpers.bench --jobs 2   # faster, but notebooks then share the cores
+    python -m nbhelpers.bench --empty-cache   # train every baseline anew (the from-scratch time)
 
 Every target a notebook records (``targets``, see ``nbhelpers.targets``) is listed with its measured
 figure and verdict; every speed figure is a ratio measured side by side within one notebook run
@@ -16,6 +17,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import leaderboard
+from .paths import cache_dir
 from .report import DEFAULT_NOTEBOOKS, DEFAULT_OUT, REPO_DIR, RunResult, list_notebooks, run_all
 
 
@@ -75,7 +78,20 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dict[str, str]) -> str:
+def cache_files(folder: Path) -> int:
+    """Files in the model cache folder (0 when it does not exist).
+
+    Args:
+        folder: the cache folder.
+
+    Returns:
+        The number of files under it.
+    """
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dict[str, str],
+             cache: str = "not recorded") -> str:
     """The text of ``docs/benchmarks.md``.
 
     Args:
@@ -83,6 +99,7 @@ def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dic
         wall_seconds: wall time of the whole suite.
         jobs: notebooks run at once.
         info: the ``machine()`` description.
+        cache: what the model cache held when the run started (run times depend on it).
 
     Returns:
         Markdown.
@@ -124,7 +141,7 @@ speedup_b1 / speedup_b256: times faster at batch 1 / 256.
 {_md(speed)}
 ## Run times
 
-Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time).
+Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time). Model cache at the start: {cache}.
 
 {_md(runs)}"""
 
@@ -136,15 +153,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "benchmarks.md")
+    ap.add_argument("--empty-cache", action="store_true",
+                    help="run with an empty temporary model cache, so every baseline is trained anew")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be an integer >= 1, got {args.jobs}")
     nbs = list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks)
-    t0 = time.perf_counter()
-    results = run_all(nbs, args.out, jobs=args.jobs)
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="nbhelpers-cache-") as tmp:
+        if args.empty_cache:
+            os.environ["NBHELPERS_CACHE_DIR"] = tmp  # the kernels inherit it; data/cache/ is left alone
+            cache = "empty (a temporary folder: every baseline and lookup table was built in this run)"
+        else:
+            cache = f"{cache_files(cache_dir())} file(s) in {cache_dir()}"
+        t0 = time.perf_counter()
+        results = run_all(nbs, args.out, jobs=args.jobs)
+        wall = time.perf_counter() - t0
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(markdown(results, wall, args.jobs, machine()), encoding="utf-8")
+    args.doc.write_text(markdown(results, wall, args.jobs, machine(), cache), encoding="utf-8")
     print(f"wrote {args.doc}")
     return 1 if any(r.status != "ok" for r in results) else 0
 

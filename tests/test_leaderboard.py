@@ -55,12 +55,23 @@ def test_benchmark_markdown_lists_targets_speedups_and_times():
                                                      target("int8 loss", 1.0, "<=", 0.5, "points")])
     text = markdown([RunResult("06_quantization", "ok", 12.0, records=recs),
                      RunResult("99_broken", "failed", 3.0, error="ValueError: x")], 15.2, 1,
-                    {"cores": "2", "cpu": "Test CPU", "python": "3.11", "torch": "2.13.0", "os": "linux"})
+                    {"cores": "2", "cpu": "Test CPU", "python": "3.11", "torch": "2.13.0", "os": "linux"}, "empty")
     assert "## Targets from the issues: 1 of 2 met" in text
     assert "| 06_quantization | int8 speed-up b256 | 2 x | >= 2 x | yes |" in text
     assert "| 06_quantization | int8 loss | 1 points | <= 0.5 points | **no** |" in text
     assert "| 06_quantization | int8 | -1.00 | 4.00 |" in text and "Test CPU" in text
     assert "| 99_broken | failed | 3.0 | ValueError: x |" in text and "Whole suite: 15 s" in text
+    assert "Model cache at the start: empty." in text
+
+
+def test_cache_files_counts_nested_files(tmp_path):
+    from nbhelpers.bench import cache_files
+
+    assert cache_files(tmp_path / "absent") == 0
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.pt").write_bytes(b"1")
+    (tmp_path / "sub" / "b.json").write_text("{}")
+    assert cache_files(tmp_path) == 2
 
 
 def test_pareto_front():
