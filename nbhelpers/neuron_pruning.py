@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
+import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -31,6 +32,8 @@ from .params import ParameterError, check_choice, check_choices, check_fraction
 CRITERIA = ("l1", "l2", "mean_activation", "apoz", "random")
 SCOPES = ("layer", "global")
 WEIGHTED = (nn.Linear, nn.Conv2d)
+_LINEAR = (nn.Linear, nnq.Linear)  # nnq.dynamic.Linear is a subclass of nnq.Linear
+_CONV = (nn.Conv2d, nnq.Conv2d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -347,6 +350,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass per sample, over Linear and Conv2d layers.
 
     Linear: in x out; Conv2d: out_channels x (in_channels / groups) x kh x kw x output positions.
+    Quantized (int8) Linear and Conv2d modules count like their float versions.
 
     Args:
         model: the model.
@@ -359,13 +363,13 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
     def hook(m, _inp, out):
         nonlocal total
-        if isinstance(m, nn.Linear):
+        if isinstance(m, _LINEAR):
             total += m.in_features * m.out_features
         else:
             kh, kw = m.kernel_size
             total += m.out_channels * (m.in_channels // m.groups) * kh * kw * out.shape[-1] * out.shape[-2]
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, WEIGHTED)]
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LINEAR + _CONV)]
     try:
         with torch.no_grad():
             model.eval()(example[:1])

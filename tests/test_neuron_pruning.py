@@ -213,6 +213,8 @@ def test_prune_end_to_end_and_bad_layer():
 
 def test_count_macs_known():
     assert NP.count_macs(MLP(784, (300, 100)), torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10
+    int8 = torch.ao.quantization.quantize_dynamic(MLP(784, (300, 100)), {nn.Linear}, dtype=torch.qint8)
+    assert NP.count_macs(int8, torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10  # int8 counts too
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1))
     assert NP.count_macs(conv, torch.zeros(1, 1, 6, 6)) == 2 * 9 * 16 + 32
 
