@@ -159,15 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         ap.error(f"--jobs must be an integer >= 1, got {args.jobs}")
     nbs = list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks)
+    saved = os.environ.get("NBHELPERS_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="nbhelpers-cache-") as tmp:
-        if args.empty_cache:
-            os.environ["NBHELPERS_CACHE_DIR"] = tmp  # the kernels inherit it; data/cache/ is left alone
-            cache = "empty (a temporary folder: every baseline and lookup table was built in this run)"
-        else:
-            cache = f"{cache_files(cache_dir())} file(s) in {cache_dir()}"
-        t0 = time.perf_counter()
-        results = run_all(nbs, args.out, jobs=args.jobs)
-        wall = time.perf_counter() - t0
+        try:
+            if args.empty_cache:
+                os.environ["NBHELPERS_CACHE_DIR"] = tmp  # the kernels inherit it; data/cache/ is left alone
+                cache = "empty (a temporary folder: every baseline and lookup table was built in this run)"
+            else:
+                cache = f"{cache_files(cache_dir())} file(s) in {cache_dir()}"
+            t0 = time.perf_counter()
+            results = run_all(nbs, args.out, jobs=args.jobs)
+            wall = time.perf_counter() - t0
+        finally:
+            if saved is None:
+                os.environ.pop("NBHELPERS_CACHE_DIR", None)
+            else:
+                os.environ["NBHELPERS_CACHE_DIR"] = saved
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text(markdown(results, wall, args.jobs, machine(), cache), encoding="utf-8")
     print(f"wrote {args.doc}")
