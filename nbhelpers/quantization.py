@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .params import ParameterError, check_choice, check_int
+from .machine import cpu_flags, int8_precaution
+from .params import ParameterError, check_bool, check_choice, check_int
 
 #: Message patterns of the warnings ``torch.ao.quantization`` emits in torch 2.13 on every call.
 AO_WARNINGS = (
@@ -286,7 +287,7 @@ def prepare_static(model: nn.Sequential, engine: str = "x86", qat: bool = False)
     import torch.ao.quantization as tq
 
     set_engine(engine)
-    m = QuantReady(model)
+    m = QuantReady(model).cpu()  # eager int8 kernels exist on the CPU only
     m.train(qat)
     with quiet_ao():
         fuse = tq.fuse_modules_qat if qat else tq.fuse_modules
@@ -300,6 +301,8 @@ def prepare_static(model: nn.Sequential, engine: str = "x86", qat: bool = False)
 def calibrate(model: nn.Module, loader: DataLoader, batches: int) -> int:
     """Run a few batches through a prepared model so its observers record activation ranges.
 
+    The batches go to the device of the model's parameters (the CPU for eager int8).
+
     Args:
         model: the prepared model.
         loader: yields (x, y) batches (training data, never the test set).
@@ -309,12 +312,13 @@ def calibrate(model: nn.Module, loader: DataLoader, batches: int) -> int:
         The number of samples seen.
     """
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
     seen = 0
     with quiet_ao():
         for i, (x, _) in enumerate(loader):
             if i >= batches:
                 break
-            model(x)
+            model(x.to(device))
             seen += len(x)
     return seen
 
@@ -330,6 +334,8 @@ def convert(model: nn.Module) -> nn.Module:
 def dynamic_int8(model: nn.Module, engine: str = "x86") -> nn.Module:
     """Dynamic post-training quantization: int8 Linear weights, activations quantized on the fly.
 
+    Eager int8 runs on the CPU only: the copy is moved there whatever the model's device.
+
     Args:
         model: the float model (copied).
         engine: quantized engine.
@@ -341,7 +347,7 @@ def dynamic_int8(model: nn.Module, engine: str = "x86") -> nn.Module:
 
     set_engine(engine)
     with quiet_ao():
-        return tq.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return tq.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
 
 # ---------------------------------------------------------------- ONNX and ONNX Runtime
@@ -364,7 +370,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(copy.deepcopy(model).eval(), (example[:1],), str(path), input_names=["x"],
+        torch.onnx.export(copy.deepcopy(model).cpu().eval(), (example[:1].cpu(),), str(path), input_names=["x"],
                           output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=opset, dynamo=False)
     return path
@@ -407,7 +413,7 @@ def calibration_reader(loader: DataLoader, batches: int, input_name: str = "x"):
     """
     from onnxruntime.quantization import CalibrationDataReader
 
-    feeds = [{input_name: x.numpy()} for (x, _), _ in zip(loader, range(batches))]
+    feeds = [{input_name: x.cpu().numpy()} for (x, _), _ in zip(loader, range(batches))]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -426,8 +432,13 @@ def ort_quantize(
     batches: int = 0,
     fmt: str = "QDQ",
     per_channel: bool = True,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Quantize an ONNX model with ONNX Runtime: dynamic without a loader, static with calibration.
+
+    ``reduce_range`` stores weights in 7 bits ([-64, 64]) and static activations in [0, 127]. ONNX
+    Runtime recommends it on x86-64 CPUs without VNNI, whose u8s8 kernels saturate otherwise
+    (``nbhelpers.machine``); None chooses it from this machine's CPU.
 
     Args:
         src: the float .onnx file.
@@ -436,6 +447,7 @@ def ort_quantize(
         batches: calibration batches (static only).
         fmt: static format, "QDQ" (Quantize/DequantizeLinear pairs) or "QOperator" (QLinear* ops).
         per_channel: per-channel weight scales (static only).
+        reduce_range: 7-bit weights; None: ``machine.int8_precaution`` of this CPU decides.
 
     Returns:
         The path of the int8 model.
@@ -446,6 +458,11 @@ def ort_quantize(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     check_choice("ORT_FORMAT", fmt, ORT_FORMATS)
+    if reduce_range is None:
+        reduce_range = bool(int8_precaution(cpu_flags())["reduce_range"])
+    check_bool("REDUCE_RANGE", reduce_range)
+    if loader is not None and batches < 1:
+        raise ParameterError("CALIBRATION_BATCHES", batches, "an integer >= 1")
     src, dst = Path(src), Path(dst)
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre))
@@ -453,18 +470,118 @@ def ort_quantize(
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
     try:
         if loader is None:
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8,
+                             reduce_range=reduce_range)
         else:
-            if batches < 1:
-                raise ParameterError("CALIBRATION_BATCHES", batches, "an integer >= 1")
             reader = calibration_reader(loader, batches)
             quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat[fmt],
-                            per_channel=per_channel, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8)
+                            per_channel=per_channel, reduce_range=reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
         logging.getLogger().setLevel(level)
         pre.unlink(missing_ok=True)
     return dst
+
+
+def int8_error_bound(layer: nn.Linear, x: torch.Tensor, reduce_range: bool,
+                     static: bool = False) -> torch.Tensor:
+    """Worst-case rounding error of ONNX Runtime's int8 version of one ``nn.Linear``, per output.
+
+    Weights: symmetric, :math:`s_w = \\max|W| / q_w` with q_w = 127 (64 with ``reduce_range``;
+    per-channel scales are never larger). Inputs: uint8 over their range, :math:`s_x = (\\max(x, 0) -
+    \\min(x, 0)) / q_x`, q_x = 255 (127 for static ``reduce_range``). Then :math:`|\\hat w - w| \\le
+    s_w/2` and :math:`|\\hat x - x| \\le s_x` (half a step, plus half for the rounded zero point):
+
+    .. math:: |\\hat y_j - y_j| \\le \\sum_i s_x (|w_{ji}| + s_w/2) + |x_i|\\, s_w/2
+              \\; [+\\, s_y + s_x s_w / 2 \\text{ static}]
+
+    where static quantization also rounds the output to its calibrated step :math:`s_y` and the
+    bias to int32. The int32 accumulation is exact, so a larger error can only come from a
+    saturated kernel. The bound holds for inputs inside the calibration range (calibrate on ``x``).
+
+    Args:
+        layer: the float layer.
+        x: the input batch (n, in) the int8 model was run (and, if static, calibrated) on.
+        reduce_range: whether the model was quantized with 7-bit weights.
+        static: static quantization (output requantized) rather than dynamic.
+
+    Returns:
+        The bound, shape (n, out).
+    """
+    w, x = layer.weight.detach().float(), x.detach().float().reshape(len(x), -1)
+    q_x = 127 if static and reduce_range else 255
+    s_w = w.abs().max() / (64 if reduce_range else 127)
+    s_x = (torch.clamp(x.max(), min=0) - torch.clamp(x.min(), max=0)) / q_x
+    bound = (s_x * (w.abs() + s_w / 2)).sum(1) + x.abs().sum(1, keepdim=True) * s_w / 2
+    if static:
+        with torch.no_grad():
+            y = layer(x)
+        s_y = (torch.clamp(y.max(), min=0) - torch.clamp(y.min(), max=0)) / q_x
+        bound = bound + s_y + s_x * s_w / 2
+    return bound
+
+
+def saturation_check(layer: nn.Linear, x: torch.Tensor, folder: str | Path,
+                     reduce_range: bool) -> dict[str, float]:
+    """Quantize one Linear with ONNX Runtime (dynamic) and compare its error with the rounding bound.
+
+    Outputs beyond ``int8_error_bound`` cannot come from rounding: they show a saturating kernel.
+
+    Args:
+        layer: the float layer (e.g. the first Linear of the MLP).
+        x: its input batch (n, in_features).
+        folder: where the .onnx files are written.
+        reduce_range: 7-bit weights or full 8 bits.
+
+    Returns:
+        {"reduce_range", "max_error", "max_error_over_bound", "outputs_beyond_bound", "outputs"}.
+    """
+    layer = copy.deepcopy(layer).cpu().eval()
+    x = x.detach().cpu().reshape(len(x), -1)
+    tag = "7bit" if reduce_range else "8bit"
+    fp32 = export_onnx(layer, Path(folder) / f"layer_{tag}_fp32.onnx", x)
+    out = torch.as_tensor(OrtModel(ort_quantize(fp32, Path(folder) / f"layer_{tag}_int8.onnx",
+                                                reduce_range=reduce_range))(x))
+    with torch.no_grad():
+        err = (out - layer(x)).abs()
+    bound = int8_error_bound(layer, x, reduce_range)
+    return {"reduce_range": reduce_range, "max_error": float(err.max()),
+            "max_error_over_bound": float((err / bound).max()),
+            "outputs_beyond_bound": int((err > bound).sum()), "outputs": err.numel()}
+
+
+def reduce_range_study(fp32_paths: dict[str, Path], calib: DataLoader, batches: int,
+                       x: torch.Tensor, y: torch.Tensor, reference: dict[str, torch.Tensor],
+                       fmt: str = "QDQ") -> pd.DataFrame:
+    """ONNX Runtime int8 with and without ``reduce_range``, side by side, on this machine's CPU.
+
+    Args:
+        fp32_paths: model name (e.g. "mlp") -> its fp32 .onnx file.
+        calib: calibration batches (training data) for static quantization.
+        batches: calibration batches.
+        x: the test inputs.
+        y: the test labels.
+        reference: model name -> its fp32 torch logits on ``x``.
+        fmt: static format.
+
+    Returns:
+        One row per (model, quantization, reduce_range): relative_max_diff and top1_agreement
+        against fp32, and test accuracy.
+    """
+    rows = []
+    for name, src in fp32_paths.items():
+        for kind in ("dynamic", "static"):
+            for rr in (False, True):
+                dst = src.with_name(f"{src.stem}_{kind}_rr{int(rr)}.onnx")
+                path = ort_quantize(src, dst, calib if kind == "static" else None, batches, fmt,
+                                    reduce_range=rr)
+                logits = OrtModel(path)(x)
+                agree = output_agreement(reference[name], logits)
+                rows.append({"model": name, "quantization": kind, "reduce_range": rr,
+                             "relative_max_diff": agree["relative_max_diff"],
+                             "top1_agreement": agree["top1_agreement"],
+                             "accuracy": float((torch.as_tensor(logits).argmax(1) == y).float().mean())})
+    return pd.DataFrame(rows).set_index(["model", "quantization", "reduce_range"])
 
 
 def output_agreement(
