@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
-from .cache import cached_model
+from .cache import cached_model, runtime_key
 from .data import Split, load_split, loaders
 from .models import build_model
 from .train import fit, seed_everything
@@ -64,7 +64,8 @@ def get_baseline(
     split = load_split(dataset, seed, limit=limit)
     epochs = EPOCHS[arch] if epochs is None else epochs
     config = {"name": f"{dataset}-{arch}", "dataset": dataset, "arch": arch, "seed": seed,
-              "epochs": epochs, "limit": limit, **RECIPE, "split": split.sizes(), "version": 1}
+              "epochs": epochs, "limit": limit, **RECIPE, "split": split.sizes(), "version": 1,
+              **runtime_key(device)}
     dl = loaders(split, RECIPE["batch_size"], flat=arch == "mlp", seed=seed)
 
     def build() -> nn.Module:

@@ -23,6 +23,21 @@ from torch import nn
 from .paths import cache_dir
 
 
+def runtime_key(device: str | torch.device = "cpu") -> dict[str, str]:
+    """What a trained artifact depends on beyond its recipe: the torch build and the device type.
+
+    A model trained on CUDA, or by another torch version, comes from other kernels and is another
+    artifact; adding these fields to a cache configuration keeps it from being served in their place.
+
+    Args:
+        device: the device the artifact is (or would be) computed on.
+
+    Returns:
+        {"torch": torch's version string (e.g. "2.13.0+cpu"), "device_type": "cpu" or "cuda"}.
+    """
+    return {"torch": torch.__version__, "device_type": torch.device(device).type}
+
+
 def config_key(config: Mapping[str, Any]) -> str:
     """A short stable hash of a JSON-able configuration.
 

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from skorch import NeuralNetClassifier
 from torch import nn
 
-from .cache import config_key
+from .cache import config_key, runtime_key
 from .models import MLP
 from .params import ParameterError, check_choice, check_int, check_list
 from .paths import cache_dir
@@ -879,6 +879,7 @@ def grid_table(estimator, X: np.ndarray, y: np.ndarray, space: Mapping[str, dict
     if cache_config is None:
         results, hit = compute(), False
     else:
-        results, hit = cached_results({**cache_config, "grid": grid}, compute)
+        runtime = runtime_key(getattr(estimator, "device", "cpu") or "cpu")
+        results, hit = cached_results({**cache_config, "grid": grid, **runtime}, compute)
     axes = {k: dim_values(sub[k], n) for k, n in points.items()}
     return results, LookupObjective.from_results(sub, axes, results), hit

@@ -74,3 +74,21 @@ def test_concurrent_requests_train_once(tmp_path):
         t.join()
     assert len(calls) == 1 and sorted(r[2] for r in results) == [False, True, True]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_runtime_key_separates_devices_and_torch_builds():
+    from nbhelpers.cache import runtime_key
+
+    assert runtime_key("cpu") == {"torch": torch.__version__, "device_type": "cpu"}
+    assert runtime_key("cuda:0")["device_type"] == "cuda"
+    assert config_key({**CONFIG, **runtime_key("cpu")}) != config_key({**CONFIG, **runtime_key("cuda")})
+    other = {**CONFIG, **runtime_key("cpu"), "torch": "2.12.0+cu126"}
+    assert config_key(other) != config_key({**CONFIG, **runtime_key("cpu")})
+
+
+def test_baseline_key_holds_device_and_torch(tmp_path, monkeypatch):
+    from nbhelpers.baseline import get_baseline
+
+    monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
+    b = get_baseline("mlp", "digits", seed=0, epochs=1, limit=300, progress=False)
+    assert b.config["device_type"] == "cpu" and b.config["torch"] == torch.__version__
