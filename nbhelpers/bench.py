@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -30,22 +29,15 @@ from .paths import cache_dir
 from .report import DEFAULT_NOTEBOOKS, DEFAULT_OUT, REPO_DIR, RunResult, list_notebooks, run_all
 
 
-def machine() -> dict[str, str]:
-    """The machine the benchmark ran on: cores, CPU model, Python and torch versions.
+def machine_info() -> dict[str, str]:
+    """The machine the benchmark ran on (``nbhelpers.machine.describe``) plus the OS, as text.
 
     Returns:
         name -> description.
     """
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cores": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
-            "torch": metadata.version("torch"), "os": platform.platform()}
+    from .machine import describe
+
+    return {**{k: str(v) for k, v in describe("cpu").items()}, "os": platform.platform()}
 
 
 def targets_frame(results: list[RunResult]) -> pd.DataFrame:
@@ -98,7 +90,7 @@ def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dic
         results: the notebook runs.
         wall_seconds: wall time of the whole suite.
         jobs: notebooks run at once.
-        info: the ``machine()`` description.
+        info: the ``machine_info()`` description.
         cache: what the model cache held when the run started (run times depend on it).
 
     Returns:
@@ -120,15 +112,12 @@ Written by `make bench` (`python -m nbhelpers.bench --jobs {jobs}`) on {date}.
 
 | machine | |
 |---|---|
-| cores | {info['cores']} |
-| CPU | {info['cpu']} |
-| Python | {info['python']} |
-| torch | {info['torch']} |
-| OS | {info['os']} |
-
+""" + "".join(f"| {k} | {v} |\n" for k, v in info.items()) + f"""
 Every notebook ran at its default parameters. Accuracy is on the held-out test split. Speed-ups
 are ratios of median latencies measured side by side in one notebook run, with one thread
-(`nbhelpers.measure.latency`); they are not comparable across machines, the ratios are more stable.
+(`nbhelpers.measure.latency`). They hold for this CPU only: int8 speed in particular depends on
+its extensions (with VNNI, 8-bit dot products accumulate in one instruction; without it int8 can be
+slower than fp32), and `int8_reduce_range` above says whether int8 weights used 7 bits here.
 
 ## Targets from the issues: {met} of {len(targets)} met
 
@@ -176,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 os.environ["NBHELPERS_CACHE_DIR"] = saved
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    args.doc.write_text(markdown(results, wall, args.jobs, machine(), cache), encoding="utf-8")
+    args.doc.write_text(markdown(results, wall, args.jobs, machine_info(), cache), encoding="utf-8")
     print(f"wrote {args.doc}")
     return 1 if any(r.status != "ok" for r in results) else 0
 

@@ -9,13 +9,18 @@ import nbformat
 import pytest
 
 from nbhelpers.record import without_timings
-from notebook_runner import (EXPECT_DIR, PARAMS_DIR, check_expectations, dump, error_code_cell,
-                             parameters_cell, parameters_code_cell, run, small_params)
+from nbhelpers.params import ParameterError
+from notebook_runner import (EXPECT_DIR, PARAMS_DIR, assert_fails_in_validation, check_expectations,
+                             dump, error_code_cell, parameters_cell, parameters_code_cell, run,
+                             small_params, validation_error)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 COMMON = {"DATASET", "SEED", "DEVICE", "OUTPUT_DIR"}
+#: What every notebook records about the machine it ran on (``nbhelpers.machine.describe``).
+MACHINE_KEYS = {"cpu", "avx2", "avx512", "vnni", "amx", "torch_cpu_capability", "int8_reduce_range",
+                "torch", "onnxruntime", "device"}
 
 
 def test_there_are_notebooks():
@@ -51,38 +56,48 @@ def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
     """Each notebook runs with its small parameters and records what tests/expect/<stem>.yaml asks."""
     result = run(nb, tmp_path)
     assert result.status == "ok", result.error
+    missing = MACHINE_KEYS - set(result.records.get("machine", {}))
+    assert not missing, f"the machine record lacks {sorted(missing)}"
     problems = check_expectations(nb.stem, result.records)
     assert not problems, "\n".join(problems) + "\nrecorded:\n" + dump(result.records)
 
 
-@pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
-def test_unknown_dataset_fails_before_work(nb: Path, tmp_path: Path):
-    """DATASET='bogus' raises ParameterError naming DATASET in the cell right after the parameters."""
+def test_unknown_dataset_fails_in_validation(nb: Path, tmp_path: Path):
+    """DATASET='bogus' raises a ParameterError naming DATASET and its choices in the validation cell."""
+    err = validation_error(nb, tmp_path, DATASET="bogus")
+    assert isinstance(err, ParameterError) and "DATASET" in str(err) and "mnist5k" in str(err), repr(err)
+
+
+@pytest.mark.notebook
+def test_bad_input_stops_papermill_run_in_validation_cell(tmp_path: Path):
+    """End to end through papermill: the injected cell comes after the tagged one, validation next,
+    and the run stops there (the other bad-input tests run those cells in-process)."""
+    nb = ROOT / "notebooks" / "00_baseline.ipynb"
     result = run(nb, tmp_path, DATASET="bogus")
     assert result.status == "failed"
     assert "ParameterError" in result.error and "DATASET" in result.error and "mnist5k" in result.error
-    # papermill inserts the injected-parameters cell after the tagged one; validation comes next.
     assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
 
 
-@pytest.mark.notebook
 @pytest.mark.parametrize("override,name", [({"SEED": -1}, "SEED"), ({"SEED": 1.5}, "SEED"),
                                             ({"DEVICE": "tpu"}, "DEVICE")])
 def test_baseline_bad_input(override: dict, name: str, tmp_path: Path):
     """Bad SEED or DEVICE stops 00_baseline in its validation cell with a ParameterError."""
-    result = run(ROOT / "notebooks" / "00_baseline.ipynb", tmp_path, **override)
-    assert result.status == "failed" and "ParameterError" in result.error and name in result.error
+    assert_fails_in_validation(ROOT / "notebooks" / "00_baseline.ipynb", tmp_path, name, **override)
 
 
 @pytest.mark.notebook
 def test_same_seed_same_records(tmp_path: Path, monkeypatch):
-    """Two runs of 00_baseline with one SEED, each training from scratch, record identical values."""
+    """Two runs of 00_baseline with one SEED, each training from scratch, record identical values.
+
+    One epoch per model suffices: every weight after it depends on every shuffle and kernel call.
+    """
     nb = ROOT / "notebooks" / "00_baseline.ipynb"
     records = []
     for i in range(2):
         monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path / f"cache{i}"))
-        r = run(nb, tmp_path / f"run{i}")
+        r = run(nb, tmp_path / f"run{i}", MLP_EPOCHS=1, CNN_EPOCHS=1, LATENCY_REPEATS=1)
         assert r.status == "ok", r.error
         records.append(without_timings(r.records))
     assert records[0] == records[1], json.dumps(records, indent=1)
