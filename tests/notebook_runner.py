@@ -28,6 +28,46 @@ def run(nb: Path, out_dir: Path, **overrides: Any) -> RunResult:
     return run_notebook(nb, out_dir, params, html_out=False)
 
 
+def validation_error(nb_path: Path, out_dir: Path, **overrides: Any) -> BaseException | None:
+    """Run a notebook's cells up to its validation cell in this process; return what it raised.
+
+    The code cells before the ``parameters`` cell (the imports), the parameters cell, the overrides
+    (as papermill would inject them) and then the next code cell (the validation cell) run in one
+    fresh namespace. ``OUTPUT_DIR`` points into ``out_dir``. This is what papermill executes before
+    any work, without a kernel start per case; one papermill test checks the same path end to end.
+
+    Args:
+        nb_path: the notebook.
+        out_dir: a scratch folder.
+        **overrides: parameter values to inject.
+
+    Returns:
+        The exception raised by any of these cells, or None when validation passed.
+    """
+    nb = nbformat.read(str(nb_path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    p = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    injected = "\n".join(f"{k} = {v!r}" for k, v in {"OUTPUT_DIR": str(out_dir / "artifacts"),
+                                                        **overrides}.items())
+    sources = [c.source for c in code[:p + 1]] + [injected, code[p + 1].source]
+    namespace: dict[str, Any] = {"__name__": "__notebook__"}
+    try:
+        for i, src in enumerate(sources):
+            exec(compile(src, f"{nb_path.name}[{i}]", "exec"), namespace)
+    except Exception as err:  # noqa: BLE001 - the caller asserts on the exception's type and text
+        return err
+    return None
+
+
+def assert_fails_in_validation(nb_path: Path, out_dir: Path, name: str, **overrides: Any) -> None:
+    """Assert that the overrides stop a notebook in its validation cell with a ParameterError naming ``name``."""
+    from nbhelpers.params import ParameterError
+
+    err = validation_error(nb_path, out_dir, **overrides)
+    assert isinstance(err, ParameterError), f"expected a ParameterError naming {name}, got {err!r}"
+    assert name in str(err), str(err)
+
+
 def parameters_cell(nb_path: Path) -> tuple[int, dict[str, Any]]:
     """Index of the cell tagged ``parameters`` and its name -> literal value."""
     nb = nbformat.read(str(nb_path), as_version=4)

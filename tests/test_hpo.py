@@ -317,12 +317,11 @@ def test_reachable_scheduler_is_used():
         assert where["scheduler"] == cluster.scheduler_address
 
 
-# --- bad input through the notebooks (papermill; each stops in its validation cell) ----------
+# --- bad input through the notebooks (each stops in its validation cell) ----------
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.notebook
 @pytest.mark.parametrize("stem,override,name", [
     ("02_random_search", {"N_TRIALS": 0}, "N_TRIALS"),
     ("01_grid_search", {"BACKEND": "spark"}, "BACKEND"),
@@ -332,14 +331,11 @@ ROOT = Path(__file__).resolve().parents[1]
     ("03_bayesian_optimization", {"BACKEND": "dask", "DASK_SCHEDULER": "tcp://127.0.0.1:1"}, "DASK_SCHEDULER"),
 ])
 def test_notebook_bad_input(stem: str, override: dict, name: str, tmp_path: Path):
-    from notebook_runner import error_code_cell, parameters_code_cell, run
+    from notebook_runner import assert_fails_in_validation
 
-    nb = ROOT / "notebooks" / f"{stem}.ipynb"
     t0 = time.perf_counter()
-    result = run(nb, tmp_path, **override)
-    assert result.status == "failed" and "ParameterError" in result.error and name in result.error
-    assert error_code_cell(tmp_path / f"{stem}.failed.ipynb") == parameters_code_cell(nb) + 2
-    assert time.perf_counter() - t0 < 60
+    assert_fails_in_validation(ROOT / "notebooks" / f"{stem}.ipynb", tmp_path, name, **override)
+    assert time.perf_counter() - t0 < 60  # an unreachable scheduler must not hang the notebook
 
 
 def test_check_backend_and_table():
