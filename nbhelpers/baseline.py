@@ -40,12 +40,13 @@ class Baseline:
 
 def get_baseline(
     arch: str = "mlp",
-    dataset: str = "mnist5k",
+    dataset: str = "mnist",
     seed: int = 0,
     epochs: int | None = None,
     limit: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    train_size: int | None = None,
 ) -> Baseline:
     """The shared baseline for (dataset, arch, seed, epochs), from the cache or trained now.
 
@@ -57,11 +58,13 @@ def get_baseline(
         limit: use only this many samples (quick runs); None uses all.
         device: where to train if the cache misses.
         progress: show the training progress bar.
+        train_size: train on a stratified subset of this many training images (None: all);
+            validation and test stay the split's own (for "mnist": the official 10,000 test images).
 
     Returns:
         The ``Baseline`` (model on the CPU, in eval mode).
     """
-    split = load_split(dataset, seed, limit=limit)
+    split = load_split(dataset, seed, limit=limit, train_size=train_size)
     epochs = EPOCHS[arch] if epochs is None else epochs
     config = {"name": f"{dataset}-{arch}", "dataset": dataset, "arch": arch, "seed": seed,
               "epochs": epochs, "limit": limit, **RECIPE, "split": split.sizes(), "version": 1,

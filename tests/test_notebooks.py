@@ -101,3 +101,22 @@ def test_same_seed_same_records(tmp_path: Path, monkeypatch):
         assert r.status == "ok", r.error
         records.append(without_timings(r.records))
     assert records[0] == records[1], json.dumps(records, indent=1)
+
+
+WITH_TRAIN_SIZE = [p for p in NOTEBOOKS if "TRAIN_SIZE" in parameters_cell(p)[1]]
+
+
+@pytest.mark.parametrize("nb", WITH_TRAIN_SIZE, ids=[p.stem for p in WITH_TRAIN_SIZE])
+def test_negative_train_size_fails_in_validation(nb: Path, tmp_path: Path):
+    assert_fails_in_validation(nb, tmp_path, "TRAIN_SIZE", TRAIN_SIZE=-1)
+
+
+def test_train_size_out_of_range_fails_before_training(tmp_path: Path, monkeypatch):
+    """A TRAIN_SIZE the dataset cannot give stops get_baseline before anything is trained or cached."""
+    from nbhelpers.baseline import get_baseline
+
+    monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path / "cache"))
+    for size in (5, 10**6):
+        with pytest.raises(ParameterError, match="TRAIN_SIZE"):
+            get_baseline("mlp", "mnist", 0, epochs=1, train_size=size, progress=False)
+    assert not list((tmp_path / "cache").glob("*.pt"))
