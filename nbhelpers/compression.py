@@ -4,6 +4,9 @@ Deep Compression (Han et al. 2016) stores a pruned, quantized network as its non
 weights, their positions and one scale per layer, then entropy-codes the lot. Here the positions
 are a bitmap (one bit per weight, cheaper than indices above about 6% density), the values are
 the int8 weights of a ``torch.ao`` dynamic-int8 model, and the entropy coder is LZMA.
+
+Eager int8 runs on the CPU only: the arrays are read on the CPU and the unpacked models are CPU
+models.
 """
 
 from __future__ import annotations
@@ -43,13 +46,13 @@ def pack_int8_sparse(qmodel: nn.Module) -> dict[str, np.ndarray]:
         w = m.weight()
         if w.qscheme() != torch.per_tensor_affine or w.q_zero_point() != 0:
             raise ValueError("expected per-tensor symmetric int8 weights (zero point 0)")
-        q = w.int_repr().numpy()
+        q = w.int_repr().cpu().numpy()
         nz = q != 0
         out[f"l{i}.shape"] = np.asarray(q.shape, dtype=np.int32)
         out[f"l{i}.mask"] = np.packbits(nz.ravel())
         out[f"l{i}.values"] = q[nz].astype(np.int8)
         out[f"l{i}.scale"] = np.asarray([w.q_scale()], dtype=np.float64)
-        out[f"l{i}.bias"] = m.bias().detach().numpy().astype(np.float32)
+        out[f"l{i}.bias"] = m.bias().detach().cpu().numpy().astype(np.float32)
     return out
 
 
@@ -94,7 +97,7 @@ def unpack_float_mlp(arrays: dict[str, np.ndarray]) -> MLP:
         arrays: from ``load_artifact``.
 
     Returns:
-        The MLP in eval mode (float weights equal to the int8 ones times their scale).
+        The MLP on the CPU in eval mode (float weights equal to the int8 ones times their scale).
     """
     n = len({k.split(".")[0] for k in arrays})
     shapes = [tuple(int(s) for s in arrays[f"l{i}.shape"]) for i in range(n)]
@@ -119,7 +122,8 @@ def unpack_int8_mlp(arrays: dict[str, np.ndarray], engine: str = "x86") -> nn.Mo
         engine: quantized engine of the model.
 
     Returns:
-        The int8 model (``quantize_dynamic`` of the float MLP, weights replaced by the stored ones).
+        The int8 model on the CPU (``quantize_dynamic`` of the float MLP, weights replaced by the
+        stored ones).
     """
     from .quantization import dynamic_int8, quiet_ao
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .params import check_choice, check_float
-from .train import LossFn, fit, seed_everything
+from .train import Device, LossFn, fit, module_device, seed_everything
 
 #: The distillation losses: Hinton et al. (2015) soft targets, Ba & Caruana (2014) logit matching.
 LOSSES = ("hinton", "logits")
@@ -152,32 +152,37 @@ class TeacherLogits:
     A batch is matched to the stored inputs by a random projection (a hash of each row), then
     checked for exact equality; rows not found are run through the teacher, so the result always
     equals ``teacher(x)`` in eval mode without gradients.
+
+    The cache lives on the device of ``X``; the teacher runs on its own device, and each lookup
+    returns the logits on the device of its batch.
     """
 
     def __init__(self, teacher: nn.Module, X: torch.Tensor, batch_size: int = 1000, seed: int = 0):
         """Run the teacher once over ``X`` (n, ...) and index the rows.
 
         Args:
-            teacher: the trained teacher, on the CPU (put in eval mode).
-            X: every input the student will train on.
+            teacher: the trained teacher, on any device (put in eval mode).
+            X: every input the student will train on; the cache is kept on its device.
             batch_size: rows per teacher call while precomputing.
-            seed: seed of the projection.
+            seed: seed of the projection (drawn on the CPU: the same on every device).
         """
         self.teacher = teacher.eval()
         self.X = X.reshape(len(X), -1).contiguous()
         self.logits = torch.cat([self._run(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
-        self.proj = torch.randn(self.X.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        gen = torch.Generator().manual_seed(seed)
+        self.proj = torch.randn(self.X.shape[1], generator=gen, dtype=torch.float64).to(X.device)
         keys = self.X.double() @ self.proj
         self.keys, self.order = torch.sort(keys)
         self.hits = self.misses = 0
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return self.teacher(x).float()
+        """The teacher's logits of ``x``, computed on its device, returned on the cache's device."""
+        return self.teacher(x.to(module_device(self.teacher))).float().to(self.X.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher logits of a batch ``x`` (n, ...), from the cache where the rows match exactly."""
-        device, x = x.device, x.cpu()
+        device, x = x.device, x.to(self.X.device)
         flat = x.reshape(len(x), -1)
         keys = flat.double() @ self.proj
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
@@ -199,7 +204,8 @@ def make_loss_fn(
     """A ``loss_fn(logits, y, x)`` for ``train.fit`` that distills from a teacher.
 
     Args:
-        teacher_logits: a ``TeacherLogits`` cache, or the teacher module itself (run under no_grad).
+        teacher_logits: a ``TeacherLogits`` cache, or the teacher module itself (run under
+            no_grad on its own device; its logits come back on the device of the batch).
         loss: one of ``LOSSES``.
         temperature: T > 0 (Hinton's loss).
         alpha: weight of the teacher term in [0, 1].
@@ -215,7 +221,7 @@ def make_loss_fn(
 
         def lookup(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return teacher(x)
+                return teacher(x.to(module_device(teacher))).to(x.device)
     else:
         lookup = teacher_logits
 
@@ -233,7 +239,7 @@ def train_student(
     epochs: int,
     loss_fn: LossFn | None = None,
     lr: float = 1e-3,
-    device: str = "cpu",
+    device: Device = "cpu",
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Seed, build and train one student with ``train.fit`` (cross-entropy when ``loss_fn`` is None).
 
@@ -266,10 +272,10 @@ def shifted_copies(X: torch.Tensor, copies: int, max_shift: int = 2, seed: int =
         X: images (n, C, H, W).
         copies: shifted copies to append (0 returns ``X``).
         max_shift: largest shift in pixels along each axis.
-        seed: seed of the shifts.
+        seed: seed of the shifts (drawn on the CPU: the same shifts on every device).
 
     Returns:
-        ((copies + 1) * n, C, H, W): the originals first, then each copy.
+        ((copies + 1) * n, C, H, W) on the device of ``X``: the originals first, then each copy.
     """
     g = torch.Generator().manual_seed(seed)
     n, _, H, W = X.shape
@@ -277,8 +283,8 @@ def shifted_copies(X: torch.Tensor, copies: int, max_shift: int = 2, seed: int =
     padded = F.pad(X, (m, m, m, m))
     out = [X]
     for _ in range(copies):
-        dy = torch.randint(-m, m + 1, (n,), generator=g)
-        dx = torch.randint(-m, m + 1, (n,), generator=g)
+        dy = torch.randint(-m, m + 1, (n,), generator=g).to(X.device)
+        dx = torch.randint(-m, m + 1, (n,), generator=g).to(X.device)
         copy = torch.empty_like(X)
         for sy in range(-m, m + 1):
             for sx in range(-m, m + 1):

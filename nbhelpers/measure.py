@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .train import Device, module_device
+
 Predictor = Callable[[torch.Tensor], object]
 
 
@@ -23,26 +25,44 @@ def _as_tensor(out: object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
 
 
-def accuracy(model: nn.Module | Predictor, loader: DataLoader, device: str = "cpu") -> float:
+def input_device(model: nn.Module | Predictor) -> torch.device:
+    """Where a model's inputs go: a module's device (``module_device``), the CPU for a callable.
+
+    Callables (ONNX Runtime sessions, NumPy functions) take CPU tensors.
+
+    Args:
+        model: a module or a callable.
+
+    Returns:
+        The device.
+    """
+    return module_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
+
+
+def accuracy(model: nn.Module | Predictor, loader: DataLoader,
+             device: Device | None = None) -> float:
     """Fraction of correctly classified samples; works for modules and plain callables.
 
     Args:
         model: an ``nn.Module`` (run in eval mode without gradients) or a callable mapping a
-            batch tensor to logits (a torch tensor or a NumPy array, e.g. ONNX Runtime).
+            batch tensor to logits (a torch tensor or a NumPy array, e.g. ONNX Runtime), which
+            gets CPU tensors.
         loader: yields (x, y) batches.
-        device: where to run a module.
+        device: where to run a module (it is moved there); None runs it where it is.
 
     Returns:
         The accuracy in [0, 1].
     """
     if isinstance(model, nn.Module):
+        if device is not None:
+            model.to(device)
         model.eval()
+    device = input_device(model)
     correct = total = 0
     with torch.inference_mode():
         for x, y in loader:
-            x = x.to(device) if isinstance(model, nn.Module) else x
-            pred = _as_tensor(model(x)).argmax(1).cpu()
-            correct += int((pred == y).sum())
+            pred = _as_tensor(model(x.to(device))).argmax(1).cpu()
+            correct += int((pred == y.cpu()).sum())
             total += len(y)
     return correct / total
 
@@ -87,6 +107,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 def serialized_bytes(model: nn.Module | Mapping, path: str | Path | None = None) -> int:
     """Bytes of the model's ``state_dict`` saved with ``torch.save`` (the deployable artifact).
 
+    Tensors are saved from the CPU whatever their device (a CUDA tensor would record its device).
+
     Args:
         model: a module or a state dict.
         path: where to write the file; None measures an in-memory buffer of the same bytes.
@@ -95,6 +117,8 @@ def serialized_bytes(model: nn.Module | Mapping, path: str | Path | None = None)
         The number of bytes.
     """
     state = model.state_dict() if isinstance(model, nn.Module) else model
+    # from the CPU, so that the bytes do not depend on where the model sits
+    state = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
     buf = io.BytesIO()
     torch.save(state, buf)  # through a buffer, so the file holds exactly these bytes
     if path is not None:
@@ -114,7 +138,25 @@ def _as_predictor(model: nn.Module | Predictor) -> Predictor:
     return model
 
 
-def time_call(fn: Callable[[], object], warmup: int = 5, repeats: int = 30, min_sample_s: float = 2e-3) -> list[float]:
+def synchronizer(device: Device | None) -> Callable[[], None]:
+    """A call that waits for the queued work of ``device``: ``torch.cuda.synchronize`` on CUDA.
+
+    CUDA kernels run asynchronously: a clock read right after a call measures only the launch.
+    Other devices (the CPU) return when the work is done, and get a call that does nothing.
+
+    Args:
+        device: the device the timed work runs on (None: the CPU).
+
+    Returns:
+        The synchronizing call, without arguments.
+    """
+    if device is not None and torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_call(fn: Callable[[], object], warmup: int = 5, repeats: int = 30,
+              min_sample_s: float = 2e-3, device: Device | None = None) -> list[float]:
     """Time a call: warm up, calibrate inner loops to ``min_sample_s``, return per-call seconds.
 
     Args:
@@ -122,14 +164,19 @@ def time_call(fn: Callable[[], object], warmup: int = 5, repeats: int = 30, min_
         warmup: calls made first and thrown away.
         repeats: number of timing samples.
         min_sample_s: each sample repeats the call until it lasts at least this long.
+        device: where ``fn`` runs; on CUDA each sample waits for the device before the clock
+            starts and before it stops (``synchronizer``).
 
     Returns:
         ``repeats`` per-call durations in seconds.
     """
+    sync = synchronizer(device)
     for _ in range(warmup):
         fn()
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     once = max(time.perf_counter() - t0, 1e-7)
     inner = max(1, int(min_sample_s / once))
     samples = []
@@ -137,6 +184,7 @@ def time_call(fn: Callable[[], object], warmup: int = 5, repeats: int = 30, min_
         t0 = time.perf_counter()
         for _ in range(inner):
             fn()
+        sync()
         samples.append((time.perf_counter() - t0) / inner)
     return samples
 
@@ -153,7 +201,8 @@ def latency(
     """Median latency of several models side by side, in one run, with a fixed thread count.
 
     The models take turns (``rounds`` rounds of ``repeats`` samples each) so that a slow phase of
-    the machine hits them all alike.
+    the machine hits them all alike. Each module gets its batch on its own device (CUDA timings
+    wait for the device, see ``time_call``); callables get CPU tensors.
 
     Args:
         models: name -> module or callable taking a batch tensor.
@@ -172,14 +221,17 @@ def latency(
     rows = []
     try:
         for bs in batch_sizes:
-            idx = torch.arange(bs) % len(example)
-            x = example[idx].contiguous()
+            idx = torch.arange(bs, device=example.device) % len(example)
+            batch = example[idx].contiguous()
+            on = {name: batch.to(input_device(m)) for name, m in models.items()}
             samples: dict[str, list[float]] = {name: [] for name in models}
             with torch.inference_mode():
                 for r in range(rounds):
                     for name, m in models.items():
-                        pred = _as_predictor(m)
-                        samples[name] += time_call(lambda: pred(x), warmup if r == 0 else 1, repeats)
+                        pred, x = _as_predictor(m), on[name]
+                        n_warm = warmup if r == 0 else 1
+                        samples[name] += time_call(lambda: pred(x), n_warm, repeats,
+                                                   device=x.device)
             for name, s in samples.items():
                 q = np.percentile(s, [25, 50, 75]) * 1e3
                 rows.append({"model": name, "batch_size": bs, "median_ms": statistics.median(s) * 1e3,
@@ -200,6 +252,9 @@ def compare(
     repeats: int = 30,
 ) -> pd.DataFrame:
     """One table comparing models on accuracy, parameters, bytes and latency, with ratios to a baseline.
+
+    Every module runs on its own device (accuracy and timing batches are moved there); callables
+    get CPU tensors.
 
     Args:
         models: name -> module or callable (callables need their bytes in ``sizes``).

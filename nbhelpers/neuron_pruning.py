@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .params import ParameterError, check_choice, check_choices, check_fraction
+from .train import module_device
 
 CRITERIA = ("l1", "l2", "mean_activation", "apoz", "random")
 SCOPES = ("layer", "global")
@@ -121,14 +122,16 @@ def activation_stats(
     For a channel both are taken over the samples and all spatial positions.
 
     Args:
-        model: the Sequential model (run in eval mode).
-        loader: yields (x, y) batches, e.g. training data.
+        model: the Sequential model (run in eval mode, on its device).
+        loader: yields (x, y) batches, e.g. training data (moved to the model's device).
         max_batches: use at most this many batches (None: all).
 
     Returns:
-        layer position -> {"mean_activation": ..., "apoz": ...}, one value per unit.
+        layer position -> {"mean_activation": ..., "apoz": ...}, one value per unit, on the
+        model's device.
     """
     model.eval()
+    device = module_device(model)
     sums: dict[int, torch.Tensor] = {}
     zeros: dict[int, torch.Tensor] = {}
     counts: dict[int, int] = {}
@@ -148,7 +151,7 @@ def activation_stats(
         for b, (x, _) in enumerate(loader):
             if max_batches is not None and b >= max_batches:
                 break
-            model(x)
+            model(x.to(device))
     finally:
         for h in hooks:
             h.remove()
@@ -169,17 +172,17 @@ def unit_scores(
         criterion: one of ``CRITERIA``: "l1", "l2", "mean_activation", "apoz" (scored as 1 - APoZ), "random".
         loader: data for the activation criteria.
         max_batches: batches of ``loader`` used.
-        seed: seed of the random scores.
+        seed: seed of the random scores (drawn on the CPU: the same scores on every device).
 
     Returns:
-        layer position -> scores.
+        layer position -> scores, on the model's device.
     """
     check_choice("criterion", criterion, CRITERIA)
     if criterion in ("l1", "l2"):
         return weight_norm_scores(model, 1 if criterion == "l1" else 2)
     if criterion == "random":
-        g = torch.Generator().manual_seed(seed)
-        return {i: torch.rand(n, generator=g) for i, n in widths(model).items()}
+        g, device = torch.Generator().manual_seed(seed), module_device(model)
+        return {i: torch.rand(n, generator=g).to(device) for i, n in widths(model).items()}
     if loader is None:
         raise ValueError(f"criterion {criterion!r} needs a data loader")
     stats = activation_stats(model, loader, max_batches)
@@ -201,7 +204,7 @@ def select_keep(scores: Mapping[int, torch.Tensor], fraction: float, scope: str 
         scope: "layer" or "global".
 
     Returns:
-        layer position -> sorted indices of the kept units.
+        layer position -> sorted indices of the kept units, on the device of the scores.
     """
     check_choice("scope", scope, SCOPES)
     check_prune_fraction("fraction", fraction, {i: len(s) for i, s in scores.items()})
@@ -221,34 +224,36 @@ def select_keep(scores: Mapping[int, torch.Tensor], fraction: float, scope: str 
     dropped: dict[int, set[int]] = {i: set() for i in scores}
     for _, i, j in flat[:total]:
         dropped[i].add(j)
-    return {i: torch.tensor([j for j in range(len(s)) if j not in dropped[i]], dtype=torch.long)
+    return {i: torch.tensor([j for j in range(len(s)) if j not in dropped[i]], dtype=torch.long,
+                            device=s.device)
             for i, s in scores.items()}
 
 
 def _resized(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """A new Linear or Conv2d like ``m`` holding the given (sliced) weight and bias."""
+    """A new Linear or Conv2d like ``m`` with the given (sliced) weight and bias, on its device."""
+    like = {"device": weight.device, "dtype": weight.dtype}
     if isinstance(m, nn.Linear):
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, **like)
     else:
         if m.groups != 1:
             raise NotImplementedError("grouped convolutions are not supported")
         new = nn.Conv2d(weight.shape[1], weight.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
-                        bias=bias is not None, padding_mode=m.padding_mode)
+                        bias=bias is not None, padding_mode=m.padding_mode, **like)
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
             new.bias.copy_(bias)
-    return new.to(weight.device, weight.dtype)
+    return new
 
 
 def _sliced_norm(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
-    """A BatchNorm like ``bn`` keeping only the features in ``keep``."""
-    new = type(bn)(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats)
+    """A BatchNorm like ``bn`` keeping only the features in ``keep``, on its device."""
     ref = next(iter(bn.parameters()), None)
     ref = ref if ref is not None else bn.running_mean
-    if ref is not None:
-        new = new.to(ref.device, ref.dtype)
+    like = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    new = type(bn)(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                   track_running_stats=bn.track_running_stats, **like)
+    keep = keep.to(ref.device) if ref is not None else keep
     with torch.no_grad():
         if bn.affine:
             new.weight.copy_(bn.weight[keep])
@@ -283,9 +288,11 @@ def remove_units(model: nn.Sequential, keep: Mapping[int, Sequence[int] | torch.
             cols = kept_in
             if isinstance(m, nn.Linear) and w.shape[1] != prev_units:  # conv -> flatten -> linear
                 per = w.shape[1] // prev_units  # H x W features per channel, channel-major
-                cols = (kept_in[:, None] * per + torch.arange(per)).flatten()
+                cols = (kept_in[:, None] * per + torch.arange(per, device=w.device)).flatten()
             w = w[:, cols]
-        kept_out = torch.as_tensor(keep[i], dtype=torch.long).sort().values if i in keep else None
+        kept_out = None
+        if i in keep:
+            kept_out = torch.as_tensor(keep[i], dtype=torch.long, device=w.device).sort().values
         if kept_out is not None:
             if len(kept_out) == 0 or len(set(kept_out.tolist())) != len(kept_out):
                 raise ValueError(f"layer {i}: keep a non-empty set of distinct units")
@@ -354,7 +361,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
     Args:
         model: the model.
-        example: one input batch (its first sample is used).
+        example: one input batch (its first sample is used, on the model's device).
 
     Returns:
         MACs per sample.
@@ -372,7 +379,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LINEAR + _CONV)]
     try:
         with torch.no_grad():
-            model.eval()(example[:1])
+            model.eval()(example[:1].to(module_device(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -386,7 +393,7 @@ def torch_pruning_remove(
 
     Args:
         model: the model (a copy is pruned); ``keep`` positions refer to ``model[i]``.
-        example: an input batch to trace the graph.
+        example: an input batch to trace the graph (moved to the model's device).
         keep: layer position -> indices of the kept units.
 
     Returns:
@@ -395,7 +402,8 @@ def torch_pruning_remove(
     import torch_pruning as tp
 
     new = copy.deepcopy(model).eval()
-    dg = tp.DependencyGraph().build_dependency(new, example_inputs=example[:1])
+    example = example[:1].to(module_device(new))
+    dg = tp.DependencyGraph().build_dependency(new, example_inputs=example)
     for i, kept in keep.items():
         m = new[i]
         kept_set = set(torch.as_tensor(kept).tolist())
@@ -411,9 +419,11 @@ def torch_pruning_remove(
 def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> pd.Series:
     """Median time of each layer of a Sequential on the input it really receives, in milliseconds.
 
+    Layers run on the model's device (CUDA timings wait for the device).
+
     Args:
         model: the Sequential model (eval mode).
-        x: the input batch.
+        x: the input batch (moved to the model's device).
         repeats: timing samples per layer.
         threads: ``torch.set_num_threads`` while timing (restored after).
 
@@ -427,9 +437,10 @@ def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, thread
     out = {}
     try:
         model.eval()
-        h = x
+        device = module_device(model)
+        h = x.to(device)
         for i, layer in enumerate(model):
-            s = sorted(time_call(lambda: layer(h), 2, repeats))
+            s = sorted(time_call(lambda: layer(h), 2, repeats, device=device))
             out[f"{i} {type(layer).__name__}"] = s[len(s) // 2] * 1e3
             h = layer(h)
     finally:

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .params import ParameterError
+from .train import module_device
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -124,7 +125,7 @@ def fold_bn(layer: nn.Linear | nn.Conv2d, bn: nn.Module) -> nn.Linear | nn.Conv2
     s = gamma / torch.sqrt(bn.running_var + bn.eps)
     fused = copy.deepcopy(layer)
     if fused.bias is None:
-        fused.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
+        fused.bias = nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]))
     b = layer.bias if layer.bias is not None else torch.zeros_like(s)
     fused.weight.copy_(layer.weight * s.reshape(-1, *([1] * (layer.weight.dim() - 1))))
     fused.bias.copy_(s * (b - bn.running_mean) + beta)
@@ -160,7 +161,8 @@ class ActivationStats:
     """Forward hooks that record percentiles of each layer's input to its ReLU during training.
 
     Only forward passes in training mode are recorded (the evaluation passes of ``fit`` are skipped),
-    every ``every``-th step. Use ``frame()`` for the rows and ``remove()`` to detach the hooks.
+    every ``every``-th step, on the device of the activations. Use ``frame()`` for the rows and
+    ``remove()`` to detach the hooks.
     """
 
     def __init__(self, model: nn.Module, quantiles: Sequence[float] = (0.15, 0.5, 0.85), every: int = 1):
@@ -178,7 +180,8 @@ class ActivationStats:
             if step % self.every:
                 return
             x = inputs[0].detach().flatten().float()
-            q = torch.quantile(x, torch.tensor(self.quantiles)).tolist()
+            levels = torch.tensor(self.quantiles, dtype=x.dtype, device=x.device)
+            q = torch.quantile(x, levels).tolist()
             row = {"step": step, "layer": layer, "mean": float(x.mean()), "std": float(x.std())}
             row.update({f"q{round(100 * p)}": v for p, v in zip(self.quantiles, q)})
             self.rows.append(row)
@@ -198,11 +201,12 @@ class ActivationStats:
 def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> pd.DataFrame:
     """Per batch-norm layer: spread of the normalized activations and of the gradients flowing through.
 
-    Runs one training-mode forward and backward pass of cross-entropy on a copy of the model.
+    Runs one training-mode forward and backward pass of cross-entropy on a copy of the model, on
+    the model's device.
 
     Args:
         model: a model with batch norm layers (not changed).
-        x: a batch of inputs.
+        x: a batch of inputs (moved to the model's device).
         y: its labels.
 
     Returns:
@@ -221,8 +225,9 @@ def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tenso
 
     bns = [m for m in model.modules() if isinstance(m, (BatchNorm, *BN_TYPES))]
     handles = [m.register_forward_hook(keep(f"bn {k + 1}")) for k, m in enumerate(bns)]
-    x = x.clone().requires_grad_(True)  # so that every BN input is part of the graph
-    nn.functional.cross_entropy(model(x), y).backward()
+    device = module_device(model)
+    x = x.to(device).clone().requires_grad_(True)  # so that every BN input is part of the graph
+    nn.functional.cross_entropy(model(x), y.to(device)).backward()
     for h in handles:
         h.remove()
     rows = []
@@ -249,7 +254,7 @@ def scale_invariance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ind
 
     Args:
         model: a sequential model whose layer ``index`` is a Linear or Conv2d followed by a batch norm.
-        x: a batch of inputs.
+        x: a batch of inputs (moved to the model's device).
         y: its labels.
         index: position of the layer to scale.
         scales: the factors tried.
@@ -258,6 +263,8 @@ def scale_invariance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ind
         One row per scale: the loss, the largest change of the logits, and the norm of the gradient
         of the scaled weight (and that norm times the scale, which stays constant).
     """
+    device = module_device(model)
+    x, y = x.to(device), y.to(device)
     ref = None
     rows = []
     for c in scales:
@@ -283,20 +290,22 @@ def train_mode_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batc
 
     Args:
         model: the trained model (not changed).
-        X: inputs.
+        X: inputs (moved to the model's device).
         y: labels.
         batch_size: evaluation batch size (at least 2).
         sort_by_label: batches of one class each (a non-shuffled, label-sorted stream), else shuffled.
-        seed: seed of the shuffle.
+        seed: seed of the shuffle (drawn on the CPU: the same order on every device).
 
     Returns:
         The accuracy in [0, 1] with batch statistics in place of the running averages.
     """
     m = copy.deepcopy(model).train()
+    device = module_device(m)
+    X, y = X.to(device), y.to(device)
     if sort_by_label:
         order = torch.argsort(y, stable=True)
     else:
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(device)
     correct = 0
     for idx in order.split(batch_size):
         if len(idx) < 2:

@@ -332,6 +332,8 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
 def save_torch_sparse(state: Mapping[str, torch.Tensor], path: str | Path) -> int:
     """``torch.save`` with every weight matrix as a torch sparse CSR tensor (int64 indices).
 
+    Tensors are saved from the CPU, whatever their device.
+
     Args:
         state: permanent state dict (conv weights are flattened to (out, -1); the shape is kept).
         path: file to write.
@@ -341,17 +343,18 @@ def save_torch_sparse(state: Mapping[str, torch.Tensor], path: str | Path) -> in
     """
     out = {}
     for k, v in state.items():
+        v = v.detach().cpu()  # the artifact does not depend on (or record) the model's device
         if _is_matrix(k, v):
-            out[k] = {"csr": _to_csr(v.detach().reshape(v.shape[0], -1)), "shape": tuple(v.shape)}
+            out[k] = {"csr": _to_csr(v.reshape(v.shape[0], -1)), "shape": tuple(v.shape)}
         else:
-            out[k] = v.detach()
+            out[k] = v
     torch.save(out, Path(path))
     return file_bytes(path)
 
 
 def load_torch_sparse(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a file written by ``save_torch_sparse`` back to a dense state dict."""
-    raw = torch.load(Path(path), weights_only=True)
+    """Read a file written by ``save_torch_sparse`` back to a dense state dict (on the CPU)."""
+    raw = torch.load(Path(path), map_location="cpu", weights_only=True)
     return {k: v["csr"].to_dense().reshape(v["shape"]) if isinstance(v, dict) else v for k, v in raw.items()}
 
 
@@ -414,12 +417,14 @@ def kernel_latency(
 ) -> pd.DataFrame:
     """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by side.
 
+    Both kernels run on the device of ``weight`` (CUDA timings wait for the device).
+
     Args:
         weight: the (out, in) weight matrix, with its zeros.
         batch_sizes: number of input rows ``x``.
         threads: ``torch.set_num_threads`` during the measurement (restored after).
         repeats: timing samples per kernel and batch size.
-        seed: seed of the random inputs.
+        seed: seed of the random inputs (drawn on the CPU: the same inputs on every device).
 
     Returns:
         One row per (kernel, batch_size): median_ms; with sparsity and the shape.
@@ -433,10 +438,10 @@ def kernel_latency(
     try:
         with torch.inference_mode():
             for bs in batch_sizes:
-                x = torch.rand(bs, w.shape[1], generator=gen)
+                x = torch.rand(bs, w.shape[1], generator=gen).to(w.device, w.dtype)
                 xt = x.t().contiguous()
                 for kernel, fn in [("dense", lambda: x @ w.t()), ("sparse csr", lambda: torch.sparse.mm(csr, xt))]:
-                    t = time_call(fn, warmup=3, repeats=repeats)
+                    t = time_call(fn, warmup=3, repeats=repeats, device=w.device)
                     rows.append({"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3})
     finally:
         torch.set_num_threads(old)

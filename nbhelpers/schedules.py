@@ -25,6 +25,7 @@ from torch.optim import lr_scheduler as lrs
 from torch.utils.data import DataLoader
 
 from .params import ParameterError, check_choices, check_float, check_int, check_positive
+from .train import Device, module_device
 
 #: Schedule names the factory knows, with the torch classes behind them.
 SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine_warmup", "onecycle", "plateau")
@@ -196,6 +197,7 @@ def lr_range_test(
     momentum: float = 0.9,
     smoothing: float = 0.9,
     stop_factor: float = 4.0,
+    device: Device | None = None,
 ) -> pd.DataFrame:
     """Smith's LR range test: raise the learning rate exponentially each batch and record the loss.
 
@@ -212,6 +214,7 @@ def lr_range_test(
         momentum: SGD momentum.
         smoothing: factor of the exponential moving average of the loss (bias-corrected).
         stop_factor: stop when the smoothed loss exceeds this multiple of its minimum.
+        device: where to train the copy; None trains it where the model is. Batches are moved there.
 
     Returns:
         One row per step: step, lr, loss, smoothed_loss.
@@ -220,6 +223,8 @@ def lr_range_test(
     check_float("lr_max", lr_max, lr_min, None, low_inclusive=False)
     check_int("steps", steps, minimum=2)
     net = copy.deepcopy(model).train()
+    device = module_device(net) if device is None else torch.device(device)
+    net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr_min, momentum=momentum)
     sched = lrs.ExponentialLR(opt, gamma=(lr_max / lr_min) ** (1.0 / (steps - 1)))
     rows, avg, best = [], 0.0, math.inf
@@ -231,7 +236,7 @@ def lr_range_test(
             batches = iter(loader)
             x, y = next(batches)
         lr = opt.param_groups[0]["lr"]
-        loss = nn.functional.cross_entropy(net(x), y)
+        loss = nn.functional.cross_entropy(net(x.to(device)), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -19,10 +20,38 @@ from .params import check_choice
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Device = str | torch.device
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of a module: that of its first parameter, else its first buffer, else the CPU.
+
+    Modules without tensors (activations, eager int8 layers with packed weights) run on the CPU.
+
+    Args:
+        model: the module.
+
+    Returns:
+        The device its inputs should be on.
+    """
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so that runs repeat exactly.
+    """Seed Python, NumPy and torch (CPU and CUDA) and set the flags a repeatable GPU run needs.
+
+    Always: ``torch.cuda.manual_seed_all``, ``cudnn.deterministic = True`` and
+    ``cudnn.benchmark = False`` (no autotuned, run-dependent convolution algorithms); these change
+    nothing on the CPU. When CUDA is available, also ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless
+    already set; it must precede the first cuBLAS call) and
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``: deterministic kernels where torch
+    has them, a warning where it has none (e.g. the max-pool backward). CPU-only machines skip
+    these two: the switch would also make ``torch.empty`` fill new memory, a cost without a gain
+    there. All of these are process-wide settings that stay after the call.
 
     Args:
         seed: the seed.
@@ -30,6 +59,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def make_optimizer(
@@ -61,32 +96,43 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, loader: DataLoader,
+            device: Device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of a whole loader, in eval mode.
 
     Args:
         model: the model.
         loader: yields (x, y) batches.
-        device: where to run.
+        device: where to run (the model is moved there); None runs where the model is.
 
     Returns:
         (logits, labels) on the CPU.
     """
+    device = _place(model, device)
     model.eval()
     outs, ys = [], []
     for x, y in loader:
         outs.append(model(x.to(device)).float().cpu())
-        ys.append(y)
+        ys.append(y.cpu())
     return torch.cat(outs), torch.cat(ys)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: str = "cpu") -> dict[str, float]:
+def _place(model: nn.Module, device: Device | None) -> torch.device:
+    """Move ``model`` to ``device`` when one is given; return the device it runs on."""
+    if device is None:
+        return module_device(model)
+    model.to(device)
+    return torch.device(device)
+
+
+def evaluate(model: nn.Module, loader: DataLoader,
+             device: Device | None = None) -> dict[str, float]:
     """Mean cross-entropy and accuracy of a model on a loader.
 
     Args:
         model: the model.
         loader: yields (x, y) batches.
-        device: where to run.
+        device: where to run (the model is moved there); None runs where the model is.
 
     Returns:
         {"loss": ..., "accuracy": ...} with accuracy a fraction in [0, 1].
@@ -111,7 +157,7 @@ def fit(
     loss_fn: LossFn | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
-    device: str = "cpu",
+    device: Device | None = None,
     progress: bool = True,
     desc: str = "train",
     stop_on_nan: bool = True,
@@ -131,7 +177,7 @@ def fit(
         loss_fn: ``f(logits, y, x) -> loss``; cross-entropy by default (distillation swaps it).
         extra_loss: ``f(model) -> tensor`` added to every batch's loss (regularisers, penalties).
         after_step: ``f(model)`` called after every optimizer step (masks, constraints).
-        device: where to train.
+        device: where to train (the model is moved there); None trains where the model is.
         progress: show a tqdm bar over epochs.
         desc: label of the progress bar.
         stop_on_nan: stop when the training loss becomes NaN or infinite (divergence).
@@ -141,7 +187,7 @@ def fit(
         val_accuracy (NaN without a validation loader) and epoch_seconds.
     """
     check_choice("scheduler_step", scheduler_step, ("epoch", "batch"))
-    model.to(device)
+    device = _place(model, device)
     opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else make_optimizer(
         model, optimizer, lr, weight_decay
     )

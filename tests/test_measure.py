@@ -9,7 +9,15 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, TensorDataset
 
-from nbhelpers.measure import accuracy, compare, count_parameters, file_bytes, latency, serialized_bytes
+from nbhelpers import measure
+from nbhelpers.measure import (
+    accuracy,
+    compare,
+    count_parameters,
+    file_bytes,
+    latency,
+    serialized_bytes,
+)
 from nbhelpers.models import MLP
 
 
@@ -74,3 +82,28 @@ def test_compare_ratios(mlp):
     assert df.loc["fn", "accuracy_delta_points"] == 0
     with pytest.raises(KeyError, match="give its bytes"):
         compare({"big": mlp, "fn": lambda b: mlp(b)}, dl, "big", batch_sizes=(1,), repeats=1)
+
+
+def test_cuda_timing_waits_for_the_device(monkeypatch):
+    """On CUDA every sample synchronizes before its clock stops; on the CPU nothing synchronizes."""
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    measure.synchronizer("cpu")()
+    measure.synchronizer(None)()
+    assert synced == []
+    measure.synchronizer("cuda:0")()
+    assert synced == ["cuda:0"]
+    synced.clear()
+    samples = measure.time_call(lambda: None, warmup=2, repeats=4, device=torch.device("cuda"))
+    # once after the warm-up, once after the calibration call, once per sample
+    assert len(samples) == 4 and synced == [torch.device("cuda")] * (2 + 4)
+    synced.clear()
+    measure.time_call(lambda: None, warmup=2, repeats=4, device="cpu")
+    assert synced == []
+
+
+def test_callables_get_cpu_tensors_and_modules_their_device(mlp):
+    assert measure.input_device(mlp) == torch.device("cpu")
+    assert measure.input_device(mlp.to("meta")) == torch.device("meta")
+    assert measure.input_device(lambda b: b) == torch.device("cpu")
+

@@ -1,14 +1,16 @@
 """nbhelpers.train: reproducible fitting, history, schedulers and hooks."""
 
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nbhelpers.data import load_split, loaders
 from nbhelpers.models import MLP
-from nbhelpers.train import evaluate, fit, make_optimizer, seed_everything
+from nbhelpers.train import evaluate, fit, make_optimizer, module_device, predict, seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +83,59 @@ def test_stops_on_divergence(split):
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="optimizer='rmsprop'"):
         make_optimizer(MLP(64, [8]), "rmsprop")
+
+
+def test_module_device():
+    assert module_device(nn.ReLU()) == torch.device("cpu")  # no tensors: the CPU
+    assert module_device(nn.Linear(2, 2).to("meta")) == torch.device("meta")
+    buffers_only = nn.BatchNorm1d(2, affine=False).to("meta")
+    assert module_device(buffers_only) == torch.device("meta")
+
+
+class _Recorder(nn.Module):
+    """Records the device of its inputs; its logits are CPU zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("anchor", torch.zeros(1))
+        self.seen: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.device.type)
+        return torch.zeros(len(x), 2)
+
+
+def test_predict_and_evaluate_run_where_the_model_is():
+    model, loader = _Recorder(), [(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))]
+    assert evaluate(model, loader, device="meta") == {"loss": pytest.approx(math.log(2)), "accuracy": 1.0}
+    assert module_device(model) == torch.device("meta")  # an explicit device moves the model
+    logits, labels = predict(model, loader)  # no device: where the model is
+    assert model.seen == ["meta", "meta"] and logits.shape == (4, 2) and labels.device.type == "cpu"
+
+
+@pytest.fixture()
+def restore_determinism(monkeypatch):
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    det = torch.are_deterministic_algorithms_enabled()
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+    torch.use_deterministic_algorithms(det, warn_only=warn)
+
+
+def test_seed_everything_sets_the_gpu_flags(restore_determinism, monkeypatch):
+    seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeds.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+    seed_everything(7)
+    assert 7 in seeds
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert not torch.are_deterministic_algorithms_enabled()  # a CPU-only machine keeps its kernels
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    seed_everything(7)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
