@@ -176,16 +176,13 @@ def test_teacher_table():
     assert tab[["0", "1", "2"]].sum(1).tolist() == pytest.approx([1.0] * 4)
 
 
-@pytest.mark.notebook
 @pytest.mark.parametrize("override,name", [({"TEMPERATURE": 0.0}, "TEMPERATURE"), ({"ALPHA": 1.5}, "ALPHA"),
                                             ({"LOSS": "kl"}, "LOSS"), ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN")])
 def test_notebook_bad_input_fails_in_validation(override, name, tmp_path):
     """Bad distillation parameters stop notebook 07 in its validation cell, before any training."""
     from pathlib import Path
 
-    from notebook_runner import error_code_cell, parameters_code_cell, run
+    from notebook_runner import assert_fails_in_validation
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "07_knowledge_distillation.ipynb"
-    result = run(nb, tmp_path, **override)
-    assert result.status == "failed" and "ParameterError" in result.error and name in result.error
-    assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
+    assert_fails_in_validation(nb, tmp_path, name, **override)

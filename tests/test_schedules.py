@@ -162,7 +162,6 @@ def test_range_test_and_suggestion():
 
 
 
-@pytest.mark.notebook
 @pytest.mark.parametrize("override,name", [
     ({"SCHEDULES": ["constant", "cosine"]}, "SCHEDULES"),
     ({"SCHEDULES": []}, "SCHEDULES"),
@@ -175,10 +174,7 @@ def test_notebook_bad_input(override, name, tmp_path):
     """Bad input stops notebook 09 in its validation cell, before any training, naming the parameter."""
     from pathlib import Path
 
-    from notebook_runner import error_code_cell, parameters_code_cell, run
+    from notebook_runner import assert_fails_in_validation
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "09_learning_rate_schedules.ipynb"
-    result = run(nb, tmp_path, **override)
-    assert result.status == "failed"
-    assert "ParameterError" in result.error and name in result.error
-    assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
+    assert_fails_in_validation(nb, tmp_path, name, **override)
