@@ -100,10 +100,9 @@ def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dic
     targets = targets_frame(results)
     met = int((targets["met"] == "yes").sum()) if not targets.empty else 0
     board = leaderboard.build({r.stem: r.records for r in results if r.status == "ok"})
-    speed = board.loc[~board["is_baseline"].astype(bool),
-                      ["notebook", "model", "accuracy_delta_points", "size_ratio", "speedup_b1", "speedup_b256"]]
-    speed = speed.assign(**{c: speed[c].map(lambda v: "" if pd.isna(v) else f"{float(v):.2f}")
-                            for c in ["accuracy_delta_points", "size_ratio", "speedup_b1", "speedup_b256"]})
+    speed = leaderboard.readable(board).loc[~board["is_baseline"].astype(bool).to_numpy(),
+                                            ["notebook", "model", "change, points [95% CI]", "verdict",
+                                             "McNemar p", "times smaller", "speed-up b1", "speed-up b256"]]
     runs = pd.DataFrame([{"notebook": r.stem, "status": r.status, "wall seconds": f"{r.seconds:.1f}",
                           "error": r.error[:120]} for r in results])
     return f"""# Benchmarks
@@ -124,8 +123,9 @@ slower than fp32), and `int8_reduce_range` above says whether int8 weights used 
 {_md(targets)}
 ## Every optimized model against the baseline measured in the same run
 
-accuracy_delta_points: test-accuracy change in points; size_ratio: times smaller on disk;
-speedup_b1 / speedup_b256: times faster at batch 1 / 256.
+change: test-accuracy change in points against the baseline, with its paired 95% interval over the
+same test images ("within noise": the interval contains zero) and McNemar's exact p; times smaller:
+on disk; speed-up: times faster at batch 1 / 256.
 
 {_md(speed)}
 ## Run times

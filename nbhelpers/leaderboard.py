@@ -15,8 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ["notebook", "model", "is_baseline", "accuracy", "accuracy_delta_points", "params", "nonzero",
-           "bytes", "size_ratio", "latency_ms_b1", "latency_ms_b256", "speedup_b1", "speedup_b256"]
+COLUMNS = ["notebook", "model", "is_baseline", "accuracy", "accuracy_low", "accuracy_high",
+           "accuracy_delta_points", "delta_low_points", "delta_high_points", "p_mcnemar", "verdict",
+           "params", "nonzero", "bytes", "size_ratio", "latency_ms_b1", "latency_ms_b256", "speedup_b1",
+           "speedup_b256"]
 
 
 def build(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -88,6 +90,11 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
     data["latency b256 (ms)"] = data["latency_ms_b256"].astype(float)
     sns.scatterplot(data=data, x="bytes", y="accuracy", hue="notebook", style="is_baseline",
                     size="latency b256 (ms)", sizes=(30, 300), ax=ax)
+    ci = data.dropna(subset=["accuracy_low", "accuracy_high"])
+    if len(ci):  # 95% Wilson intervals of each accuracy
+        acc = ci["accuracy"].astype(float)
+        ax.errorbar(ci["bytes"].astype(float), acc, fmt="none", ecolor="grey", elinewidth=1, alpha=0.7,
+                    yerr=[acc - ci["accuracy_low"].astype(float), ci["accuracy_high"].astype(float) - acc])
     for _, r in data.iterrows():
         ax.annotate(str(r["model"]), (r["bytes"], r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if front and len(data) > 1:
@@ -95,7 +102,7 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
         ax.step(pf["bytes"], pf["accuracy"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("bytes on disk (log)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (bars: 95% interval)")
     ax.set_title(title or "Every technique against its baseline: accuracy vs size (marker: latency at batch 256)")
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
@@ -120,16 +127,46 @@ def html_section(board: pd.DataFrame) -> str:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     img = base64.b64encode(buf.getvalue()).decode()
-    fmt = {"accuracy": "{:.4f}", "accuracy_delta_points": "{:+.2f}", "size_ratio": "{:.2f}x",
-           "speedup_b1": "{:.2f}x", "speedup_b256": "{:.2f}x", "latency_ms_b1": "{:.3f}",
-           "latency_ms_b256": "{:.3f}", "params": "{:,.0f}", "nonzero": "{:,.0f}", "bytes": "{:,.0f}"}
-    shown = board.copy()
-    for col, f in fmt.items():
-        shown[col] = [("" if pd.isna(v) else f.format(v)) for v in shown[col]]
-    table = shown.to_html(index=False, escape=True, classes="board", border=0)
+    table = readable(board).to_html(index=False, escape=True, classes="board", border=0)
     return (f"<h2>Leaderboard</h2><p>Each notebook's optimized models against the baseline it measured in the "
-            f"same run; ratios are against that baseline (size_ratio: times smaller; speedup: times faster).</p>"
+            f"same run; ratios are against that baseline (size_ratio: times smaller; speedup: times faster). "
+            f"The accuracy change has its paired 95% interval over the same test images and McNemar's exact "
+            f"p; \"within noise\" means the interval contains zero.</p>"
             f'<img alt="leaderboard" src="data:image/png;base64,{img}"/>{table}')
+
+
+def _interval(v: float, lo: float, hi: float, fmt: str) -> str:
+    if pd.isna(v):
+        return ""
+    text = fmt.format(v)
+    return text if pd.isna(lo) or pd.isna(hi) else f"{text} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def readable(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard formatted for people: intervals beside their values, units, rounding.
+
+    Args:
+        board: the table from ``build``.
+
+    Returns:
+        String columns: notebook, model, accuracy [95% CI], change (points) [95% CI], verdict,
+        McNemar p, params, non-zero, bytes, times smaller, latency and speed-up at batch 1 and 256.
+    """
+    b = board.reindex(columns=COLUMNS)
+    num = lambda col, f: [("" if pd.isna(v) else f.format(v)) for v in b[col]]  # noqa: E731
+    return pd.DataFrame({
+        "notebook": b["notebook"], "model": b["model"],
+        "accuracy [95% CI]": [_interval(v, lo, hi, "{:.4f}") for v, lo, hi in
+                              zip(b["accuracy"], b["accuracy_low"], b["accuracy_high"])],
+        "change, points [95% CI]": ["" if base else _interval(v, lo, hi, "{:+.2f}") for v, lo, hi, base in
+                                    zip(b["accuracy_delta_points"], b["delta_low_points"],
+                                        b["delta_high_points"], b["is_baseline"])],
+        "verdict": b["verdict"].fillna(""), "McNemar p": num("p_mcnemar", "{:.3g}"),
+        "params": num("params", "{:,.0f}"), "non-zero": num("nonzero", "{:,.0f}"),
+        "bytes": num("bytes", "{:,.0f}"), "times smaller": num("size_ratio", "{:.2f}x"),
+        "ms b1": num("latency_ms_b1", "{:.3f}"), "speed-up b1": num("speedup_b1", "{:.2f}x"),
+        "ms b256": num("latency_ms_b256", "{:.3f}"), "speed-up b256": num("speedup_b256", "{:.2f}x"),
+    })
 
 
 def safe_html_section(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> str:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .stats import paired_table
+
 from .train import Device, module_device
 
 Predictor = Callable[[torch.Tensor], object]
@@ -39,6 +41,33 @@ def input_device(model: nn.Module | Predictor) -> torch.device:
     return module_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
 
 
+def correct(model: nn.Module | Predictor, loader: DataLoader,
+            device: Device | None = None) -> np.ndarray:
+    """Which samples a model classifies correctly, in the loader's order (for paired comparisons).
+
+    Args:
+        model: an ``nn.Module`` (run in eval mode without gradients) or a callable mapping a
+            batch tensor to logits (a torch tensor or a NumPy array, e.g. ONNX Runtime), which
+            gets CPU tensors.
+        loader: yields (x, y) batches, in a fixed order (no shuffling).
+        device: where to run a module (it is moved there); None runs it where it is.
+
+    Returns:
+        A boolean array, one entry per sample.
+    """
+    if isinstance(model, nn.Module):
+        if device is not None:
+            model.to(device)
+        model.eval()
+    device = input_device(model)
+    hits = []
+    with torch.inference_mode():
+        for x, y in loader:
+            pred = _as_tensor(model(x.to(device))).argmax(1).cpu()
+            hits.append((pred == y.cpu()).numpy())
+    return np.concatenate(hits).astype(bool)
+
+
 def accuracy(model: nn.Module | Predictor, loader: DataLoader,
              device: Device | None = None) -> float:
     """Fraction of correctly classified samples; works for modules and plain callables.
@@ -53,18 +82,7 @@ def accuracy(model: nn.Module | Predictor, loader: DataLoader,
     Returns:
         The accuracy in [0, 1].
     """
-    if isinstance(model, nn.Module):
-        if device is not None:
-            model.to(device)
-        model.eval()
-    device = input_device(model)
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            pred = _as_tensor(model(x.to(device))).argmax(1).cpu()
-            correct += int((pred == y.cpu()).sum())
-            total += len(y)
-    return correct / total
+    return float(correct(model, loader, device).mean())
 
 
 def _weights_of(module: nn.Module) -> list[torch.Tensor]:
@@ -254,7 +272,9 @@ def compare(
     """One table comparing models on accuracy, parameters, bytes and latency, with ratios to a baseline.
 
     Every module runs on its own device (accuracy and timing batches are moved there); callables
-    get CPU tensors.
+    get CPU tensors. All models are scored on the same test samples, so each is compared with the
+    baseline by a paired 95% interval of the accuracy difference and McNemar's exact test
+    (``nbhelpers.stats``); the loader must not shuffle.
 
     Args:
         models: name -> module or callable (callables need their bytes in ``sizes``).
@@ -267,23 +287,29 @@ def compare(
         repeats: timing samples per round.
 
     Returns:
-        One row per model: accuracy, params, nonzero, bytes, latency_ms_b<bs>, and the ratios
-        accuracy_delta_points, size_ratio (baseline bytes / bytes: "times smaller") and
-        speedup_b<bs> (baseline latency / latency).
+        One row per model: accuracy with its Wilson 95% interval (accuracy_low, accuracy_high),
+        params, nonzero, bytes, latency_ms_b<bs>, and against the baseline:
+        accuracy_delta_points with its paired 95% interval (delta_low_points, delta_high_points),
+        p_mcnemar, verdict ("better", "worse", "within noise"; "baseline" for the baseline),
+        size_ratio (baseline bytes / bytes: "times smaller") and speedup_b<bs> (baseline latency
+        / latency).
     """
     if baseline not in models:
         raise KeyError(f"baseline {baseline!r} is not among the models {list(models)}")
+    if isinstance(getattr(loader, "sampler", None), torch.utils.data.RandomSampler):
+        raise ValueError("compare pairs the models image by image: give it a loader that does not shuffle")
     sizes, counts = dict(sizes or {}), dict(counts or {})
     example = torch.cat([x for x, _ in loader])[: max(batch_sizes)]
     lat = latency(models, example, batch_sizes, threads=threads, repeats=repeats)
-    rows = []
+    rows, hits = [], {}
     for name, m in models.items():
         c = counts.get(name) or (count_parameters(m) if isinstance(m, nn.Module) else {})
         if name not in sizes and not isinstance(m, nn.Module):
             raise KeyError(f"model {name!r} is a callable: give its bytes in sizes")
+        hits[name] = correct(m, loader)
         row = {
             "model": name,
-            "accuracy": accuracy(m, loader),
+            "accuracy": float(hits[name].mean()),
             "params": c.get("params", np.nan),
             "nonzero": c.get("nonzero", np.nan),
             "bytes": sizes.get(name) if name in sizes else serialized_bytes(m),
@@ -294,6 +320,11 @@ def compare(
     df = pd.DataFrame(rows).set_index("model")
     base = df.loc[baseline]
     df["accuracy_delta_points"] = (df["accuracy"] - base["accuracy"]) * 100
+    paired = paired_table(hits, baseline).set_index("model").reindex(df.index)
+    df.insert(df.columns.get_loc("accuracy") + 1, "accuracy_low", paired["acc_low"] / 100)
+    df.insert(df.columns.get_loc("accuracy") + 2, "accuracy_high", paired["acc_high"] / 100)
+    df["delta_low_points"], df["delta_high_points"] = paired["diff_low"], paired["diff_high"]
+    df["p_mcnemar"], df["verdict"] = paired["p_mcnemar"], paired["verdict"]
     df["size_ratio"] = base["bytes"] / df["bytes"]
     for bs in batch_sizes:
         df[f"speedup_b{bs}"] = base[f"latency_ms_b{bs}"] / df[f"latency_ms_b{bs}"]

@@ -59,7 +59,7 @@ def test_benchmark_markdown_lists_targets_speedups_and_times():
     assert "## Targets from the issues: 1 of 2 met" in text
     assert "| 06_quantization | int8 speed-up b256 | 2 x | >= 2 x | yes |" in text
     assert "| 06_quantization | int8 loss | 1 points | <= 0.5 points | **no** |" in text
-    assert "| 06_quantization | int8 | -1.00 | 4.00 |" in text and "Test CPU" in text
+    assert "| 06_quantization | int8 | -1.00 |  |  | 4.00x |  | 2.00x |" in text and "Test CPU" in text
     assert "| 99_broken | failed | 3.0 | ValueError: x |" in text and "Whole suite: 15 s" in text
     assert "Model cache at the start: empty." in text
 
@@ -77,3 +77,20 @@ def test_cache_files_counts_nested_files(tmp_path):
 def test_pareto_front():
     df = pd.DataFrame({"bytes": [100, 50, 50, 10, 200], "accuracy": [0.9, 0.92, 0.8, 0.85, 0.95]})
     assert pareto_front(df).index.tolist() == [3, 1, 4]
+
+
+def test_readable_shows_intervals_and_verdicts():
+    from nbhelpers.leaderboard import readable
+
+    rec = {"x": {"comparison": [
+        _row("base", 0.95, 1000, 2.0, accuracy_low=0.9456, accuracy_high=0.9541, verdict="baseline"),
+        _row("small", 0.948, 100, 1.0, accuracy_low=0.9435, accuracy_high=0.9522, accuracy_delta_points=-0.2,
+             delta_low_points=-0.41, delta_high_points=0.01, p_mcnemar=0.061, verdict="within noise",
+             size_ratio=10.0)], "comparison_baseline": "base"}}
+    shown = readable(build(rec))
+    assert shown.loc[0, "accuracy [95% CI]"] == "0.9500 [0.9456, 0.9541]"
+    assert shown.loc[0, "change, points [95% CI]"] == "" and shown.loc[0, "verdict"] == "baseline"
+    assert shown.loc[1, "change, points [95% CI]"] == "-0.20 [-0.41, +0.01]"
+    assert shown.loc[1, "verdict"] == "within noise" and shown.loc[1, "McNemar p"] == "0.061"
+    assert shown.loc[1, "times smaller"] == "10.00x"
+    assert "0.9456" in html_section(build(rec))

@@ -107,3 +107,45 @@ def test_callables_get_cpu_tensors_and_modules_their_device(mlp):
     assert measure.input_device(mlp.to("meta")) == torch.device("meta")
     assert measure.input_device(lambda b: b) == torch.device("cpu")
 
+
+
+def test_compare_pairs_models_image_by_image():
+    """Hand-made predictors on 200 images: the baseline is right on the first 180; "worse" loses 30
+    of them and gains none (McNemar p = 2 * 0.5**30); "same" swaps 5 for 5 (p = 1)."""
+    from nbhelpers import stats
+
+    y = torch.zeros(200, dtype=torch.long)
+    x = torch.arange(200, dtype=torch.float32).reshape(200, 1)
+
+    def predictor(right: np.ndarray):
+        def f(batch: torch.Tensor) -> np.ndarray:
+            idx = batch[:, 0].long().numpy()
+            logits = np.zeros((len(idx), 2), dtype=np.float32)
+            logits[:, 0] = np.where(right[idx], 1.0, -1.0)  # class 0 is the label
+            return logits
+        return f
+
+    base = np.arange(200) < 180
+    worse = np.arange(200) < 150
+    same = base.copy()
+    same[:5], same[180:185] = False, True
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    models = {"base": predictor(base), "worse": predictor(worse), "same": predictor(same)}
+    df = measure.compare(models, loader, "base", batch_sizes=(1,), sizes={k: 1 for k in models},
+                         repeats=1)
+    assert df.loc["base", "verdict"] == "baseline" and np.isnan(df.loc["base", "p_mcnemar"])
+    assert df.loc["worse", "accuracy_delta_points"] == pytest.approx(-15.0)
+    assert df.loc["worse", "p_mcnemar"] == pytest.approx(2 * 0.5**30)
+    assert df.loc["worse", "verdict"] == "worse" and df.loc["worse", "delta_high_points"] < 0
+    assert df.loc["same", "accuracy_delta_points"] == 0 and df.loc["same", "p_mcnemar"] == 1.0
+    assert df.loc["same", "verdict"] == "within noise"
+    want = stats.paired_difference(base, worse)
+    assert df.loc["worse", "delta_low_points"] == pytest.approx(want["low"])
+    lo, hi = stats.wilson_interval(180, 200)
+    assert (df.loc["base", "accuracy_low"], df.loc["base", "accuracy_high"]) == pytest.approx((lo, hi))
+
+
+def test_compare_refuses_a_shuffling_loader():
+    data = TensorDataset(torch.rand(8, 4), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="shuffle"):
+        measure.compare({"m": torch.nn.Linear(4, 2)}, DataLoader(data, shuffle=True), "m")
