@@ -27,6 +27,7 @@ import pandas as pd
 from . import leaderboard
 from .paths import cache_dir
 from .report import DEFAULT_NOTEBOOKS, DEFAULT_OUT, REPO_DIR, RunResult, list_notebooks, run_all
+from .targets import measured_text, verdict_text
 
 
 def machine_info() -> dict[str, str]:
@@ -53,10 +54,11 @@ def targets_frame(results: list[RunResult]) -> pd.DataFrame:
     for r in results:
         lists = [v for k, v in sorted(r.records.items()) if k == "targets" or k.startswith("targets_")]
         for t in (t for lst in lists for t in (lst or [])):
-            rows.append({"notebook": r.stem, "target": t["name"],
-                         "measured": f"{t['measured']:.4g} {t['unit']}".strip(),
+            verdict = verdict_text(t)
+            rows.append({"notebook": r.stem, "target": t["name"], "measured": measured_text(t),
                          "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
-                         "met": "yes" if t["met"] else "**no**", "note": t.get("note", "")})
+                         "met": verdict if t["met"] else f"**{verdict.replace('NO', 'no')}**",
+                         "note": t.get("note", "")})
     return pd.DataFrame(rows, columns=["notebook", "target", "measured", "goal", "met", "note"])
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -12,8 +12,9 @@ from .params import check_choice
 OPS = (">=", "<=")
 
 
-def target(name: str, measured: float, op: str, threshold: float, unit: str = "", note: str = "") -> dict:
-    """One target checked against its measured value.
+def target(name: str, measured: float, op: str, threshold: float, unit: str = "", note: str = "",
+           interval: tuple[float, float] | None = None) -> dict:
+    """One target checked against its measured value, and against its 95% interval when it has one.
 
     Args:
         name: what is measured, e.g. "int8 accuracy loss vs fp32".
@@ -22,15 +23,51 @@ def target(name: str, measured: float, op: str, threshold: float, unit: str = ""
         threshold: the target value.
         unit: unit shown with the numbers, e.g. "points" or "x".
         note: where the target comes from or how it was measured.
+        interval: (low, high), the 95% interval of the measurement (e.g. the paired interval of
+            an accuracy difference, in the same unit); None when it has none.
 
     Returns:
-        {"name", "measured", "op", "threshold", "unit", "met", "note"}; a NaN measurement is not met.
+        {"name", "measured", "op", "threshold", "unit", "met", "note", "low", "high",
+        "decided"}; a NaN measurement is not met. ``decided`` says whether the whole interval lies
+        on one side of the threshold ("met" or "missed" beyond noise); None without an interval.
     """
     check_choice("op", op, OPS)
     value = float(measured)
     met = math.isfinite(value) and (value >= threshold if op == ">=" else value <= threshold)
+    low, high = (math.nan, math.nan) if interval is None else (float(interval[0]), float(interval[1]))
+    if interval is not None and not low <= high:
+        raise ValueError(f"target {name!r}: interval ({low}, {high}) is not ordered low <= high")
+    decided = None if interval is None else bool(threshold <= low or high <= threshold) \
+        if op == ">=" else bool(high <= threshold or threshold <= low)
     return {"name": name, "measured": value, "op": op, "threshold": float(threshold), "unit": unit,
-            "met": bool(met), "note": note}
+            "met": bool(met), "note": note, "low": low, "high": high, "decided": decided}
+
+
+def points_lost(row: Mapping) -> tuple[float, tuple[float, float]]:
+    """Accuracy points lost by a model and their paired 95% interval, from a ``measure.compare`` row.
+
+    Args:
+        row: the model's row (accuracy_delta_points, delta_low_points, delta_high_points).
+
+    Returns:
+        (loss, (low, high)) with loss = -accuracy_delta_points (positive: the model is worse).
+    """
+    return -float(row["accuracy_delta_points"]), (-float(row["delta_high_points"]),
+                                                  -float(row["delta_low_points"]))
+
+
+def measured_text(t: dict) -> str:
+    """A target's measurement with its interval, e.g. "0.12 [-0.05, 0.31] points"."""
+    text = f"{t['measured']:.4g}"
+    if math.isfinite(t.get("low", math.nan)):
+        text += f" [{t['low']:.4g}, {t['high']:.4g}]"
+    return f"{text} {t['unit']}".strip()
+
+
+def verdict_text(t: dict) -> str:
+    """"yes"/"NO", and "(within noise)" when the 95% interval reaches across the threshold."""
+    word = "yes" if t["met"] else "NO"
+    return word + (" (within noise)" if t.get("decided") is False else "")
 
 
 def targets_table(targets: Sequence[dict]) -> pd.DataFrame:
@@ -40,9 +77,10 @@ def targets_table(targets: Sequence[dict]) -> pd.DataFrame:
         targets: dicts made by ``target``.
 
     Returns:
-        One row per target: name, measured, target, met.
+        One row per target: name, measured (with its 95% interval, if any), goal, met ("yes" or
+        "NO", plus "(within noise)" when the interval reaches across the goal).
     """
-    rows = [{"target": t["name"], "measured": f"{t['measured']:.4g} {t['unit']}".strip(),
+    rows = [{"target": t["name"], "measured": measured_text(t),
              "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
-             "met": "yes" if t["met"] else "NO"} for t in targets]
+             "met": verdict_text(t)} for t in targets]
     return pd.DataFrame(rows, columns=["target", "measured", "goal", "met"])

@@ -50,6 +50,11 @@ def test_contract(nb: Path):
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
 
 
+def all_targets(records: dict) -> list[dict]:
+    """Every target a notebook recorded (``targets`` and ``targets_*``)."""
+    return [t for k, v in records.items() if k == "targets" or k.startswith("targets_") for t in v or []]
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
@@ -58,6 +63,9 @@ def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
     assert result.status == "ok", result.error
     missing = MACHINE_KEYS - set(result.records.get("machine", {}))
     assert not missing, f"the machine record lacks {sorted(missing)}"
+    for t in all_targets(result.records):  # a loss of accuracy is judged from its paired interval
+        if t["unit"] == "points" and any(w in t["name"] for w in ("lost", "loss", "drop")):
+            assert t.get("low") is not None and t["low"] <= t["measured"] <= t["high"], t
     problems = check_expectations(nb.stem, result.records)
     assert not problems, "\n".join(problems) + "\nrecorded:\n" + dump(result.records)
 

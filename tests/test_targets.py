@@ -22,3 +22,27 @@ def test_table():
     assert df.to_dict(orient="records") == [
         {"target": "int8 loss", "measured": "0.2 points", "goal": "<= 0.5 points", "met": "yes"},
         {"target": "speed-up", "measured": "1.5 x", "goal": ">= 2 x", "met": "NO"}]
+
+
+def test_interval_decides_or_not():
+    """Loss of 0.3 points, goal <= 0.5: met; decided only if the whole interval is <= 0.5."""
+    sure = target("loss", 0.3, "<=", 0.5, "points", interval=(0.1, 0.45))
+    unsure = target("loss", 0.3, "<=", 0.5, "points", interval=(0.05, 0.62))
+    missed = target("gain", 0.2, ">=", 1.0, "points", interval=(-0.3, 0.7))
+    assert sure["met"] and sure["decided"] is True and unsure["met"] and unsure["decided"] is False
+    assert not missed["met"] and missed["decided"] is True  # the whole interval is below the goal
+    assert target("x", 1.0, ">=", 0.5)["decided"] is None
+    df = targets_table([sure, unsure, missed])
+    assert df["measured"].tolist() == ["0.3 [0.1, 0.45] points", "0.3 [0.05, 0.62] points",
+                                       "0.2 [-0.3, 0.7] points"]
+    assert df["met"].tolist() == ["yes", "yes (within noise)", "NO"]
+    with pytest.raises(ValueError, match="ordered"):
+        target("x", 1.0, ">=", 0.5, interval=(2.0, 1.0))
+
+
+def test_points_lost_flips_the_interval():
+    from nbhelpers.targets import points_lost
+
+    loss, (lo, hi) = points_lost({"accuracy_delta_points": -0.3, "delta_low_points": -0.5,
+                                  "delta_high_points": -0.1})
+    assert (loss, lo, hi) == (0.3, 0.1, 0.5)
