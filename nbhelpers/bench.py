@@ -41,6 +41,18 @@ def machine_info() -> dict[str, str]:
     return {**{k: str(v) for k, v in describe("cpu").items()}, "os": platform.platform()}
 
 
+def commit() -> str:
+    """The short hash of the checked-out commit (with "+changes" when the tree differs), or "unknown"."""
+    import subprocess
+
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=REPO_DIR, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10, check=True).stdout.strip()
+        return run("rev-parse", "--short", "HEAD") + ("+changes" if run("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def targets_frame(results: list[RunResult]) -> pd.DataFrame:
     """Every recorded target of every notebook (records ``targets`` and ``targets_*``), one row each.
 
@@ -109,7 +121,7 @@ def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dic
                           "error": r.error[:120]} for r in results])
     return f"""# Benchmarks
 
-Written by `make bench` (`python -m nbhelpers.bench --jobs {jobs}`) on {date}.
+Written by `make bench` (`python -m nbhelpers.bench --jobs {jobs}`) on {date}, at commit {commit()}.
 
 | machine | |
 |---|---|
