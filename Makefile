@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 JOBS   ?= 2
 NB     ?=
 
-.PHONY: install report test lab bench clean
+.PHONY: install report test lab bench paper clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: install
 ## Execute every notebook at its defaults, one at a time, from an empty model cache, and write docs/benchmarks.md
 bench: install
 	$(BIN)/python -m nbhelpers.bench --empty-cache $(NB)
+
+## The papers' own MNIST tables: notebooks at docs/paper/<stem>.yaml (full MNIST), one at a time -> docs/papers.md
+paper: install
+	$(BIN)/python -m nbhelpers.paper $(NB)
 
 ## JupyterLab on notebooks/ (token authentication stays on; the kernel imports nbhelpers)
 lab: install

@@ -1,0 +1,272 @@
+"""The papers' own MNIST tables beside ours: run notebooks at the papers' settings, write docs/papers.md.
+
+Usage::
+
+    python -m nbhelpers.paper            # every notebook with docs/paper/<stem>.yaml, one at a time
+    python -m nbhelpers.paper 04         # only some (stems or prefixes)
+
+Each notebook runs with the parameters of ``docs/paper/<stem>.yaml`` (the full official MNIST and
+the paper's model and budget) and records what it always records; this module reads the published
+figure of each claim from ``CLAIMS``, our figure from the notebook's records, and writes one table
+with our 95% interval, the profile's targets and the run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .report import DEFAULT_NOTEBOOKS, REPO_DIR, RunResult, list_notebooks, run_all
+from .targets import measured_text, target, verdict_text
+
+PARAMS_DIR = REPO_DIR / "docs" / "paper"
+DEFAULT_OUT = REPO_DIR / "reports" / "paper"
+
+Figure = tuple[float, float, float]  # (value, low, high); low/high NaN without an interval
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One published MNIST figure and where this project measures it."""
+
+    paper: str
+    table: str
+    setting: str
+    metric: str
+    published: float
+    notebook: str
+    ours: Callable[[Mapping[str, Any]], Figure] | None
+    checked: str
+
+
+def _rows(rec: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(rec["comparison"]).set_index("model")
+
+
+def error_of(rec: Mapping[str, Any], model: str) -> Figure:
+    """Test error (%) of a model of the recorded comparison, with its Wilson 95% interval.
+
+    Args:
+        rec: the notebook's records (``comparison``).
+        model: the row name.
+
+    Returns:
+        (error, low, high) in percent.
+    """
+    r = _rows(rec).loc[model]
+    return 100 * (1 - r["accuracy"]), 100 * (1 - r["accuracy_high"]), 100 * (1 - r["accuracy_low"])
+
+
+def params_ratio(rec: Mapping[str, Any], model: str) -> Figure:
+    """Parameters of the comparison's baseline over the non-zero parameters of a model ("12x")."""
+    rows = _rows(rec)
+    return rows.loc[rec["comparison_baseline"], "params"] / rows.loc[model, "nonzero"], math.nan, math.nan
+
+
+def size_ratio(rec: Mapping[str, Any], model: str) -> Figure:
+    """Bytes of the comparison's baseline over the bytes of a model's artifact ("40x")."""
+    return float(_rows(rec).loc[model, "size_ratio"]), math.nan, math.nan
+
+
+def _baseline(rec: Mapping[str, Any]) -> str:
+    return rec["comparison_baseline"]
+
+
+HAN15 = "Han, Pool, Tran, Dally 2015"
+DC16 = "Han, Mao, Dally 2016 (Deep Compression)"
+UNCHECKED = ("quoted from the issue; the paper's Table 1 is an image in every copy found here, "
+             "so not checked against its text")
+DC_TABLE = "checked against the text of the paper's Table 1 (arXiv:1510.00149v5)"
+
+#: Published figures, and the functions that read ours from a notebook's records.
+CLAIMS = [
+    Claim(HAN15, "Table 1", "LeNet-300-100 dense", "test error (%)", 1.64, "04_weight_pruning",
+          lambda r: error_of(r, _baseline(r)), DC_TABLE + " (its reference row)"),
+    Claim(HAN15, "Table 1", "LeNet-300-100 pruned", "test error (%)", 1.59, "04_weight_pruning",
+          lambda r: error_of(r, r["pruned_model"]), UNCHECKED),
+    Claim(HAN15, "Table 1", "LeNet-300-100 pruned", "fewer parameters (x)", 12.0, "04_weight_pruning",
+          lambda r: params_ratio(r, r["pruned_model"]), "267K to 22K; " + UNCHECKED),
+    Claim(DC16, "Table 1", "LeNet-300-100 dense", "test error (%)", 1.64, "10_compression_pipeline",
+          lambda r: error_of(r, _baseline(r)), DC_TABLE),
+    Claim(DC16, "Table 1", "LeNet-300-100 compressed", "test error (%)", 1.58, "10_compression_pipeline",
+          lambda r: error_of(r, r["final_stage"]), DC_TABLE),
+    Claim(DC16, "Table 1", "LeNet-300-100 compressed", "smaller on disk (x)", 40.0,
+          "10_compression_pipeline", lambda r: size_ratio(r, r["final_stage"]),
+          "1070 KB to 27 KB; " + DC_TABLE),
+    Claim(HAN15, "Table 1", "LeNet-5 (Caffe, 20-50-500) dense", "test error (%)", 0.80, "", None,
+          "not run yet: the notebooks have no Caffe LeNet-5 (431K parameters)"),
+    Claim(HAN15, "Table 1", "LeNet-5 (Caffe) pruned at 12x", "test error (%)", 0.77, "", None,
+          "not run yet: the notebooks have no Caffe LeNet-5"),
+    Claim(DC16, "Table 1", "LeNet-5 (Caffe) compressed 39x", "test error (%)", 0.74, "", None,
+          "not run yet: the notebooks have no Caffe LeNet-5"),
+    Claim("Hinton, Vinyals, Dean 2015", "section 3", "1200-1200 teacher, 800-800 student",
+          "test errors (of 10,000)", 74, "", None,
+          "teacher 67, student 146 from scratch, 74 distilled at T = 20; not run yet: needs the "
+          "redesigned distillation notebook"),
+    Claim("Ioffe, Szegedy 2015", "Figure 1", "3 x 100 sigmoid units, batches of 60",
+          "BN curve above no-BN", math.nan, "", None,
+          "not run yet: needs the sigmoid setting of the batch-norm notebook"),
+]
+
+
+def claims_table(records: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float]) -> pd.DataFrame:
+    """Every claim with the published figure, ours (with its 95% interval) and the difference.
+
+    Args:
+        records: notebook stem -> its records (from the paper runs).
+        seconds: notebook stem -> its run time.
+
+    Returns:
+        One row per claim: paper, table, setting, metric, published, ours, low, high, difference,
+        notebook, seconds, checked; ours is NaN where the notebook did not run or the claim is not
+        reproduced yet.
+    """
+    rows = []
+    for c in CLAIMS:
+        ours = (math.nan, math.nan, math.nan)
+        if c.ours is not None and c.notebook in records:
+            try:
+                ours = tuple(float(v) for v in c.ours(records[c.notebook]))
+            except (KeyError, TypeError, ValueError):  # the notebook did not record it
+                pass
+        rows.append({"paper": c.paper, "table": c.table, "setting": c.setting, "metric": c.metric,
+                     "published": c.published, "ours": ours[0], "low": ours[1], "high": ours[2],
+                     "difference": ours[0] - c.published, "notebook": c.notebook,
+                     "seconds": seconds.get(c.notebook, math.nan), "checked": c.checked})
+    return pd.DataFrame(rows)
+
+
+def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
+    """The paper profile's targets, from the records of 04 and 10 (absent notebooks are skipped).
+
+    Args:
+        records: notebook stem -> its records.
+
+    Returns:
+        ``nbhelpers.targets.target`` dicts.
+    """
+    out = []
+    p = records.get("04_weight_pruning")
+    if p and "pruned_model" in p:
+        dense = error_of(p, _baseline(p))
+        out.append(target("LeNet-300-100 dense error within 0.15 points of 1.64%", abs(dense[0] - 1.64),
+                          "<=", 0.15, "points", "|ours - published|"))
+        row = _rows(p).loc[p["pruned_model"]]
+        out.append(target("LeNet-300-100 pruned: fewer parameters", params_ratio(p, p["pruned_model"])[0],
+                          ">=", 12, "x"))
+        out.append(target("LeNet-300-100 pruned at 12x: no significant loss (McNemar p)",
+                          float(row["p_mcnemar"]), ">=", 0.05, "",
+                          f"change {row['accuracy_delta_points']:+.2f} points"))
+    d = records.get("10_compression_pipeline")
+    if d and "final_stage" in d:
+        row = _rows(d).loc[d["final_stage"]]
+        out.append(target("Deep Compression pipeline: smaller on disk", float(row["size_ratio"]), ">=", 40, "x"))
+        out.append(target("Deep Compression pipeline: loss against its dense model",
+                          -float(row["accuracy_delta_points"]), "<=", 0.2, "points",
+                          interval=(-float(row["delta_high_points"]), -float(row["delta_low_points"]))))
+    return out
+
+
+def _fmt(v: float, low: float = math.nan, high: float = math.nan) -> str:
+    if not math.isfinite(v):
+        return "not run"
+    text = f"{v:.3g}"
+    return text if not math.isfinite(low) else f"{text} [{low:.3g}, {high:.3g}]"
+
+
+def markdown(results: list[RunResult], wall_seconds: float, info: Mapping[str, str]) -> str:
+    """The text of ``docs/papers.md``.
+
+    Args:
+        results: the notebook runs of the profile.
+        wall_seconds: wall time of the whole profile.
+        info: the machine (``nbhelpers.bench.machine_info``).
+
+    Returns:
+        Markdown.
+    """
+    ok = {r.stem: r.records for r in results if r.status == "ok"}
+    table = claims_table(ok, {r.stem: r.seconds for r in results})
+    shown = pd.DataFrame({
+        "paper": table["paper"], "table": table["table"], "model": table["setting"],
+        "metric": table["metric"], "published": table["published"].map(lambda v: _fmt(v)),
+        "ours [95% CI]": [_fmt(v, lo, hi) for v, lo, hi in zip(table["ours"], table["low"], table["high"])],
+        "ours - published": table["difference"].map(lambda v: "" if not math.isfinite(v) else f"{v:+.3g}"),
+        "notebook (s)": [f"{n} ({s:.0f} s)" if math.isfinite(s) else n for n, s in
+                         zip(table["notebook"], table["seconds"])],
+        "published figure": table["checked"]})
+    ts = pd.DataFrame([{"target": t["name"], "measured": measured_text(t),
+                        "goal": f"{t['op']} {t['threshold']:g} {t['unit']}".strip(),
+                        "met": verdict_text(t)} for t in profile_targets(ok)],
+                      columns=["target", "measured", "goal", "met"])
+    runs = pd.DataFrame([{"notebook": r.stem, "status": r.status, "seconds": f"{r.seconds:.0f}",
+                          "error": r.error[:160]} for r in results])
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = "".join(f"| {k} | {v} |\n" for k, v in info.items())
+    return f"""# The papers' MNIST tables, reproduced
+
+Written by `make paper` (`python -m nbhelpers.paper`) on {date}, at commit {info.get('commit', '?')}.
+Each notebook ran with `docs/paper/<stem>.yaml`: the full official MNIST (all 54,000 training
+images less validation, the official 10,000 test images) and the paper's model. Errors carry the
+Wilson 95% interval over the 10,000 test images; a difference of two models on the same images is
+judged by McNemar's exact test. Rows marked "not run" are not reproduced yet and say why.
+
+## Published against ours
+
+{_md(shown)}
+## Targets of the profile
+
+{_md(ts)}
+## Runs
+
+Whole profile: {wall_seconds:.0f} s wall, one notebook at a time.
+
+{_md(runs)}
+## Machine
+
+| fact | value |
+|---|---|
+{machine}"""
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)\n"
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "".join("| " + " | ".join(str(v).replace("|", "/") for v in row) + " |\n"
+                          for row in df.itertuples(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns 1 if any notebook failed."""
+    from .bench import commit, machine_info
+
+    ap = argparse.ArgumentParser(prog="python -m nbhelpers.paper", description=__doc__.split("\n")[0])
+    ap.add_argument("notebooks", nargs="*", help="stems or prefixes (default: every docs/paper/<stem>.yaml)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "papers.md")
+    args = ap.parse_args(argv)
+    stems = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+    nbs = [nb for nb in list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks or None) if nb.stem in stems]
+    if not nbs:
+        ap.error(f"no notebook has parameters in {PARAMS_DIR} among {args.notebooks or 'all'}")
+    t0 = time.perf_counter()
+    results = run_all(nbs, args.out, params_dir=PARAMS_DIR, jobs=1)
+    wall = time.perf_counter() - t0
+    info = {**machine_info(), "commit": commit()}
+    args.doc.write_text(markdown(results, wall, info), encoding="utf-8")
+    print(f"wrote {args.doc}")
+    return 1 if any(r.status != "ok" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

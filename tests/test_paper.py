@@ -1,0 +1,71 @@
+"""nbhelpers.paper: the papers' figures beside ours, from recorded comparisons."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nbhelpers import paper
+from nbhelpers.report import RunResult
+from notebook_runner import parameters_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(model, acc, lo, hi, **extra):
+    return {"model": model, "accuracy": acc, "accuracy_low": lo, "accuracy_high": hi, **extra}
+
+
+PRUNING = {"comparison_baseline": "dense", "pruned_model": "pruned", "comparison": [
+    _row("dense", 0.9836, 0.9810, 0.9859, params=266610, nonzero=266610),
+    _row("pruned", 0.9830, 0.9803, 0.9854, params=266610, nonzero=22000, accuracy_delta_points=-0.06,
+         delta_low_points=-0.2, delta_high_points=0.08, p_mcnemar=0.4)]}
+PIPELINE = {"comparison_baseline": "baseline fp32", "final_stage": "5 int8", "comparison": [
+    _row("baseline fp32", 0.98, 0.977, 0.9826, size_ratio=1.0),
+    _row("5 int8", 0.979, 0.976, 0.9817, size_ratio=41.5, accuracy_delta_points=-0.1,
+         delta_low_points=-0.3, delta_high_points=0.1)]}
+RECORDS = {"04_weight_pruning": PRUNING, "10_compression_pipeline": PIPELINE}
+
+
+def test_claims_read_ours_from_the_records():
+    t = paper.claims_table(RECORDS, {"04_weight_pruning": 100.0}).set_index(["notebook", "setting", "metric"])
+    dense = t.loc[("04_weight_pruning", "LeNet-300-100 dense", "test error (%)")]
+    assert dense["ours"] == pytest.approx(1.64) and dense["difference"] == pytest.approx(0.0)
+    assert (dense["low"], dense["high"]) == pytest.approx((1.41, 1.90)) and dense["seconds"] == 100.0
+    ratio = t.loc[("04_weight_pruning", "LeNet-300-100 pruned", "fewer parameters (x)")]
+    assert ratio["ours"] == pytest.approx(266610 / 22000) and math.isnan(ratio["low"])
+    size = t.loc[("10_compression_pipeline", "LeNet-300-100 compressed", "smaller on disk (x)")]
+    assert size["ours"] == 41.5 and size["published"] == 40.0
+
+
+def test_claims_not_run_stay_nan():
+    t = paper.claims_table({}, {})
+    assert t["ours"].isna().all() and len(t) == len(paper.CLAIMS)
+    assert t["checked"].str.len().gt(0).all()  # every published figure says how it was checked
+
+
+def test_profile_targets():
+    ts = {t["name"]: t for t in paper.profile_targets(RECORDS)}
+    assert ts["LeNet-300-100 dense error within 0.15 points of 1.64%"]["met"]
+    assert ts["LeNet-300-100 pruned at 12x: no significant loss (McNemar p)"]["met"]
+    loss = ts["Deep Compression pipeline: loss against its dense model"]
+    assert loss["met"] and loss["decided"] is False and (loss["low"], loss["high"]) == (-0.1, 0.3)
+    assert paper.profile_targets({}) == []
+
+
+def test_markdown_has_every_claim_and_the_machine():
+    runs = [RunResult("04_weight_pruning", "ok", 100.0, records=PRUNING),
+            RunResult("10_compression_pipeline", "failed", 5.0, error="RuntimeError: x")]
+    text = paper.markdown(runs, 105.0, {"cpu": "Test CPU", "commit": "abc123"})
+    assert "| Han, Pool, Tran, Dally 2015 | Table 1 | LeNet-300-100 dense | test error (%) | 1.64 | 1.64 [1.41, 1.9] |" in text
+    assert text.count("not run") >= 5 and "Test CPU" in text and "abc123" in text
+    assert "| 10_compression_pipeline | failed | 5 | RuntimeError: x |" in text
+
+
+@pytest.mark.parametrize("params", sorted((ROOT / "docs" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_parameters_are_parameters_of_their_notebook(params: Path):
+    _, names = parameters_cell(ROOT / "notebooks" / f"{params.stem}.ipynb")
+    assert set(yaml.safe_load(params.read_text())) <= set(names)
