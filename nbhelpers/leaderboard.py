@@ -95,10 +95,12 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
         acc = ci["accuracy"].astype(float)
         ax.errorbar(ci["bytes"].astype(float), acc, fmt="none", ecolor="grey", elinewidth=1, alpha=0.7,
                     yerr=[acc - ci["accuracy_low"].astype(float), ci["accuracy_high"].astype(float) - acc])
-    for _, r in data.iterrows():
-        ax.annotate(str(r["model"]), (r["bytes"], r["accuracy"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    pf = pareto_front(data) if len(data) > 1 else data
+    named = data.loc[data.index.isin(pf.index) | data["is_baseline"].astype(bool)]
+    for _, r in named.drop_duplicates(subset=["bytes", "accuracy"]).iterrows():  # the rest: see the table
+        ax.annotate(str(r["model"]), (r["bytes"], r["accuracy"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     if front and len(data) > 1:
-        pf = pareto_front(data)
         ax.step(pf["bytes"], pf["accuracy"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel("bytes on disk (log)")
@@ -127,19 +129,53 @@ def html_section(board: pd.DataFrame) -> str:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     img = base64.b64encode(buf.getvalue()).decode()
-    table = readable(board).to_html(index=False, escape=True, classes="board", border=0)
+    table = readable(board).drop(columns=["params", "ms b1", "ms b256"]).to_html(
+        index=False, escape=True, classes="board", border=0)
     return (f"<h2>Leaderboard</h2><p>Each notebook's optimized models against the baseline it measured in the "
             f"same run; ratios are against that baseline (size_ratio: times smaller; speedup: times faster). "
             f"The accuracy change has its paired 95% interval over the same test images and McNemar's exact "
-            f"p; \"within noise\" means the interval contains zero.</p>"
-            f'<img alt="leaderboard" src="data:image/png;base64,{img}"/>{table}')
+            f"p; \"within noise\" means the interval contains zero. "
+            f"Labels name the baselines and the Pareto front; every point is a row of the table.</p>"
+            f'<img alt="leaderboard" style="max-width:100%" src="data:image/png;base64,{img}"/>'
+            f'<div style="overflow-x:auto">{table}</div>')
+
+
+def headline(records: Mapping[str, Any]) -> str:
+    """One line that says what a notebook found: targets met and its most compressed model.
+
+    Args:
+        records: the notebook's recorded values.
+
+    Returns:
+        e.g. "3 of 4 targets met; int8 dynamic: 3.9x smaller, 1.4x faster at batch 256, accuracy
+        -0.12 points [-0.31, +0.07] (within noise)"; "" when it recorded neither.
+    """
+    parts = []
+    targets = [t for k, v in records.items() if k == "targets" or k.startswith("targets_") for t in v or []]
+    if targets:
+        parts.append(f"{sum(bool(t.get('met')) for t in targets)} of {len(targets)} targets met")
+    rows = records.get("comparison")
+    if rows:
+        df = pd.DataFrame(rows)
+        df = df[df["model"] != records.get("comparison_baseline")]
+        if len(df) and "size_ratio" in df:
+            r = df.loc[df["size_ratio"].astype(float).idxmax()]
+            text = f"{r['model']}: {float(r['size_ratio']):.1f}x smaller"
+            if pd.notna(r.get("speedup_b256")):
+                text += f", {float(r['speedup_b256']):.2f}x as fast at batch 256"
+            change = _interval(r.get("accuracy_delta_points", float("nan")), r.get("delta_low_points", float("nan")),
+                               r.get("delta_high_points", float("nan")), "{:+.2f}")
+            if change:
+                text += f", accuracy {change} points" + (f" ({r['verdict']})" if pd.notna(r.get("verdict")) else "")
+            parts.append(text)
+    return "; ".join(parts)
 
 
 def _interval(v: float, lo: float, hi: float, fmt: str) -> str:
-    if pd.isna(v):
+    if v is None or pd.isna(v):
         return ""
     text = fmt.format(v)
-    return text if pd.isna(lo) or pd.isna(hi) else f"{text} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return text if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"{text} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def readable(board: pd.DataFrame) -> pd.DataFrame:

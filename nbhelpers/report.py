@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from . import record as rec
+from .leaderboard import headline
 from .paths import REPO_DIR
 
 DEFAULT_NOTEBOOKS = REPO_DIR / "notebooks"
@@ -93,17 +94,51 @@ def load_parameters(stem: str, params_file: Path | None = None, params_dir: Path
     return {}
 
 
+#: Cells whose input the HTML report hides (validation, recording, plot styling): their output stays.
+HIDE_INPUT_TAG = "hide-input"
+#: MathJax configuration shipped by jupyter-server-mathjax (MathJax 2.7), for formulas offline.
+MATHJAX_QUERY = "?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
+def install_mathjax(out_dir: Path) -> Path:
+    """Copy the MathJax that ``jupyter-server-mathjax`` ships into ``out_dir/mathjax`` (once).
+
+    The HTML reports load it by a relative URL, so their formulas render with no network.
+
+    Args:
+        out_dir: the reports folder.
+
+    Returns:
+        The folder holding ``MathJax.js``.
+    """
+    import shutil
+    from importlib import resources
+
+    dst = Path(out_dir) / "mathjax"
+    if not (dst / "MathJax.js").exists():
+        src = resources.files("jupyter_server_mathjax") / "static"
+        with resources.as_file(src) as folder:
+            shutil.copytree(folder, dst, dirs_exist_ok=True)
+    return dst
+
+
 def render_html(nb_path: Path, html_path: Path) -> None:
-    """Render an executed notebook to a standalone HTML file.
+    """Render an executed notebook to HTML that needs no network: local MathJax, plumbing input hidden.
 
     Args:
         nb_path: the executed ``.ipynb``.
-        html_path: where to write the HTML.
+        html_path: where to write the HTML (MathJax is copied beside it).
     """
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+    install_mathjax(html_path.parent)
+    exporter = HTMLExporter(template_name="lab", mathjax_url="mathjax/MathJax.js" + MATHJAX_QUERY)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={HIDE_INPUT_TAG}), enabled=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
+    # require.js (from a CDN) only serves widget state, which reports do not carry: offline, drop it
+    body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
     html_path.write_text(body, encoding="utf-8")
 
 
@@ -244,7 +279,8 @@ def index_html(runs: dict[str, dict], extra_sections: list[str] | None = None) -
             if good:
                 note += f'<div class="old">values below are from the last good run ({html.escape(good["finished_at"])})</div>'
         rows.append(
-            f'<tr class="{status}"><td><b>{html.escape(stem)}</b></td><td class="st">{status}</td>'
+            f'<tr class="{status}"><td><b>{html.escape(stem)}</b>'
+            f'<div class="head">{html.escape(headline(shown.get("records") or {}))}</div></td><td class="st">{status}</td>'
             f'<td>{latest.get("seconds", 0):.1f} s</td><td>{html.escape(latest.get("finished_at", ""))}</td>'
             f'<td>{" · ".join(links)}</td><td>{note}<details><summary>{len(shown.get("records") or {})} recorded values'
             f"</summary><table class=\"vals\">{values}</table></details></td></tr>"
@@ -255,7 +291,8 @@ def index_html(runs: dict[str, dict], extra_sections: list[str] | None = None) -
 td,th{{border-bottom:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}}
 tr.failed .st{{color:#b00;font-weight:bold}} tr.ok .st{{color:#070;font-weight:bold}}
 .err{{color:#b00;font-family:monospace;white-space:pre-wrap}} .old{{color:#666;font-size:90%}}
-table.vals td{{font-family:monospace;font-size:85%;border:none;padding:1px 6px}}</style></head><body>
+table.vals td{{font-family:monospace;font-size:85%;border:none;padding:1px 6px}}
+.head{{font-size:90%;color:#333;max-width:40em}} table.board{{font-size:85%}}</style></head><body>
 <h1>Model Optimization Lab report</h1><p>Generated {generated}.</p>
 <table><tr><th>notebook</th><th>status</th><th>run time</th><th>finished</th><th>links</th><th>recorded values</th></tr>
 {''.join(rows)}</table>{''.join(extra_sections or [])}</body></html>"""
@@ -308,6 +345,8 @@ def run_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     # kernels inherit the environment: share the cores between notebooks run at once, not oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    # no progress bars in reports: a widget cannot show in static HTML, text bars only add noise
+    os.environ.setdefault("TQDM_DISABLE", "1")
     params = {nb.stem: load_parameters(nb.stem, params_file, params_dir) for nb in notebooks}
     results: dict[str, RunResult] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(notebooks), desc="notebooks",

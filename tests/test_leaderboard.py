@@ -94,3 +94,18 @@ def test_readable_shows_intervals_and_verdicts():
     assert shown.loc[1, "verdict"] == "within noise" and shown.loc[1, "McNemar p"] == "0.061"
     assert shown.loc[1, "times smaller"] == "10.00x"
     assert "0.9456" in html_section(build(rec))
+
+
+def test_headline_names_targets_and_the_most_compressed_model():
+    from nbhelpers.leaderboard import headline
+
+    rec = {"targets": [{"met": True}, {"met": False}], "targets_speedup": [{"met": True}],
+           "comparison_baseline": "fp32",
+           "comparison": [_row("fp32", 0.98, 1000, 2.0, size_ratio=1.0),
+                          _row("int8", 0.979, 250, 1.0, size_ratio=4.0, speedup_b256=2.0,
+                               accuracy_delta_points=-0.1, delta_low_points=-0.3, delta_high_points=0.1,
+                               verdict="within noise"),
+                          _row("int4", 0.97, 500, 1.5, size_ratio=2.0)]}
+    assert headline(rec) == ("2 of 3 targets met; int8: 4.0x smaller, 2.00x as fast at batch 256, "
+                             "accuracy -0.10 [-0.30, +0.10] points (within noise)")
+    assert headline({}) == ""

@@ -65,3 +65,24 @@ def test_selection_and_parameters(tmp_path):
 def test_cli_rejects_bad_jobs(tmp_path):
     with pytest.raises(SystemExit):
         main(["--jobs", "0", "--notebooks-dir", str(tmp_path)])
+
+
+def test_html_hides_plumbing_input_and_loads_mathjax_locally(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    from nbhelpers.report import HIDE_INPUT_TAG, render_html
+
+    plumbing = new_code_cell("PLUMBING_SOURCE = 1", metadata={"tags": [HIDE_INPUT_TAG]},
+                             outputs=[new_output("stream", name="stdout", text="plumbing output\n")])
+    lesson = new_code_cell("LESSON_SOURCE = 2")
+    nb = new_notebook(cells=[new_markdown_cell("# T\n\n$y = W x + b$"), plumbing, lesson],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                               "language": "python"}})
+    nbformat.write(nb, str(tmp_path / "t.ipynb"))
+    render_html(tmp_path / "t.ipynb", tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    assert "PLUMBING_SOURCE" not in page and "plumbing output" in page and "LESSON_SOURCE" in page
+    assert 'src="mathjax/MathJax.js?config=' in page
+    assert '<script src="http' not in page  # nothing loads from the network (mermaid only on demand)
+    assert (tmp_path / "mathjax" / "MathJax.js").exists()
