@@ -80,15 +80,48 @@ def parameters_cell(nb_path: Path) -> tuple[int, dict[str, Any]]:
     return tagged[0], values
 
 
+RULE_KEYS = ("equals", "min", "max", "len", "keys", "approx")
+
+
+def rule_problems(rules: dict[str, Any]) -> list[str]:
+    """Rules that cannot fail: empty, unknown keys, or a range every value of that kind satisfies.
+
+    Args:
+        rules: name -> rule, as in ``tests/expect/<stem>.yaml``.
+
+    Returns:
+        One message per bad rule.
+    """
+    problems = []
+    for name, rule in rules.items():
+        if not isinstance(rule, dict) or not rule:
+            problems.append(f"{name}: empty rule {rule!r} checks nothing")
+            continue
+        unknown = set(rule) - set(RULE_KEYS)
+        if unknown:
+            problems.append(f"{name}: unknown rule keys {sorted(unknown)} (allowed: {', '.join(RULE_KEYS)})")
+        lo, hi = rule.get("min"), rule.get("max")
+        if "accuracy" in name and lo is not None and lo <= 0 and (hi is None or hi >= 1):
+            problems.append(f"{name}: min {lo} / max {hi} holds for any accuracy")
+        if lo is not None and hi is not None and lo <= -100 and hi >= 100:
+            problems.append(f"{name}: [{lo}, {hi}] holds for any value in points or percent")
+        if any(w in name for w in ("latency", "seconds", "_ms")) and set(rule) == {"min"} and lo <= 0:
+            problems.append(f"{name}: min {lo} holds for any time")
+    return problems
+
+
 def check_expectations(stem: str, records: dict[str, Any]) -> list[str]:
     """Compare recorded values with the rules in ``tests/expect/<stem>.yaml``; return the failures.
 
-    A rule is a mapping with any of: ``equals`` (exact), ``min``, ``max`` (numbers), ``len``
-    (length of a list or dict), ``keys`` (keys a dict must have), ``approx: [value, tolerance]``.
+    A rule is a non-empty mapping of ``RULE_KEYS``: ``equals`` (exact), ``min``, ``max`` (numbers),
+    ``len`` (length of a list or dict), ``keys`` (keys a dict must have), ``approx: [value,
+    tolerance]``. An empty rule or an unknown key is itself a failure (it would check nothing).
     """
     rules = yaml.safe_load((EXPECT_DIR / f"{stem}.yaml").read_text()) or {}
-    problems = []
+    problems = rule_problems(rules)
     for name, rule in rules.items():
+        if not isinstance(rule, dict) or not rule or set(rule) - set(RULE_KEYS):
+            continue
         if name not in records:
             problems.append(f"{name}: not recorded")
             continue

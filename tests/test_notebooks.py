@@ -128,3 +128,21 @@ def test_train_size_out_of_range_fails_before_training(tmp_path: Path, monkeypat
         with pytest.raises(ParameterError, match="TRAIN_SIZE"):
             get_baseline("mlp", "mnist", 0, epochs=1, train_size=size, progress=False)
     assert not list((tmp_path / "cache").glob("*.pt"))
+
+
+def test_rules_that_cannot_fail_are_refused():
+    from notebook_runner import rule_problems
+
+    bad = rule_problems({"a": {}, "b": {"minimum": 1}, "test_accuracy": {"min": 0.0, "max": 1.0},
+                         "delta_points": {"min": -100, "max": 100}, "latency_b1_ms": {"min": 0.0}})
+    assert len(bad) == 5, bad
+    assert rule_problems({"test_accuracy": {"min": 0.9}, "n": {"equals": 3}, "x": {"approx": [1, 0.1]}}) == []
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_expectation_rules_can_fail(nb: Path):
+    import yaml
+
+    from notebook_runner import rule_problems
+
+    assert not rule_problems(yaml.safe_load((EXPECT_DIR / f"{nb.stem}.yaml").read_text()) or {})
