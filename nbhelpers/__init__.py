@@ -1,8 +1,38 @@
-"""Plumbing for the Model Optimization Lab notebooks.
+"""Plumbing for the Model Optimization Lab notebooks, one module per concern.
 
-One module per concern: ``data``, ``models``, ``train``, ``measure``, ``params``, ``record``,
-``plots``, ``cache``, ``baseline`` and ``report``. Importing the package imports none of them,
-so ``import nbhelpers`` is cheap and free of side effects.
+Core (data to measurement):
+    params         ParameterError and the checks every notebook's validation cell uses
+    paths          where data, the model cache and reports live
+    data           datasets that ship (official MNIST, mnist5k, digits), stratified splits, loaders
+    models         the shared model family: MLP (LeNet-300-100 shape) and LeNet-5, BN on or off
+    train          seeding, device choice, fit/evaluate/predict with a history DataFrame
+    measure        accuracy, per-image correctness, parameters, bytes, latency, ``compare`` tables
+    stats          paired intervals of accuracy differences, McNemar's exact test, Wilson intervals
+    machine        the CPU and versions a result was measured on; the int8 precaution it needs
+    cache          trained models and lookup tables on disk, keyed by configuration, locked, atomic
+    baseline       the shared trained baselines every notebook compares against
+    record         record(name, value) in a notebook's outputs; read() for tests and reports
+
+Techniques:
+    hpo            search spaces, the skorch estimator, grid/random/Bayesian search, backends
+    pruning        unstructured magnitude pruning: masks, schedules, sparse storage and kernels
+    neuron_pruning structured pruning of units and channels: criteria, removal, speed-up
+    quantization   affine quantization from scratch, PyTorch int8, ONNX Runtime int8
+    distillation   Hinton's loss, logit matching, teacher logits, transfer sets
+    normalization  batch norm from scratch, folding, activation statistics
+    schedules      learning-rate schedules by name, the LR range test
+    compression    the stacked pipeline's sparse int8 artifact and entropy coding
+
+Reporting (never imports torch at module level):
+    targets        targets checked against measurements and their intervals
+    leaderboard    every notebook's comparison in one table and picture
+    plots          seaborn figures shared by notebooks
+    report         run notebooks with papermill, render offline HTML, write the index (CLI)
+    bench          every notebook at its defaults -> docs/benchmarks.md (CLI)
+    paper          the papers' MNIST tables beside ours -> docs/papers.md (CLI)
+
+Importing the package imports none of them, so ``import nbhelpers`` is cheap and free of side
+effects.
 """
 
 __version__ = "0.1.0"
