@@ -58,9 +58,10 @@ def points_lost(row: Mapping) -> tuple[float, tuple[float, float]]:
 
 def measured_text(t: dict) -> str:
     """A target's measurement with its interval, e.g. "0.12 [-0.05, 0.31] points"."""
-    text = f"{t['measured']:.4g}"
-    if math.isfinite(t.get("low", math.nan)):
-        text += f" [{t['low']:.4g}, {t['high']:.4g}]"
+    text = f"{t['measured'] + 0.0:.4g}"  # + 0.0: no "-0"
+    low = t.get("low")
+    if low is not None and math.isfinite(low):  # a recorded NaN comes back from JSON as None
+        text += f" [{low + 0.0:.4g}, {t['high'] + 0.0:.4g}]"
     return f"{text} {t['unit']}".strip()
 
 

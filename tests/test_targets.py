@@ -46,3 +46,21 @@ def test_points_lost_flips_the_interval():
     loss, (lo, hi) = points_lost({"accuracy_delta_points": -0.3, "delta_low_points": -0.5,
                                   "delta_high_points": -0.1})
     assert (loss, lo, hi) == (0.3, 0.1, 0.5)
+
+
+def test_text_of_a_target_read_back_from_json():
+    """Recorded targets pass through JSON: a NaN interval comes back as None."""
+    import json
+
+    from nbhelpers.targets import measured_text, verdict_text
+
+    back = json.loads(json.dumps(target("size", 4.0, ">=", 3.9, "x")).replace("NaN", "null"))
+    assert back["low"] is None and measured_text(back) == "4 x" and verdict_text(back) == "yes"
+    old = {"name": "x", "measured": 1.0, "op": ">=", "threshold": 2.0, "unit": "", "met": False}
+    assert measured_text(old) == "1" and verdict_text(old) == "NO"  # recorded before intervals existed
+
+
+def test_no_negative_zero():
+    from nbhelpers.targets import measured_text
+
+    assert measured_text(target("loss", -0.0, "<=", 1, "points", interval=(-0.4, 0.4))) == "0 [-0.4, 0.4] points"
