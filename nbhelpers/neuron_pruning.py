@@ -50,11 +50,19 @@ def prunable_layers(model: nn.Sequential) -> list[int]:
 
 def widths(model: nn.Sequential) -> dict[int, int]:
     """Number of units (output features or channels) of each prunable layer, by position."""
-    return {i: _n_units(model[i]) for i in prunable_layers(model)}
+    return {i: n_units(model[i]) for i in prunable_layers(model)}
 
 
-def _n_units(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+def n_units(m: nn.Module) -> int:
+    """Number of units of one layer: output features of a Linear, output channels of a Conv2d.
+
+    Args:
+        m: a Linear or Conv2d layer (float or int8).
+
+    Returns:
+        The number of units.
+    """
+    return m.out_features if isinstance(m, _LINEAR) else m.out_channels
 
 
 def n_removed(n: int, fraction: float) -> int:
@@ -301,7 +309,7 @@ def remove_units(model: nn.Sequential, keep: Mapping[int, Sequence[int] | torch.
             for j in range(i + 1, end):
                 if isinstance(new[j], NORMS):
                     new[j] = _sliced_norm(new[j], kept_out)
-        prev_units = _n_units(m)
+        prev_units = n_units(m)
         new[i] = _resized(m, w.contiguous(), b)
         kept_in = kept_out
     return new.train(model.training)
@@ -346,7 +354,7 @@ def dead_units(model: nn.Sequential) -> dict[int, torch.Tensor]:
     layers = weighted_layers(model)
     out = {}
     for i, nxt in zip(layers[:-1], layers[1:]):
-        n = _n_units(model[i])
+        n = n_units(model[i])
         w = model[nxt].weight.detach()
         alive = w.reshape(w.shape[0], n, -1).ne(0).any(2).any(0)  # Linear (incl. after Flatten) or Conv2d
         out[i] = torch.nonzero(~alive).flatten()
@@ -407,7 +415,7 @@ def torch_pruning_remove(
     for i, kept in keep.items():
         m = new[i]
         kept_set = set(torch.as_tensor(kept).tolist())
-        drop = [j for j in range(_n_units(m)) if j not in kept_set]
+        drop = [j for j in range(n_units(m)) if j not in kept_set]
         fn = tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
         group = dg.get_pruning_group(m, fn, idxs=drop)
         if drop and dg.check_pruning_group(group):
@@ -446,3 +454,379 @@ def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, thread
     finally:
         torch.set_num_threads(old)
     return pd.Series(out, name="ms")
+
+
+# ---------------------------------------------------------------- checks and this run's facts
+
+
+def complement(
+    units: Mapping[int, Sequence[int] | torch.Tensor], layer_widths: Mapping[int, int]
+) -> dict[int, torch.Tensor]:
+    """The other units of each layer: from the kept units to the removed ones, and back.
+
+    Args:
+        units: layer position -> indices of some of its units (a layer not listed: none).
+        layer_widths: layer position -> number of units (``widths``).
+
+    Returns:
+        layer position -> sorted indices (CPU long tensor) of the units not in ``units``.
+    """
+    out = {}
+    for i, n in layer_widths.items():
+        mask = torch.ones(n, dtype=torch.bool)
+        mask[torch.as_tensor(units.get(i, []), dtype=torch.long).cpu()] = False
+        out[i] = torch.nonzero(mask).flatten()
+    return out
+
+
+def zero_outgoing(
+    model: nn.Sequential, units: Mapping[int, Sequence[int] | torch.Tensor]
+) -> nn.Sequential:
+    """A copy whose given units have all-zero outgoing weights (their columns in the next layer).
+
+    For a channel that feeds a Linear through a Flatten, its whole H x W block of columns is zeroed.
+
+    Args:
+        model: the Sequential model (left unchanged).
+        units: prunable layer position -> indices of the units to silence.
+
+    Returns:
+        The copy, in which ``dead_units`` finds exactly these units (if no others were dead).
+    """
+    new = copy.deepcopy(model)
+    layers = weighted_layers(new)
+    with torch.no_grad():
+        for i, nxt in zip(layers[:-1], layers[1:]):
+            if i in units:
+                w = new[nxt].weight
+                idx = torch.as_tensor(units[i], dtype=torch.long, device=w.device)
+                w.view(w.shape[0], n_units(new[i]), -1)[:, idx] = 0
+    return new
+
+
+@torch.no_grad()
+def output_change(before: nn.Module, after: nn.Module, x: torch.Tensor) -> dict[str, float | bool]:
+    """How far one model's logits are from another's on the same inputs.
+
+    Args:
+        before: the reference model (eval mode, any device).
+        after: the changed model (eval mode, any device).
+        x: the input batch (moved to each model's device).
+
+    Returns:
+        {"max |logit difference|": float, "bit-identical": bool, "same predictions": bool}.
+    """
+    a = before(x.to(module_device(before))).cpu()
+    b = after(x.to(module_device(after))).cpu()
+    return {
+        "max |logit difference|": float((a - b).abs().max()),
+        "bit-identical": bool(torch.equal(a, b)),
+        "same predictions": bool(torch.equal(a.argmax(1), b.argmax(1))),
+    }
+
+
+def shrinkage(
+    dense: nn.Sequential, small: nn.Sequential, example: torch.Tensor
+) -> dict[str, float]:
+    """What removing units saved: the fraction of units gone, the parameters left, fewer MACs.
+
+    Args:
+        dense: the model before pruning.
+        small: the pruned model.
+        example: an input batch for counting MACs (its first sample is used).
+
+    Returns:
+        {"units_removed": fraction of prunable units removed, "params": parameters of ``small``,
+        "macs_ratio": MACs of ``dense`` / MACs of ``small``}.
+    """
+    from .measure import count_parameters
+
+    return {
+        "units_removed": 1 - sum(widths(small).values()) / sum(widths(dense).values()),
+        "params": count_parameters(small)["params"],
+        "macs_ratio": count_macs(dense, example) / count_macs(small, example),
+    }
+
+
+def best_criterion(sweep: pd.DataFrame, fraction: float, control: str = "random") -> dict[str, str]:
+    """Per model, the criterion with the highest validation accuracy at one fraction.
+
+    The control is chosen only where it is the only criterion. Ties go to the first in the sweep.
+
+    Args:
+        sweep: rows with model, criterion, fraction and val_accuracy.
+        fraction: the fraction removed.
+        control: the criterion that is only a control (random scores).
+
+    Returns:
+        model -> criterion, in the sweep's order of models.
+    """
+    out = {}
+    for model, rows in sweep[sweep.fraction == fraction].groupby("model", sort=False):
+        cand = rows[rows.criterion != control] if (rows.criterion != control).any() else rows
+        out[model] = cand.sort_values(
+            "val_accuracy", ascending=False, kind="stable"
+        ).criterion.iloc[0]
+    return out
+
+
+def time_by_type(per_layer: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer times summed by layer type, with the dense model's share and the speedup.
+
+    Args:
+        per_layer: index "position type" (``layer_times``), columns "dense ms" and "structured ms".
+
+    Returns:
+        Index: layer type in order of first appearance; columns "dense ms", "structured ms",
+        "dense share" (of the dense model's summed time) and "speedup" (dense / structured).
+    """
+    out = per_layer.groupby(per_layer.index.str.split().str[1], sort=False)[
+        ["dense ms", "structured ms"]
+    ].sum()
+    out["dense share"] = out["dense ms"] / out["dense ms"].sum()
+    out["speedup"] = out["dense ms"] / out["structured ms"]
+    return out
+
+
+def _spread(acc: pd.Series) -> float:
+    """Max - min of accuracies, in points, rounded to 0.01."""
+    return round(100 * float(acc.max() - acc.min()), 2)
+
+
+def _criteria_facts(sweep: pd.DataFrame, fraction: float, control: str = "random") -> list[tuple]:
+    """Facts about the criteria per model: one-shot range, spread after fine-tuning, the control."""
+    rows = []
+    best = best_criterion(sweep, fraction, control)
+    top = sweep.fraction.max()
+    for arch, s in sweep.groupby("model", sort=False):
+        at, at_top = s[s.fraction == fraction].set_index("criterion"), s[s.fraction == top]
+        rows += [
+            (
+                f"{arch}: best criterion",
+                best[arch],
+                "",
+                f"highest validation accuracy at fraction {fraction:g}",
+            ),
+            (
+                f"{arch}: one-shot accuracy, lowest",
+                round(float(at.one_shot_accuracy.min()), 4),
+                "accuracy",
+                f"{at.one_shot_accuracy.idxmin()}, fraction {fraction:g}, before fine-tuning",
+            ),
+            (
+                f"{arch}: one-shot accuracy, highest",
+                round(float(at.one_shot_accuracy.max()), 4),
+                "accuracy",
+                f"{at.one_shot_accuracy.idxmax()}, fraction {fraction:g}, before fine-tuning",
+            ),
+            (
+                f"{arch}: fine-tuned spread of the criteria",
+                _spread(at.accuracy),
+                "points",
+                f"max - min test accuracy at fraction {fraction:g}",
+            ),
+            (
+                f"{arch}: fine-tuned spread, largest fraction",
+                _spread(at_top.accuracy),
+                "points",
+                f"max - min test accuracy at fraction {top:g}",
+            ),
+        ]
+        if control in at.index and len(at) > 1:
+            gain = 100 * float(at.accuracy.drop(control).max() - at.accuracy[control])
+            rows.append(
+                (
+                    f"{arch}: best criterion minus {control}",
+                    round(gain, 2),
+                    "points",
+                    f"fine-tuned test accuracy at fraction {fraction:g}",
+                )
+            )
+    return rows
+
+
+def _removal_facts(dead_check: pd.DataFrame, tp_check: pd.DataFrame) -> list[tuple]:
+    """Facts on exact removal of dead units, and on torch-pruning against the hand surgery."""
+    rows = [
+        (
+            "dead units: max |logit difference|",
+            float(dead_check["max |logit difference|"].max()),
+            "logit",
+            "after removing units whose outgoing weights are zero, whole test split",
+        ),
+        (
+            "dead units: bit-identical logits",
+            bool(dead_check["bit-identical"].all()),
+            "",
+            "every model",
+        ),
+        (
+            "dead units: same predictions",
+            bool(dead_check["same predictions"].all()),
+            "",
+            "every test image",
+        ),
+    ]
+    if len(tp_check):
+        rows.append(
+            (
+                "torch-pruning: max |logit difference|",
+                float(tp_check["max |logit difference|"].max()),
+                "logit",
+                "against the hand surgery, same kept units",
+            )
+        )
+    return rows
+
+
+def _speed_facts(table: pd.DataFrame, names: Mapping[str, str], arch: str) -> list[tuple]:
+    """Facts about one family's structured and unstructured models against its dense baseline."""
+    d, s, u = (table.loc[names[k]] for k in ("dense", "structured", "unstructured"))
+    cols = sorted((c for c in table.columns if c.startswith("speedup_b")), key=lambda c: int(c[9:]))
+    small_bs, big_bs = cols[0][9:], cols[-1][9:]
+    macs = float(d["macs"] / s["macs"])
+    rows = [
+        (
+            f"{arch} structured: fewer MACs",
+            round(macs, 2),
+            "x",
+            f"{int(d['macs']):,} -> {int(s['macs']):,}",
+        ),
+        (
+            f"{arch} structured: speedup, largest batch",
+            round(float(s[cols[-1]]), 2),
+            "x",
+            f"batch {big_bs}",
+        ),
+        (
+            f"{arch} structured: speedup, smallest batch",
+            round(float(s[cols[0]]), 2),
+            "x",
+            f"batch {small_bs}",
+        ),
+        (
+            f"{arch} structured: speedup below MAC reduction",
+            bool(s[cols[-1]] < macs),
+            "",
+            f"batch {big_bs}",
+        ),
+        (
+            f"{arch} structured: times smaller on disk",
+            round(float(s["size_ratio"]), 2),
+            "x",
+            f"{int(s['bytes']):,} bytes",
+        ),
+        (
+            f"{arch} unstructured: speedup, largest batch",
+            round(float(u[cols[-1]]), 2),
+            "x",
+            f"batch {big_bs}, same parameter count as structured",
+        ),
+        (
+            f"{arch}: unstructured minus structured accuracy",
+            round(float(u["accuracy_delta_points"] - s["accuracy_delta_points"]), 2),
+            "points",
+            "test accuracy, same parameter count, same fine-tuning",
+        ),
+        (
+            f"{arch}: unstructured keeps accuracy at least as well",
+            bool(u["accuracy_delta_points"] >= s["accuracy_delta_points"]),
+            "",
+            "same parameter count",
+        ),
+    ]
+    return rows
+
+
+def _layer_facts(
+    per_layer: pd.DataFrame,
+    arch: str = "lenet5",
+    types: Sequence[str] = ("Conv2d", "MaxPool2d"),
+) -> list[tuple]:
+    """Facts about where a model's time goes, by layer type and in its first layer."""
+    by_type = time_by_type(per_layer)
+    rows = []
+    for t in [t for t in types if t in by_type.index]:
+        rows += [
+            (
+                f"{arch} {t}: share of dense time",
+                round(float(by_type.loc[t, "dense share"]), 3),
+                "fraction",
+                "summed over the layers of this type",
+            ),
+            (
+                f"{arch} {t}: speedup",
+                round(float(by_type.loc[t, "speedup"]), 2),
+                "x",
+                "dense / structured",
+            ),
+        ]
+    first = per_layer.iloc[0]
+    rows.append(
+        (
+            f"{arch} first layer: speedup",
+            round(float(first["dense ms"] / first["structured ms"]), 2),
+            "x",
+            f"{per_layer.index[0]}: {first['dense ms']:.3g} -> {first['structured ms']:.3g} ms",
+        )
+    )
+    return rows
+
+
+def summary(
+    sweep: pd.DataFrame,
+    tables: Mapping[str, pd.DataFrame],
+    names: Mapping[str, Mapping[str, str]],
+    dead_check: pd.DataFrame,
+    tp_check: pd.DataFrame,
+    per_layer: pd.DataFrame,
+    *,
+    fraction: float,
+    n_test: int,
+    targets: Sequence[Mapping] = (),
+) -> pd.DataFrame:
+    """This run's facts about neuron pruning, from the notebook's tables.
+
+    Args:
+        sweep: one row per model, criterion and fraction (accuracy, one_shot_accuracy,
+            val_accuracy).
+        tables: family -> ``measure.compare`` table with a "macs" column.
+        names: family -> {"dense", "structured", "unstructured"} -> row name in its table.
+        dead_check: per family, the ``output_change`` of removing dead units.
+        tp_check: per family, "max |logit difference|" of torch-pruning against the hand surgery
+            (may be empty).
+        per_layer: LeNet-5's per-layer times, "dense ms" and "structured ms" (``layer_times``).
+        fraction: ``PRUNE_FRACTION``, the fraction of the main pruned models.
+        n_test: number of test images.
+        targets: the notebook's ``targets.target`` dicts (counted as met / all).
+
+    Returns:
+        A ``baseline.fact_table``: index ``fact``, columns value, unit, context.
+    """
+    from .baseline import fact_table
+
+    rows = _criteria_facts(sweep, fraction) + _removal_facts(dead_check, tp_check)
+    for arch, table in tables.items():
+        rows += _speed_facts(table, names[arch], arch)
+    rows += _layer_facts(per_layer)
+    first = next(iter(tables))
+    acc = float(tables[first].loc[names[first]["dense"], "accuracy"])
+    rows += [
+        ("one test image", round(100 / n_test, 4), "points", f"{n_test:,} test images"),
+        (
+            f"standard error of {first}'s accuracy",
+            round(100 * math.sqrt(acc * (1 - acc) / n_test), 2),
+            "points",
+            f"sqrt(p (1 - p) / n) at p = {acc:.4f}, the dense model",
+        ),
+    ]
+    if targets:
+        rows.append(
+            (
+                "targets met",
+                f"{sum(bool(t['met']) for t in targets)} of {len(targets)}",
+                "",
+                "see the targets table",
+            )
+        )
+    return fact_table(rows)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
-
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers import neuron_pruning as NP
-from nbhelpers.models import LeNet5, MLP
+from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
 
 
@@ -29,17 +28,6 @@ def small_models():
 
 MODELS = small_models()
 IDS = ["mlp", "mlp-bn", "lenet5-8x8", "lenet5-8x8-bn", "lenet5-28x28"]
-
-
-def kill_outgoing(model: nn.Sequential, dead: dict[int, torch.Tensor]) -> nn.Sequential:
-    """A copy whose given units have all-zero outgoing weights (next layer's input columns)."""
-    m = copy.deepcopy(model)
-    layers = NP.weighted_layers(m)
-    with torch.no_grad():
-        for i, nxt in zip(layers[:-1], layers[1:]):
-            w = m[nxt].weight
-            w.view(w.shape[0], NP.widths(m)[i], -1)[:, dead[i]] = 0
-    return m
 
 
 def test_weight_norm_scores_on_known_tensors():
@@ -153,7 +141,7 @@ def test_removal_shapes_consistent(model, x):
 @pytest.mark.parametrize("model,x", MODELS, ids=IDS)
 def test_removing_dead_units_keeps_outputs(model, x):
     dead = {i: torch.arange(0, n, 2) for i, n in NP.widths(model).items()}
-    zeroed = kill_outgoing(model, dead)
+    zeroed = NP.zero_outgoing(model, dead)
     found = NP.dead_units(zeroed)
     assert all(torch.equal(found[i], dead[i]) for i in dead)
     keep = {i: torch.arange(1, n, 2) for i, n in NP.widths(model).items()}
@@ -178,7 +166,7 @@ def test_removing_dead_mlp_units_is_bit_exact():
             p.copy_(torch.round(p * 64) / 16)
     x = torch.randint(0, 17, (8, 64), dtype=torch.float64) / 16
     dead = {1: torch.tensor([3, 7, 8]), 3: torch.tensor([0, 15])}
-    zeroed = kill_outgoing(m, dead)
+    zeroed = NP.zero_outgoing(m, dead)
     keep = {i: torch.tensor([j for j in range(n) if j not in dead[i]]) for i, n in NP.widths(m).items()}
     with torch.no_grad():
         out = zeroed(x)
@@ -223,3 +211,185 @@ def test_layer_times_one_row_per_layer():
     m = LeNet5((1, 8, 8)).eval()
     t = NP.layer_times(m, torch.rand(4, 1, 8, 8), repeats=3)
     assert list(t.index) == [f"{i} {type(x).__name__}" for i, x in enumerate(m)] and (t > 0).all()
+
+
+def test_n_units_of_float_and_int8_layers():
+    assert NP.n_units(nn.Linear(5, 3)) == 3 and NP.n_units(nn.Conv2d(2, 7, 3)) == 7
+    int8 = torch.ao.quantization.quantize_dynamic(
+        nn.Sequential(nn.Linear(5, 4)), {nn.Linear}, dtype=torch.qint8
+    )
+    assert NP.n_units(int8[0]) == 4
+
+
+def test_complement_swaps_kept_and_removed():
+    n = {1: 5, 3: 3}
+    removed = NP.complement({1: torch.tensor([0, 3]), 3: [2]}, n)
+    assert removed[1].tolist() == [1, 2, 4] and removed[3].tolist() == [0, 1]
+    back = NP.complement(removed, n)
+    assert back[1].tolist() == [0, 3] and back[3].tolist() == [2]
+    assert NP.complement({}, {0: 2})[0].tolist() == [0, 1]  # a layer not listed: every unit
+
+
+def test_zero_outgoing_zeroes_exact_columns_and_leaves_the_model():
+    m = LeNet5((1, 8, 8)).eval()  # conv2 (position 3): 16 channels of 2x2 -> Linear(64, 120) at 7
+    before = m[7].weight.detach().clone()
+    z = NP.zero_outgoing(m, {3: [1, 5], 0: torch.tensor([2])})
+    assert torch.equal(m[7].weight, before)  # the original is untouched
+    assert (z[7].weight[:, 4:8] == 0).all() and (z[7].weight[:, 20:24] == 0).all()
+    assert int((z[7].weight == 0).sum()) == int((before == 0).sum()) + 2 * 4 * 120
+    assert (z[3].weight[:, 2] == 0).all() and int((z[3].weight == 0).sum()) == 16 * 25
+    found = NP.dead_units(z)
+    assert found[3].tolist() == [1, 5] and found[0].tolist() == [2]
+    assert all(found[i].numel() == 0 for i in (7, 9))
+
+
+def test_output_change_of_equal_and_changed_models():
+    m = MLP(64, (8,)).eval()
+    x = torch.rand(6, 64)
+    assert NP.output_change(m, m, x) == {
+        "max |logit difference|": 0.0,
+        "bit-identical": True,
+        "same predictions": True,
+    }
+    shifted = NP.zero_outgoing(m, {})
+    with torch.no_grad():
+        shifted[-1].bias += 0.25  # the same shift for every class: predictions stay
+    c = NP.output_change(m, shifted, x)
+    assert c["max |logit difference|"] == pytest.approx(0.25, abs=1e-6)
+    assert c["bit-identical"] is False and c["same predictions"] is True
+
+
+def test_shrinkage_of_the_mlp_at_half():
+    m = MLP(784, (300, 100)).eval()
+    small, _ = NP.prune(m, "l1", 0.5)
+    s = NP.shrinkage(m, small, torch.zeros(1, 784))
+    assert s["units_removed"] == pytest.approx(0.5) and s["params"] == 125810
+    assert s["macs_ratio"] == pytest.approx(266200 / 125600)
+
+
+def test_best_criterion_on_validation_and_the_control():
+    sweep = pd.DataFrame(
+        {
+            "model": ["a"] * 4 + ["b"] * 4,
+            "criterion": ["l1", "apoz", "random", "l1"] * 2,
+            "fraction": [0.5, 0.5, 0.5, 0.75] * 2,
+            "val_accuracy": [0.8, 0.9, 0.95, 0.99, 0.7, 0.7, 0.9, 0.1],
+        }
+    )
+    assert NP.best_criterion(sweep, 0.5) == {
+        "a": "apoz",
+        "b": "l1",
+    }  # random only a control; ties: first
+    assert NP.best_criterion(sweep, 0.75) == {"a": "l1", "b": "l1"}
+    only = sweep[sweep.criterion == "random"]
+    assert NP.best_criterion(only, 0.5) == {"a": "random", "b": "random"}
+
+
+def test_time_by_type_sums_shares_and_speedups():
+    per_layer = pd.DataFrame(
+        {"dense ms": [4.0, 1.0, 3.0, 2.0], "structured ms": [2.0, 0.5, 1.0, 2.0]},
+        index=["0 Conv2d", "1 ReLU", "2 Conv2d", "3 Linear"],
+    )
+    t = NP.time_by_type(per_layer)
+    assert list(t.index) == ["Conv2d", "ReLU", "Linear"]
+    assert t.loc["Conv2d", "dense ms"] == 7.0 and t.loc["Conv2d", "structured ms"] == 3.0
+    assert t.loc["Conv2d", "dense share"] == 0.7 and t.loc["Conv2d", "speedup"] == pytest.approx(
+        7 / 3
+    )
+    assert t.loc["Linear", "speedup"] == 1.0
+
+
+def _table(arch: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    names = {
+        "dense": f"{arch} fp32",
+        "structured": f"{arch} structured",
+        "unstructured": f"{arch} unstr",
+    }
+    t = pd.DataFrame(
+        {
+            "accuracy": [0.95, 0.94, 0.945],
+            "macs": [1000, 250, 1000],
+            "bytes": [4000, 1000, 4000],
+            "accuracy_delta_points": [0.0, -1.0, -0.5],
+            "size_ratio": [1.0, 4.0, 1.0],
+            "speedup_b1": [1.0, 1.2, 1.0],
+            "speedup_b256": [1.0, 3.0, 0.9],
+        },
+        index=list(names.values()),
+    )
+    return t, names
+
+
+def test_summary_facts_on_known_tables():
+    sweep = pd.DataFrame(
+        {
+            "model": ["mlp"] * 4,
+            "criterion": ["l1", "random", "l1", "random"],
+            "fraction": [0.5, 0.5, 0.75, 0.75],
+            "one_shot_accuracy": [0.6, 0.3, 0.2, 0.1],
+            "val_accuracy": [0.9, 0.8, 0.7, 0.6],
+            "accuracy": [0.93, 0.91, 0.80, 0.70],
+        }
+    )
+    table, names = _table("mlp")
+    dead = pd.DataFrame(
+        {"max |logit difference|": [1e-6], "bit-identical": [False], "same predictions": [True]},
+        index=pd.Index(["mlp"], name="model"),
+    )
+    tp = pd.DataFrame({"max |logit difference|": [0.0]})
+    per_layer = pd.DataFrame(
+        {"dense ms": [2.0, 1.0, 1.0], "structured ms": [2.0, 0.5, 0.25]},
+        index=["0 Conv2d", "1 MaxPool2d", "2 Conv2d"],
+    )
+    targets = [{"met": True}, {"met": False}]
+    f = NP.summary(
+        sweep,
+        {"mlp": table},
+        {"mlp": names},
+        dead,
+        tp,
+        per_layer,
+        fraction=0.5,
+        n_test=10000,
+        targets=targets,
+    )["value"]
+    assert f["mlp: best criterion"] == "l1"
+    assert (
+        f["mlp: one-shot accuracy, lowest"] == 0.3 and f["mlp: one-shot accuracy, highest"] == 0.6
+    )
+    assert f["mlp: fine-tuned spread of the criteria"] == 2.0
+    assert f["mlp: fine-tuned spread, largest fraction"] == 10.0
+    assert f["mlp: best criterion minus random"] == 2.0
+    assert (
+        f["dead units: bit-identical logits"] is False and f["dead units: same predictions"] is True
+    )
+    assert f["torch-pruning: max |logit difference|"] == 0.0
+    assert (
+        f["mlp structured: fewer MACs"] == 4.0
+        and f["mlp structured: speedup, largest batch"] == 3.0
+    )
+    assert f["mlp structured: speedup, smallest batch"] == 1.2
+    assert f["mlp structured: speedup below MAC reduction"] is True
+    assert f["mlp unstructured: speedup, largest batch"] == 0.9
+    assert f["mlp: unstructured minus structured accuracy"] == 0.5
+    assert f["mlp: unstructured keeps accuracy at least as well"] is True
+    assert f["lenet5 Conv2d: share of dense time"] == 0.75 and f[
+        "lenet5 Conv2d: speedup"
+    ] == pytest.approx(1.33)
+    assert f["lenet5 MaxPool2d: speedup"] == 2.0 and f["lenet5 first layer: speedup"] == 1.0
+    assert f["one test image"] == 0.01 and f["standard error of mlp's accuracy"] == 0.22
+    assert f["targets met"] == "1 of 2"
+    no_tp = NP.summary(
+        sweep,
+        {"mlp": table},
+        {"mlp": names},
+        dead,
+        tp.iloc[:0],
+        per_layer,
+        fraction=0.5,
+        n_test=100,
+    )
+    assert (
+        "torch-pruning: max |logit difference|" not in no_tp.index
+        and "targets met" not in no_tp.index
+    )
