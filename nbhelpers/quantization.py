@@ -10,6 +10,7 @@ the ONNX helpers export, quantize and run models with ONNX Runtime.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -668,3 +669,411 @@ def ort_profile(path: str | Path, x: torch.Tensor, runs: int = 20, threads: int 
     df = pd.DataFrame([{"node": n, "op": op, "ms_per_run": v} for (n, op), v in rows.items()])
     df["share"] = df["ms_per_run"] / df["ms_per_run"].sum()
     return df.sort_values("ms_per_run", ascending=False).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- targets and this run's facts
+
+
+def sqnr_bits_span(bits: Sequence[int], min_bits: int = 4) -> tuple[int, int]:
+    """The bit widths the 6 dB-per-bit rule is read between: the fewest >= ``min_bits``, the most.
+
+    Below about 4 bits the rounding error is no longer spread evenly over a step and the rule
+    stops holding; with fewer than two widths at or above ``min_bits``, all widths are used.
+
+    Args:
+        bits: the bit widths of the sweep.
+        min_bits: the fewest bits where the rule is expected to hold.
+
+    Returns:
+        (low, high) bit widths.
+    """
+    high = [b for b in bits if b >= min_bits]
+    use = high if len(set(high)) > 1 else list(bits)
+    return min(use), max(use)
+
+
+def sqnr_gain_per_bit(sweep: pd.DataFrame, min_bits: int = 4) -> float:
+    """Mean SQNR gain per extra bit between the ``sqnr_bits_span`` widths, over models and variants.
+
+    Args:
+        sweep: rows with model, variant, bits and sqnr_db.
+        min_bits: see ``sqnr_bits_span``.
+
+    Returns:
+        dB per bit (theory: 20 log10 2 = 6.02); NaN with a single bit width.
+    """
+    lo, hi = sqnr_bits_span(sorted(set(sweep.bits)), min_bits)
+    if lo == hi:
+        return float("nan")
+    sq = sweep.pivot_table(index="bits", columns=["model", "variant"], values="sqnr_db")
+    return float(((sq.loc[hi] - sq.loc[lo]) / (hi - lo)).mean())
+
+
+def sqnr_grows_with_bits(sweep: pd.DataFrame) -> bool:
+    """Whether every extra bit raised the SQNR, for every model and variant of the sweep.
+
+    Args:
+        sweep: rows with model, variant, bits and sqnr_db.
+
+    Returns:
+        True when SQNR strictly increases with the bit width in every (model, variant) series.
+    """
+    sq = sweep.pivot_table(
+        index="bits", columns=["model", "variant"], values="sqnr_db"
+    ).sort_index()
+    return bool((sq.diff().iloc[1:] > 0).all().all())
+
+
+def per_channel_never_worse(sweep: pd.DataFrame) -> bool:
+    """Whether per-channel SQNR is at least per-tensor SQNR for every model, bit width and scheme.
+
+    Args:
+        sweep: rows with model, bits, variant (``VARIANTS`` names) and sqnr_db.
+
+    Returns:
+        True when no per-channel row falls below its per-tensor twin (1e-9 dB tolerance).
+    """
+    sq = sweep.pivot_table(index=["model", "bits"], columns="variant", values="sqnr_db")
+    return bool(
+        all(
+            (sq[f"{k} per-channel"] >= sq[f"{k} per-tensor"] - 1e-9).all()
+            for k in ("symmetric", "asymmetric")
+        )
+    )
+
+
+#: Unit and comparison of each kind of target (the first word of its name).
+TARGET_KINDS = {
+    "accuracy": ("<=", "points"),
+    "size": (">=", "x"),
+    "speedup": (">=", "x"),
+    "4-bit": ("<=", "points"),
+}
+
+
+def int8_targets(
+    same_runtime: pd.DataFrame, table: pd.DataFrame, four_bit: pd.DataFrame, batch: int
+) -> tuple[list[dict], list[dict]]:
+    """The issue's targets for every int8 model, and for the 4-bit per-channel weights.
+
+    Args:
+        same_runtime: ``same_runtime_speedups`` (index: int8 model; size_ratio, speedup_b<batch>).
+        table: the ``measure.compare`` rows of every model (accuracy change against its family's
+            fp32 model, with the paired interval).
+        four_bit: rows of the from-scratch sweep at 4 bits, per-channel (model, variant, accuracy
+            change with its paired interval).
+        batch: the batch size of the speed target.
+
+    Returns:
+        (targets, speed targets) as ``targets.target`` dicts: accuracy drop <= 0.5 points and
+        size ratio >= 3.9x per int8 model, then 4-bit drop <= 2 points per model and variant;
+        speedup >= 2x per int8 model apart, because timings vary between runs.
+    """
+    from .targets import points_lost, target
+
+    kept, speed = [], []
+    for name, r in same_runtime.iterrows():
+        drop, ci = points_lost(table.loc[name])
+        kept += [
+            target(f"accuracy drop ({name})", drop, "<=", 0.5, "points", interval=ci),
+            target(f"size ratio ({name})", r["size_ratio"], ">=", 3.9, "x"),
+        ]
+        speed.append(
+            target(f"speedup ({name})", r[f"speedup_b{batch}"], ">=", 2.0, "x", f"batch {batch}")
+        )
+    for _, r in four_bit.iterrows():
+        drop, ci = points_lost(r)
+        kept.append(
+            target(
+                f"4-bit per-channel drop ({r['model']} {r['variant']})",
+                drop,
+                "<=",
+                2.0,
+                "points",
+                interval=ci,
+            )
+        )
+    return kept, speed
+
+
+def targets_met(targets: Sequence[dict], kind: str) -> bool | None:
+    """Whether every target of one kind is met.
+
+    Args:
+        targets: ``targets.target`` dicts.
+        kind: the first word of their names ("accuracy", "size", "speedup", "4-bit").
+
+    Returns:
+        True or False; None when no target is of that kind.
+    """
+    hit = [t["met"] for t in targets if t["name"].split()[0] == kind]
+    return bool(all(hit)) if hit else None
+
+
+def _cpu_facts(cpu: dict) -> list[tuple]:
+    """Facts about the CPU the int8 kernels ran on (``machine.describe``)."""
+    return [
+        ("CPU", str(cpu["cpu"]), "", "model name"),
+        ("CPU has VNNI", bool(cpu["vnni"]), "", "avx512_vnni or avx_vnni (VPDPBUSD)"),
+        (
+            "ONNX Runtime reduce_range chosen",
+            bool(cpu["int8_reduce_range"]),
+            "",
+            str(cpu.get("int8_reason", "")),
+        ),
+    ]
+
+
+def _bits_facts(sweep: pd.DataFrame, naive: pd.DataFrame) -> list[tuple]:
+    """Facts of the from-scratch sweep and of the naive rescale against int8."""
+    hi, lo = int(sweep.bits.max()), int(sweep.bits.min())
+    at_hi = sweep[sweep.bits == hi]
+    at_lo = sweep[sweep.bits == lo].set_index(["model", "variant"]).accuracy
+    span = sqnr_bits_span(sorted(set(sweep.bits)))
+    within = (at_hi.delta_low_points <= 0) & (at_hi.delta_high_points >= 0)
+    int8_rows = naive[naive.index.str.startswith("int8")]
+    return [
+        (
+            "SQNR gain per bit",
+            round(sqnr_gain_per_bit(sweep), 2),
+            "dB",
+            f"{span[0]} to {span[1]} bits, mean over models and variants; theory 6.02",
+        ),
+        ("SQNR grows with every bit", sqnr_grows_with_bits(sweep), "", "every model and variant"),
+        (
+            "most bits: largest accuracy change",
+            round(float(at_hi.accuracy_delta_points.abs().max()), 2),
+            "points",
+            f"{hi} bits, weights only, any model and variant",
+        ),
+        (
+            "most bits: every variant within noise",
+            bool(within.all()),
+            "",
+            f"{hi} bits: every paired 95% interval contains zero",
+        ),
+        (
+            "fewest bits: lowest accuracy",
+            round(float(at_lo.min()), 4),
+            "accuracy",
+            f"{lo} bits, {', '.join(at_lo.idxmin())}",
+        ),
+        (
+            "fewest bits: highest accuracy",
+            round(float(at_lo.max()), 4),
+            "accuracy",
+            f"{lo} bits, {', '.join(at_lo.idxmax())}",
+        ),
+        (
+            "per-channel SQNR never below per-tensor",
+            per_channel_never_worse(sweep),
+            "",
+            "every model, bit width and scheme",
+        ),
+        (
+            "naive rescale: distinct values",
+            int(naive["distinct values"].iloc[1]),
+            "values",
+            str(naive.index[1]),
+        ),
+        (
+            "int8: distinct values",
+            int(int8_rows["distinct values"].iloc[0]),
+            "values",
+            f"{int8_rows.index[0]}; at most 2^8 = 256",
+        ),
+    ]
+
+
+def _batch_columns(frame: pd.DataFrame, prefix: str) -> list[tuple[str, int]]:
+    """(label, batch size) of the smallest and the largest batch among columns ``<prefix><bs>``."""
+    sizes = sorted(int(c[len(prefix) :]) for c in frame.columns if c.startswith(prefix))
+    return [("smallest batch", sizes[0]), ("largest batch", sizes[-1])]
+
+
+def _size_speed_facts(same_runtime: pd.DataFrame, table: pd.DataFrame) -> list[tuple]:
+    """Facts on each int8 model's bytes and speed against the fp32 model of its runtime."""
+    rows = []
+    for name, r in same_runtime.iterrows():
+        rows.append(
+            (
+                f"{name}: times smaller",
+                round(float(r["size_ratio"]), 2),
+                "x",
+                f"than {r['fp32 reference']}; 8 of 32 bits per weight",
+            )
+        )
+        p = table.loc[name, "params"]
+        if pd.notna(p):
+            extra = int(table.loc[name, "bytes"] - p)
+            rows.append(
+                (
+                    f"{name}: bytes beyond one per parameter",
+                    extra,
+                    "bytes",
+                    f"of {int(table.loc[name, 'bytes']):,}; {int(p):,} parameters",
+                )
+            )
+    for label, bs in _batch_columns(same_runtime, "speedup_b"):
+        for name, r in same_runtime.iterrows():
+            v = float(r[f"speedup_b{bs}"])
+            rows.append(
+                (
+                    f"{name}: faster than fp32, {label}",
+                    bool(v > 1),
+                    "",
+                    f"{v:.2f}x = fp32 / int8 latency, batch {bs}, same runtime",
+                )
+            )
+    return rows
+
+
+def _runtime_facts(table: pd.DataFrame) -> list[tuple]:
+    """Facts across runtimes: ONNX Runtime fp32 vs eager torch (smallest batch), fastest model."""
+    rows = []
+    families = list(dict.fromkeys(n.split()[0] for n in table.index))
+    for label, bs in _batch_columns(table, "latency_ms_b"):
+        col = f"latency_ms_b{bs}"
+        for f in families:
+            if f"{f} fp32 ort" in table.index and label == "smallest batch":
+                ratio = float(table.loc[f"{f} fp32", col] / table.loc[f"{f} fp32 ort", col])
+                rows.append(
+                    (
+                        f"{f}: ONNX Runtime fp32 speed vs eager torch, {label}",
+                        round(ratio, 2),
+                        "x",
+                        f"batch {bs}; above 1: ONNX Runtime faster",
+                    )
+                )
+            lat = table.loc[[n for n in table.index if n.split()[0] == f], col]
+            rows.append(
+                (
+                    f"{f}: fastest model, {label}",
+                    str(lat.idxmin()),
+                    "",
+                    f"{lat.min():.3g} ms at batch {bs}",
+                )
+            )
+    return rows
+
+
+def _scan_facts(width_scan: pd.DataFrame) -> list[tuple]:
+    """Facts of the ONNX Runtime width scan at its largest batch."""
+    if not len(width_scan):
+        return [("width scan", "skipped", "", "WIDTH_SCAN is empty")]
+    bs = int(width_scan.batch_size.max())
+    big = width_scan[width_scan.batch_size == bs].reset_index(drop=True)
+    a, b = big.iloc[0], big.iloc[-1]
+    widths = f"channels ({a['channels']}) -> ({b['channels']}), batch {bs}"
+    return [
+        (
+            "width scan: int8 speedup, narrowest",
+            round(float(a["int8_speedup"]), 2),
+            "x",
+            f"channels {a['channels']}",
+        ),
+        (
+            "width scan: int8 speedup, widest",
+            round(float(b["int8_speedup"]), 2),
+            "x",
+            f"channels {b['channels']}",
+        ),
+        ("width scan: int8 faster at the widest", bool(b["int8_speedup"] > 1), "", f"batch {bs}"),
+        ("width scan: fp32 time growth", round(float(b["fp32_ms"] / a["fp32_ms"]), 2), "x", widths),
+        ("width scan: int8 time growth", round(float(b["int8_ms"] / a["int8_ms"]), 2), "x", widths),
+    ]
+
+
+def _profile_facts(int8: pd.DataFrame, fp32: pd.DataFrame) -> list[tuple]:
+    """Facts of ONNX Runtime's per-operator profiles of an int8 and an fp32 model."""
+    top = int8.iloc[0]
+    conv8 = float(int8[int8.op.str.contains("Conv")].ms_per_run.sum())
+    conv32 = float(fp32[fp32.op.str.contains("Conv")].ms_per_run.sum())
+    return [
+        (
+            "int8 profile: slowest operator",
+            f"{top['op']} {top['node']}",
+            "",
+            f"{top['ms_per_run']:.3g} of {int8.ms_per_run.sum():.3g} ms per call",
+        ),
+        (
+            "int8 profile: slowest is layer 0",
+            bool(str(top["node"]).startswith("/0/")),
+            "",
+            "node names start with the position in the Sequential",
+        ),
+        ("int8 convolutions: time per call", round(conv8, 3), "ms", "all Conv operators"),
+        ("fp32 convolutions: time per call", round(conv32, 3), "ms", "all Conv operators"),
+    ]
+
+
+def summary(
+    sweep: pd.DataFrame,
+    naive: pd.DataFrame,
+    table: pd.DataFrame,
+    same_runtime: pd.DataFrame,
+    width_scan: pd.DataFrame,
+    profiles: Sequence[pd.DataFrame],
+    cpu: dict,
+    *,
+    n_test: int,
+    qat: str = "lenet5 int8 qat",
+    static: str = "lenet5 int8 static",
+) -> pd.DataFrame:
+    """This run's facts about quantization, from the notebook's tables.
+
+    Args:
+        sweep: the from-scratch sweep (model, bits, variant, sqnr_db, accuracy, accuracy change with
+            its paired interval).
+        naive: the naive-rescale table (index: method; "distinct values"); row 1 is the naive
+            rescale, the first row whose name starts with "int8" the int8 codes.
+        table: every model's ``measure.compare`` row (index: model name).
+        same_runtime: ``same_runtime_speedups`` of the int8 models.
+        width_scan: the width scan (channels, batch_size, fp32_ms, int8_ms, int8_speedup); may be
+            empty.
+        profiles: (int8 profile, fp32 profile) of the same model (``ort_profile``).
+        cpu: ``machine.describe()`` of this run.
+        n_test: number of test images.
+        qat: the QAT model's row in ``table``; it runs the same int8 kernels as ``static``, so
+            its bytes and speed are left out.
+        static: the static post-training model it is compared with.
+
+    Returns:
+        A ``baseline.fact_table``: index ``fact``, columns value, unit, context.
+    """
+    from .baseline import fact_table
+
+    drops = same_runtime.accuracy_delta_points
+    ref = str(table.index[0])
+    acc = float(table.loc[ref, "accuracy"])
+    kernels = same_runtime.drop(index=qat, errors="ignore")  # QAT runs the static model's kernels
+    rows = (
+        _cpu_facts(cpu)
+        + _bits_facts(sweep, naive)
+        + _size_speed_facts(kernels, table)
+        + _runtime_facts(table)
+        + _scan_facts(width_scan)
+        + _profile_facts(*profiles)
+    )
+    rows += [
+        (
+            "largest int8 accuracy drop",
+            round(-float(drops.min()), 2) + 0.0,
+            "points",
+            f"{drops.idxmin()}, against the fp32 model of its runtime",
+        ),
+        (
+            "QAT minus static PTQ",
+            round(100 * float(table.loc[qat, "accuracy"] - table.loc[static, "accuracy"]), 2),
+            "points",
+            f"test accuracy, {qat} vs {static}",
+        ),
+        ("one test image", round(100 / n_test, 4), "points", f"{n_test:,} test images"),
+        (
+            f"standard error of {ref}'s accuracy",
+            round(100 * math.sqrt(acc * (1 - acc) / n_test), 2),
+            "points",
+            f"sqrt(p (1 - p) / n) at p = {acc:.4f}",
+        ),
+    ]
+    return fact_table(rows)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from nbhelpers import measure
 from nbhelpers import quantization as Q
-from nbhelpers.models import LeNet5, MLP
+from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
 
 BITS = [2, 3, 4, 5, 6, 7, 8, 12, 16]
@@ -311,3 +312,205 @@ def test_reduce_range_study_rows(tmp_path):
     want = float((ref.argmax(1) == y).float().mean())  # agreement 1 would give fp32's accuracy
     full = study[study.top1_agreement == 1.0]
     assert (full.accuracy == want).all()
+
+
+def _sweep(sqnr: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """A from-scratch sweep of one model: (variant, bits) -> SQNR, accuracy 0.9 everywhere."""
+    return pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "variant": v,
+                "bits": b,
+                "sqnr_db": s,
+                "accuracy": 0.9,
+                "accuracy_delta_points": 0.0,
+                "delta_low_points": -0.1,
+                "delta_high_points": 0.1,
+            }
+            for (v, b), s in sqnr.items()
+        ]
+    )
+
+
+def test_sqnr_bits_span():
+    assert Q.sqnr_bits_span([8, 7, 6, 5, 4, 3, 2]) == (4, 8)
+    assert Q.sqnr_bits_span([8, 4, 2]) == (4, 8)
+    assert Q.sqnr_bits_span([8, 2]) == (2, 8)  # one width >= 4: use them all
+    assert Q.sqnr_bits_span([4]) == (4, 4)
+
+
+def test_sqnr_gain_growth_and_per_channel_on_known_values():
+    sq = {}
+    for v, offset in (
+        ("asymmetric per-tensor", 0.0),
+        ("symmetric per-tensor", -1.0),
+        ("asymmetric per-channel", 2.0),
+        ("symmetric per-channel", 1.0),
+    ):
+        sq.update({(v, 2): 5.0 + offset, (v, 4): 20.0 + offset, (v, 8): 44.0 + offset})
+    sweep = _sweep(sq)
+    assert Q.sqnr_gain_per_bit(sweep) == pytest.approx(6.0)  # (44 - 20) / (8 - 4)
+    assert Q.sqnr_grows_with_bits(sweep) and Q.per_channel_never_worse(sweep)
+    worse = _sweep({**sq, ("symmetric per-channel", 8): 42.0})
+    assert not Q.per_channel_never_worse(worse) and Q.sqnr_grows_with_bits(worse)
+    flat = _sweep({**sq, ("asymmetric per-tensor", 4): 44.0})
+    assert not Q.sqnr_grows_with_bits(flat)
+    assert np.isnan(Q.sqnr_gain_per_bit(sweep[sweep.bits == 8]))
+
+
+def test_sqnr_gain_per_bit_of_real_weights_is_about_six_db():
+    """Uniform rounding noise: s^2 / 12, a quarter per extra bit, 10 log10 4 = 6.02 dB."""
+    w = weights(0, (64, 256))
+    rows = [
+        {
+            "model": "w",
+            "variant": v,
+            "bits": b,
+            "sqnr_db": Q.sqnr_db(w, Q.fake_quantize(w, b, sym, pc)),
+        }
+        for v, (sym, pc) in Q.VARIANTS.items()
+        for b in (4, 8)
+    ]
+    assert Q.sqnr_gain_per_bit(pd.DataFrame(rows)) == pytest.approx(6.02, abs=0.5)
+
+
+def _compare_rows() -> pd.DataFrame:
+    """A ``measure.compare``-like table of two fp32 models and their int8 versions."""
+    return pd.DataFrame(
+        {
+            "accuracy": [0.95, 0.94, 0.97, 0.975],
+            "params": [1000, 1000, np.nan, np.nan],
+            "bytes": [4000, 1100, 4000, 1000],
+            "accuracy_delta_points": [0.0, -1.0, 0.0, 0.5],
+            "delta_low_points": [np.nan, -2.0, np.nan, -0.1],
+            "delta_high_points": [np.nan, 0.2, np.nan, 1.1],
+            "latency_ms_b1": [1.0, 2.0, 0.5, 0.4],
+            "latency_ms_b64": [10.0, 4.0, 8.0, 8.0],
+        },
+        index=["mlp fp32", "mlp int8 dynamic", "mlp fp32 ort", "mlp int8 ort static"],
+    )
+
+
+def test_int8_targets_and_targets_met():
+    table = _compare_rows()
+    same = Q.same_runtime_speedups(
+        table, [("mlp fp32", "mlp int8 dynamic"), ("mlp fp32 ort", "mlp int8 ort static")], [1, 64]
+    )
+    four = pd.DataFrame(
+        [
+            {
+                "model": "mlp",
+                "variant": "symmetric per-channel",
+                "accuracy_delta_points": -3.0,
+                "delta_low_points": -4.0,
+                "delta_high_points": -2.0,
+            }
+        ]
+    )
+    kept, speed = Q.int8_targets(same, table, four, 64)
+    assert [t["name"] for t in kept] == [
+        "accuracy drop (mlp int8 dynamic)",
+        "size ratio (mlp int8 dynamic)",
+        "accuracy drop (mlp int8 ort static)",
+        "size ratio (mlp int8 ort static)",
+        "4-bit per-channel drop (mlp symmetric per-channel)",
+    ]
+    assert [t["met"] for t in kept] == [False, False, True, True, False]
+    assert kept[0]["measured"] == 1.0 and (kept[0]["low"], kept[0]["high"]) == (-0.2, 2.0)
+    assert kept[1]["measured"] == pytest.approx(4000 / 1100) and kept[3]["measured"] == 4.0
+    assert [t["name"] for t in speed] == [
+        "speedup (mlp int8 dynamic)",
+        "speedup (mlp int8 ort static)",
+    ]
+    assert [t["measured"] for t in speed] == [2.5, 1.0] and [t["met"] for t in speed] == [
+        True,
+        False,
+    ]
+    assert Q.targets_met(kept + speed, "accuracy") is False and Q.targets_met(kept, "size") is False
+    assert Q.targets_met(speed, "speedup") is False and Q.targets_met(speed[:1], "speedup") is True
+    assert Q.targets_met(kept, "speedup") is None and Q.targets_met(kept, "4-bit") is False
+    assert set(Q.TARGET_KINDS) == {t["name"].split()[0] for t in kept + speed}
+
+
+def test_summary_facts_on_known_tables():
+    table = _compare_rows()
+    table.loc["lenet5 int8 qat"] = table.loc["mlp int8 dynamic"].to_dict() | {"accuracy": 0.95}
+    table.loc["lenet5 int8 static"] = table.loc["mlp int8 dynamic"].to_dict() | {"accuracy": 0.94}
+    same = Q.same_runtime_speedups(
+        table,
+        [
+            ("mlp fp32", "mlp int8 dynamic"),
+            ("mlp fp32 ort", "mlp int8 ort static"),
+            ("mlp fp32", "lenet5 int8 qat"),
+        ],
+        [1, 64],
+    )
+    sq = {(v, b): 6.0 * b + (1.0 if "channel" in v else 0.0) for v in Q.VARIANTS for b in (2, 4, 8)}
+    sweep = _sweep(sq)
+    naive = pd.DataFrame(
+        {"distinct values": [900, 899, 256]},
+        index=["float32 weights", "naive: x / max|x| (then * max)", "int8 asymmetric per-channel"],
+    )
+    scan = pd.DataFrame(
+        {
+            "channels": ["6, 16", "6, 16", "32, 64", "32, 64"],
+            "batch_size": [1, 64, 1, 64],
+            "fp32_ms": [1.0, 2.0, 4.0, 16.0],
+            "int8_ms": [2.0, 8.0, 2.0, 8.0],
+        }
+    )
+    scan["int8_speedup"] = scan.fp32_ms / scan.int8_ms
+    prof8 = pd.DataFrame(
+        {
+            "node": ["/0/Conv_token_1", "/3/Conv"],
+            "op": ["QLinearConv", "QLinearConv"],
+            "ms_per_run": [3.0, 1.0],
+        }
+    )
+    prof32 = pd.DataFrame(
+        {"node": ["/1/Relu", "x"], "op": ["Conv", "Reorder"], "ms_per_run": [0.5, 0.25]}
+    )
+    cpu = {"cpu": "Test CPU", "vnni": False, "int8_reduce_range": True, "int8_reason": "no VNNI"}
+    f = Q.summary(sweep, naive, table, same, scan, (prof8, prof32), cpu, n_test=1000)["value"]
+    assert (
+        f["CPU"] == "Test CPU"
+        and f["CPU has VNNI"] is False
+        and f["ONNX Runtime reduce_range chosen"] is True
+    )
+    assert f["SQNR gain per bit"] == 6.0 and f["SQNR grows with every bit"] is True
+    assert (
+        f["most bits: every variant within noise"] is True
+        and f["most bits: largest accuracy change"] == 0.0
+    )
+    assert f["per-channel SQNR never below per-tensor"] is True
+    assert f["naive rescale: distinct values"] == 899 and f["int8: distinct values"] == 256
+    assert f["mlp int8 dynamic: times smaller"] == pytest.approx(3.64)
+    assert f["mlp int8 dynamic: bytes beyond one per parameter"] == 100
+    assert (
+        "mlp int8 ort static: bytes beyond one per parameter" not in f.index
+    )  # no parameter count
+    assert f["mlp int8 dynamic: faster than fp32, smallest batch"] is False
+    assert f["mlp int8 dynamic: faster than fp32, largest batch"] is True
+    assert f["mlp int8 ort static: faster than fp32, largest batch"] is False  # 1.0x: not faster
+    assert f["mlp: ONNX Runtime fp32 speed vs eager torch, smallest batch"] == 2.0
+    assert "mlp: ONNX Runtime fp32 speed vs eager torch, largest batch" not in f.index
+    assert not [n for n in f.index if n.startswith("lenet5 int8 qat")]  # the static model's kernels
+    assert f["mlp: fastest model, smallest batch"] == "mlp int8 ort static"
+    assert f["mlp: fastest model, largest batch"] == "mlp int8 dynamic"
+    assert (
+        f["width scan: int8 speedup, narrowest"] == 0.25
+        and f["width scan: int8 speedup, widest"] == 2.0
+    )
+    assert f["width scan: int8 faster at the widest"] is True
+    assert f["width scan: fp32 time growth"] == 8.0 and f["width scan: int8 time growth"] == 1.0
+    assert f["int8 profile: slowest operator"] == "QLinearConv /0/Conv_token_1"
+    assert f["int8 profile: slowest is layer 0"] is True
+    assert (
+        f["int8 convolutions: time per call"] == 4.0
+        and f["fp32 convolutions: time per call"] == 0.5
+    )
+    assert f["largest int8 accuracy drop"] == 1.0 and f["QAT minus static PTQ"] == 1.0
+    assert f["one test image"] == 0.1 and f["standard error of mlp fp32's accuracy"] == 0.69
+    skipped = Q.summary(sweep, naive, table, same, scan.iloc[:0], (prof8, prof32), cpu, n_test=1000)
+    assert skipped.loc["width scan", "value"] == "skipped"
