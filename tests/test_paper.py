@@ -50,10 +50,23 @@ def test_claims_not_run_stay_nan():
 def test_profile_targets():
     ts = {t["name"]: t for t in paper.profile_targets(RECORDS)}
     assert ts["LeNet-300-100 dense error within 0.15 points of 1.64%"]["met"]
-    assert ts["LeNet-300-100 pruned at 12x: no significant loss (McNemar p)"]["met"]
+    no_loss = [t for name, t in ts.items() if "no significant loss" in name]
+    assert len(no_loss) == 1 and no_loss[0]["met"] and no_loss[0]["measured"] == pytest.approx(-0.08)
     loss = ts["Deep Compression pipeline: loss against its dense model"]
     assert loss["met"] and loss["decided"] is False and (loss["low"], loss["high"]) == (-0.1, 0.3)
     assert paper.profile_targets({}) == []
+
+
+def test_a_significant_gain_is_not_a_loss():
+    """Pruned significantly better (loss interval wholly below 0): no significant loss, met; a loss
+    interval wholly above 0 is not met."""
+    better = dict(PRUNING, comparison=[PRUNING["comparison"][0], {**PRUNING["comparison"][1],
+              "accuracy_delta_points": 0.3, "delta_low_points": 0.02, "delta_high_points": 0.6, "p_mcnemar": 0.03}])
+    worse = dict(PRUNING, comparison=[PRUNING["comparison"][0], {**PRUNING["comparison"][1],
+             "accuracy_delta_points": -0.3, "delta_low_points": -0.6, "delta_high_points": -0.02, "p_mcnemar": 0.03}])
+    pick = lambda rec: next(t for t in paper.profile_targets({"04_weight_pruning": rec})  # noqa: E731
+                            if "no significant loss" in t["name"])
+    assert pick(better)["met"] and not pick(worse)["met"]
 
 
 def test_markdown_has_every_claim_and_the_machine():
