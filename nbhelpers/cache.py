@@ -1,8 +1,9 @@
-"""A cache of trained models on disk, keyed by a hash of their configuration.
+"""A cache on disk of trained models (``cached_model``) and of JSON results (``cached_json``).
 
-Files are written atomically (temporary file, then rename), read with ``weights_only=True``,
-guarded by a file lock so that two notebooks asking for the same model train it once, and
-rebuilt when unreadable or inconsistent rather than trusted.
+Entries are keyed by a hash of their configuration, written atomically (temporary file, then
+rename), guarded by a file lock so that two notebooks asking for the same entry compute it once,
+and rebuilt when unreadable or inconsistent rather than trusted. Models are read with
+``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -51,18 +52,19 @@ def config_key(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_path(config: Mapping[str, Any], root: Path | None = None) -> Path:
-    """Where the model of a configuration is kept.
+def cache_path(config: Mapping[str, Any], root: Path | None = None, suffix: str = ".pt") -> Path:
+    """Where the entry of a configuration is kept.
 
     Args:
         config: the configuration; ``config["name"]``, if any, prefixes the file name.
         root: the cache folder (default ``data/cache/`` or ``$NBHELPERS_CACHE_DIR``).
+        suffix: the file type, ".pt" for a model, ".json" for JSON results.
 
     Returns:
         The file path.
     """
     prefix = str(config.get("name", "model")).replace("/", "_")
-    return Path(root or cache_dir()) / f"{prefix}-{config_key(config)}.pt"
+    return Path(root or cache_dir()) / f"{prefix}-{config_key(config)}{suffix}"
 
 
 @contextmanager
@@ -76,6 +78,21 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a temporary file beside ``path`` with ``write(fh)``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
 
@@ -83,17 +100,74 @@ def save_atomic(obj: Any, path: Path) -> None:
         obj: what to save.
         path: the destination.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    _write_atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def _config_json(config: Mapping[str, Any]) -> Any:
+    """The configuration as it reads back from JSON (keys sorted, other types as strings)."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def _item(obj: Any) -> Any:
+    """A NumPy scalar as the Python number it holds (for ``json.dumps``); anything else refused."""
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+def load_json(path: Path, config: Mapping[str, Any]) -> tuple[bool, Any]:
+    """The JSON value stored at ``path`` for this configuration.
+
+    Args:
+        path: the cache file.
+        config: the configuration the value must have been stored for.
+
+    Returns:
+        (True, value), or (False, None) when the file is missing, unreadable or for another config.
+    """
     try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        payload = json.loads(path.read_text())
+        if payload["config"] == _config_json(config):
+            return True, payload["value"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing, corrupt, foreign: rebuild
+        pass
+    return False, None
+
+
+def store_json(path: Path, config: Mapping[str, Any], value: Any) -> Any:
+    """Write a JSON value with its configuration atomically to ``path``.
+
+    Args:
+        path: the cache file.
+        config: the configuration the value belongs to.
+        value: JSON-able data.
+
+    Returns:
+        The value as it reads back from the file (tuples become lists, and so on).
+    """
+    text = json.dumps({"config": _config_json(config), "value": value}, default=_item)
+    _write_atomic(path, lambda fh: fh.write(text.encode()))
+    return json.loads(text)["value"]
+
+
+def cached_json(config: Mapping[str, Any], compute: Callable[[], Any],
+                root: Path | None = None) -> tuple[Any, bool]:
+    """Load JSON results from the cache, or compute and store them (locked, written atomically).
+
+    Args:
+        config: everything the results depend on; ``config["name"]``, if any, prefixes the file.
+        compute: makes the JSON-able results on a miss (run once however many ask at once).
+        root: the cache folder.
+
+    Returns:
+        (results as read back from JSON, hit) where ``hit`` tells whether they came from the cache.
+    """
+    path = cache_path(config, root, suffix=".json")
+    with _locked(path):
+        found, value = load_json(path, config)
+        if found:
+            return value, True
+        return store_json(path, config, compute()), False
 
 
 def _try_load(path: Path, config: Mapping[str, Any], model: nn.Module) -> dict | None:

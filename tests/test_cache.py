@@ -92,3 +92,81 @@ def test_baseline_key_holds_device_and_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
     b = get_baseline("mlp", "digits", seed=0, epochs=1, limit=300, progress=False)
     assert b.config["device_type"] == "cpu" and b.config["torch"] == torch.__version__
+
+
+# --- JSON results (cached_json): the same key, lock and atomic write as the models -------------
+
+JSON_CONFIG = {"name": "unit-json", "seed": 1}
+
+
+def test_json_hit_returns_what_was_stored(tmp_path):
+    from nbhelpers.cache import cached_json
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"lr": (0.1, 0.01), "mean_cv": [0.5, 0.8]}
+
+    a, hit_a = cached_json(JSON_CONFIG, compute, tmp_path)
+    b, hit_b = cached_json(JSON_CONFIG, compute, tmp_path)
+    assert (hit_a, hit_b, len(calls)) == (False, True, 1)
+    assert a == b == {"lr": [0.1, 0.01], "mean_cv": [0.5, 0.8]}  # a miss reads back as JSON too
+    assert cache_path(JSON_CONFIG, tmp_path, suffix=".json").exists()
+    assert cache_path(JSON_CONFIG, tmp_path).suffix == ".pt"  # models keep their suffix
+
+
+def test_json_corrupt_or_foreign_file_is_rebuilt(tmp_path):
+    import json
+
+    from nbhelpers.cache import cached_json
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [len(calls)]
+
+    cached_json(JSON_CONFIG, compute, tmp_path)
+    path = cache_path(JSON_CONFIG, tmp_path, suffix=".json")
+    path.write_text(path.read_text()[:10])  # truncated
+    assert cached_json(JSON_CONFIG, compute, tmp_path) == ([2], False)
+    path.write_text(json.dumps({"config": {"other": 1}, "value": [99]}))  # another configuration
+    assert cached_json(JSON_CONFIG, compute, tmp_path) == ([3], False)
+    assert cached_json(JSON_CONFIG, compute, tmp_path) == ([3], True)
+
+
+def test_json_numpy_numbers_are_stored_and_others_refused(tmp_path):
+    import numpy as np
+    import pytest
+
+    from nbhelpers.cache import load_json, store_json
+
+    path = tmp_path / "x.json"
+    assert store_json(path, JSON_CONFIG, {"a": np.float64(0.5), "b": np.int64(3)}) == {"a": 0.5, "b": 3}
+    assert load_json(path, JSON_CONFIG) == (True, {"a": 0.5, "b": 3})
+    assert load_json(path, {"seed": 2}) == (False, None)
+    assert load_json(tmp_path / "missing.json", JSON_CONFIG) == (False, None)
+    with pytest.raises(TypeError):
+        store_json(tmp_path / "y.json", JSON_CONFIG, {"a": object()})
+    assert not (tmp_path / "y.json").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_json_concurrent_requests_compute_once(tmp_path):
+    from nbhelpers.cache import cached_json
+
+    calls, results = [], []
+
+    def slow():
+        time.sleep(0.3)
+        calls.append(1)
+        return {"v": 1}
+
+    threads = [threading.Thread(target=lambda: results.append(cached_json(JSON_CONFIG, slow, tmp_path)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(r[1] for r in results) == [False, True, True]
+    assert all(r[0] == {"v": 1} for r in results) and not list(tmp_path.glob("*.tmp"))
