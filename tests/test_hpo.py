@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.hpo: the space and its conversions, trials to target, backends, the estimator."""
+"""Unit tests of nbhelpers.hpo: the space and its conversions, trials to target, the lookup
+objective and the search methods on it, the summaries, the estimator, the backends."""
 
 from __future__ import annotations
 
@@ -139,6 +140,14 @@ def test_trials_to_target_table_known_history():
     assert t.loc["a", "std_trials"] == pytest.approx(np.std([2, 1, 4], ddof=1))
 
 
+def test_budget_table_known_histories():
+    t = hpo.budget_table({"grid": [[0.1, 0.5], [0.5, 0.2]], "random": [[0.3, 0.2], [0.1, 0.9]]})
+    assert t.loc["grid"].tolist() == [0.5, 0.5, 0.5]
+    assert t.loc["random"].tolist() == pytest.approx([0.6, 0.3, 0.9])
+    assert list(t.columns) == ["best after budget (mean)", "best after budget (min)",
+                               "best after budget (max)"]
+
+
 def test_curves_frame_shape():
     df = hpo.curves_frame({"m": [[0.1, 0.3, 0.2], [0.2, 0.1, 0.4]]})
     assert len(df) == 6 and df[df.seed == 0]["best"].tolist() == [0.1, 0.3, 0.3]
@@ -186,10 +195,132 @@ def test_search_histories_repeat_and_find_the_optimum(lookup):
     assert len(tpe) == 12 and tpe == hpo.tpe_history(lookup, 12, seed=0, initial=4)
 
 
+def test_shifted_grids_every_offset(lookup):
+    # 16 learning rates, 4-value grids spaced 4 cells apart: offsets 0..3
+    t = hpo.shifted_grids(lookup, 4, [0, 6], target=lookup.best - 0.001)
+    assert t["offset"].tolist() == [0, 1, 2, 3] and len(t["lr values"][0]) == 4
+    expected = [lookup.scores[np.ix_([o, o + 4, o + 8, o + 12], [0, 6])].max() for o in range(4)]
+    assert t["best after budget"].tolist() == pytest.approx(expected)
+    assert t["reaches target"].tolist() == [e >= lookup.best - 0.001 for e in expected]
+
+
 def test_gp_history_runs(lookup):
     scores, res = hpo.gp_history(lookup, 8, seed=0, initial=3)
     assert len(scores) == 8 and scores == pytest.approx([-v for v in res.func_vals])
     assert max(scores) > lookup.scores.mean()
+
+
+# --- the summaries: facts of a run, by name ---------------------------------------------------
+
+
+def _values(facts):
+    """The value column of a fact table, after checking that its contexts display unabridged."""
+    assert facts["context"].str.len().max() <= 50, facts["context"].tolist()  # pandas cuts at 50
+    return facts["value"]
+
+
+def test_fact_table_rounds_for_reading_and_refuses_repeats():
+    t = hpo.fact_table([("a", 0.123456789, "x"), ("b", np.int64(3), ""), ("c", True, ""),
+                        ("d", "lr", ""), ("e", float("nan"), "")])
+    assert list(t.columns) == ["value", "context"] and t.index.name == "fact"
+    assert t.loc["a", "value"] == 0.1235 and t.loc["b", "value"] == 3
+    assert t.loc["c", "value"] is True and t.loc["d", "value"] == "lr"
+    with pytest.raises(ValueError):
+        hpo.fact_table([("a", 1, ""), ("a", 2, "")])
+
+
+def test_target_cells_share_and_geometric_mean(lookup):
+    rows = dict((name, value) for name, value, _ in hpo.target_cells(lookup, lookup.best - 0.0025))
+    within = int((lookup.scores >= lookup.best - 0.0025).sum())
+    assert rows["cells within the target"] == within >= 1
+    assert rows["expected trials at that share"] == pytest.approx(lookup.size / within)
+
+
+def _grid_results():
+    import pandas as pd
+
+    return pd.DataFrame({"lr": [0.1, 0.1, 0.01, 0.01], "hidden": [32, 64, 32, 64],
+                         "mean_cv": [0.70, 0.80, 0.85, 0.84], "std_cv": [0.01, 0.01, 0.02, 0.01]})
+
+
+def test_grid_summary_known_table():
+    import pandas as pd
+
+    importance = pd.Series({"lr": 0.05, "hidden": 0.01})
+    f = _values(hpo.grid_summary(_grid_results(), 0.86, importance, seconds_per_trial=0.5, folds=3))
+    assert f["configurations"] == 4 and f["fits"] == 13
+    assert f["winner's CV accuracy"] == 0.85 and f["winner's fold std"] == pytest.approx(2.0)
+    assert f["gap to the runner-up"] == pytest.approx(1.0)
+    assert f["tied with the winner"] == 2  # 0.85 and 0.84 are within 0.02 of the winner
+    assert f["test minus CV accuracy"] == pytest.approx(1.0)
+    assert (f["most important"], f["least important"]) == ("lr", "hidden")
+    assert f["values of the most important"] == 2
+    assert f["a grid of 10^6 trials"] == pytest.approx(1e6 * 0.5 / 86400, rel=1e-3)
+
+
+def test_random_summary_known_runs(lookup):
+    import pandas as pd
+
+    goal = lookup.best - 0.0025
+    grid_runs, random_runs = [[0.1, lookup.best], [lookup.best, 0.1]], [[0.1, 0.2], [goal, 0.1]]
+    ttt = hpo.trials_to_target_table({"random": [[0.1, goal], [0.0] * 3]}, goal,
+                                     limits={"random": lookup.size / 4})
+    placements = pd.DataFrame({"reaches target": [True, False, False]})
+    spread = pd.Series({"lr": 0.3, "weight_decay": 0.006})
+    f = _values(hpo.random_summary(lookup, goal, grid_runs, random_runs, placements, ttt, spread,
+                                   met=False))
+    assert f["grid contains the table's best cell"] is True
+    assert f["grid placements reaching the target"] == 1
+    assert f["random seeds reaching the target in the budget"] == 1
+    assert f["grid minus random after the budget"] == pytest.approx(
+        100 * (lookup.best - (0.2 + goal) / 2), rel=1e-3)
+    assert f["range along lr"] == 30.0 and f["range along weight_decay"] == 0.6
+    assert f["random: mean trials to the target"] == 3.0 and f["random: worst seed"] == 4.0
+    assert f["random: seeds reaching the target"] == 1 and f["target met"] is False
+
+
+def test_bayes_summary_compares_model_with_baseline(lookup):
+    goal = lookup.best - 0.0025
+    runs = {"GP": [[0.1, goal, 0.1], [goal, 0.1, 0.1]], "random": [[0.1, 0.1, goal], [0.1] * 3]}
+    ttt = hpo.trials_to_target_table(runs, goal, limits={"GP": 2, "random": 3})
+    results = _grid_results()
+    f = _values(hpo.bayes_summary(lookup, goal, runs, ttt, {"GP": 0.2, "random": 0.001}, results,
+                                  {"GP": True, "random": False}, model="GP"))
+    assert f["GP needs fewer trials than random"] is True  # 1.5 against (3 + 4) / 2
+    assert f["GP minus random: mean trials"] == pytest.approx(1.5 - 3.5)
+    assert f["GP minus random: worst seed"] == pytest.approx(2 - 4)
+    assert f["GP: seconds per trial"] == 0.2 and f["random: target met"] is False
+    assert f["BayesSearchCV winner's fold std"] == pytest.approx(2.0)
+    assert f["fold std above the target margin"] is True  # 2 points > 0.25 points
+
+
+def test_plots_draw():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    trials = pd.DataFrame({"n=2": [2, 4], "n=10": [10, 100]}, index=pd.Index([1, 2], name="d"))
+    fig = hpo.plot_grid_cost(trials, 0.5)
+    assert len(fig.axes[0].lines) == 3  # two grids and the one-hour line
+    x = np.linspace(-4, -1, 8)
+    fine = np.linspace(-4, -1, 50)
+    fig2 = hpo.plot_surrogate(x, -np.cos(x), [0, 5], fine, np.zeros(50), np.ones(50),
+                              np.abs(np.sin(fine)), "log10 lr")
+    assert len(fig2.axes) == 2 and "2 trials" in fig2.axes[0].get_title()
+    plt.close("all")
+
+
+# --- the package layout ------------------------------------------------------------------------
+
+
+def test_rooms_hold_what_they_say():
+    from nbhelpers.hpo import backends, comparison, estimator, space, summary
+
+    assert space.MLP_SPACE is hpo.MLP_SPACE and space.to_skopt is hpo.to_skopt
+    assert estimator.make_estimator is hpo.make_estimator and estimator.flat_subset is hpo.flat_subset
+    assert backends.backend is hpo.backend and backends.check_scheduler is hpo.check_scheduler
+    assert comparison.LookupObjective is hpo.LookupObjective
+    assert summary.grid_summary is hpo.grid_summary
+    assert all(hasattr(hpo, name) for name in hpo.__all__)
 
 
 # --- the estimator ---------------------------------------------------------------------------
@@ -238,6 +369,13 @@ def test_cached_results(tmp_path: Path, monkeypatch):
     a, hit_a = hpo.cached_results({"k": 1}, compute)
     b, hit_b = hpo.cached_results({"k": 1}, compute)
     assert (hit_a, hit_b) == (False, True) and len(calls) == 1 and a.equals(b)
+    assert a.equals(compute()) and list(tmp_path.glob("hpo-*.json"))  # the project's cache files
+
+
+def test_table_config_is_the_key_both_notebooks_share():
+    key = hpo.table_config("mnist", 0, 1000, 5, 3, "cpu")
+    assert key == {"dataset": "mnist", "seed": 0, "subset": 1000, "epochs": 5, "folds": 3,
+                   "device": "cpu", "defaults": hpo.DEFAULTS, "version": 1}
 
 
 # --- backends ------------------------------------------------------------------------------
@@ -291,6 +429,13 @@ def test_unreachable_scheduler_fails_fast_naming_it():
         with hpo.backend("dask", 1, address, timeout=2.0):
             pass
     assert time.perf_counter() - t0 < 5 and "127.0.0.1" in str(e.value)
+
+
+def test_connect_error_names_parameter_and_address():
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(ParameterError, match="DASK_SCHEDULER") as e:
+        hpo.connect("DASK_SCHEDULER", address, timeout=1.0)
+    assert address in str(e.value) and "failed after" in str(e.value)
 
 
 def test_silent_port_is_not_a_scheduler_and_fails_fast():

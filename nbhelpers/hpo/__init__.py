@@ -1,0 +1,37 @@
+"""Hyperparameter search for the shared MLP (notebooks 01-03).
+
+* ``space``: the search space written once (``MLP_SPACE``) and its grid, distributions and
+  scikit-optimize forms;
+* ``estimator``: the MLP as a seeded skorch estimator, the tuning subset, a search's results;
+* ``backends``: where the searches run (loky processes or a Dask cluster, through joblib);
+* ``comparison``: search methods compared on a cached exhaustive grid (lookup objective,
+  histories, best so far, trials to a target, plots);
+* ``summary``: each notebook's facts as a small table its discussion refers to.
+
+Everything public is re-exported here: ``from nbhelpers import hpo; hpo.MLP_SPACE``.
+"""
+
+from .backends import (BACKENDS, backend, check_backend, check_scheduler, client_answers, connect,
+                       parse_scheduler)
+from .comparison import (LookupObjective, best_so_far, budget_table, cached_results, curves_frame,
+                         gp_history, grid_history, grid_table, heatmap, plot_best_so_far,
+                         plot_grid_cost, plot_surrogate, random_history, shifted_grids,
+                         table_config, tpe_history, trials_to_target, trials_to_target_table)
+from .estimator import SeededNet, WidthMLP, flat_subset, make_estimator, results_table
+from .space import (DEFAULTS, MLP_SPACE, PARAM_NAMES, IntLogUniform, check_space, check_table,
+                    describe_space, dim_values, friendly, merge_space, to_distributions, to_grid,
+                    to_skopt)
+from .summary import bayes_summary, fact_table, grid_summary, random_summary, target_cells
+
+__all__ = [
+    "BACKENDS", "DEFAULTS", "MLP_SPACE", "PARAM_NAMES", "IntLogUniform", "LookupObjective",
+    "SeededNet", "WidthMLP", "backend", "bayes_summary", "best_so_far", "budget_table",
+    "cached_results", "check_backend", "check_scheduler", "check_space", "check_table",
+    "client_answers", "connect",
+    "curves_frame", "describe_space", "dim_values", "fact_table", "flat_subset", "friendly",
+    "gp_history", "grid_history", "grid_summary", "grid_table", "heatmap", "make_estimator",
+    "merge_space", "parse_scheduler", "plot_best_so_far", "plot_grid_cost", "plot_surrogate",
+    "random_history", "random_summary", "results_table", "shifted_grids", "table_config",
+    "target_cells", "to_distributions", "to_grid", "to_skopt", "tpe_history", "trials_to_target",
+    "trials_to_target_table",
+]
