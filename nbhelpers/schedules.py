@@ -5,14 +5,16 @@
 ``fit(model, ..., **make_schedule("onecycle", ...))``. ``lr_sequence`` steps a schedule on a dummy
 optimizer to list the learning rate of every optimizer step without training (the schedules here,
 ReduceLROnPlateau aside, depend only on the step count). ``lr_range_test`` raises the learning rate
-exponentially batch after batch and records the loss (Smith 2017).
+exponentially batch after batch and records the loss (Smith 2017). ``per_schedule`` and
+``summary`` turn a run of notebook 09 into the tables its results and discussion refer to.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,6 +27,7 @@ from torch.optim import lr_scheduler as lrs
 from torch.utils.data import DataLoader
 
 from .params import ParameterError, check_choices, check_float, check_int, check_positive
+from .plots import learning_curves
 from .train import Device, module_device
 
 #: Schedule names the factory knows, with the torch classes behind them.
@@ -341,3 +344,138 @@ def plot_accuracy_spread(results: pd.DataFrame, column: str = "test_accuracy") -
            title="Final accuracy per seed, mean ± sd")
     fig.tight_layout()
     return fig
+
+
+def final_epoch(history: pd.DataFrame) -> dict[str, float]:
+    """What one training run ends with: validation accuracy, learning rate, training loss and time.
+
+    Args:
+        history: a ``train.fit`` history (one row per epoch).
+
+    Returns:
+        {"val_accuracy", "final_lr", "train_loss", "train_accuracy"} of the last epoch and
+        "train_seconds" summed over the epochs.
+    """
+    last = history.iloc[-1]
+    return {"val_accuracy": float(last["val_accuracy"]), "final_lr": float(last["lr"]),
+            "train_loss": float(last["train_loss"]),
+            "train_accuracy": float(last["train_accuracy"]),
+            "train_seconds": float(history["epoch_seconds"].sum())}
+
+
+def per_schedule(results: pd.DataFrame) -> pd.DataFrame:
+    """Runs aggregated per schedule (in order of appearance), with the gain over "constant".
+
+    Args:
+        results: one row per run: schedule, seed, test_accuracy and the ``final_epoch`` values.
+
+    Returns:
+        One row per schedule: test mean, sd, min, max; validation mean; training loss, accuracy
+        and seconds (means); ``gain_vs_constant_points``, 100 x (test mean - constant's).
+    """
+    table = results.groupby("schedule", sort=False).agg(
+        test_mean=("test_accuracy", "mean"), test_sd=("test_accuracy", "std"),
+        test_min=("test_accuracy", "min"), test_max=("test_accuracy", "max"),
+        val_mean=("val_accuracy", "mean"), train_loss=("train_loss", "mean"),
+        train_accuracy=("train_accuracy", "mean"), train_seconds=("train_seconds", "mean"))
+    constant = table.loc["constant", "test_mean"]
+    table["gain_vs_constant_points"] = 100 * (table["test_mean"] - constant)
+    return table
+
+
+def plot_learning_curves(curves: Mapping[str, pd.DataFrame],
+                         accuracy_floor: float = 0.85) -> Figure:
+    """Training and validation curves per schedule: loss on a log scale, accuracy zoomed at the top.
+
+    Args:
+        curves: schedule -> the histories of all its seeds, concatenated.
+        accuracy_floor: bottom of the accuracy axis, where the schedules differ.
+
+    Returns:
+        The figure (legend outside, right).
+    """
+    fig = learning_curves(curves)
+    fig.axes[0].set_yscale("log")
+    fig.axes[1].set_ylim(accuracy_floor, 1.001)
+    fig.axes[0].get_legend().remove()
+    fig.axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _fact_table(rows: Sequence[tuple[str, Any, str]]) -> pd.DataFrame:
+    """Facts as a table: index = fact name, columns value (4 significant digits) and context."""
+    def readable(v: Any) -> Any:
+        v = v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
+        return float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v
+
+    values = pd.Series([readable(r[1]) for r in rows], dtype=object).values
+    return pd.DataFrame({"value": values, "context": [r[2] for r in rows]},
+                        index=pd.Index([r[0] for r in rows], name="fact"))
+
+
+def _epochs_before_cut(trace: Sequence[float], base_lr: float, steps_per_epoch: int) -> int:
+    """Whole epochs a trace spends at ``base_lr`` or above before its first decrease below it."""
+    below = np.flatnonzero(np.asarray(trace) < base_lr * (1 - 1e-9))
+    return int(below[0] // steps_per_epoch) if len(below) else len(trace) // steps_per_epoch
+
+
+def summary(table: pd.DataFrame, best: str, half: pd.DataFrame, sweep: pd.DataFrame,
+            suggestion: Mapping[str, float], traces: Mapping[str, Sequence[float]],
+            steps_per_epoch: int, base_lr: float, test_size: int,
+            target_points: float = 1.0) -> pd.DataFrame:
+    """The facts of one run of notebook 09, for its discussion to refer to by name.
+
+    Args:
+        table: ``per_schedule`` of the full-budget runs.
+        best: the schedule chosen on validation accuracy.
+        half: half-budget runs: schedule, seed, epochs, test_accuracy.
+        sweep: constant-rate runs aggregated per learning rate (index lr, column ``mean``).
+        suggestion: ``suggest_max_lr`` of the range test.
+        traces: schedule -> learning rate of every step (``lr_sequence``).
+        steps_per_epoch: batches per epoch.
+        base_lr: the constant rate (``BASE_LR``).
+        test_size: test images (one error is 100 / test_size points).
+        target_points: the equal-budget target, in points.
+
+    Returns:
+        One row per fact: value and context.
+    """
+    gain = float(table.loc[best, "gain_vs_constant_points"])
+    constant = float(table.loc["constant", "test_mean"])
+    half_best = float(half.loc[half["schedule"] == best, "test_accuracy"].astype(float).mean())
+    margin = 100 * (half_best - constant)
+    sds = 100 * table.loc[[best, "constant"], "test_sd"].astype(float)
+    peak, means = suggestion["max_lr"], sweep["mean"]
+    at_peak = means[np.isclose(means.index.to_numpy(dtype=float), peak)]
+    rows = [
+        ("best schedule on validation", best, "highest mean validation accuracy; test not used"),
+        ("gain over constant at equal budget", gain,
+         f"points of mean test accuracy; target at least {target_points:+g}"),
+        ("equal-budget target met", bool(gain >= target_points), "either target suffices"),
+        ("best at half budget minus constant at full", margin, "points; target at least 0"),
+        ("half-budget target met", bool(margin >= 0), "either target suffices"),
+        ("seed sd of the best schedule", float(sds.iloc[0]), "points of test accuracy"),
+        ("seed sd of constant", float(sds.iloc[1]), "points of test accuracy"),
+        ("gain beyond the seed spread", bool(gain > sds.max()), "gain larger than both seed sds"),
+        ("one test error", 100 / test_size, f"points ({test_size} test images)"),
+        ("range test: LR of least loss", suggestion["lr_min_loss"], "learning rate"),
+        ("one-cycle peak / BASE_LR", peak / base_lr, "times"),
+        ("constant at the peak minus constant at BASE_LR",
+         100 * (float(at_peak.iloc[0]) - constant) if len(at_peak) else math.nan,
+         "points of mean test accuracy (NaN: not trained)"),
+        ("best constant LR tried", float(means.idxmax()), f"of {len(means)} constant rates"),
+        ("best minus the best constant", 100 * (float(table.loc[best, "test_mean"]) - means.max()),
+         "points of mean test accuracy"),
+        ("lowest final training accuracy", 100 * float(table["train_accuracy"].min()),
+         "% over schedules, mean over seeds"),
+        ("final training loss, lowest", float(table["train_loss"].min()), "mean over seeds"),
+        ("final training loss, highest", float(table["train_loss"].max()), "mean over seeds"),
+    ]
+    rows += [(f"mean LR of {n} / BASE_LR", float(np.mean(traces[n])) / base_lr, "over all steps")
+             for n in ("onecycle", "exponential") if n in traces]
+    if "plateau" in traces:
+        rows.append(("plateau: epochs before the first cut",
+                     _epochs_before_cut(traces["plateau"], base_lr, steps_per_epoch),
+                     "at BASE_LR, first seed (all epochs: never cut)"))
+    return _fact_table(rows)

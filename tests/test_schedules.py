@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from nbhelpers import schedules as S
+from nbhelpers import schedules
 from nbhelpers.params import ParameterError
 from nbhelpers.train import fit
 
@@ -25,7 +26,7 @@ EPOCHS, STEPS, LR = 4, 3, 0.1
 
 def seq(name: str, metrics=None, epochs: int = EPOCHS, steps: int = STEPS, **kw) -> list[float]:
     """The learning rate of every step of a named schedule."""
-    return S.lr_sequence(S.make_schedule(name, epochs, steps, LR, **kw), epochs, steps, LR, metrics)
+    return schedules.lr_sequence(schedules.make_schedule(name, epochs, steps, LR, **kw), epochs, steps, LR, metrics)
 
 
 def per_epoch(values: list[float], steps: int = STEPS) -> list[float]:
@@ -34,11 +35,11 @@ def per_epoch(values: list[float], steps: int = STEPS) -> list[float]:
 
 
 def test_names_and_step_units():
-    assert set(S.SCHEDULE_NAMES) == set(S.STEP_UNIT) == set(S.CLASSES)
-    for name in S.SCHEDULE_NAMES:
-        sched = S.make_schedule(name, EPOCHS, STEPS, LR)
-        assert sched["scheduler_step"] == S.STEP_UNIT[name]
-    assert S.STEP_UNIT["onecycle"] == S.STEP_UNIT["cosine_warmup"] == "batch"
+    assert set(schedules.SCHEDULE_NAMES) == set(schedules.STEP_UNIT) == set(schedules.CLASSES)
+    for name in schedules.SCHEDULE_NAMES:
+        sched = schedules.make_schedule(name, EPOCHS, STEPS, LR)
+        assert sched["scheduler_step"] == schedules.STEP_UNIT[name]
+    assert schedules.STEP_UNIT["onecycle"] == schedules.STEP_UNIT["cosine_warmup"] == "batch"
 
 
 def test_constant():
@@ -103,17 +104,17 @@ def test_plateau_needs_metrics():
 @pytest.mark.parametrize("bad", ["cosine", "Constant", "", None])
 def test_unknown_name_raises(bad):
     with pytest.raises(ParameterError, match="schedule"):
-        S.make_schedule(bad, EPOCHS, STEPS, LR)
+        schedules.make_schedule(bad, EPOCHS, STEPS, LR)
 
 
 @pytest.mark.parametrize("values", [[], "constant", ["constant", "bogus"], ["step", "step"], None])
 def test_check_schedules_rejects(values):
     with pytest.raises(ParameterError, match="SCHEDULES"):
-        S.check_schedules("SCHEDULES", values)
+        schedules.check_schedules("SCHEDULES", values)
 
 
 def test_check_schedules_accepts():
-    assert S.check_schedules("SCHEDULES", ("onecycle", "constant")) == ["onecycle", "constant"]
+    assert schedules.check_schedules("SCHEDULES", ("onecycle", "constant")) == ["onecycle", "constant"]
 
 
 @pytest.mark.parametrize("kw,name", [({"epochs": 0}, "epochs"), ({"base_lr": 0.0}, "base_lr"),
@@ -121,15 +122,15 @@ def test_check_schedules_accepts():
 def test_bad_budget_or_rate(kw, name):
     args = {"epochs": EPOCHS, "steps_per_epoch": STEPS, "base_lr": LR, **kw}
     with pytest.raises(ParameterError, match=name):
-        S.make_schedule("constant", **args)
+        schedules.make_schedule("constant", **args)
 
 
 def test_warmup_longer_than_training():
     with pytest.raises(ParameterError, match="WARMUP_EPOCHS"):
-        S.check_warmup("WARMUP_EPOCHS", 4, 4)
+        schedules.check_warmup("WARMUP_EPOCHS", 4, 4)
     with pytest.raises(ParameterError, match="warmup_epochs"):
-        S.make_schedule("cosine_warmup", 3, STEPS, LR, warmup_epochs=5)
-    assert S.check_warmup("WARMUP_EPOCHS", 3, 4) == 3
+        schedules.make_schedule("cosine_warmup", 3, STEPS, LR, warmup_epochs=5)
+    assert schedules.check_warmup("WARMUP_EPOCHS", 3, 4) == 3
 
 
 def _toy():
@@ -144,22 +145,107 @@ def test_trace_matches_fit(name):
     """The rates fit logs at the start of each epoch are those of the traced sequence."""
     model, dl = _toy()
     kw = {"step_size": 1, "gamma": 0.5, "warmup_epochs": 1, "max_lr": 0.3}
-    sched = S.make_schedule(name, 3, len(dl), LR, **kw)
+    sched = schedules.make_schedule(name, 3, len(dl), LR, **kw)
     hist = fit(model, dl, epochs=3, lr=LR, optimizer="sgd", progress=False, **sched)
-    assert hist["lr"].tolist() == S.lr_sequence(sched, 3, len(dl), LR)[:: len(dl)]
+    assert hist["lr"].tolist() == schedules.lr_sequence(sched, 3, len(dl), LR)[:: len(dl)]
 
 
 def test_range_test_and_suggestion():
     model, dl = _toy()
     before = [p.clone() for p in model.parameters()]
-    df = S.lr_range_test(model, dl, lr_min=1e-3, lr_max=1.0, steps=10, stop_factor=1e9)
+    df = schedules.lr_range_test(model, dl, lr_min=1e-3, lr_max=1.0, steps=10, stop_factor=1e9)
     assert list(df.columns) == ["step", "lr", "loss", "smoothed_loss"] and len(df) == 10
     assert df["lr"].iloc[0] == 1e-3 and df["lr"].iloc[-1] == pytest.approx(1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is left as it was
     fake = pd.DataFrame({"lr": [0.01, 0.1, 1.0, 10.0], "loss": 0.0, "smoothed_loss": [2.0, 1.0, 0.5, 3.0]})
-    s = S.suggest_max_lr(fake, divisor=4.0)
+    s = schedules.suggest_max_lr(fake, divisor=4.0)
     assert s["lr_min_loss"] == 1.0 and s["max_lr"] == 0.25
 
+
+# --- the tables of notebook 09 ---------------------------------------------------------------
+
+
+def _history(val_acc: float, lr: float, loss: float, acc: float) -> pd.DataFrame:
+    return pd.DataFrame({"val_accuracy": [0.5, val_acc], "lr": [0.1, lr], "train_loss": [1.0, loss],
+                         "train_accuracy": [0.6, acc], "epoch_seconds": [1.5, 2.5],
+                         "val_loss": [0.9, 0.8]})
+
+
+def test_final_epoch_takes_the_last_row_and_sums_time():
+    assert schedules.final_epoch(_history(0.9, 0.01, 0.05, 0.99)) == {
+        "val_accuracy": 0.9, "final_lr": 0.01, "train_loss": 0.05, "train_accuracy": 0.99,
+        "train_seconds": 4.0}
+
+
+def _results() -> pd.DataFrame:
+    """Two seeds of three schedules with known accuracies (test size 1,000: one error 0.1 point)."""
+    acc = {"constant": (0.90, 0.92), "onecycle": (0.94, 0.95), "step": (0.91, 0.91)}
+    val = {"constant": 0.90, "onecycle": 0.93, "step": 0.95}  # step best on validation
+    rows = [{"schedule": n, "seed": s, "epochs": 4, "test_accuracy": a[s],
+             **schedules.final_epoch(_history(val[n], 0.01, 0.01 * (i + 1), 0.99 - 0.01 * i))}
+            for i, (n, a) in enumerate(acc.items()) for s in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+def test_per_schedule_means_and_gain():
+    t = schedules.per_schedule(_results())
+    assert list(t.index) == ["constant", "onecycle", "step"]
+    assert t.loc["onecycle", "test_mean"] == pytest.approx(0.945)
+    assert t.loc["constant", "test_sd"] == pytest.approx(0.02 / math.sqrt(2))
+    assert t.loc["onecycle", "gain_vs_constant_points"] == pytest.approx(3.5)
+    assert t.loc["constant", "gain_vs_constant_points"] == 0.0
+    assert t.loc["step", "train_seconds"] == 4.0
+
+
+def test_summary_facts_follow_the_tables():
+    table = schedules.per_schedule(_results())
+    half = pd.DataFrame({"schedule": ["onecycle", "onecycle", "constant", "constant"],
+                         "seed": [0, 1, 0, 1], "epochs": 2,
+                         "test_accuracy": [0.90, 0.91, 0.85, 0.86]})
+    sweep = pd.DataFrame({"mean": [0.91, 0.93, 0.89]}, index=pd.Index([0.05, 0.1, 0.4], name="lr"))
+    traces = {"constant": [0.05] * 8, "onecycle": [0.016, 0.1, 0.4, 0.3, 0.2, 0.1, 0.01, 0.0],
+              "plateau": [0.05] * 6 + [0.005] * 2}
+    suggestion = {"lr_min_loss": 0.8, "max_lr": 0.4}
+    f = schedules.summary(table, "onecycle", half, sweep, suggestion, traces, steps_per_epoch=2,
+                          base_lr=0.05, test_size=1000, target_points=1.0)
+    v = f["value"]
+    assert list(f.columns) == ["value", "context"] and f.index.is_unique
+    assert f["context"].str.len().max() <= 50  # pandas shows 50 characters of a cell
+    assert v["best schedule on validation"] == "onecycle"
+    assert v["gain over constant at equal budget"] == pytest.approx(3.5)
+    assert v["equal-budget target met"] is True
+    assert v["best at half budget minus constant at full"] == pytest.approx(100 * (0.905 - 0.91))
+    assert v["half-budget target met"] is False
+    assert v["gain beyond the seed spread"] is True  # 3.5 points > sds of 0.7 and 1.4 points
+    assert v["one test error"] == pytest.approx(0.1)
+    assert v["one-cycle peak / BASE_LR"] == pytest.approx(8.0)
+    assert v["constant at the peak minus constant at BASE_LR"] == pytest.approx(-2.0)
+    assert v["best constant LR tried"] == 0.1
+    assert v["best minus the best constant"] == pytest.approx(1.5)
+    assert v["lowest final training accuracy"] == pytest.approx(97.0)
+    assert v["mean LR of onecycle / BASE_LR"] == pytest.approx(np.mean(traces["onecycle"]) / 0.05,
+                                                             rel=1e-3)
+    assert v["plateau: epochs before the first cut"] == 3
+    assert "mean LR of exponential / BASE_LR" not in f.index  # only schedules that ran
+
+
+def test_summary_without_the_peak_in_the_sweep_says_nan():
+    table = schedules.per_schedule(_results())
+    half = pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"])
+    sweep = pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr"))
+    f = schedules.summary(table, "step", half, sweep, {"lr_min_loss": 0.8, "max_lr": 0.4}, {},
+                          steps_per_epoch=2, base_lr=0.05, test_size=1000)
+    assert math.isnan(f.loc["constant at the peak minus constant at BASE_LR", "value"])
+    assert math.isnan(f.loc["best at half budget minus constant at full", "value"])
+    assert f.loc["half-budget target met", "value"] is False
+
+
+def test_plot_learning_curves_zooms_and_moves_the_legend():
+    h = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6],
+                      "train_accuracy": [0.9, 0.95], "val_accuracy": [0.88, 0.93]})
+    fig = schedules.plot_learning_curves({"constant": h, "onecycle": h}, accuracy_floor=0.8)
+    assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_ylim()[0] == 0.8
+    assert fig.axes[0].get_legend() is None and fig.axes[1].get_legend() is not None
 
 
 @pytest.mark.parametrize("override,name", [
