@@ -104,31 +104,3 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "Confusion ma
     fig.tight_layout()
     return fig
 
-
-def tradeoff(df: pd.DataFrame, x: str = "bytes", y: str = "accuracy", hue: str | None = None,
-             size: str | None = None, label: str | None = None, logx: bool = True, title: str = "") -> Figure:
-    """Scatter of a trade-off (e.g. accuracy against bytes), points optionally labelled.
-
-    Args:
-        df: one row per model or setting.
-        x: column on the x axis.
-        y: column on the y axis.
-        hue: column coloring the points.
-        size: column sizing the points.
-        label: column whose values annotate the points.
-        logx: log-scale x axis.
-        title: the title.
-
-    Returns:
-        The figure.
-    """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=df, x=x, y=y, hue=hue, size=size, ax=ax, s=80)
-    if label:
-        for _, r in df.iterrows():
-            ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
