@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from torch import nn
@@ -82,3 +85,118 @@ def get_baseline(
 
     model, extras, hit = cached_model(config, build, train)
     return Baseline(model.eval(), split, pd.DataFrame(extras["history"]), config, hit)
+
+
+# ---------------------------------------------------------------- a run's facts, for its Discussion
+
+#: Columns of every ``summary`` table: the fact's value, its unit and where it comes from.
+FACT_COLUMNS = ["value", "unit", "context"]
+#: Widest context pandas shows in full (``display.max_colwidth``); summaries keep within it.
+CONTEXT_WIDTH = 50
+
+
+def fact_table(rows: Sequence[tuple[str, Any, str, str]]) -> pd.DataFrame:
+    """A table of one run's facts, one row each, for a notebook's Discussion to point at.
+
+    Args:
+        rows: (fact, value, unit, context) tuples; fact names must be unique.
+
+    Returns:
+        Index ``fact``; columns ``value`` (object: numbers, booleans or text), ``unit``,
+        ``context``.
+    """
+    names = [r[0] for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"fact names must be unique: {names}")
+    index = pd.Index(names, name="fact")
+    df = pd.DataFrame([r[1:] for r in rows], columns=FACT_COLUMNS, index=index)
+    df["value"] = pd.Series([r[1] for r in rows], index=df.index, dtype=object)
+    return df
+
+
+def interval_text(row: Mapping[str, Any]) -> str:
+    """The paired 95% interval and McNemar p of a ``measure.compare`` row, as table context.
+
+    Args:
+        row: the model's row (delta_low_points, delta_high_points, p_mcnemar).
+
+    Returns:
+        e.g. "95% CI [-0.51, +0.18], McNemar p = 0.36" (paired; at most 50 characters, the
+        width pandas shows).
+    """
+    low, high = float(row["delta_low_points"]), float(row["delta_high_points"])
+    return f"95% CI [{low:+.2f}, {high:+.2f}], McNemar p = {float(row['p_mcnemar']):.2g}"
+
+
+def verdict_reason(row: Mapping[str, Any]) -> str:
+    """Where a ``measure.compare`` row's paired 95% interval lies, the reason for its verdict.
+
+    Args:
+        row: the model's row (delta_low_points, delta_high_points).
+
+    Returns:
+        "the paired 95% interval lies above zero", "... below zero" or "... contains zero".
+    """
+    low, high = float(row["delta_low_points"]), float(row["delta_high_points"])
+    where = "lies above zero" if low > 0 else "lies below zero" if high < 0 else "contains zero"
+    return f"the paired 95% interval {where}"
+
+
+def above_chance(row: Mapping[str, Any], n_classes: int = 10) -> bool:
+    """Whether an accuracy beats guessing beyond noise: its 95% interval starts above 1/classes.
+
+    Args:
+        row: a ``measure.compare`` row (accuracy_low).
+        n_classes: number of classes (guessing scores 1 / n_classes).
+
+    Returns:
+        True when the lower end of the Wilson interval exceeds 1 / n_classes.
+    """
+    return bool(float(row["accuracy_low"]) > 1.0 / n_classes)
+
+
+def summary(table: pd.DataFrame, macs: Mapping[str, int], n_test: int, baseline: str = "mlp",
+            other: str = "lenet5") -> pd.DataFrame:
+    """This run's facts about the two baselines, from their ``measure.compare`` table.
+
+    Args:
+        table: ``measure.compare`` of the two models (index: model name), ``baseline`` its baseline.
+        macs: model name -> multiply-adds per image (``neuron_pruning.count_macs``).
+        n_test: number of test images.
+        baseline: the row the other is compared with (the MLP).
+        other: the other model (LeNet-5).
+
+    Returns:
+        A ``fact_table``: parameter, multiply-add and byte ratios, the accuracy change with its
+        paired interval and verdict, the speed ratio per batch size, whether each model beats
+        chance, and what one test image and one standard error weigh in points.
+    """
+    b, o = table.loc[baseline], table.loc[other]
+    acc = float(b["accuracy"])
+    rows = [
+        (f"parameters, {baseline} / {other}", round(float(b["params"] / o["params"]), 2), "x",
+         f"{int(b['params']):,} vs {int(o['params']):,}"),
+        (f"multiply-adds per image, {other} / {baseline}", round(macs[other] / macs[baseline], 2),
+         "x", f"{macs[other]:,} vs {macs[baseline]:,}"),
+        (f"bytes on disk, {baseline} / {other}", round(float(o["size_ratio"]), 2), "x",
+         f"{int(b['bytes']):,} vs {int(o['bytes']):,}"),
+        (f"accuracy change, {other} vs {baseline}", round(float(o["accuracy_delta_points"]), 2),
+         "points", interval_text(o)),
+        (f"verdict, {other} vs {baseline}", str(o["verdict"]), "", verdict_reason(o)),
+    ]
+    for col in [c for c in table.columns if c.startswith("speedup_b")]:
+        bs = col.removeprefix("speedup_b")
+        rows.append((f"speed of {other} / {baseline}, batch {bs}", round(float(o[col]), 2), "x",
+                     "above 1: faster; timed side by side"))
+    for name in (baseline, other):
+        r = table.loc[name]
+        low, high = float(r["accuracy_low"]), float(r["accuracy_high"])
+        rows.append((f"{name} above chance", above_chance(r), "",
+                     f"95% interval [{low:.4f}, {high:.4f}] vs 0.1"))
+    rows += [
+        ("one test image", round(100 / n_test, 4), "points", f"{n_test:,} test images"),
+        (f"standard error of {baseline}'s accuracy",
+         round(100 * math.sqrt(acc * (1 - acc) / n_test), 2), "points",
+         f"sqrt(p (1 - p) / n) at p = {acc:.4f}"),
+    ]
+    return fact_table(rows)

@@ -15,9 +15,12 @@ import heapq
 import io
 import lzma
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -180,3 +183,185 @@ def entropy_bits(symbols: np.ndarray) -> float:
     _, counts = np.unique(symbols, return_counts=True)
     p = counts / counts.sum()
     return float(-(counts * np.log2(p)).sum())
+
+
+# ---------------------------------------------------------------- the pipeline's tables and facts
+
+
+def coding_table(arrays: Mapping[str, np.ndarray], plain_bytes: int, coded_bytes: int | None,
+                 identical: bool) -> pd.Series:
+    """What the artifact holds and what each way of coding it costs, in bytes.
+
+    Args:
+        arrays: from ``pack_int8_sparse``.
+        plain_bytes: bytes of the plain artifact.
+        coded_bytes: bytes of the LZMA-coded artifact (None when not written).
+        identical: whether the artifact read back gave the identical int8 model.
+
+    Returns:
+        Non-zero and distinct int8 weights, the plain and LZMA bytes, the Huffman estimate and the
+        Shannon bound of the values plus the 1-bit-per-weight bitmaps, and the round-trip check.
+    """
+    values = nonzero_values(arrays)
+    bitmap_bits = sum(int(np.prod(arrays[k])) for k in arrays if k.endswith(".shape"))
+    return pd.Series({
+        "non-zero int8 weights": len(values),
+        "distinct int8 values": len(np.unique(values)),
+        "plain artifact (bytes)": plain_bytes,
+        "LZMA-coded artifact (bytes)": coded_bytes,
+        "Huffman-coded values + bitmap, estimate (bytes)": (huffman_bits(values) + bitmap_bits) / 8,
+        "Shannon bound of values + bitmap (bytes)": (entropy_bits(values) + bitmap_bits) / 8,
+        "artifact gives back the identical int8 model": bool(identical),
+    }, dtype=object)
+
+
+def nonzero_values(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Every layer's non-zero int8 weights of an artifact, concatenated in layer order."""
+    return np.concatenate([arrays[k] for k in arrays if k.endswith(".values")])
+
+
+def with_entropy_stage(table: pd.DataFrame, coded_bytes: int, name: str = "5 + entropy coding"
+                       ) -> pd.DataFrame:
+    """The stage table plus the entropy-coded stage: the last stage's model with the coded bytes.
+
+    The coded artifact decodes to the same int8 model, so accuracy and latency are the last
+    stage's; only the bytes and the size ratio (against the first row, the baseline) change.
+
+    Args:
+        table: ``measure.compare`` of the stages, the baseline first.
+        coded_bytes: bytes of the LZMA-coded artifact.
+        name: the new row's name.
+
+    Returns:
+        A new table with the extra row.
+    """
+    out = table.copy()
+    last = out.iloc[-1].copy()
+    last["bytes"] = coded_bytes
+    last["size_ratio"] = out["bytes"].iloc[0] / coded_bytes
+    out.loc[name] = last
+    return out
+
+
+def stage_steps(table: pd.DataFrame, batch_sizes: Sequence[int]) -> pd.DataFrame:
+    """Each stage against the one before it: accuracy points, times smaller, times faster.
+
+    Args:
+        table: the stages in pipeline order (accuracy, bytes, latency_ms_b<bs>).
+        batch_sizes: the timed batch sizes.
+
+    Returns:
+        A copy with accuracy_vs_previous_points, smaller_than_previous and
+        faster_than_previous_b<bs> (NaN on the first row).
+    """
+    out = table.copy()
+    prev = table.shift(1)
+    out["accuracy_vs_previous_points"] = (table["accuracy"] - prev["accuracy"]) * 100
+    out["smaller_than_previous"] = prev["bytes"] / table["bytes"]
+    for bs in batch_sizes:
+        out[f"faster_than_previous_b{bs}"] = prev[f"latency_ms_b{bs}"] / table[f"latency_ms_b{bs}"]
+    return out
+
+
+def executed_records(reports_dir: str | Path, pattern: str = "0[4-7]_*.ipynb"
+                     ) -> dict[str, dict[str, Any]]:
+    """The records of the executed notebooks in a folder that recorded a ``comparison``.
+
+    Args:
+        reports_dir: folder of executed notebooks (a missing folder gives none).
+        pattern: glob of the notebooks to read.
+
+    Returns:
+        Notebook stem -> its records (``nbhelpers.record.read``), in name order.
+    """
+    from .record import read
+
+    out = {}
+    for path in sorted(Path(reports_dir).glob(pattern)):
+        recs = read(path)
+        if recs.get("comparison"):
+            out[path.stem] = recs
+    return out
+
+
+def pareto_board(others: Mapping[str, Mapping[str, Any]], stages: pd.DataFrame, notebook: str,
+                 baseline: str) -> pd.DataFrame:
+    """One leaderboard of other notebooks' comparisons and this pipeline's stages.
+
+    Args:
+        others: notebook stem -> records (``executed_records``), each with ``comparison`` and
+            ``comparison_baseline``.
+        stages: the pipeline's stage table (index: stage name).
+        notebook: this notebook's stem, for its rows.
+        baseline: the pipeline's baseline stage.
+
+    Returns:
+        ``leaderboard.COLUMNS`` rows that have both an accuracy and bytes, others first.
+    """
+    from . import leaderboard
+
+    own = stages.rename_axis("model").reset_index()
+    own = own.assign(notebook=notebook, is_baseline=own["model"] == baseline)
+    parts = [leaderboard.build(others), own.reindex(columns=leaderboard.COLUMNS)]
+    board = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    return board[board["accuracy"].notna() & board["bytes"].notna()].reset_index(drop=True)
+
+
+def single_technique_points(board: pd.DataFrame, notebook: str) -> pd.DataFrame:
+    """The optimized models of the other notebooks on a ``pareto_board`` (baselines excluded)."""
+    return board[(board["notebook"] != notebook) & ~board["is_baseline"].astype(bool)]
+
+
+def summary(stages: pd.DataFrame, targets: Sequence[Mapping[str, Any]], board: pd.DataFrame, *,
+            notebook: str) -> pd.DataFrame:
+    """This run's facts about the pipeline, from its stage table, targets and Pareto board.
+
+    Args:
+        stages: ``stage_steps`` of the stages (first row: the baseline; last: the final stage),
+            with a ``macs`` column.
+        targets: ``nbhelpers.targets.target`` dicts.
+        board: ``pareto_board``.
+        notebook: this notebook's stem on the board.
+
+    Returns:
+        A ``fact_table``: the final model against the baseline, each stage's size and speed step,
+        the multiply-adds, each target's verdict and the Pareto picture's counts.
+    """
+    from .baseline import fact_table, interval_text, verdict_reason
+    from .leaderboard import pareto_front
+    from .targets import measured_text
+
+    base, fin = stages.iloc[0], stages.iloc[-1]
+    speed = [c for c in stages.columns if c.startswith("speedup_b")]
+    big = max(speed, key=lambda c: int(c.removeprefix("speedup_b")))
+    rows = [
+        ("final stage", str(stages.index[-1]), "", f"after {len(stages) - 1} stages"),
+        ("final: times smaller than the baseline", round(float(fin["size_ratio"]), 2), "x",
+         f"{int(base['bytes']):,} to {int(fin['bytes']):,} bytes"),
+        ("final: accuracy change vs the baseline", round(float(fin["accuracy_delta_points"]), 2),
+         "points", interval_text(fin)),
+        ("final: verdict vs the baseline", str(fin["verdict"]), "", verdict_reason(fin)),
+    ]
+    rows += [(f"final: speed vs the baseline, batch {c.removeprefix('speedup_b')}",
+              round(float(fin[c]), 2), "x", "above 1: faster") for c in speed]
+    rows.append(("multiply-adds per image, baseline / final", round(base["macs"] / fin["macs"], 2),
+                 "x", f"{int(base['macs']):,} to {int(fin['macs']):,}"))
+    for name, r in stages.iloc[1:].iterrows():
+        rows.append((f"{name}: times smaller", round(float(r["smaller_than_previous"]), 2), "x",
+                     "than the stage before, bytes on disk"))
+    b = big.removeprefix("speedup_b")
+    for name, r in stages.iloc[1:].iterrows():
+        step = round(float(r[f"faster_than_previous_b{b}"]), 2)
+        rows.append((f"{name}: times faster, b{b}", step, "x", f"than the stage before, batch {b}"))
+    rows += [(f"target met: {t['name']}", bool(t["met"]), "",
+              measured_text(t) + (" (within noise)" if t.get("decided") is False else ""))
+             for t in targets]
+    others = single_technique_points(board, notebook)
+    front = pareto_front(board) if len(board) else board
+    rows += [
+        ("single-technique models on the picture", len(others), "models",
+         f"from {others['notebook'].nunique()} notebooks"),
+        ("pipeline stages on the Pareto front", int((front["notebook"] == notebook).sum()),
+         "points", f"of {len(front)} Pareto-optimal points"),
+    ]
+    return fact_table(rows)

@@ -1,16 +1,26 @@
-"""nbhelpers.compression: the sparse int8 artifact round-trips exactly; the entropy coders count right."""
+"""nbhelpers.compression: the sparse int8 artifact round-trips exactly; the entropy coders count
+right; the pipeline's tables, the Pareto merge of executed reports and the facts of a run."""
 
 import math
 import warnings
 
+import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from nbhelpers.compression import (entropy_bits, huffman_bits, int8_linears, load_artifact, pack_int8_sparse, save_artifact,
-                                   unpack_float_mlp, unpack_int8_mlp)
+from nbhelpers import leaderboard
+from nbhelpers.compression import (coding_table, entropy_bits, executed_records, huffman_bits,
+                                   int8_linears, load_artifact, nonzero_values, pack_int8_sparse,
+                                   pareto_board, save_artifact, single_technique_points,
+                                   stage_steps, summary, unpack_float_mlp, unpack_int8_mlp,
+                                   with_entropy_stage)
+from nbhelpers.baseline import CONTEXT_WIDTH
 from nbhelpers.models import MLP
+from nbhelpers.record import MIME_TYPE
+from nbhelpers.targets import target
 
 
 def _dynamic(model):
@@ -70,3 +80,144 @@ def test_huffman_and_entropy_on_known_counts():
     assert huffman_bits(np.array([7, 7, 7])) == 0
     u = np.arange(8)
     assert huffman_bits(u) == 24 and entropy_bits(u) == pytest.approx(8 * math.log2(8))
+
+
+# ---------------------------------------------------------------- the pipeline's tables and facts
+
+
+def stage_table() -> pd.DataFrame:
+    """A ``measure.compare``-shaped table of three stages, the first the baseline."""
+    df = pd.DataFrame({
+        "accuracy": [0.944, 0.95, 0.94], "accuracy_low": [0.94, 0.945, 0.935],
+        "accuracy_high": [0.948, 0.955, 0.945], "params": [1000, 200, 200],
+        "nonzero": [1000, 200, 20], "bytes": [4000, 800, 100],
+        "latency_ms_b1": [0.1, 0.05, 0.05], "latency_ms_b256": [2.0, 0.5, 0.4],
+        "accuracy_delta_points": [0.0, 0.6, -0.4], "delta_low_points": [np.nan, 0.1, -0.9],
+        "delta_high_points": [np.nan, 1.1, 0.1], "p_mcnemar": [np.nan, 0.02, 0.2],
+        "verdict": ["baseline", "better", "within noise"], "macs": [1000, 200, 200],
+    }, index=pd.Index(["baseline fp32", "1 small", "2 + int8"], name="model"))
+    df["size_ratio"] = 4000 / df["bytes"]
+    for bs in (1, 256):
+        df[f"speedup_b{bs}"] = df[f"latency_ms_b{bs}"].iloc[0] / df[f"latency_ms_b{bs}"]
+    return df
+
+
+def test_coding_table(sparse_int8):
+    _, q = sparse_int8
+    arrays = pack_int8_sparse(q)
+    values = nonzero_values(arrays)
+    assert len(values) == sum(len(arrays[k]) for k in arrays if k.endswith(".values"))
+    t = coding_table(arrays, 900, 500, True)
+    bitmap = 64 * 16 + 16 * 8 + 8 * 10  # one bit per weight of every layer
+    assert t["non-zero int8 weights"] == len(values)
+    assert t["distinct int8 values"] == len(np.unique(values))
+    assert t["plain artifact (bytes)"] == 900 and t["LZMA-coded artifact (bytes)"] == 500
+    huffman = (huffman_bits(values) + bitmap) / 8
+    assert t["Huffman-coded values + bitmap, estimate (bytes)"] == huffman
+    assert t["Shannon bound of values + bitmap (bytes)"] == (entropy_bits(values) + bitmap) / 8
+    assert t["artifact gives back the identical int8 model"] is True
+    assert coding_table(arrays, 900, None, False)["LZMA-coded artifact (bytes)"] is None
+
+
+def test_entropy_stage_and_steps():
+    table = stage_table()
+    out = with_entropy_stage(table, 50, "3 + entropy coding")
+    assert list(out.index)[-1] == "3 + entropy coding" and len(table) == 3  # the input is untouched
+    last = out.loc["3 + entropy coding"]
+    assert last["bytes"] == 50 and last["size_ratio"] == 80.0
+    assert last["accuracy"] == 0.94 and last["latency_ms_b256"] == 0.4 and last["macs"] == 200
+    steps = stage_steps(out, [1, 256])
+    assert np.isnan(steps["smaller_than_previous"].iloc[0])
+    assert list(steps["smaller_than_previous"].iloc[1:]) == [5.0, 8.0, 2.0]
+    assert list(steps["faster_than_previous_b256"].iloc[1:]) == [4.0, 1.25, 1.0]
+    assert steps["accuracy_vs_previous_points"].iloc[1:].round(6).tolist() == [0.6, -1.0, 0.0]
+
+
+def write_report(path, records: dict) -> None:
+    """An executed notebook whose one cell recorded ``records`` (as ``nbhelpers.record`` does)."""
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("record(...)")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        MIME_TYPE: {"name": k, "value": v}, "text/plain": f"{k} = ..."})
+        for k, v in records.items()]
+    nb.cells.append(cell)
+    nbformat.write(nb, str(path))
+
+
+def comparison_records(models: dict[str, tuple[float, int]], baseline: str) -> dict:
+    """Records of a technique notebook: comparison rows (model, accuracy, bytes) and baseline."""
+    rows = [{"model": m, "accuracy": a, "bytes": b, "size_ratio": models[baseline][1] / b}
+            for m, (a, b) in models.items()]
+    return {"comparison": rows, "comparison_baseline": baseline}
+
+
+@pytest.fixture()
+def reports(tmp_path):
+    """Two executed technique notebooks, one without a comparison, and one outside 04-07."""
+    write_report(tmp_path / "04_weight_pruning.ipynb",
+                 comparison_records({"mlp fp32": (0.944, 4000), "pruned": (0.946, 250)},
+                                    "mlp fp32"))
+    write_report(tmp_path / "06_quantization.ipynb",
+                 comparison_records({"fp32": (0.944, 4000), "int8": (0.943, 1000),
+                                     "int4": (0.90, 600)}, "fp32"))
+    write_report(tmp_path / "05_neuron_pruning.ipynb", {"comparison": [], "other": 1})
+    write_report(tmp_path / "00_baseline.ipynb",
+                 comparison_records({"mlp": (0.944, 4000), "lenet5": (0.97, 1000)}, "mlp"))
+    return tmp_path
+
+
+def test_executed_records_reads_the_reports_with_a_comparison(reports, tmp_path):
+    recs = executed_records(reports)
+    assert list(recs) == ["04_weight_pruning", "06_quantization"]
+    assert recs["06_quantization"]["comparison_baseline"] == "fp32"
+    assert len(recs["06_quantization"]["comparison"]) == 3
+    assert executed_records(tmp_path / "missing") == {}
+    assert list(executed_records(reports, "00_*.ipynb")) == ["00_baseline"]
+
+
+def test_pareto_board_merges_the_reports_with_the_stages(reports):
+    board = pareto_board(executed_records(reports), stage_table(), "10_pipe",
+                         baseline="baseline fp32")
+    assert list(board.columns) == leaderboard.COLUMNS
+    assert board["notebook"].tolist() == (["04_weight_pruning"] * 2 + ["06_quantization"] * 3
+                                          + ["10_pipe"] * 3)
+    assert board["is_baseline"].tolist() == [True, False, True, False, False, True, False, False]
+    assert board.loc[board.notebook == "10_pipe", "model"].tolist() == list(stage_table().index)
+    others = single_technique_points(board, "10_pipe")
+    assert others["model"].tolist() == ["pruned", "int8", "int4"]
+    front = leaderboard.pareto_front(board)
+    assert front["model"].tolist() == ["2 + int8", "pruned", "1 small"]  # 100 B, 250 B, 800 B
+    alone = pareto_board({}, stage_table(), "10_pipe", baseline="baseline fp32")
+    assert len(alone) == 3 and single_technique_points(alone, "10_pipe").empty
+
+
+def test_pipeline_summary(reports):
+    table = stage_steps(stage_table(), [1, 256])
+    board = pareto_board(executed_records(reports), table, "10_pipe", baseline="baseline fp32")
+    targets = [target("size", 40.0, ">=", 40, "x"),
+               target("loss", 0.4, "<=", 1.0, "points", interval=(-0.1, 1.2)),
+               target("speed", 2.0, ">=", 3, "x")]
+    f = summary(table, targets, board, notebook="10_pipe")
+    v = f["value"]
+    assert v["final stage"] == "2 + int8"
+    assert v["final: times smaller than the baseline"] == 40.0
+    assert f.loc["final: times smaller than the baseline", "context"] == "4,000 to 100 bytes"
+    assert v["final: accuracy change vs the baseline"] == -0.4
+    assert v["final: verdict vs the baseline"] == "within noise"
+    assert f.loc["final: verdict vs the baseline", "context"] == \
+        "the paired 95% interval contains zero"
+    assert v["final: speed vs the baseline, batch 1"] == 2.0
+    assert v["final: speed vs the baseline, batch 256"] == 5.0
+    assert v["multiply-adds per image, baseline / final"] == 5.0
+    assert v["1 small: times smaller"] == 5.0 and v["2 + int8: times smaller"] == 8.0
+    assert v["1 small: times faster, b256"] == 4.0 and v["2 + int8: times faster, b256"] == 1.25
+    assert [v[f"target met: {n}"] for n in ("size", "loss", "speed")] == [True, True, False]
+    assert f.loc["target met: loss", "context"] == "0.4 [-0.1, 1.2] points (within noise)"
+    assert f.loc["target met: speed", "context"] == "2 x"
+    assert f["context"].str.len().max() <= CONTEXT_WIDTH  # pandas shows every context in full
+    longest = "3 + unstructured pruning: times faster, b256"  # the notebook's longest stage fact
+    assert max(f.index.str.len().max(), len(longest)) <= CONTEXT_WIDTH
+    assert v["single-technique models on the picture"] == 3
+    assert f.loc["single-technique models on the picture", "context"] == "from 2 notebooks"
+    assert v["pipeline stages on the Pareto front"] == 2
+    assert f.loc["pipeline stages on the Pareto front", "context"] == "of 3 Pareto-optimal points"

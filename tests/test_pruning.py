@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers import pruning as P
+from nbhelpers.baseline import (CONTEXT_WIDTH, above_chance, fact_table, interval_text,
+                                verdict_reason)
+from nbhelpers.baseline import summary as baseline_summary
 from nbhelpers.models import LeNet5, MLP
 from nbhelpers.params import ParameterError
 
@@ -188,3 +194,205 @@ def test_kernel_latency_table():
     df = P.kernel_latency(w, (1, 4), repeats=2)
     assert list(df.kernel) == ["dense", "sparse csr"] * 2 and (df.median_ms > 0).all()
     assert df.sparsity.iloc[0] == pytest.approx(0.9, abs=1e-3)
+
+
+# ---------------------------------------------------------------- the notebook's tables and facts
+
+
+def compare_rows(rows: dict[str, dict]) -> pd.DataFrame:
+    """A ``measure.compare``-shaped table from {model: columns}, the first model the baseline."""
+    df = pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+    base = df.iloc[0]
+    df["size_ratio"] = base["bytes"] / df["bytes"]
+    for bs in (1, 64):
+        df[f"speedup_b{bs}"] = base[f"latency_ms_b{bs}"] / df[f"latency_ms_b{bs}"]
+    return df
+
+
+def row(acc, params, nonzero, nbytes, ms1, ms64, delta=0.0, lo=None, hi=None, p=None,
+        verdict="baseline", acc_lo=None, acc_hi=None):
+    return {"accuracy": acc, "accuracy_low": acc_lo if acc_lo is not None else acc - 0.01,
+            "accuracy_high": acc_hi if acc_hi is not None else acc + 0.01,
+            "params": params, "nonzero": nonzero, "bytes": nbytes, "latency_ms_b1": ms1,
+            "latency_ms_b64": ms64, "accuracy_delta_points": delta, "delta_low_points": lo,
+            "delta_high_points": hi, "p_mcnemar": p, "verdict": verdict}
+
+
+def test_same_weights_and_reparametrisation():
+    base = mlp()
+    naive = P.threshold_prune(copy.deepcopy(base), P.global_threshold(base, 0.8))
+    pruned = P.magnitude_prune(copy.deepcopy(base), 0.8, "global")
+    assert P.same_weights(naive, pruned) and not P.same_weights(base, pruned)
+    assert not P.same_weights(base, MLP(64, (32,)))  # different number of layers
+    info = P.reparametrisation(pruned[1])
+    assert info["parameters"] == "bias, weight_orig" and info["buffers"] == "weight_mask"
+    assert info["forward_pre_hooks"] and info["weight == weight_orig * weight_mask"] is True
+    plain = P.reparametrisation(base[1])
+    assert plain == {"parameters": "weight, bias", "buffers": "", "forward_pre_hooks": "",
+                     "weight == weight_orig * weight_mask": False}
+
+
+def test_accuracy_row_measures_sparsity_and_both_accuracies():
+    model = P.magnitude_prune(mlp(), 0.5, "global")
+    x = torch.rand(20, 64)
+    y = model(x).argmax(1)  # labels the model gets right, then half of them wrong
+    val = DataLoader(TensorDataset(x, y), batch_size=8)
+    half_wrong = torch.where(torch.arange(20) < 10, y, (y + 1) % 10)
+    test = DataLoader(TensorDataset(x, half_wrong), batch_size=8)
+    r = P.accuracy_row(model, "one-shot/global", 0.5, val, test, seconds=1.5)
+    assert r == {"run": "one-shot/global", "sparsity": 0.5, "measured_sparsity": P.sparsity(model),
+                 "val_accuracy": 1.0, "test_accuracy": 0.5, "train_seconds": 1.5}
+    assert r["measured_sparsity"] == round(0.5 * total(model)) / total(model)
+
+
+def test_global_layer_sparsity_leaves_the_model_and_reaches_each_level():
+    base = mlp()
+    before = copy.deepcopy(base.state_dict())
+    table = P.global_layer_sparsity(base, [0.5, 0.9])
+    assert list(table.columns) == ["0.5", "0.9"] and list(table.index) == ["1", "3", "5", "total"]
+    n = total(base)
+    assert table.loc["total", "0.9"] == round(0.9 * n) / n
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    assert not P.is_pruned(base)
+
+
+def test_storage_table_ratios_and_round_trips(tmp_path):
+    state = P.make_permanent(P.magnitude_prune(mlp(), 0.9)).state_dict()
+    dense, sparse = tmp_path / "d.pt", tmp_path / "s.npz"
+    torch.save(state, dense)
+    wrong = {k: v + 1 for k, v in state.items()}
+    files = {"dense": (dense, 4000, None),
+             "sparse": (sparse, P.save_sparse(state, sparse), P.load_sparse),
+             "wrong": (sparse, 1000, lambda p: wrong),
+             "missing key": (sparse, 800, lambda p: dict(list(state.items())[:1]))}
+    t = P.storage_table(files, state, baseline="dense")
+    assert list(t.index) == ["dense", "sparse", "wrong", "missing key"]
+    assert t.loc["dense", "times smaller"] == 1.0 and t.loc["wrong", "times smaller"] == 4.0
+    assert t.loc["dense", "round-trips exactly"] is None
+    assert t.loc["sparse", "round-trips exactly"] is True
+    assert t.loc["wrong", "round-trips exactly"] is False
+    assert t.loc["missing key", "round-trips exactly"] is False
+    assert t.loc["sparse", "file"] == "s.npz" and t.loc["sparse", "bytes"] == sparse.stat().st_size
+
+
+def kernels() -> pd.DataFrame:
+    """Hand-made kernel timings: at batch 1 dense always wins; at batch 64 CSR wins from 0.9."""
+    ms = {(1, 0.0): (1, 5), (1, 0.9): (1, 2), (1, 0.99): (1, 1.5),
+          (64, 0.0): (2, 9), (64, 0.9): (2, 1), (64, 0.99): (2, 0.5)}
+    return pd.DataFrame([{"kernel": k, "batch_size": bs, "median_ms": t, "sparsity": s,
+                          "shape": "4x8"}
+                         for (bs, s), pair in ms.items()
+                         for k, t in zip(("dense", "sparse csr"), pair)])
+
+
+def test_sparse_kernel_wins():
+    wins = P.sparse_kernel_wins(kernels())
+    assert list(wins.index) == [1, 64] and np.isnan(wins[1]) and wins[64] == 0.9
+
+
+def pruning_tables():
+    at_target = pd.DataFrame({
+        "run": [P.NAIVE_RUN, P.LAYER_NO_FINETUNE_RUN, "one-shot/layer", "one-shot/global",
+                "iterative/global", "gradual/global"],
+        "sparsity": 0.95, "test_accuracy": [0.45, 0.26, 0.93, 0.945, 0.94, 0.946]}).set_index("run")
+    comparison = compare_rows({
+        "dense": row(0.944, 1000, 1000, 4000, 0.1, 2.0),
+        "pruned": row(0.946, 1000, 50, 250, 0.1, 2.5, delta=0.2, lo=-0.18, hi=0.5, p=0.36,
+                      verdict="within noise"),
+        "csr": row(0.946, 1000, 50, 500, 0.2, 0.8, delta=0.2, lo=-0.18, hi=0.5, p=0.36,
+                   verdict="within noise")})
+    storage = pd.DataFrame({"format": ["dense", "npz"], "bytes": [4000, 250],
+                            "times smaller": [1.0, 16.0]}).set_index("format")
+    layers = pd.Series({"1": 0.958, "3": 0.897, "5": 0.658, "total": 0.95})
+    return at_target, comparison, storage, kernels(), layers
+
+
+def test_pruning_summary_states_this_runs_facts():
+    f = P.summary(*pruning_tables(), pruned="pruned", csr="csr", best_run="gradual/global",
+                  naive_equals_global=True)
+    assert list(f.columns) == ["value", "unit", "context"] and f.index.name == "fact"
+    v = f["value"]
+    assert v["naive threshold: test accuracy"] == 0.45
+    assert v["best fine-tuned run: test accuracy"] == 0.946
+    assert f.loc["best fine-tuned run: test accuracy", "context"] == "gradual/global, sparsity 0.95"
+    assert v["fine-tuning beats the naive threshold"] is True
+    assert f.loc["fine-tuning beats the naive threshold", "context"].startswith("+49.60 points")
+    assert f.loc["one matrix: sparse kernel first faster, batch 64", "context"] == \
+        "W 4x8, timed from 0 to 0.99"
+    assert f["context"].str.len().max() <= CONTEXT_WIDTH  # pandas shows every context in full
+    long_format = "times smaller: pruned, CSR npz (uint16 indices)"  # the notebook's longest name
+    assert max(f.index.str.len().max(), len(long_format)) <= CONTEXT_WIDTH
+    assert v["naive mask identical to global one-shot"] is True
+    layers = [v[f"layer {n}: sparsity under one global threshold"] for n in "135"]
+    assert layers == [0.958, 0.897, 0.658]
+    assert v["no fine-tuning: global minus layer-wise"] == 19.0
+    assert v["one-shot: global minus layer-wise"] == 1.5
+    assert v["spread of the fine-tuned global runs"] == 0.6
+    assert v["run chosen on validation"] == "gradual/global"
+    assert v["chosen run: accuracy change vs dense"] == 0.2
+    assert f.loc["chosen run: accuracy change vs dense", "context"] == \
+        "95% CI [-0.18, +0.50], McNemar p = 0.36"
+    assert v["chosen run: verdict vs dense"] == "within noise"
+    reason = f.loc["chosen run: verdict vs dense", "context"]
+    assert reason == "the paired 95% interval contains zero"
+    assert v["non-zero weights"] == 50 and v["times smaller: npz"] == 16.0
+    assert v["pruned, dense kernels: speed vs dense, batch 64"] == 0.8
+    assert v["pruned, CSR kernels: speed vs dense, batch 64"] == 2.5
+    assert v["CSR-kernel model faster than dense, batch 1"] is False
+    assert v["CSR-kernel model faster than dense, batch 64"] is True
+    assert v["one matrix: sparse kernel first faster, batch 1"] == "never"
+    assert v["one matrix: sparse kernel first faster, batch 64"] == 0.9
+
+
+def test_pruning_summary_without_optional_runs():
+    at_target, comparison, storage, kern, layers = pruning_tables()
+    at_target = at_target.loc[[P.NAIVE_RUN, P.LAYER_NO_FINETUNE_RUN, "one-shot/global"]]
+    at_target.loc["one-shot/global", "test_accuracy"] = 0.4  # fine-tuning lost to the naive mask
+    f = P.summary(at_target, comparison, storage, kern, layers, pruned="pruned", csr="csr",
+                  best_run="one-shot/global", naive_equals_global=False)
+    assert f.loc["fine-tuning beats the naive threshold", "value"] is False
+    assert "one-shot: global minus layer-wise" not in f.index
+    assert "spread of the fine-tuned global runs" not in f.index  # a single global run
+
+
+# ---------------------------------------------------------------- fact tables (nbhelpers.baseline)
+
+
+def test_fact_table_and_helpers():
+    f = fact_table([("a", 1.5, "x", "ctx"), ("b", True, "", ""), ("c", "text", "", "")])
+    assert list(f.index) == ["a", "b", "c"] and f["value"].dtype == object
+    assert f.loc["b", "value"] is True and f.loc["a", "unit"] == "x"
+    with pytest.raises(ValueError, match="unique"):
+        fact_table([("a", 1, "", ""), ("a", 2, "", "")])
+    assert above_chance({"accuracy_low": 0.11}) and not above_chance({"accuracy_low": 0.1})
+    assert above_chance({"accuracy_low": 0.3}, n_classes=4)
+    assert not above_chance({"accuracy_low": 0.2}, n_classes=4)
+    text = interval_text({"delta_low_points": -1.234, "delta_high_points": 0.5,
+                          "p_mcnemar": 0.0123})
+    assert text == "95% CI [-1.23, +0.50], McNemar p = 0.012"
+    reasons = [verdict_reason({"delta_low_points": lo, "delta_high_points": hi})
+               for lo, hi in [(0.1, 2.0), (-2.0, -0.1), (-0.1, 0.1), (0.0, 1.0)]]
+    assert reasons == ["the paired 95% interval " + w for w in
+                       ("lies above zero", "lies below zero", "contains zero", "contains zero")]
+
+
+def test_baseline_summary():
+    table = compare_rows({
+        "mlp": row(0.9444, 266610, 266610, 1069077, 0.07, 1.8, acc_lo=0.9397),
+        "lenet5": row(0.9705, 61706, 61706, 250309, 0.28, 13.5, delta=2.61, lo=2.2, hi=3.0, p=1e-20,
+                      verdict="better", acc_lo=0.05)})
+    f = baseline_summary(table, {"mlp": 266200, "lenet5": 416520}, n_test=10000)
+    v = f["value"]
+    assert v["parameters, mlp / lenet5"] == 4.32
+    assert f.loc["parameters, mlp / lenet5", "context"] == "266,610 vs 61,706"
+    assert v["multiply-adds per image, lenet5 / mlp"] == 1.56
+    assert v["bytes on disk, mlp / lenet5"] == 4.27
+    assert v["accuracy change, lenet5 vs mlp"] == 2.61 and v["verdict, lenet5 vs mlp"] == "better"
+    assert f.loc["verdict, lenet5 vs mlp", "context"] == "the paired 95% interval lies above zero"
+    assert v["speed of lenet5 / mlp, batch 1"] == 0.25
+    assert v["speed of lenet5 / mlp, batch 64"] == 0.13
+    assert v["mlp above chance"] is True and v["lenet5 above chance"] is False
+    assert v["one test image"] == 0.01
+    assert f["context"].str.len().max() <= CONTEXT_WIDTH
+    assert f.index.str.len().max() <= CONTEXT_WIDTH
+    assert v["standard error of mlp's accuracy"] == 0.23  # sqrt(0.9444 * 0.0556 / 10000) = 0.229%
