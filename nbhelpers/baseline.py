@@ -8,16 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import nn
 
 from .cache import cached_model, runtime_key
 from .data import Split, load_split, loaders
 from .models import build_model
+from .params import check_choice
 from .train import fit, seed_everything
 
 #: The recipe of the shared baselines (Adam, batch 64; like DESIGN.md's measured MLP).
 RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0}
 EPOCHS = {"mlp": 15, "lenet5": 12}
+#: Learning-rate schedules of the baseline recipe.
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -50,6 +54,7 @@ def get_baseline(
     device: str = "cpu",
     progress: bool = True,
     train_size: int | None = None,
+    schedule: str = "constant",
 ) -> Baseline:
     """The shared baseline for (dataset, arch, seed, epochs), from the cache or trained now.
 
@@ -63,15 +68,18 @@ def get_baseline(
         progress: show the training progress bar.
         train_size: train on a stratified subset of this many training images (None: all);
             validation and test stay the split's own (for "mnist": the official 10,000 test images).
+        schedule: learning rate over the epochs, "constant" (the shared recipe) or "cosine"
+            (annealed to 0 over ``epochs``; the papers' dense errors need a decaying rate).
 
     Returns:
         The ``Baseline`` (model on the CPU, in eval mode).
     """
+    check_choice("BASELINE_SCHEDULE", schedule, SCHEDULES)
     split = load_split(dataset, seed, limit=limit, train_size=train_size)
     epochs = EPOCHS[arch] if epochs is None else epochs
     config = {"name": f"{dataset}-{arch}", "dataset": dataset, "arch": arch, "seed": seed,
               "epochs": epochs, "limit": limit, **RECIPE, "split": split.sizes(), "version": 1,
-              **runtime_key(device)}
+              **runtime_key(device), "schedule": schedule}
     dl = loaders(split, RECIPE["batch_size"], flat=arch == "mlp", seed=seed)
 
     def build() -> nn.Module:
@@ -79,7 +87,9 @@ def get_baseline(
         return build_model(arch, split.image_shape)
 
     def train(model: nn.Module) -> dict:
-        hist = fit(model, dl["train"], dl["val"], epochs=epochs, lr=RECIPE["lr"],
+        cosine = (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)) \
+            if schedule == "cosine" else None
+        hist = fit(model, dl["train"], dl["val"], epochs=epochs, lr=RECIPE["lr"], scheduler=cosine,
                    optimizer=RECIPE["optimizer"], device=device, progress=progress, desc=f"{arch} baseline")
         return {"history": hist.to_dict(orient="list")}
 

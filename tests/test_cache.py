@@ -3,10 +3,12 @@
 import threading
 import time
 
+import pytest
 import torch
 
 from nbhelpers.cache import cache_path, cached_model, config_key
 from nbhelpers.models import MLP
+from nbhelpers.params import ParameterError
 
 CONFIG = {"name": "unit", "seed": 1, "epochs": 2}
 
@@ -170,3 +172,17 @@ def test_json_concurrent_requests_compute_once(tmp_path):
         t.join()
     assert len(calls) == 1 and sorted(r[1] for r in results) == [False, True, True]
     assert all(r[0] == {"v": 1} for r in results) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_cosine_baseline_is_another_artifact(tmp_path, monkeypatch):
+    """The schedule is part of the recipe: a cosine baseline has its own key and anneals its rate."""
+    from nbhelpers.baseline import get_baseline
+
+    monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
+    flat = get_baseline("mlp", "digits", seed=0, epochs=2, limit=300, progress=False)
+    cos = get_baseline("mlp", "digits", seed=0, epochs=2, limit=300, progress=False, schedule="cosine")
+    assert flat.config["schedule"] == "constant" and cos.config["schedule"] == "cosine"
+    assert not cos.from_cache and len(list(tmp_path.glob("*.pt"))) == 2
+    assert cos.history["lr"].tolist() == pytest.approx([1e-3, 5e-4])  # cos(pi * e / 2) schedule
+    with pytest.raises(ParameterError, match="BASELINE_SCHEDULE"):
+        get_baseline("mlp", "digits", seed=0, epochs=2, limit=300, progress=False, schedule="step")

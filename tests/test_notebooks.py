@@ -146,3 +146,9 @@ def test_expectation_rules_can_fail(nb: Path):
     from notebook_runner import rule_problems
 
     assert not rule_problems(yaml.safe_load((EXPECT_DIR / f"{nb.stem}.yaml").read_text()) or {})
+
+
+@pytest.mark.parametrize("stem", ["04_weight_pruning", "10_compression_pipeline"])
+def test_bad_baseline_schedule_fails_in_validation(stem: str, tmp_path: Path):
+    assert_fails_in_validation(ROOT / "notebooks" / f"{stem}.ipynb", tmp_path, "BASELINE_SCHEDULE",
+                               BASELINE_SCHEDULE="step")
