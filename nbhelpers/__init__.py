@@ -12,6 +12,7 @@ Core (data to measurement):
     cache          trained models and lookup tables on disk, keyed by configuration, locked, atomic
     baseline       the shared trained baselines every notebook compares against
     record         record(name, value) in a notebook's outputs; read() for tests and reports
+    facts          a run's facts as a small table: the shape every technique's summary() returns
 
 Techniques:
     hpo            search spaces, the skorch estimator, grid/random/Bayesian search, backends

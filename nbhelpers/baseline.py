@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from .cache import cached_model, runtime_key
 from .data import Split, load_split, loaders
+from .facts import CONTEXT_WIDTH, FACT_COLUMNS, fact_table  # noqa: F401 (shared by summaries)
 from .models import build_model
 from .params import check_choice
 from .train import fit, seed_everything
@@ -98,31 +99,6 @@ def get_baseline(
 
 
 # ---------------------------------------------------------------- a run's facts, for its Discussion
-
-#: Columns of every ``summary`` table: the fact's value, its unit and where it comes from.
-FACT_COLUMNS = ["value", "unit", "context"]
-#: Widest context pandas shows in full (``display.max_colwidth``); summaries keep within it.
-CONTEXT_WIDTH = 50
-
-
-def fact_table(rows: Sequence[tuple[str, Any, str, str]]) -> pd.DataFrame:
-    """A table of one run's facts, one row each, for a notebook's Discussion to point at.
-
-    Args:
-        rows: (fact, value, unit, context) tuples; fact names must be unique.
-
-    Returns:
-        Index ``fact``; columns ``value`` (object: numbers, booleans or text), ``unit``,
-        ``context``.
-    """
-    names = [r[0] for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError(f"fact names must be unique: {names}")
-    index = pd.Index(names, name="fact")
-    df = pd.DataFrame([r[1:] for r in rows], columns=FACT_COLUMNS, index=index)
-    df["value"] = pd.Series([r[1] for r in rows], index=df.index, dtype=object)
-    return df
-
 
 def interval_text(row: Mapping[str, Any]) -> str:
     """The paired 95% interval and McNemar p of a ``measure.compare`` row, as table context.

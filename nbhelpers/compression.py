@@ -327,7 +327,8 @@ def summary(stages: pd.DataFrame, targets: Sequence[Mapping[str, Any]], board: p
         A ``fact_table``: the final model against the baseline, each stage's size and speed step,
         the multiply-adds, each target's verdict and the Pareto picture's counts.
     """
-    from .baseline import fact_table, interval_text, verdict_reason
+    from .baseline import interval_text, verdict_reason
+    from .facts import fact_table
     from .leaderboard import pareto_front
     from .targets import measured_text
 

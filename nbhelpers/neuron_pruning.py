@@ -803,7 +803,7 @@ def summary(
     Returns:
         A ``baseline.fact_table``: index ``fact``, columns value, unit, context.
     """
-    from .baseline import fact_table
+    from .facts import fact_table
 
     rows = _criteria_facts(sweep, fraction) + _removal_facts(dead_check, tp_check)
     for arch, table in tables.items():

@@ -595,7 +595,8 @@ def summary(at_target: pd.DataFrame, comparison: pd.DataFrame, storage: pd.DataF
     Returns:
         A ``fact_table``.
     """
-    from .baseline import fact_table, interval_text, verdict_reason
+    from .baseline import interval_text, verdict_reason
+    from .facts import fact_table
 
     s = float(at_target["sparsity"].iloc[0])
     acc = at_target["test_accuracy"]

@@ -1041,7 +1041,7 @@ def summary(
     Returns:
         A ``baseline.fact_table``: index ``fact``, columns value, unit, context.
     """
-    from .baseline import fact_table
+    from .facts import fact_table
 
     drops = same_runtime.accuracy_delta_points
     ref = str(table.index[0])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,6 +25,7 @@ from torch import nn
 from torch.optim import lr_scheduler as lrs
 from torch.utils.data import DataLoader
 
+from .facts import fact_table
 from .params import ParameterError, check_choices, check_float, check_int, check_positive
 from .plots import learning_curves
 from .train import Device, module_device
@@ -403,17 +403,6 @@ def plot_learning_curves(curves: Mapping[str, pd.DataFrame],
     return fig
 
 
-def _fact_table(rows: Sequence[tuple[str, Any, str]]) -> pd.DataFrame:
-    """Facts as a table: index = fact name, columns value (4 significant digits) and context."""
-    def readable(v: Any) -> Any:
-        v = v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
-        return float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v
-
-    values = pd.Series([readable(r[1]) for r in rows], dtype=object).values
-    return pd.DataFrame({"value": values, "context": [r[2] for r in rows]},
-                        index=pd.Index([r[0] for r in rows], name="fact"))
-
-
 def _epochs_before_cut(trace: Sequence[float], base_lr: float, steps_per_epoch: int) -> int:
     """Whole epochs a trace spends at ``base_lr`` or above before its first decrease below it."""
     below = np.flatnonzero(np.asarray(trace) < base_lr * (1 - 1e-9))
@@ -478,4 +467,4 @@ def summary(table: pd.DataFrame, best: str, half: pd.DataFrame, sweep: pd.DataFr
         rows.append(("plateau: epochs before the first cut",
                      _epochs_before_cut(traces["plateau"], base_lr, steps_per_epoch),
                      "at BASE_LR, first seed (all epochs: never cut)"))
-    return _fact_table(rows)
+    return fact_table(rows, digits=4)

@@ -220,13 +220,13 @@ def _values(facts):
 
 
 def test_fact_table_rounds_for_reading_and_refuses_repeats():
-    t = hpo.fact_table([("a", 0.123456789, "x"), ("b", np.int64(3), ""), ("c", True, ""),
+    t = hpo.facts_of([("a", 0.123456789, "x"), ("b", np.int64(3), ""), ("c", True, ""),
                         ("d", "lr", ""), ("e", float("nan"), "")])
-    assert list(t.columns) == ["value", "context"] and t.index.name == "fact"
+    assert list(t.columns) == ["value", "unit", "context"] and t.index.name == "fact"
     assert t.loc["a", "value"] == 0.1235 and t.loc["b", "value"] == 3
     assert t.loc["c", "value"] is True and t.loc["d", "value"] == "lr"
     with pytest.raises(ValueError):
-        hpo.fact_table([("a", 1, ""), ("a", 2, "")])
+        hpo.facts_of([("a", 1, ""), ("a", 2, "")])
 
 
 def test_target_cells_share_and_geometric_mean(lookup):

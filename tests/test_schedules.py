@@ -209,7 +209,7 @@ def test_summary_facts_follow_the_tables():
     f = schedules.summary(table, "onecycle", half, sweep, suggestion, traces, steps_per_epoch=2,
                           base_lr=0.05, test_size=1000, target_points=1.0)
     v = f["value"]
-    assert list(f.columns) == ["value", "context"] and f.index.is_unique
+    assert list(f.columns) == ["value", "unit", "context"] and f.index.is_unique
     assert f["context"].str.len().max() <= 50  # pandas shows 50 characters of a cell
     assert v["best schedule on validation"] == "onecycle"
     assert v["gain over constant at equal budget"] == pytest.approx(3.5)

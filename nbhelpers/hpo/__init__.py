@@ -21,14 +21,14 @@ from .estimator import SeededNet, WidthMLP, flat_subset, make_estimator, results
 from .space import (DEFAULTS, MLP_SPACE, PARAM_NAMES, IntLogUniform, check_space, check_table,
                     describe_space, dim_values, friendly, merge_space, to_distributions, to_grid,
                     to_skopt)
-from .summary import bayes_summary, fact_table, grid_summary, random_summary, target_cells
+from .summary import bayes_summary, facts_of, grid_summary, random_summary, target_cells
 
 __all__ = [
     "BACKENDS", "DEFAULTS", "MLP_SPACE", "PARAM_NAMES", "IntLogUniform", "LookupObjective",
     "SeededNet", "WidthMLP", "backend", "bayes_summary", "best_so_far", "budget_table",
     "cached_results", "check_backend", "check_scheduler", "check_space", "check_table",
     "client_answers", "connect",
-    "curves_frame", "describe_space", "dim_values", "fact_table", "flat_subset", "friendly",
+    "curves_frame", "describe_space", "dim_values", "facts_of", "flat_subset", "friendly",
     "gp_history", "grid_history", "grid_summary", "grid_table", "heatmap", "make_estimator",
     "merge_space", "parse_scheduler", "plot_best_so_far", "plot_grid_cost", "plot_surrogate",
     "random_history", "random_summary", "results_table", "shifted_grids", "table_config",

@@ -15,39 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..facts import fact_table
 from .comparison import Histories, LookupObjective
 
 
-def readable(value: Any) -> Any:
-    """A fact's value for reading: NumPy scalars as Python ones, floats to four significant digits.
-
-    Args:
-        value: a number, bool, string or NumPy scalar.
-
-    Returns:
-        The plain value.
-    """
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.4g}")
-    return value
-
-
-def fact_table(rows: Sequence[tuple[str, Any, str]]) -> pd.DataFrame:
-    """Facts as a table: index = fact name, columns ``value`` and ``context``.
-
-    Args:
-        rows: (name, value, context) per fact; names must be unique.
-
-    Returns:
-        The table.
-    """
-    names = [r[0] for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError(f"fact names repeat: {names}")
-    return pd.DataFrame({"value": pd.Series([readable(r[1]) for r in rows], dtype=object).values,
-                         "context": [r[2] for r in rows]}, index=pd.Index(names, name="fact"))
+def facts_of(rows: list[tuple[str, Any, str]]) -> pd.DataFrame:
+    """``nbhelpers.facts.fact_table`` with values to four significant digits."""
+    return fact_table(rows, digits=4)
 
 
 def target_cells(obj: LookupObjective, target: float) -> list[tuple[str, Any, str]]:
@@ -90,7 +64,7 @@ def grid_summary(results: pd.DataFrame, test_accuracy: float, importance: pd.Ser
     gap = best - float(order["mean_cv"].iloc[1]) if len(order) > 1 else math.nan
     top, low = importance.idxmax(), importance.idxmin()
     n = len(results)
-    return fact_table([
+    return facts_of([
         ("configurations", n, f"trials, each cross-validated in {folds} folds"),
         ("fits", n * folds + 1, f"{folds} per trial, plus the refit of the winner"),
         ("winner's CV accuracy", best, "mean over the folds"),
@@ -134,7 +108,7 @@ def random_summary(obj: LookupObjective, target: float, grid_runs: Sequence[Sequ
     grid_best = float(np.mean([max(r) for r in grid_runs]))
     random_best = float(np.mean([max(r) for r in random_runs]))
     row, seeds = ttt.loc["random"], len(random_runs)
-    return fact_table([
+    return facts_of([
         *target_cells(obj, target),
         (f"range along {imp}", 100 * r_imp, "points: best score per value, max minus min"),
         (f"range along {unimp}", 100 * r_unimp, f"points, at the best {imp}"),
@@ -202,4 +176,4 @@ def bayes_summary(obj: LookupObjective, target: float, runs: Histories, ttt: pd.
         ("fold std above the target margin", bool(winner["std_cv"] > margin),
          f"the margin is {100 * margin:.4g} points"),
     ]
-    return fact_table(rows)
+    return facts_of(rows)
