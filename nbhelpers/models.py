@@ -1,5 +1,8 @@
 """The shared model family: an MLP like LeNet-300-100 and a LeNet-5 CNN, BatchNorm optional.
 
+The MLP also takes a sigmoid in place of the ReLU (Ioffe and Szegedy's MNIST setting) and a layer or
+group normalization in place of the batch norm; the defaults build the same model as before.
+
 Both are ``nn.Sequential`` so that every layer is visible and easy to cut, fold or quantize, and
 both take images of shape (N, 1, H, W) or already flat vectors, for 8x8 and 28x28 inputs.
 """
@@ -14,10 +17,48 @@ from torch import nn
 from .params import ParameterError, check_choice
 
 ARCHS = ("mlp", "lenet5")
+#: Hidden-layer nonlinearities of the MLP, by name.
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+#: Normalizations of the MLP's hidden layers: per batch, per example (layer) or per group of units.
+NORMS = ("batch", "layer", "group")
+
+
+def norm_layer(norm: str, width: int, groups: int = 10) -> nn.Module:
+    """A normalization layer for ``width`` hidden units.
+
+    Args:
+        norm: "batch" (statistics over the batch, ``nn.BatchNorm1d``), "layer" (over the units of
+            one example, ``nn.LayerNorm``) or "group" (over groups of units of one example,
+            ``nn.GroupNorm``).
+        width: the number of units.
+        groups: groups of a group norm; must divide ``width``.
+
+    Returns:
+        The layer, with a learned per-unit scale and shift.
+    """
+    check_choice("norm", norm, NORMS)
+    if norm == "batch":
+        return nn.BatchNorm1d(width)
+    if norm == "layer":
+        return nn.LayerNorm(width)
+    if groups < 1 or width % groups:
+        raise ParameterError("groups", groups, f"a positive divisor of the layer width {width}")
+    return nn.GroupNorm(groups, width)
 
 
 class MLP(nn.Sequential):
-    """Fully connected classifier: Flatten, then (Linear, [BatchNorm1d], ReLU, [Dropout]) per hidden layer."""
+    """Fully connected classifier: Flatten, then (Linear, [norm], activation, [Dropout]) per hidden layer.
+
+    Args:
+        in_features: inputs per example (784 for 28x28 images).
+        hidden: widths of the hidden layers.
+        n_classes: outputs.
+        batchnorm: a ``BatchNorm1d`` after each hidden linear layer (the same as ``norm="batch"``).
+        dropout: dropout probability after each activation (0: none).
+        activation: "relu" (default) or "sigmoid" (Ioffe and Szegedy's MNIST network).
+        norm: None (as ``batchnorm`` says), "batch", "layer" or "group" (see ``norm_layer``).
+        groups: groups of a group norm; must divide every hidden width.
+    """
 
     def __init__(
         self,
@@ -26,16 +67,25 @@ class MLP(nn.Sequential):
         n_classes: int = 10,
         batchnorm: bool = False,
         dropout: float = 0.0,
+        activation: str = "relu",
+        norm: str | None = None,
+        groups: int = 10,
     ):
+        check_choice("activation", activation, ACTIVATIONS)
+        if norm is not None:
+            check_choice("norm", norm, NORMS)
+            if batchnorm and norm != "batch":
+                raise ParameterError("norm", norm, "'batch' or None when batchnorm=True")
+        norm = norm or ("batch" if batchnorm else None)
         if len(hidden) == 0 or any(int(h) < 1 for h in hidden):
             raise ParameterError("hidden", hidden, "a non-empty list of positive layer widths")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:
             layers.append(nn.Linear(width, int(h)))
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(int(h)))
-            layers.append(nn.ReLU())
+            if norm is not None:
+                layers.append(norm_layer(norm, int(h), groups))
+            layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = int(h)
@@ -102,7 +152,8 @@ def build_model(
         image_shape: (channels, height, width) of one input.
         n_classes: number of classes.
         batchnorm: insert BatchNorm after each hidden layer.
-        **kwargs: passed on (``hidden``, ``dropout`` for the MLP; ``channels``, ``fc`` for LeNet-5).
+        **kwargs: passed on (``hidden``, ``dropout``, ``activation``, ``norm``, ``groups`` for the
+            MLP; ``channels``, ``fc`` for LeNet-5).
 
     Returns:
         The freshly initialised model.

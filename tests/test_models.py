@@ -32,3 +32,38 @@ def test_mlp_options():
         MLP(64, hidden=[])
     with pytest.raises(ParameterError, match="MODEL='resnet'"):
         build_model("resnet")
+
+
+def test_defaults_unchanged():
+    assert [type(l).__name__ for l in MLP()] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert [type(l).__name__ for l in MLP(batchnorm=True)][2:4] == ["BatchNorm1d", "ReLU"]
+
+
+def test_sigmoid_mlp_of_ioffe_and_szegedy():
+    m = build_model("mlp", (1, 28, 28), activation="sigmoid", hidden=(100, 100, 100), batchnorm=True)
+    names = [type(l).__name__ for l in m]
+    assert names.count("Sigmoid") == 3 and names.count("BatchNorm1d") == 3 and "ReLU" not in names
+    assert count_parameters(m)["params"] == 784 * 100 + 100 + 2 * (100 * 100 + 100) + 1010 + 3 * 200
+    with pytest.raises(ParameterError, match="activation"):
+        MLP(activation="tanh")
+
+
+@pytest.mark.parametrize("norm,kind", [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm),
+                                       ("group", nn.GroupNorm)])
+def test_norm_choice(norm, kind):
+    m = MLP(64, hidden=(30, 20), norm=norm).train()
+    assert sum(isinstance(l, kind) for l in m) == 2
+    out = m(torch.randn(2, 64))  # batch of two: every norm trains on it
+    assert out.shape == (2, 10)
+    if norm != "batch":  # no batch statistics: an example's output does not depend on its batch
+        x = torch.randn(3, 64)
+        assert torch.allclose(m(x)[:1], m(x[:1]), atol=1e-6)
+
+
+def test_norm_errors():
+    with pytest.raises(ParameterError, match="groups"):
+        MLP(64, hidden=(30, 7), norm="group")
+    with pytest.raises(ParameterError, match="norm"):
+        MLP(64, norm="instance")
+    with pytest.raises(ParameterError, match="norm"):
+        MLP(64, batchnorm=True, norm="layer")
