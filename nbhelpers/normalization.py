@@ -21,7 +21,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from scipy import stats as _st
+
+from .facts import fact_table
+from .measure import correct
 from .params import ParameterError
+from .stats import paired_difference, seed_summary, verdict
+from .targets import target
 from .train import module_device
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -158,18 +164,22 @@ def count_batchnorm(model: nn.Module) -> int:
 
 
 class ActivationStats:
-    """Forward hooks that record percentiles of each layer's input to its ReLU during training.
+    """Forward hooks that record percentiles of the input of each activation module during training.
 
-    Only forward passes in training mode are recorded (the evaluation passes of ``fit`` are skipped),
-    every ``every``-th step, on the device of the activations. Use ``frame()`` for the rows and
-    ``remove()`` to detach the hooks.
+    The hooked modules are those of the types in ``kinds`` (``nn.ReLU`` by default; ``nn.Sigmoid``
+    for a sigmoid network), named by type and position: "relu 1", "relu 2", ... or "sigmoid 3".
+    Only forward passes in training mode are recorded (the evaluation passes of ``fit`` are
+    skipped), every ``every``-th step, on the device of the activations. Use ``frame()`` for the rows
+    and ``remove()`` to detach the hooks.
     """
 
-    def __init__(self, model: nn.Module, quantiles: Sequence[float] = (0.15, 0.5, 0.85), every: int = 1):
+    def __init__(self, model: nn.Module, quantiles: Sequence[float] = (0.15, 0.5, 0.85), every: int = 1,
+                 kinds: tuple[type[nn.Module], ...] = (nn.ReLU,)):
         self.quantiles, self.every, self.rows = list(quantiles), every, []
         self._step: dict[str, int] = {}
-        relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-        self.handles = [m.register_forward_hook(self._hook(f"relu {k + 1}")) for k, m in enumerate(relus)]
+        acts = [m for m in model.modules() if isinstance(m, tuple(kinds))]
+        self.handles = [m.register_forward_hook(self._hook(f"{type(m).__name__.lower()} {k + 1}"))
+                        for k, m in enumerate(acts)]
 
     def _hook(self, layer: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -343,21 +353,24 @@ def epochs_to_reach(curve: Sequence[float], level: float) -> float:
     return float(hits[0] + 1) if len(hits) else math.nan
 
 
-def check_lrs(name: str, values: object) -> list[float]:
-    """Check a list of learning rates: non-empty, each a number in (0, 10], distinct.
+def check_lrs(name: str, values: object, maximum: float = 10.0) -> list[float]:
+    """Check a list of learning rates: non-empty, each a number in (0, ``maximum``], distinct.
 
     Args:
         name: parameter name.
         values: the given list.
+        maximum: the largest rate allowed (10 for SGD with momentum 0.9; plain SGD on a sigmoid
+            network takes larger ones).
 
     Returns:
         The learning rates, sorted ascending.
     """
-    allowed = "a non-empty list of distinct learning rates, each a number in (0, 10]"
+    allowed = f"a non-empty list of distinct learning rates, each a number in (0, {maximum:g}]"
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
         raise ParameterError(name, values, allowed)
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 10:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not 0 < v <= maximum:
             raise ParameterError(name, values, allowed + f" ({v!r} is not)")
     if len(set(values)) != len(values):
         raise ParameterError(name, values, allowed + " (repeated values)")
@@ -373,12 +386,14 @@ def speed_table(curves: pd.DataFrame, arch: str, epochs: int) -> pd.DataFrame:
         epochs: the epoch budget of both.
 
     Returns:
-        One row per learning rate: the no-BN final mean validation accuracy, the epochs the mean BN
-        curve needs to reach it, and that as a fraction of the budget.
+        One row per learning rate trained with and without BN: the no-BN final mean validation
+        accuracy, the epochs the mean BN curve needs to reach it, and that as a fraction of the budget.
     """
     mean = curves[curves.arch == arch].groupby(["bn", "lr", "epoch"])["val_accuracy"].mean()
     rows = []
     for lr in sorted(curves.loc[curves.arch == arch, "lr"].unique()):
+        if (False, lr) not in mean.index.droplevel("epoch") or (True, lr) not in mean.index.droplevel("epoch"):
+            continue  # trained with one setting only
         plain, bn = mean.loc[(False, lr)].to_numpy(), mean.loc[(True, lr)].to_numpy()
         need = epochs_to_reach(bn, plain[-1])
         rows.append({"lr": lr, "no_bn_final_val_accuracy": plain[-1], "bn_final_val_accuracy": bn[-1],
@@ -386,8 +401,297 @@ def speed_table(curves: pd.DataFrame, arch: str, epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of a mean over seeds: mean +- t(n - 1) sd / sqrt(n).
+
+    Args:
+        values: one value per seed.
+        confidence: the confidence level.
+
+    Returns:
+        (low, high); (NaN, NaN) for fewer than two seeds.
+    """
+    s = seed_summary(values)
+    if s.n < 2:
+        return math.nan, math.nan
+    half = float(_st.t.ppf(0.5 + confidence / 2, s.n - 1)) * s.std / math.sqrt(s.n)
+    return s.mean - half, s.mean + half
+
+
+def speed_with_interval(curves: pd.DataFrame, arch: str, lr: float, epochs: int) -> dict:
+    """The speed target at one learning rate, with a 95% interval from the seed spread.
+
+    The measured figure is the share of the budget after which the mean (over seeds) BN validation
+    curve first reaches the no-BN model's final mean validation accuracy. Its interval: the shares
+    after which the BN curve reaches the low and the high end of the t interval (over seeds) of that
+    no-BN final accuracy; an end the BN curve never reaches counts as ``epochs + 1`` epochs.
+
+    Args:
+        curves: one row per (arch, bn, lr, seed, epoch) with ``val_accuracy`` (padded to ``epochs``).
+        arch: the architecture.
+        lr: the learning rate (trained with and without BN).
+        epochs: the budget of both.
+
+    Returns:
+        {"no_bn_final", "no_bn_low", "no_bn_high", "bn_epochs", "fraction", "low", "high",
+        "bn_first_epoch", "no_bn_first_epoch"} (fraction NaN when the BN curve never gets there).
+    """
+    d = curves[(curves.arch == arch) & np.isclose(curves.lr, lr)]
+    plain = d[~d.bn.astype(bool)]
+    mean = d.groupby(["bn", "epoch"])["val_accuracy"].mean()
+    bn_curve = mean.loc[True].reindex(range(1, epochs + 1)).to_numpy()
+    final = plain.loc[plain.epoch == epochs, "val_accuracy"].to_numpy(dtype=float)
+    level, (lo, hi) = float(final.mean()), seed_interval(final)
+    need = epochs_to_reach(bn_curve, level)
+
+    def share(x: float) -> float:
+        e = epochs_to_reach(bn_curve, x)
+        return (e if math.isfinite(e) else epochs + 1) / epochs
+
+    return {"no_bn_final": level, "no_bn_low": lo, "no_bn_high": hi, "bn_epochs": need,
+            "fraction": need / epochs, "low": share(lo) if math.isfinite(lo) else math.nan,
+            "high": share(hi) if math.isfinite(hi) else math.nan,
+            "bn_first_epoch": float(bn_curve[0]), "no_bn_first_epoch": float(mean.loc[(False, 1)])}
+
+
+def accuracy_gap(best: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> tuple[float, tuple[float, float]]:
+    """Points by which ``other`` is below ``best``, pooled over seeds, with a paired 95% interval.
+
+    Args:
+        best: per seed, a boolean array (True where the model was right) on the evaluation images.
+        other: the same for the other setting, seed by seed in the same order.
+
+    Returns:
+        (points below, (low, high)): Newcombe's paired interval over the pooled (seed, image) pairs;
+        it covers the sampling of images, not the spread over seeds.
+    """
+    d = paired_difference(np.concatenate(list(best)), np.concatenate(list(other)))
+    return -float(d["difference"]), (-float(d["high"]), -float(d["low"]))
+
+
+def _grid_lr(lrs: Sequence[float], lr: float) -> float | None:
+    """The rate of ``lrs`` equal to ``lr`` up to float rounding, or None."""
+    hits = [float(x) for x in lrs if math.isclose(float(x), lr, rel_tol=1e-9)]
+    return hits[0] if hits else None
+
+
+def lr_facts(final: pd.DataFrame, curves: pd.DataFrame, arch: str, epochs: int, stall: float,
+             val_correct: dict, factor: float | None = None) -> dict:
+    """Learning rates chosen on validation accuracy and the figures of both targets for one model.
+
+    Args:
+        final: one row per run: arch, bn, lr, seed, final_val_accuracy.
+        curves: one row per (arch, bn, lr, seed, epoch) with ``val_accuracy``.
+        arch: the architecture.
+        epochs: its budget.
+        stall: a no-BN rate whose mean final validation accuracy is below this fails.
+        val_correct: (arch, bn, lr) -> per-seed boolean arrays on the validation images.
+        factor: robustness at ``factor`` x the best no-BN rate; None: at the smallest failing rate.
+
+    Returns:
+        The chosen rates (``best_no_bn_lr``, ``bn_best_lr``), the speed figures of
+        ``speed_with_interval`` at the best no-BN rate (``speed``), the failing rates, the rate of
+        the robustness target (``robust_lr``, NaN when there is none) and the BN model's gap there
+        below its best (``bn_gap_points`` with ``gap_low`` and ``gap_high``).
+    """
+    val = final[final.arch == arch].groupby(["bn", "lr"])["final_val_accuracy"].mean()
+    plain, withbn = val.loc[False], val.loc[True]
+    best_plain, best_bn = float(plain.idxmax()), float(withbn.idxmax())
+    failing = [float(lr) for lr in plain.index if plain.loc[lr] < stall]
+    if factor is None:
+        robust = min(failing) if failing else None
+    else:
+        robust = _grid_lr(withbn.index, factor * best_plain)
+    gap, (low, high) = (accuracy_gap(val_correct[(arch, True, best_bn)], val_correct[(arch, True, robust)])
+                        if robust is not None else (math.nan, (math.nan, math.nan)))
+    return {"arch": arch, "epochs": epochs, "best_no_bn_lr": best_plain, "bn_best_lr": best_bn,
+            "no_bn_best_val": float(plain.max()), "bn_best_val": float(withbn.max()),
+            "speed": speed_with_interval(curves, arch, best_plain, epochs),
+            "no_bn_failing_lrs": failing, "robust_lr": math.nan if robust is None else robust,
+            "no_bn_val_at_robust_lr": float(plain.get(robust, math.nan)) if robust is not None else math.nan,
+            "bn_val_at_robust_lr": float(withbn.loc[robust]) if robust is not None else math.nan,
+            "bn_gap_points": gap, "gap_low": low, "gap_high": high}
+
+
+def chosen_test(final: pd.DataFrame, models: dict, test_loader) -> pd.DataFrame:
+    """Test accuracy, measured once, of each model at its learning rate chosen on validation.
+
+    Only the chosen models see the test images; the choice uses validation accuracy alone.
+
+    Args:
+        final: one row per run: arch, bn, lr, seed, final_val_accuracy.
+        models: (arch, bn, lr, seed) -> the trained model.
+        test_loader: the test images, in a fixed order.
+
+    Returns:
+        One row per (arch, bn): the chosen lr, mean validation and test accuracy over seeds, the
+        test sd, and in the BN row the paired difference BN - no BN in points (pooled over seeds)
+        with its 95% interval and verdict.
+    """
+    rows = []
+    for arch in dict.fromkeys(final["arch"]):
+        val = final[final.arch == arch].groupby(["bn", "lr"])["final_val_accuracy"].mean()
+        pooled = {}
+        for bn in (False, True):
+            lr = float(val.loc[bn].idxmax())
+            seeds = sorted(final.loc[(final.arch == arch) & (final.bn == bn) & np.isclose(final.lr, lr), "seed"])
+            hits = [correct(models[(arch, bn, lr, sd)], test_loader) for sd in seeds]
+            s = seed_summary([float(h.mean()) for h in hits])
+            pooled[bn] = np.concatenate(hits)
+            rows.append({"arch": arch, "bn": bn, "lr": lr, "val_mean": float(val.loc[(bn, lr)]),
+                         "test_mean": s.mean, "test_sd": s.std, "seeds": s.n})
+        d = paired_difference(pooled[False], pooled[True])
+        rows[-1].update(bn_minus_no_bn_points=d["difference"], diff_low=d["low"], diff_high=d["high"],
+                        verdict=verdict(d["low"], d["high"]))
+    return pd.DataFrame(rows)
+
+
+def bn_targets(f: dict) -> list[dict]:
+    """The speed and robustness targets of one model from its ``lr_facts``, with their intervals.
+
+    Args:
+        f: ``lr_facts`` of the model.
+
+    Returns:
+        Two ``targets.target`` dicts: the BN share of the budget to reach the no-BN final validation
+        accuracy (at most 1/3), and the BN validation accuracy at the robustness rate below its best
+        (at most 1 point).
+    """
+    sp, a = f["speed"], f["arch"]
+
+    def span(lo: float, hi: float) -> tuple[float, float] | None:
+        return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
+
+    return [
+        target(f"{a}: BN epochs to the no-BN final val accuracy at lr {f['best_no_bn_lr']:g}, "
+               "share of the budget", sp["fraction"], "<=", 1 / 3, "",
+               f"no-BN ends at {sp['no_bn_final']:.4f} after {f['epochs']} epochs",
+               interval=span(sp["low"], sp["high"])),
+        target(f"{a}: BN val accuracy below its best, at lr {f['robust_lr']:g}", f["bn_gap_points"],
+               "<=", 1.0, "points", "no robustness rate in the grid" if not math.isfinite(f["robust_lr"])
+               else f"no-BN mean val {f['no_bn_val_at_robust_lr']:.3f} there",
+               interval=span(f["gap_low"], f["gap_high"])),
+    ]
+
+
+def drift_table(act: pd.DataFrame) -> pd.DataFrame:
+    """How far each layer's input distribution moves during training, per run.
+
+    Args:
+        act: rows of ``ActivationStats.frame()`` with a ``run`` column.
+
+    Returns:
+        One row per (run, layer): the range (max - min over the recorded steps) of the median and of
+        the 15-85 spread, and the last spread.
+    """
+    return (act.assign(spread=act["q85"] - act["q15"]).groupby(["run", "layer"])
+            .agg(median_range=("q50", lambda s: s.max() - s.min()),
+                 spread_range=("spread", lambda s: s.max() - s.min()),
+                 spread_last=("spread", "last"))
+            .reset_index())
+
+
+def compare_with_torch(kind: str, steps: int = 5, c: int = 8, seed: int = 0) -> dict:
+    """Largest differences between torch's batch norm and ``BatchNorm`` over training steps, then in eval.
+
+    Random batches (mean 1, sd 2) of 16 examples; the error of a value is |a - b| / (1 + |a|).
+
+    Args:
+        kind: "1d" or "2d" (6x6 feature maps).
+        steps: training steps compared.
+        c: features or channels.
+        seed: seed of the parameters and batches.
+
+    Returns:
+        The largest error of the training output, input gradient, running mean, running variance
+        and evaluation output, and the largest absolute difference of any of them.
+    """
+    torch.manual_seed(seed)
+    ref = (nn.BatchNorm1d if kind == "1d" else nn.BatchNorm2d)(c)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 2.0), ref.bias.normal_()
+    ours = from_torch(ref)
+    keys = ("train output", "input gradient", "running mean", "running var", "eval output")
+    diff, absd = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0)
+
+    def err(a: torch.Tensor, b: torch.Tensor, key: str) -> None:
+        a, b = a.detach(), b.detach()
+        diff[key] = max(diff[key], float(((a - b).abs() / (1 + a.abs())).max()))
+        absd[key] = max(absd[key], float((a - b).abs().max()))
+
+    shape = [16, c] + ([] if kind == "1d" else [6, 6])
+    for _ in range(steps):
+        x = torch.randn(*shape) * 2 + 1
+        xr, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        yr, yo = ref(xr), ours(xo)
+        yr.pow(2).sum().backward(), yo.pow(2).sum().backward()
+        err(yr, yo, "train output"), err(xr.grad, xo.grad, "input gradient")
+        err(ref.running_mean, ours.running_mean, "running mean")
+        err(ref.running_var, ours.running_var, "running var")
+    ref.eval(), ours.eval()
+    x = torch.randn(*shape) * 2 + 1
+    with torch.no_grad():
+        err(ref(x), ours(x), "eval output")
+    return {**{f"{k} error": v for k, v in diff.items()}, "largest |difference|": max(absd.values())}
+
+
+def summary(facts: Sequence[dict], chosen: pd.DataFrame, drift: pd.DataFrame, small: pd.DataFrame,
+            forgot_drop_points: float, fold_max_diff: float, n_val: int, n_test: int) -> pd.DataFrame:
+    """This run's facts for the discussion of notebook 08 to point at by name.
+
+    Args:
+        facts: ``lr_facts`` of each model (ReLU MLP, LeNet-5, sigmoid MLP).
+        chosen: ``chosen_test``.
+        drift: per run and layer of the sigmoid net: ``median_range``, ``spread_range``.
+        small: the small-batch runs: batch, norm, val_accuracy.
+        forgot_drop_points: eval-mode accuracy minus train-mode accuracy on label-sorted batches.
+        fold_max_diff: largest logit difference between a BN model and its folded copy.
+        n_val: validation images; n_test: test images.
+
+    Returns:
+        A ``facts.fact_table`` (value, unit, context), 4 significant digits.
+    """
+    rows = []
+    for f in facts:
+        a, sp = f["arch"], f["speed"]
+        rows += [
+            (f"{a}: best lr without BN", f["best_no_bn_lr"], "", "highest mean validation accuracy"),
+            (f"{a}: best lr with BN", f["bn_best_lr"], "", "highest mean validation accuracy"),
+            (f"{a}: no-BN final val accuracy", sp["no_bn_final"], "",
+             f"at lr {f['best_no_bn_lr']:g}, epoch {f['epochs']}"),
+            (f"{a}: val accuracy after epoch 1, no BN", sp["no_bn_first_epoch"], "", "same lr"),
+            (f"{a}: val accuracy after epoch 1, BN", sp["bn_first_epoch"], "", "same lr"),
+            (f"{a}: BN epochs to the no-BN final", sp["bn_epochs"], "epochs", f"of {f['epochs']}"),
+            (f"{a}: share of the budget", sp["fraction"], "",
+             f"95% interval [{sp['low']:.3g}, {sp['high']:.3g}]; goal <= 1/3"),
+            (f"{a}: rates where no-BN fails", ", ".join(f"{x:g}" for x in f["no_bn_failing_lrs"]) or "none",
+             "", "mean final val accuracy below STALL_ACCURACY"),
+            (f"{a}: BN below its best at lr {f['robust_lr']:g}", f["bn_gap_points"], "points",
+             f"95% interval [{f['gap_low']:.3g}, {f['gap_high']:.3g}]; goal <= 1"),
+        ]
+        for _, r in chosen[(chosen.arch == a)].iterrows():
+            rows.append((f"{a}: test accuracy, {'BN' if r.bn else 'no BN'}", r.test_mean, "",
+                         f"lr {r.lr:g}, mean of {r.seeds} seeds"))
+        r = chosen[(chosen.arch == a) & chosen.bn.astype(bool)].iloc[0]
+        rows.append((f"{a}: test, BN minus no BN", r.bn_minus_no_bn_points, "points",
+                     f"[{r.diff_low:.3g}, {r.diff_high:.3g}]: {r.verdict}"))
+    for _, r in drift.iterrows():
+        rows.append((f"{r.layer} input, {r.run}: median moved", r.median_range, "",
+                     "max - min over training"))
+        rows.append((f"{r.layer} input, {r.run}: 15-85 spread moved", r.spread_range, "",
+                     "max - min over training"))
+    for bs in (small["batch"].min(), small["batch"].max()):
+        for _, r in small[small.batch == bs].iterrows():
+            rows.append((f"batch {bs}: val accuracy, {r.norm}", r.val_accuracy, "", "small-batch runs"))
+    rows += [("forgotten eval, label-sorted: drop", forgot_drop_points, "points", "smallest test batch"),
+             ("folding: largest logit difference", fold_max_diff, "", "float rounding"),
+             ("one validation image", 100 / n_val, "points", f"{n_val:,} validation images"),
+             ("one test image", 100 / n_test, "points", f"{n_test:,} test images")]
+    return fact_table(rows, digits=4)
+
+
 def percentile_bands(stats: pd.DataFrame, title: str = "") -> Figure:
-    """The 15th/50th/85th percentiles of each ReLU input over training, one panel per (run, layer).
+    """The 15th/50th/85th percentiles of each activation's input over training, one panel per (run, layer).
 
     Args:
         stats: rows from ``ActivationStats.frame()`` with an added ``run`` column.

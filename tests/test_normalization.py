@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -218,3 +219,109 @@ def test_check_lrs_rejects(bad):
 
 def test_check_lrs_sorts():
     assert N.check_lrs("LRS", [1, 0.01, 0.1]) == [0.01, 0.1, 1.0]
+
+
+def test_activation_stats_hooks_sigmoids_by_parameter():
+    torch.manual_seed(0)
+    model = MLP(20, hidden=(8, 8, 4), activation="sigmoid", batchnorm=True).train()
+    relu_only = N.ActivationStats(model)  # the default hooks ReLUs: none here
+    stats = N.ActivationStats(model, kinds=(nn.Sigmoid,))
+    model(torch.randn(16, 20))
+    relu_only.remove(), stats.remove()
+    assert relu_only.frame().empty
+    df = stats.frame()
+    assert list(df["layer"]) == ["sigmoid 1", "sigmoid 2", "sigmoid 3"]
+    assert abs(float(df["mean"].iloc[0])) < 1e-5  # a sigmoid's input is the BN output: centred
+
+
+def test_check_lrs_maximum():
+    assert N.check_lrs("SIG_LRS", [12.5, 0.5], maximum=100.0) == [0.5, 12.5]
+    with pytest.raises(ParameterError, match=r"SIG_LRS.*\(0, 100\]"):
+        N.check_lrs("SIG_LRS", [150.0], maximum=100.0)
+
+
+def test_seed_interval():
+    low, high = N.seed_interval([0.8, 0.9, 1.0])
+    assert low < 0.9 < high and math.isclose(high - 0.9, 0.9 - low)
+    assert math.isclose(high - 0.9, 4.302652729911275 * 0.1 / math.sqrt(3), rel_tol=1e-6)
+    assert all(math.isnan(v) for v in N.seed_interval([0.5]))
+
+
+def synthetic(plain: list, bn: list, arch: str = "net", lr: float = 0.1) -> pd.DataFrame:
+    """Curves of two seeds per setting: ``plain`` and ``bn`` are per-seed lists of per-epoch values."""
+    rows = []
+    for flag, per_seed in ((False, plain), (True, bn)):
+        for seed, curve in enumerate(per_seed):
+            rows += [{"arch": arch, "bn": flag, "lr": lr, "seed": seed, "epoch": e, "val_accuracy": v}
+                     for e, v in enumerate(curve, 1)]
+    return pd.DataFrame(rows)
+
+
+def test_speed_with_interval():
+    curves = synthetic([[0.1, 0.5, 0.7], [0.1, 0.5, 0.9]], [[0.75, 0.85, 0.95], [0.85, 0.85, 0.95]])
+    s = N.speed_with_interval(curves, "net", 0.1, 3)
+    assert math.isclose(s["no_bn_final"], 0.8) and s["bn_epochs"] == 1.0  # BN epoch 1: mean 0.8
+    assert math.isclose(s["fraction"], 1 / 3) and s["low"] == 1 / 3
+    assert s["high"] == 4 / 3  # the high end (above 1) is never reached: one epoch past the budget
+    assert s["bn_first_epoch"] == 0.8 and s["no_bn_first_epoch"] == 0.1
+
+
+def test_accuracy_gap_pools_seeds():
+    best = [np.array([True] * 10), np.array([True] * 10)]
+    other = [np.array([True] * 8 + [False] * 2), np.array([True] * 9 + [False])]
+    gap, (low, high) = N.accuracy_gap(best, other)
+    assert math.isclose(gap, 15.0) and low < gap < high
+
+
+def grid_fixture():
+    """A toy grid: no BN fails at the large rate, BN trains at both."""
+    final, curves, val = [], [], {}
+    for bn in (False, True):
+        for lr in (0.1, 0.5):
+            ok = bn or lr == 0.1
+            for seed in (0, 1):
+                acc = (0.9 if bn else 0.8) if ok else 0.1
+                final.append({"arch": "net", "bn": bn, "lr": lr, "seed": seed, "final_val_accuracy": acc})
+                curves += [{"arch": "net", "bn": bn, "lr": lr, "seed": seed, "epoch": e,
+                            "val_accuracy": acc} for e in (1, 2, 3)]
+                hits = np.arange(100) < 100 * acc - (5 if bn and lr == 0.5 else 0)
+                val.setdefault(("net", bn, lr), []).append(hits)
+    return pd.DataFrame(final), pd.DataFrame(curves), val
+
+
+def test_lr_facts_and_targets():
+    final, curves, val = grid_fixture()
+    f = N.lr_facts(final, curves, "net", 3, 0.5, val)
+    assert f["best_no_bn_lr"] == 0.1 and f["no_bn_failing_lrs"] == [0.5] and f["robust_lr"] == 0.5
+    assert math.isclose(f["bn_gap_points"], 5.0) and f["gap_low"] < 5.0 < f["gap_high"]
+    assert f["speed"]["fraction"] == 1 / 3
+    g = N.lr_facts(final, curves, "net", 3, 0.5, val, factor=5.0)
+    assert g["robust_lr"] == 0.5  # 5 x 0.1, up to float rounding
+    h = N.lr_facts(final, curves, "net", 3, 0.5, val, factor=3.0)
+    assert math.isnan(h["robust_lr"]) and math.isnan(h["bn_gap_points"])
+    speed_t, robust_t = N.bn_targets(f)
+    assert speed_t["met"] and not robust_t["met"] and robust_t["decided"] is not None
+    assert math.isnan(N.bn_targets(h)[1]["low"])  # no robustness rate: no interval
+
+
+def test_chosen_test_uses_validation_only():
+    final, _, _ = grid_fixture()
+    models, loader_ = {}, [(torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))]
+    for _, r in final.iterrows():
+        lin = nn.Linear(3, 2)
+        with torch.no_grad():  # a constant guess: class 0 without BN, class 1 with BN
+            lin.weight.zero_(), lin.bias.copy_(torch.tensor([0.0, 1.0] if r.bn else [1.0, 0.0]))
+        models[(r.arch, r.bn, r.lr, r.seed)] = lin
+    t = N.chosen_test(final, models, loader_)
+    assert list(t["lr"]) == [0.1, 0.1] and list(t["test_mean"]) == [0.5, 0.5]
+    assert t["bn_minus_no_bn_points"].iloc[1] == 0.0 and t["verdict"].iloc[1] == "within noise"
+
+
+def test_drift_table_and_compare_with_torch():
+    act = pd.DataFrame({"run": ["a"] * 3, "layer": ["x"] * 3, "step": [0, 1, 2],
+                        "q15": [-1.0, -2.0, -1.0], "q50": [0.0, 1.0, 0.5], "q85": [1.0, 2.0, 3.0]})
+    d = N.drift_table(act).iloc[0]
+    assert d["median_range"] == 1.0 and d["spread_range"] == 2.0 and d["spread_last"] == 4.0
+    for kind in ("1d", "2d"):
+        diffs = N.compare_with_torch(kind)
+        assert max(v for k, v in diffs.items() if k != "input gradient error") < 1e-5
