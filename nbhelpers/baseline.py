@@ -13,7 +13,7 @@ from torch import nn
 
 from .cache import cached_model, runtime_key
 from .data import Split, load_split, loaders
-from .facts import CONTEXT_WIDTH, FACT_COLUMNS, fact_table  # noqa: F401 (shared by summaries)
+from .facts import fact_table
 from .models import build_model
 from .params import check_choice
 from .train import fit, seed_everything

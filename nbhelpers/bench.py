@@ -74,7 +74,8 @@ def targets_frame(results: list[RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["notebook", "target", "measured", "goal", "met", "note"])
 
 
-def _md(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table ("_none_" when empty), pipes in cells escaped."""
     if df.empty:
         return "_none_\n"
     cols = list(df.columns)
@@ -134,19 +135,19 @@ slower than fp32), and `int8_reduce_range` above says whether int8 weights used 
 
 ## Targets from the issues: {met} of {len(targets)} met
 
-{_md(targets)}
+{markdown_table(targets)}
 ## Every optimized model against the baseline measured in the same run
 
 change: test-accuracy change in points against the baseline, with its paired 95% interval over the
 same test images ("within noise": the interval contains zero) and McNemar's exact p; times smaller:
 on disk; speed-up: times faster at batch 1 / 256.
 
-{_md(speed)}
+{markdown_table(speed)}
 ## Run times
 
 Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time). Model cache at the start: {cache}.
 
-{_md(runs)}"""
+{markdown_table(runs)}"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from .bench import markdown_table
 from .report import DEFAULT_NOTEBOOKS, REPO_DIR, RunResult, list_notebooks, run_all
 from .targets import measured_text, target, verdict_text
 
@@ -225,28 +226,20 @@ judged by McNemar's exact test. Rows marked "not run" are not reproduced yet and
 
 ## Published against ours
 
-{_md(shown)}
+{markdown_table(shown)}
 ## Targets of the profile
 
-{_md(ts)}
+{markdown_table(ts)}
 ## Runs
 
 Whole profile: {wall_seconds:.0f} s wall, one notebook at a time.
 
-{_md(runs)}
+{markdown_table(runs)}
 ## Machine
 
 | fact | value |
 |---|---|
 {machine}"""
-
-
-def _md(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(none)\n"
-    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    return head + "".join("| " + " | ".join(str(v).replace("|", "/") for v in row) + " |\n"
-                          for row in df.itertuples(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from nbhelpers.compression import (coding_table, entropy_bits, executed_records,
                                    pareto_board, save_artifact, single_technique_points,
                                    stage_steps, summary, unpack_float_mlp, unpack_int8_mlp,
                                    with_entropy_stage)
-from nbhelpers.baseline import CONTEXT_WIDTH
+from nbhelpers.facts import CONTEXT_WIDTH
 from nbhelpers.models import MLP
 from nbhelpers.record import MIME_TYPE
 from nbhelpers.targets import target

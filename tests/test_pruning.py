@@ -12,9 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers import pruning as P
-from nbhelpers.baseline import (CONTEXT_WIDTH, above_chance, fact_table, interval_text,
+from nbhelpers.baseline import (above_chance, interval_text,
                                 verdict_reason)
 from nbhelpers.baseline import summary as baseline_summary
+from nbhelpers.facts import CONTEXT_WIDTH, fact_table
 from nbhelpers.models import LeNet5, MLP
 from nbhelpers.params import ParameterError
 
