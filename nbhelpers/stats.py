@@ -12,6 +12,8 @@ disagree (the discordant pairs) carry information about which is better.
 * ``paired_table``: every model against a baseline, with a verdict "better", "worse" or
   "within noise" (the interval of the difference contains zero).
 * ``seed_summary``: mean, sample standard deviation and count of a metric over seeds.
+* ``seeds_paired_difference``: two settings trained with the same seeds, scored on the same
+  images: the mean accuracy difference over seeds with a bootstrap interval over the images.
 """
 
 from __future__ import annotations
@@ -387,3 +389,61 @@ def seed_summary(values: Sequence[float] | np.ndarray) -> SeedSummary:
         raise ParameterError("values", values, allowed)
     std = float(np.std(arr, ddof=1)) if arr.size > 1 else math.nan
     return SeedSummary(float(arr.mean()), std, int(arr.size))
+
+
+def _seed_matrix(name: str, correct: Any) -> np.ndarray:
+    """``correct`` as a (seeds, images) boolean matrix; a 1-D array is one seed."""
+    arr = np.asarray(correct)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.size == 0 or arr.dtype != bool:
+        raise ParameterError(name, _Described(correct),
+                             "a non-empty boolean array of shape (images,) or (seeds, images)")
+    return arr
+
+
+def seeds_paired_difference(
+    correct_a: Any, correct_b: Any, confidence: float = 0.95, n_boot: int = 10000, seed: int = 0
+) -> dict[str, Any]:
+    """Mean accuracy of B minus A over seeds, both scored on the same images, with a paired interval.
+
+    Row ``s`` of each matrix is the run with seed ``s`` (the same seeds for A and B). Each image's
+    difference is averaged over the seeds first, ``d_i = mean_s(b_si - a_si)``; the interval is a
+    percentile bootstrap of ``mean_i d_i`` over the images (drawn as one multinomial over the
+    distinct values of ``d_i``, the same distribution as resampling images one by one). It holds the
+    seeds fixed: the spread over seeds is returned beside it (``seed_std``), not folded in.
+
+    Args:
+        correct_a: boolean (seeds, images) or (images,): True where setting A was right.
+        correct_b: the same shape, for setting B.
+        confidence: the confidence level, strictly between 0 and 1.
+        n_boot: bootstrap resamples, at least 100.
+        seed: seed of the bootstrap.
+
+    Returns:
+        A dict with ``difference``, ``low``, ``high`` (percentage points, B - A), ``n`` (images),
+        ``seeds``, ``seed_std`` (sample sd over seeds of each seed's difference, points; NaN for one
+        seed) and ``verdict`` ("better", "worse" or "within noise").
+    """
+    a, b = _seed_matrix("correct_a", correct_a), _seed_matrix("correct_b", correct_b)
+    if a.shape != b.shape:
+        raise ParameterError("correct_b", _Described(correct_b), f"the shape of correct_a, {a.shape}")
+    confidence = check_fraction("confidence", confidence)
+    n_boot = check_int("n_boot", n_boot, minimum=100)
+    rng = np.random.default_rng(check_seed("seed", seed))
+    d = (b.astype(np.int64) - a.astype(np.int64)).mean(axis=0)
+    values, counts = np.unique(d, return_counts=True)
+    n = d.size
+    means = rng.multinomial(n, counts / n, size=n_boot) @ values / n
+    alpha = 1 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    per_seed = 100.0 * (b.mean(axis=1) - a.mean(axis=1))
+    return {
+        "difference": 100.0 * float(d.mean()),
+        "low": 100.0 * float(low),
+        "high": 100.0 * float(high),
+        "n": int(n),
+        "seeds": int(a.shape[0]),
+        "seed_std": float(np.std(per_seed, ddof=1)) if a.shape[0] > 1 else math.nan,
+        "verdict": verdict(100.0 * float(low), 100.0 * float(high)),
+    }

@@ -18,6 +18,7 @@ from nbhelpers.stats import (
     paired_difference,
     paired_table,
     seed_summary,
+    seeds_paired_difference,
     verdict,
     wilson_interval,
 )
@@ -265,3 +266,50 @@ def test_paired_table_bad_inputs():
         paired_table({}, "m")
     with pytest.raises(ParameterError, match="confidence=2"):
         paired_table({"m": a}, "m", confidence=2)
+
+
+def test_seeds_paired_difference_by_hand():
+    a = np.array([[1, 1, 0, 0], [1, 0, 0, 1]], dtype=bool)
+    b = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=bool)
+    r = seeds_paired_difference(a, b)
+    # per image: (0+0)/2, (0+1)/2, (1+1)/2, (0+0)/2 -> mean 0.375; seeds: +25 and +50 points
+    assert r["difference"] == pytest.approx(37.5)
+    assert r["seed_std"] == pytest.approx(np.std([25.0, 50.0], ddof=1))
+    assert (r["n"], r["seeds"]) == (4, 2)
+    assert 0.0 <= r["low"] <= 37.5 <= r["high"] <= 100.0
+
+
+def test_seeds_paired_difference_constant_difference_has_no_spread():
+    a = np.zeros((3, 50), dtype=bool)
+    r = seeds_paired_difference(a, ~a)
+    assert r["low"] == r["high"] == r["difference"] == pytest.approx(100.0)
+    assert r["verdict"] == "better" and r["seed_std"] == 0.0
+
+
+def test_seeds_paired_difference_one_seed_agrees_with_newcombe():
+    rng = np.random.default_rng(3)
+    a = rng.random(10000) < 0.95
+    b = np.where(rng.random(10000) < 0.04, ~a, a)
+    r = seeds_paired_difference(a, b)
+    n = paired_difference(a, b)
+    assert r["difference"] == pytest.approx(n["difference"])
+    assert np.isnan(r["seed_std"]) and r["seeds"] == 1
+    # two valid 95% intervals of the same difference; each end within a tenth of the half-width
+    half = (n["high"] - n["low"]) / 2
+    assert abs(r["low"] - n["low"]) < 0.1 * half and abs(r["high"] - n["high"]) < 0.1 * half
+
+
+def test_seeds_paired_difference_averaging_seeds_narrows_the_interval():
+    rng = np.random.default_rng(4)
+    a = rng.random((4, 5000)) < 0.9
+    b = rng.random((4, 5000)) < 0.9
+    one = seeds_paired_difference(a[0], b[0])
+    four = seeds_paired_difference(a, b)
+    assert four["high"] - four["low"] < 0.7 * (one["high"] - one["low"])  # independent seeds: ~1/2
+
+
+def test_seeds_paired_difference_rejects_bad_input():
+    with pytest.raises(ParameterError, match="correct_b"):
+        seeds_paired_difference(np.zeros((2, 5), bool), np.zeros((3, 5), bool))
+    with pytest.raises(ParameterError, match="correct_a"):
+        seeds_paired_difference(np.zeros((2, 5)), np.zeros((2, 5), bool))
