@@ -1,4 +1,5 @@
-"""Knowledge distillation: Hinton's soft-target loss, logit matching, and a teacher-logit cache.
+"""Knowledge distillation: Hinton's soft-target loss, logit matching, a teacher-logit cache, a
+cached teacher trained on shifted views, and ``StudentLab``, which trains and scores students.
 
 Convention for ``alpha`` (both losses): the weight of the teacher term, so that
 ``loss = (1 - alpha) * CE(student, labels) + alpha * teacher_term``; ``alpha = 0`` is plain
@@ -7,20 +8,30 @@ cross-entropy (no teacher), ``alpha = 1`` learns from the teacher alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .params import check_choice, check_float
+from .cache import cached_model, runtime_key
+from .data import loader
+from .facts import fact_table
+from .models import build_model
+from .params import ParameterError, check_choice, check_float, check_int
+from .stats import seed_summary, seeds_paired_difference
 from .train import Device, LossFn, fit, module_device, seed_everything
 
 #: The distillation losses: Hinton et al. (2015) soft targets, Ba & Caruana (2014) logit matching.
 LOSSES = ("hinton", "logits")
+#: Teacher families: a wide LeNet-style CNN, or an MLP with dropout (Hinton et al.'s 1200-1200).
+TEACHERS = ("cnn", "mlp")
+#: What a student can train on: the training images, their shifted views, or random images.
+TRAIN_SETS = ("images", "views", "random")
 
 
 def check_temperature(name: str, value: Any) -> float:
@@ -309,6 +320,23 @@ def gap_closed(scratch: float, distilled: float, teacher: float) -> float:
     return (distilled - scratch) / gap if gap > 0 else float("nan")
 
 
+def gap_interval(low: float, high: float, scratch: float, teacher: float) -> tuple[float, float] | None:
+    """The interval of ``gap_closed`` from the paired interval of distilled - scratch (points).
+
+    The teacher-to-scratch gap is taken as exact, so this shows the uncertainty of the numerator.
+
+    Args:
+        low, high: the paired 95% interval of distilled - scratch, in percentage points.
+        scratch: the from-scratch accuracy (fraction).
+        teacher: the teacher's accuracy (fraction).
+
+    Returns:
+        (low, high) as shares of the gap, or None when the teacher is not better.
+    """
+    gap = teacher - scratch
+    return (low / 100 / gap, high / 100 / gap) if gap > 0 else None
+
+
 def summarize(runs: pd.DataFrame, by: Sequence[str], value: str = "test_accuracy") -> pd.DataFrame:
     """Mean, standard deviation, min, max and count of ``value`` over seeds, per setting.
 
@@ -341,3 +369,301 @@ def teacher_table(logits: torch.Tensor, y: torch.Tensor, temperatures: Sequence[
             p = soft_targets(logits[i : i + 1], T)[0]
             rows.append({"sample": i, "label": int(y[i]), "T": T, **{str(c): float(v) for c, v in enumerate(p)}})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ the teacher and the transfer data
+
+def build_teacher(arch: str, image_shape: Sequence[int], fc: Sequence[int], channels: Sequence[int] = (20, 50),
+                  dropout: float = 0.0) -> nn.Module:
+    """An untrained teacher: a LeNet-style CNN with wider layers, or an MLP.
+
+    Args:
+        arch: "cnn" (conv ``channels[0]``, pool, conv ``channels[1]``, pool, fully connected ``fc``)
+            or "mlp" (hidden layers ``fc``, with ``dropout`` after each).
+        image_shape: (channels, height, width) of one input.
+        fc: widths of the fully connected hidden layers.
+        channels: the two convolutions' output channels (cnn only).
+        dropout: dropout probability after each hidden layer (mlp only).
+
+    Returns:
+        The freshly initialised model.
+    """
+    check_choice("TEACHER", arch, TEACHERS)
+    if arch == "cnn":
+        return build_model("lenet5", image_shape, channels=tuple(channels), fc=tuple(fc))
+    return build_model("mlp", image_shape, hidden=tuple(fc), dropout=dropout)
+
+
+def get_teacher(split_name: str, split_sizes: dict, views: torch.Tensor, labels: torch.Tensor, arch: str,
+                fc: Sequence[int], channels: Sequence[int], dropout: float, epochs: int, seed: int,
+                view_key: dict, device: Device = "cpu", lr: float = 1e-3, batch_size: int = 64
+                ) -> tuple[nn.Module, pd.DataFrame, bool]:
+    """The teacher trained on the shifted views (Adam, cosine decay to 0), from the cache or trained now.
+
+    Args:
+        split_name: the dataset name (part of the cache key).
+        split_sizes: ``Split.sizes()`` (part of the cache key).
+        views: (n, C, H, W) training views (``shifted_copies`` of the training images).
+        labels: (n,) their labels.
+        arch, fc, channels, dropout: the teacher (see ``build_teacher``).
+        epochs: passes over the views.
+        seed: seed of the initialisation and the shuffle.
+        view_key: what made the views (e.g. {"views": 10, "max_shift": 2, "seed": 0}), for the key.
+        device: where to train if the cache misses.
+        lr: Adam learning rate at the start of the cosine schedule.
+        batch_size: training batch size.
+
+    Returns:
+        (teacher on the CPU in eval mode, its training history, whether it came from the cache).
+    """
+    config = {"name": f"{split_name}-teacher-{arch}", "arch": arch, "fc": list(fc), "channels": list(channels),
+              "dropout": dropout, "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+              "split": split_sizes, "views": view_key, "version": 1, **runtime_key(device)}
+    shape = tuple(views.shape[1:])
+
+    def build() -> nn.Module:
+        seed_everything(seed)
+        return build_teacher(arch, shape, fc, channels, dropout)
+
+    def train(model: nn.Module) -> dict:
+        dl = loader(views.numpy(), labels.numpy(), batch_size, shuffle=True, seed=seed)
+        cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # noqa: E731
+        hist = fit(model, dl, None, epochs=epochs, lr=lr, scheduler=cosine, device=device, progress=False)
+        return {"history": hist.to_dict(orient="list")}
+
+    model, extras, hit = cached_model(config, build, train)
+    return model.eval(), pd.DataFrame(extras["history"]), hit
+
+
+def random_images(n: int, shape: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """Images of independent uniform pixels in [0, 1]: inputs that look nothing like the task.
+
+    Args:
+        n: how many.
+        shape: (C, H, W) of one image.
+        seed: seed of the pixels (drawn on the CPU).
+
+    Returns:
+        (n, C, H, W) float32.
+    """
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------ students, trained and scored
+
+class StudentLab:
+    """Trains students on named training sets at one budget of images seen, and scores them.
+
+    Every student sees ``epochs * len(images)`` training images, whatever its training set: a set
+    ``k`` times larger is passed over ``epochs / k`` times, so students on the views or on random
+    images take as many optimizer steps as those on the training images. Each run is keyed by
+    (hidden, set, loss, T, alpha, seed); asking for the same run again under another name reuses it.
+    """
+
+    def __init__(self, image_shape: Sequence[int], sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 teacher: nn.Module, epochs: int, val_loader: DataLoader, test_loader: DataLoader,
+                 batch_size: int = 64, lr: float = 1e-3, device: Device = "cpu"):
+        """Prepare the training sets and run the teacher once over each.
+
+        Args:
+            image_shape: (C, H, W) of one image.
+            sets: name -> (images (n, C, H, W), labels (n,)); "images" is required (the budget's unit),
+                and every set's size must be a whole multiple of its size.
+            teacher: the trained teacher (its logits are computed once per set).
+            epochs: the budget, in passes over the "images" set.
+            val_loader, test_loader: flat-or-image loaders for scoring (MLP students flatten).
+            batch_size: training batch size.
+            lr: Adam learning rate of every student.
+            device: where students train.
+        """
+        if "images" not in sets:
+            raise ParameterError("sets", sorted(sets), "a mapping with an 'images' entry")
+        self.n_images = len(sets["images"][1])
+        self.sizes = {name: len(X) for name, (X, _) in sets.items()}
+        for name, size in self.sizes.items():
+            if size % self.n_images:
+                raise ParameterError("sets", name, f"a set whose size is a multiple of {self.n_images} (the images)")
+        self.epochs = epochs
+        self.passes = {name: self.passes_for(name, epochs) for name in sets}
+        self.image_shape, self.lr, self.device = tuple(image_shape), lr, device
+        self.loaders = {k: loader(X.numpy(), y.numpy(), batch_size, shuffle=True) for k, (X, y) in sets.items()}
+        self.logits = {k: TeacherLogits(teacher, X) for k, (X, _) in sets.items()}
+        self.n_classes = int(self.logits["images"].logits.shape[1])  # students predict the teacher's classes
+        self.val_loader, self.test_loader = val_loader, test_loader
+        self.y_test = torch.cat([y for _, y in test_loader])
+        self.rows: list[dict] = []
+        self._done: dict[tuple, tuple[nn.Module, dict, np.ndarray]] = {}
+        self._names: dict[tuple[str, int], tuple] = {}
+
+    def passes_for(self, data: str, epochs: int) -> int:
+        """Passes over set ``data`` that show as many images as ``epochs`` passes over the images.
+
+        Args:
+            data: a set's name.
+            epochs: the budget in passes over the training images.
+
+        Returns:
+            The whole number of passes; a budget that is no whole number of them is an error.
+        """
+        ratio = self.sizes[data] // self.n_images
+        if epochs < 1 or epochs % ratio:
+            raise ParameterError("EPOCHS", epochs, f"a positive multiple of {ratio} (the size of set {data!r} over "
+                                 "the training images), so every student sees as many images")
+        return epochs // ratio
+
+    def train(self, name: str, hidden: Sequence[int], data: str, loss: str | None = None,
+              temperature: float = 1.0, alpha: float = 0.0, seed: int = 0, epochs: int | None = None) -> dict:
+        """Train one student (``loss`` None: cross-entropy on the labels) and score it.
+
+        Args:
+            name: the student's name in the tables (several seeds share a name).
+            hidden: hidden widths of the student MLP.
+            data: the training set, one of the names given to the lab.
+            loss: None (labels only), "hinton" or "logits".
+            temperature: T of Hinton's loss.
+            alpha: weight of the teacher term (ignored without a loss).
+            seed: seeds the initialisation and the shuffle.
+            epochs: the budget in passes over the training images (None: the lab's).
+
+        Returns:
+            Its row: name, hidden, data, loss, T, alpha, seed, passes, val and test accuracy, seconds.
+        """
+        check_choice("data", data, sorted(self.loaders))
+        if loss is not None:
+            check_choice("LOSS", loss, LOSSES)
+        passes = self.passes_for(data, self.epochs if epochs is None else epochs)
+        key = (tuple(int(h) for h in hidden), data, loss, float(temperature), float(alpha), int(seed), passes)
+        if key not in self._done:
+            loss_fn = None if loss is None else make_loss_fn(self.logits[data], loss, temperature, alpha)
+            build = lambda: build_model("mlp", self.image_shape, self.n_classes, hidden=list(hidden))  # noqa: E731
+            model, hist = train_student(build, seed, self.loaders[data], None, passes, loss_fn, self.lr,
+                                        self.device)
+            pred = torch.cat([model(x).argmax(1) for x, _ in self.test_loader])
+            correct = (pred == self.y_test).numpy()
+            row = {"hidden": str(list(hidden)), "data": data, "loss": loss or "labels", "T": float(temperature),
+                   "alpha": float(alpha) if loss else 0.0, "seed": int(seed), "passes": passes,
+                   "val_accuracy": _accuracy(model, self.val_loader), "test_accuracy": float(correct.mean()),
+                   "train_seconds": float(hist["epoch_seconds"].sum())}
+            self._done[key] = (model, row, correct)
+        row = {"student": name, **self._done[key][1]}
+        self.rows.append(row)
+        self._names[(name, int(seed))] = key
+        return row
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """One row per trained (or reused) student and seed."""
+        return pd.DataFrame(self.rows)
+
+    def model(self, name: str, seed: int) -> nn.Module:
+        """The trained student ``name`` of ``seed`` (on the CPU, eval mode)."""
+        return self._done[self._names[(name, int(seed))]][0]
+
+    def correct(self, name: str) -> np.ndarray:
+        """(seeds, test images) boolean matrix of student ``name``, seeds in increasing order."""
+        seeds = sorted(s for (n, s) in self._names if n == name)
+        if not seeds:
+            raise ParameterError("name", name, f"a trained student: {sorted({n for n, _ in self._names})}")
+        return np.stack([self._done[self._names[(name, s)]][2] for s in seeds])
+
+    def summary(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Test accuracy per student: mean, sd and count over seeds, with its validation mean.
+
+        Args:
+            names: students to show (None: all, in order of first training).
+
+        Returns:
+            Index student; columns hidden, data, loss, T, alpha, mean, std, seeds, val_mean.
+        """
+        runs = self.runs
+        names = list(dict.fromkeys(runs["student"])) if names is None else list(names)
+        rows = []
+        for n in names:
+            r = runs[runs["student"] == n].drop_duplicates("seed")
+            s = seed_summary(r["test_accuracy"].tolist())
+            first = r.iloc[0]
+            rows.append({"student": n, "hidden": first["hidden"], "data": first["data"], "loss": first["loss"],
+                         "T": first["T"], "alpha": first["alpha"], "mean": s.mean, "std": s.std, "seeds": s.n,
+                         "val_mean": float(r["val_accuracy"].mean())})
+        return pd.DataFrame(rows).set_index("student")
+
+    def compare(self, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+        """Each (student, reference) pair on the same test images, over their common seeds.
+
+        Args:
+            pairs: (student, reference) names.
+
+        Returns:
+            One row per pair: comparison, difference (points, mean over seeds), low, high (95%
+            bootstrap interval over the test images), seed_std, seeds, verdict.
+        """
+        rows = []
+        for b, a in pairs:
+            d = seeds_paired_difference(self.correct(a), self.correct(b))
+            rows.append({"comparison": f"{b} - {a}", "difference": d["difference"], "low": d["low"],
+                         "high": d["high"], "seed_std": d["seed_std"], "seeds": d["seeds"], "verdict": d["verdict"]})
+        return pd.DataFrame(rows).set_index("comparison")
+
+
+def _accuracy(model: nn.Module, dl: DataLoader) -> float:
+    with torch.no_grad():
+        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in dl)
+    return hits / len(dl.dataset)
+
+
+def check_budget(epochs: int, views: int, name: str = "EPOCHS") -> int:
+    """Check a student budget: whole passes over the views, so every student sees as many images.
+
+    Args:
+        epochs: passes over the training images.
+        views: ``VIEWS``, views per training image (the original and its shifted copies).
+        name: the parameter's name, for the error.
+
+    Returns:
+        The passes over the views.
+    """
+    check_int(name, epochs, minimum=1)
+    if epochs % views:
+        raise ParameterError(name, epochs, f"a multiple of VIEWS = {views}, so that students on the "
+                             "views see as many images as those on the training images")
+    return epochs // views
+
+
+def summary(teacher_accuracy: float, params: Mapping[str, int], chosen: Mapping[str, Any],
+            students: pd.DataFrame, pairs: pd.DataFrame, targets: Sequence[dict], n_test: int) -> pd.DataFrame:
+    """This run's facts for the discussion of notebook 07 to point at by name.
+
+    Args:
+        teacher_accuracy: the teacher's test accuracy.
+        params: parameters of "teacher", "student" and, if trained, "small student".
+        chosen: the chosen setting, {"loss", "T", "alpha"}.
+        students: ``StudentLab.summary()`` (sweep entries, whose names start with "sweep", are skipped).
+        pairs: ``StudentLab.compare`` rows, index "student - reference".
+        targets: the notebook's targets (gap closed first).
+        n_test: test images (one image is ``100 / n_test`` points).
+
+    Returns:
+        A ``facts.fact_table`` (value, unit, context), 4 significant digits.
+    """
+    rows = [("teacher: test accuracy", teacher_accuracy, "", "one model"),
+            ("teacher / student parameters", params["teacher"] / params["student"], "x",
+             f"{params['teacher']:,} / {params['student']:,}")]
+    if "small student" in params:
+        rows.append(("teacher / small student parameters", params["teacher"] / params["small student"], "x",
+                     f"{params['teacher']:,} / {params['small student']:,}"))
+    rows.append(("chosen setting", f"{chosen['loss']} T={chosen['T']:g} alpha={chosen['alpha']:g}", "",
+                 "best validation accuracy of the sweep"))
+    for name, r in students.iterrows():
+        if not str(name).startswith("sweep"):
+            sd = "" if r["seeds"] < 2 else f", sd {r['std']:.2g}"
+            rows.append((f"{name}: test accuracy", r["mean"], "", f"mean of {r['seeds']} seed(s){sd}"))
+    for name, r in pairs.iterrows():
+        rows.append((name, r["difference"], "points", f"[{r['low']:.3g}, {r['high']:.3g}]: {r['verdict']}"))
+    g = targets[0]
+    rows.append(("gap closed", g["measured"], "", f"[{g['low']:.3g}, {g['high']:.3g}]; goal >= {g['threshold']:g}"))
+    for plain, distilled in (("plain", "distilled on views"), ("small plain", "small distilled")):
+        if plain in students.index and distilled in students.index:
+            closed = gap_closed(students.loc[plain, "mean"], students.loc[distilled, "mean"], teacher_accuracy)
+            rows.append((f"{distilled}: gap closed", closed, "", f"vs {plain}, means over seeds"))
+    rows.append(("one test image", 100.0 / n_test, "points", f"of {n_test:,} test images"))
+    return fact_table(rows, digits=4)

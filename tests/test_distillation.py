@@ -176,8 +176,11 @@ def test_teacher_table():
     assert tab[["0", "1", "2"]].sum(1).tolist() == pytest.approx([1.0] * 4)
 
 
-@pytest.mark.parametrize("override,name", [({"TEMPERATURE": 0.0}, "TEMPERATURE"), ({"ALPHA": 1.5}, "ALPHA"),
-                                            ({"LOSS": "kl"}, "LOSS"), ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN")])
+@pytest.mark.parametrize("override,name", [
+    ({"SWEEP_TEMPERATURES": [0.0]}, "SWEEP_TEMPERATURES"), ({"ALPHA": 1.5}, "ALPHA"),
+    ({"TEACHER": "resnet"}, "TEACHER"), ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN"),
+    ({"EPOCHS": 15}, "EPOCHS"), ({"VIEWS": 0}, "VIEWS"), ({"TEACHER_DROPOUT": 1.0}, "TEACHER_DROPOUT"),
+    ({"SMALL_HIDDEN": [-1]}, "SMALL_HIDDEN"), ({"RANDOM_CONTROL": "yes"}, "RANDOM_CONTROL")])
 def test_notebook_bad_input_fails_in_validation(override, name, tmp_path):
     """Bad distillation parameters stop notebook 07 in its validation cell, before any training."""
     from pathlib import Path
@@ -186,3 +189,87 @@ def test_notebook_bad_input_fails_in_validation(override, name, tmp_path):
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "07_knowledge_distillation.ipynb"
     assert_fails_in_validation(nb, tmp_path, name, **override)
+
+
+def _lab(epochs=4, n=40, views=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 1, 4, 4, generator=g)
+    y = (X.reshape(n, -1)[:, 0] > 0.5).long()
+    Xv, yv = KD.shifted_copies(X, views - 1, 1, seed), y.repeat(views)
+    teacher = MLP(16, [8], n_classes=2)
+    test = loader(X.numpy(), y.numpy(), 1000)
+    sets = {"images": (X, y), "views": (Xv, yv), "random": (KD.random_images(n * views, (1, 4, 4)), y.repeat(views))}
+    return KD.StudentLab((1, 4, 4), sets, teacher, epochs, test, test, batch_size=8), teacher
+
+
+def test_student_lab_gives_every_set_the_same_images_seen():
+    lab, _ = _lab(epochs=4, views=2)
+    assert lab.passes == {"images": 4, "views": 2, "random": 2}
+    with pytest.raises(ParameterError, match="EPOCHS"):
+        _lab(epochs=3, views=2)  # 3 passes over the images is 1.5 over the views
+    lab.train("short", [3], "views", seed=0, epochs=2)
+    assert lab.runs.iloc[-1]["passes"] == 1
+    with pytest.raises(ParameterError, match="EPOCHS"):
+        lab.train("odd", [3], "views", seed=0, epochs=1)
+
+
+def test_student_lab_reuses_identical_runs_and_scores_each_seed():
+    lab, _ = _lab()
+    a = lab.train("plain", [3], "images", seed=0)
+    b = lab.train("plain again", [3], "images", seed=0)  # the same run under another name
+    assert a["test_accuracy"] == b["test_accuracy"] and len(lab._done) == 1
+    lab.train("plain", [3], "images", seed=1)
+    lab.train("distilled", [3], "views", "hinton", 4.0, 0.9, seed=0)
+    lab.train("distilled", [3], "views", "hinton", 4.0, 0.9, seed=1)
+    assert lab.correct("plain").shape == (2, 40)
+    s = lab.summary(["plain", "distilled"])
+    assert s.loc["plain", "seeds"] == 2 and s.loc["distilled", "data"] == "views"
+    assert s.loc["plain", "mean"] == pytest.approx(lab.correct("plain").mean())
+    c = lab.compare([("distilled", "plain")])
+    expected = 100 * (lab.correct("distilled").mean() - lab.correct("plain").mean())
+    assert c.loc["distilled - plain", "difference"] == pytest.approx(expected)
+    with pytest.raises(ParameterError, match="name"):
+        lab.correct("nobody")
+    with pytest.raises(ParameterError, match="data"):
+        lab.train("x", [3], "pixels")
+
+
+def test_student_lab_distilled_student_matches_a_hand_run():
+    """The lab's distilled student is train_student with make_loss_fn on the teacher's cached logits."""
+    lab, teacher = _lab()
+    row = lab.train("d", [3], "images", "hinton", 2.0, 0.5, seed=3)
+    X, y = lab.loaders["images"].dataset.tensors
+    dl = loader(X.numpy(), y.numpy(), 8, shuffle=True)
+    model, _ = KD.train_student(lambda: MLP(16, [3], n_classes=2), 3, dl, None, 4,
+                                KD.make_loss_fn(teacher, "hinton", 2.0, 0.5))
+    with torch.no_grad():
+        acc = float((model(X).argmax(1) == y).float().mean())
+    assert row["test_accuracy"] == pytest.approx(acc)
+
+
+def test_get_teacher_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
+    X = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(32) % 10
+    args = ("toy", {"train": 32}, X, y, "mlp", [6], [2, 3], 0.5, 1, 0, {"views": 1})
+    first, hist, hit = KD.get_teacher(*args)
+    again, _, hit2 = KD.get_teacher(*args)
+    assert (hit, hit2) == (False, True) and len(hist) == 1
+    for p, q in zip(first.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+    assert any(isinstance(m, torch.nn.Dropout) for m in first.modules())
+    cnn = KD.build_teacher("cnn", (1, 28, 28), [1000], [20, 50])
+    assert sum(p.numel() for p in cnn.parameters()) == 1286580  # 520 + 25,050 + 1,251,000 + 10,010
+    with pytest.raises(ParameterError, match="TEACHER"):
+        KD.build_teacher("vit", (1, 28, 28), [10])
+
+
+def test_random_images_budget_and_gap_interval():
+    r = KD.random_images(5, (1, 3, 3), seed=1)
+    assert r.shape == (5, 1, 3, 3) and 0 <= float(r.min()) and float(r.max()) <= 1
+    assert torch.equal(r, KD.random_images(5, (1, 3, 3), seed=1))
+    assert KD.check_budget(100, 10) == 10
+    with pytest.raises(ParameterError, match="EPOCHS"):
+        KD.check_budget(15, 10)
+    assert KD.gap_interval(1.0, 3.0, 0.90, 0.95) == pytest.approx((0.2, 0.6))
+    assert KD.gap_interval(1.0, 3.0, 0.95, 0.95) is None
