@@ -371,13 +371,15 @@ def per_schedule(results: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per schedule: test mean, sd, min, max; validation mean; training loss, accuracy
-        and seconds (means); ``gain_vs_constant_points``, 100 x (test mean - constant's).
+        and seconds (means); ``seeds`` (how many); ``gain_vs_constant_points``, 100 x (test mean
+        - constant's).
     """
     table = results.groupby("schedule", sort=False).agg(
         test_mean=("test_accuracy", "mean"), test_sd=("test_accuracy", "std"),
         test_min=("test_accuracy", "min"), test_max=("test_accuracy", "max"),
         val_mean=("val_accuracy", "mean"), train_loss=("train_loss", "mean"),
-        train_accuracy=("train_accuracy", "mean"), train_seconds=("train_seconds", "mean"))
+        train_accuracy=("train_accuracy", "mean"), train_seconds=("train_seconds", "mean"),
+        seeds=("seed", "nunique"))
     constant = table.loc["constant", "test_mean"]
     table["gain_vs_constant_points"] = 100 * (table["test_mean"] - constant)
     return table
