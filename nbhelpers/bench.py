@@ -133,7 +133,7 @@ are ratios of median latencies measured side by side in one notebook run, with o
 its extensions (with VNNI, 8-bit dot products accumulate in one instruction; without it int8 can be
 slower than fp32), and `int8_reduce_range` above says whether int8 weights used 7 bits here.
 
-## Targets from the issues: {met} of {len(targets)} met
+## Targets each notebook sets itself (reason and citation in the notebook): {met} of {len(targets)} met
 
 {markdown_table(targets)}
 ## Every optimized model against the baseline measured in the same run

@@ -1,4 +1,4 @@
-"""Targets from the issues, checked against measured figures and recorded for the benchmark."""
+"""Targets: a goal per measured figure, checked against the figure and its interval."""
 
 from __future__ import annotations
 

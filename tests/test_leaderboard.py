@@ -56,7 +56,7 @@ def test_benchmark_markdown_lists_targets_speedups_and_times():
     text = markdown([RunResult("06_quantization", "ok", 12.0, records=recs),
                      RunResult("99_broken", "failed", 3.0, error="ValueError: x")], 15.2, 1,
                     {"cores": "2", "cpu": "Test CPU", "python": "3.11", "torch": "2.13.0", "os": "linux"}, "empty")
-    assert "## Targets from the issues: 1 of 2 met" in text
+    assert "(reason and citation in the notebook): 1 of 2 met" in text
     assert "| 06_quantization | int8 speed-up b256 | 2 x | >= 2 x | yes |" in text
     assert "| 06_quantization | int8 loss | 1 points | <= 0.5 points | **no** |" in text
     assert "| 06_quantization | int8 | -1.00 |  |  | 4.00x |  | 2.00x |" in text and "Test CPU" in text
