@@ -449,6 +449,57 @@ def random_images(n: int, shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
+# ------------------------------------------------------------------ FitNets hints
+
+def penultimate(model: nn.Sequential) -> nn.Sequential:
+    """The layers of a sequential classifier before its last ``Linear``: its last hidden representation.
+
+    Args:
+        model: an ``nn.Sequential`` ending in a ``Linear`` (the MLP, LeNet-5 and the CNN teacher).
+
+    Returns:
+        A Sequential sharing those layers (training it trains the model).
+    """
+    layers = list(model)
+    last = max((i for i, m in enumerate(layers) if isinstance(m, nn.Linear)), default=-1)
+    if last < 1:
+        raise ParameterError("model", type(model).__name__, "an nn.Sequential with hidden layers before a last Linear")
+    return nn.Sequential(*layers[:last])
+
+
+def hint_stage(student: nn.Module, teacher: nn.Module, X: torch.Tensor, train_loader: DataLoader, epochs: int,
+               lr: float = 1e-3, device: Device = "cpu") -> pd.DataFrame:
+    """FitNets stage 1 (Romero et al. 2015): train the student's hidden layers to predict the teacher's.
+
+    A linear regressor maps the student's last hidden layer to the teacher's; the student's layers
+    below it and the regressor minimise ``MSE(regressor(h_s(x)), h_t(x))`` over ``epochs``. Stage 2 is
+    ordinary distillation of the whole student, starting from these layers.
+
+    Args:
+        student: the student (``nn.Sequential``), trained in place.
+        teacher: the teacher (``nn.Sequential``, eval mode).
+        X: every input of ``train_loader`` (the teacher's hidden outputs are computed once over them).
+        train_loader: the training batches.
+        epochs: passes of stage 1.
+        lr: Adam learning rate.
+        device: where to train.
+
+    Returns:
+        The history of stage 1 (its ``train_loss`` is the hint MSE).
+    """
+    trunk_t, trunk_s = penultimate(teacher), penultimate(student)
+    hints = TeacherLogits(trunk_t, X)  # exact lookup of the teacher's hidden outputs per batch
+    with torch.no_grad():
+        width_s = trunk_s(X[:1].to(module_device(student))).shape[1]
+    regressor = nn.Linear(width_s, hints.logits.shape[1])
+    model = nn.Sequential(trunk_s, regressor)
+
+    def loss_fn(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out, hints(x))
+
+    return fit(model, train_loader, None, epochs=epochs, lr=lr, loss_fn=loss_fn, device=device, progress=False)
+
+
 # ------------------------------------------------------------------ students, trained and scored
 
 class StudentLab:
@@ -487,6 +538,8 @@ class StudentLab:
         self.passes = {name: self.passes_for(name, epochs) for name in sets}
         self.image_shape, self.lr, self.device = tuple(image_shape), lr, device
         self.loaders = {k: loader(X.numpy(), y.numpy(), batch_size, shuffle=True) for k, (X, y) in sets.items()}
+        self.sets = {k: X for k, (X, _) in sets.items()}
+        self.teacher = teacher.eval()
         self.logits = {k: TeacherLogits(teacher, X) for k, (X, _) in sets.items()}
         self.n_classes = int(self.logits["images"].logits.shape[1])  # students predict the teacher's classes
         self.val_loader, self.test_loader = val_loader, test_loader
@@ -512,7 +565,8 @@ class StudentLab:
         return epochs // ratio
 
     def train(self, name: str, hidden: Sequence[int], data: str, loss: str | None = None,
-              temperature: float = 1.0, alpha: float = 0.0, seed: int = 0, epochs: int | None = None) -> dict:
+              temperature: float = 1.0, alpha: float = 0.0, seed: int = 0, epochs: int | None = None,
+              hint_epochs: int = 0) -> dict:
         """Train one student (``loss`` None: cross-entropy on the labels) and score it.
 
         Args:
@@ -524,6 +578,8 @@ class StudentLab:
             alpha: weight of the teacher term (ignored without a loss).
             seed: seeds the initialisation and the shuffle.
             epochs: the budget in passes over the training images (None: the lab's).
+            hint_epochs: FitNets: the first ``hint_epochs`` of the budget train the student's hidden
+                layers on the teacher's (``hint_stage``), the rest distil as usual (0: no hint).
 
         Returns:
             Its row: name, hidden, data, loss, T, alpha, seed, passes, val and test accuracy, seconds.
@@ -532,16 +588,25 @@ class StudentLab:
         if loss is not None:
             check_choice("LOSS", loss, LOSSES)
         passes = self.passes_for(data, self.epochs if epochs is None else epochs)
-        key = (tuple(int(h) for h in hidden), data, loss, float(temperature), float(alpha), int(seed), passes)
+        hint = self.passes_for(data, hint_epochs) if hint_epochs else 0
+        if hint >= passes:
+            raise ParameterError("HINT_EPOCHS", hint_epochs, f"fewer than the budget's {passes * self.sizes[data] // self.n_images}")
+        key = (tuple(int(h) for h in hidden), data, loss, float(temperature), float(alpha), int(seed), passes, hint)
         if key not in self._done:
             loss_fn = None if loss is None else make_loss_fn(self.logits[data], loss, temperature, alpha)
             build = lambda: build_model("mlp", self.image_shape, self.n_classes, hidden=list(hidden))  # noqa: E731
-            model, hist = train_student(build, seed, self.loaders[data], None, passes, loss_fn, self.lr,
+            if hint:
+                seed_everything(seed)
+                first = build()
+                self.loaders[data].generator.manual_seed(seed)
+                hint_stage(first, self.teacher, self.sets[data], self.loaders[data], hint, self.lr, self.device)
+                build = lambda: first  # noqa: E731  (stage 2 starts from the hinted layers)
+            model, hist = train_student(build, seed, self.loaders[data], None, passes - hint, loss_fn, self.lr,
                                         self.device)
             pred = torch.cat([model(x).argmax(1) for x, _ in self.test_loader])
             correct = (pred == self.y_test).numpy()
             row = {"hidden": str(list(hidden)), "data": data, "loss": loss or "labels", "T": float(temperature),
-                   "alpha": float(alpha) if loss else 0.0, "seed": int(seed), "passes": passes,
+                   "alpha": float(alpha) if loss else 0.0, "seed": int(seed), "passes": passes, "hint_passes": hint,
                    "val_accuracy": _accuracy(model, self.val_loader), "test_accuracy": float(correct.mean()),
                    "train_seconds": float(hist["epoch_seconds"].sum())}
             self._done[key] = (model, row, correct)

@@ -273,3 +273,29 @@ def test_random_images_budget_and_gap_interval():
         KD.check_budget(15, 10)
     assert KD.gap_interval(1.0, 3.0, 0.90, 0.95) == pytest.approx((0.2, 0.6))
     assert KD.gap_interval(1.0, 3.0, 0.95, 0.95) is None
+
+
+def test_penultimate_and_hint_stage_learn_the_teachers_hidden_layer():
+    torch.manual_seed(0)
+    teacher = MLP(16, [12], n_classes=2).eval()
+    trunk = KD.penultimate(teacher)
+    assert len(trunk) == len(teacher) - 1 and trunk[0] is teacher[0]  # shares the layers
+    X = torch.rand(64, 1, 4, 4)
+    dl = loader(X.numpy(), torch.zeros(64, dtype=torch.long).numpy(), 16, shuffle=True)
+    student = MLP(16, [6], n_classes=2)
+    before = [p.clone() for p in student[-1].parameters()]
+    hist = KD.hint_stage(student, teacher, X, dl, epochs=30, lr=1e-2)
+    assert hist["train_loss"].iloc[-1] < 0.5 * hist["train_loss"].iloc[0]
+    assert all(torch.equal(p, q) for p, q in zip(before, student[-1].parameters()))  # output layer untouched
+    with pytest.raises(ParameterError, match="model"):
+        KD.penultimate(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+
+
+def test_student_lab_hint_epochs_inside_the_budget():
+    lab, _ = _lab(epochs=4, views=2)
+    row = lab.train("fitnets", [3], "images", "hinton", 4.0, 0.9, seed=0, hint_epochs=2)
+    assert (row["passes"], row["hint_passes"]) == (4, 2)
+    plain = lab.train("distilled", [3], "images", "hinton", 4.0, 0.9, seed=0)
+    assert plain["hint_passes"] == 0 and len(lab._done) == 2  # a hinted run is another run
+    with pytest.raises(ParameterError, match="HINT_EPOCHS"):
+        lab.train("too long", [3], "images", "hinton", 4.0, 0.9, seed=0, hint_epochs=4)
