@@ -147,7 +147,7 @@ def summary(table: pd.DataFrame, macs: Mapping[str, int], n_test: int, baseline:
 
     Args:
         table: ``measure.compare`` of the two models (index: model name), ``baseline`` its baseline.
-        macs: model name -> multiply-adds per image (``neuron_pruning.count_macs``).
+        macs: model name -> multiply-adds per image (``measure.count_macs``).
         n_test: number of test images.
         baseline: the row the other is compared with (the MLP).
         other: the other model (LeNet-5).

@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -328,4 +330,132 @@ def compare(
     df["size_ratio"] = base["bytes"] / df["bytes"]
     for bs in batch_sizes:
         df[f"speedup_b{bs}"] = base[f"latency_ms_b{bs}"] / df[f"latency_ms_b{bs}"]
+    return df
+
+
+# ---------------------------------------------------------------- cost counters and kernel timings
+
+_LINEAR = (nn.Linear, nnq.Linear)  # nnq.dynamic.Linear is a subclass of nnq.Linear
+_CONV = (nn.Conv2d, nnq.Conv2d)
+_CSR_BETA = "Sparse CSR tensor support is in beta"
+
+
+def sparse_csr(t: torch.Tensor) -> torch.Tensor:
+    """``t.to_sparse_csr()`` without torch's "beta" warning.
+
+    Args:
+        t: a 2-D tensor.
+
+    Returns:
+        The same values in compressed sparse row format.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CSR_BETA)
+        return t.to_sparse_csr()
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass per sample, over Linear and Conv2d layers.
+
+    Linear: in x out; Conv2d: out_channels x (in_channels / groups) x kh x kw x output positions.
+    Quantized (int8) Linear and Conv2d modules count like their float versions.
+
+    Args:
+        model: the model.
+        example: one input batch (its first sample is used, on the model's device).
+
+    Returns:
+        MACs per sample.
+    """
+    total = 0
+
+    def hook(m, _inp, out):
+        nonlocal total
+        if isinstance(m, _LINEAR):
+            total += m.in_features * m.out_features
+        else:
+            kh, kw = m.kernel_size
+            total += m.out_channels * (m.in_channels // m.groups) * kh * kw * out.shape[-1] * out.shape[-2]
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LINEAR + _CONV)]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1].to(module_device(model)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+@torch.no_grad()
+def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> pd.Series:
+    """Median time of each layer of a Sequential on the input it really receives, in milliseconds.
+
+    Layers run on the model's device (CUDA timings wait for the device).
+
+    Args:
+        model: the Sequential model (eval mode).
+        x: the input batch (moved to the model's device).
+        repeats: timing samples per layer.
+        threads: ``torch.set_num_threads`` while timing (restored after).
+
+    Returns:
+        A Series indexed "position type" (e.g. "2 MaxPool2d") of median milliseconds.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        model.eval()
+        device = module_device(model)
+        h = x.to(device)
+        for i, layer in enumerate(model):
+            s = sorted(time_call(lambda: layer(h), 2, repeats, device=device))
+            out[f"{i} {type(layer).__name__}"] = s[len(s) // 2] * 1e3
+            h = layer(h)
+    finally:
+        torch.set_num_threads(old)
+    return pd.Series(out, name="ms")
+
+
+def kernel_latency(
+    weight: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 256),
+    threads: int = 1,
+    repeats: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by side.
+
+    Both kernels run on the device of ``weight`` (CUDA timings wait for the device).
+
+    Args:
+        weight: the (out, in) weight matrix, with its zeros.
+        batch_sizes: number of input rows ``x``.
+        threads: ``torch.set_num_threads`` during the measurement (restored after).
+        repeats: timing samples per kernel and batch size.
+        seed: seed of the random inputs (drawn on the CPU: the same inputs on every device).
+
+    Returns:
+        One row per (kernel, batch_size): median_ms; with sparsity and the shape.
+    """
+    w = weight.detach().contiguous()
+    csr = sparse_csr(w)
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        with torch.inference_mode():
+            for bs in batch_sizes:
+                x = torch.rand(bs, w.shape[1], generator=gen).to(w.device, w.dtype)
+                xt = x.t().contiguous()
+                for kernel, fn in [("dense", lambda: x @ w.t()), ("sparse csr", lambda: torch.sparse.mm(csr, xt))]:
+                    t = time_call(fn, warmup=3, repeats=repeats, device=w.device)
+                    rows.append({"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3})
+    finally:
+        torch.set_num_threads(old)
+    df = pd.DataFrame(rows)
+    df["sparsity"] = float(1 - torch.count_nonzero(w) / w.numel())
+    df["shape"] = "x".join(map(str, w.shape))
     return df

@@ -27,6 +27,7 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .measure import count_macs
 from .params import ParameterError, check_choice, check_choices, check_fraction
 from .train import module_device
 
@@ -361,39 +362,6 @@ def dead_units(model: nn.Sequential) -> dict[int, torch.Tensor]:
     return out
 
 
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass per sample, over Linear and Conv2d layers.
-
-    Linear: in x out; Conv2d: out_channels x (in_channels / groups) x kh x kw x output positions.
-    Quantized (int8) Linear and Conv2d modules count like their float versions.
-
-    Args:
-        model: the model.
-        example: one input batch (its first sample is used, on the model's device).
-
-    Returns:
-        MACs per sample.
-    """
-    total = 0
-
-    def hook(m, _inp, out):
-        nonlocal total
-        if isinstance(m, _LINEAR):
-            total += m.in_features * m.out_features
-        else:
-            kh, kw = m.kernel_size
-            total += m.out_channels * (m.in_channels // m.groups) * kh * kw * out.shape[-1] * out.shape[-2]
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LINEAR + _CONV)]
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1].to(module_device(model)))
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
-
-
 def torch_pruning_remove(
     model: nn.Module, example: torch.Tensor, keep: Mapping[int, Sequence[int] | torch.Tensor]
 ) -> nn.Module:
@@ -421,39 +389,6 @@ def torch_pruning_remove(
         if drop and dg.check_pruning_group(group):
             group.prune()
     return new.train(model.training)
-
-
-@torch.no_grad()
-def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> pd.Series:
-    """Median time of each layer of a Sequential on the input it really receives, in milliseconds.
-
-    Layers run on the model's device (CUDA timings wait for the device).
-
-    Args:
-        model: the Sequential model (eval mode).
-        x: the input batch (moved to the model's device).
-        repeats: timing samples per layer.
-        threads: ``torch.set_num_threads`` while timing (restored after).
-
-    Returns:
-        A Series indexed "position type" (e.g. "2 MaxPool2d") of median milliseconds.
-    """
-    from .measure import time_call
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    out = {}
-    try:
-        model.eval()
-        device = module_device(model)
-        h = x.to(device)
-        for i, layer in enumerate(model):
-            s = sorted(time_call(lambda: layer(h), 2, repeats, device=device))
-            out[f"{i} {type(layer).__name__}"] = s[len(s) // 2] * 1e3
-            h = layer(h)
-    finally:
-        torch.set_num_threads(old)
-    return pd.Series(out, name="ms")
 
 
 # ---------------------------------------------------------------- checks and this run's facts

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import gzip
 import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,19 +30,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .measure import accuracy, file_bytes, time_call
+from .measure import accuracy, file_bytes, sparse_csr
 from .params import ParameterError, check_choice, check_float
 from .train import evaluate
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
-_CSR_BETA = "Sparse CSR tensor support is in beta"
 
-
-def _to_csr(t: torch.Tensor) -> torch.Tensor:
-    """``t.to_sparse_csr()`` without torch's "beta" warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CSR_BETA)
-        return t.to_sparse_csr()
 SCOPES = ("global", "layer")
 METHODS = ("one-shot", "iterative", "gradual")
 
@@ -348,7 +340,7 @@ def save_torch_sparse(state: Mapping[str, torch.Tensor], path: str | Path) -> in
     for k, v in state.items():
         v = v.detach().cpu()  # the artifact does not depend on (or record) the model's device
         if _is_matrix(k, v):
-            out[k] = {"csr": _to_csr(v.reshape(v.shape[0], -1)), "shape": tuple(v.shape)}
+            out[k] = {"csr": sparse_csr(v.reshape(v.shape[0], -1)), "shape": tuple(v.shape)}
         else:
             out[k] = v
     torch.save(out, Path(path))
@@ -389,7 +381,7 @@ class CSRLinear(nn.Module):
             linear: the dense layer.
         """
         super().__init__()
-        self.weight = _to_csr(linear.weight.detach())
+        self.weight = sparse_csr(linear.weight.detach())
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -409,49 +401,6 @@ def to_csr_model(model: nn.Sequential) -> nn.Sequential:
     """
     layers = [CSRLinear(m) if isinstance(m, nn.Linear) else m for m in model]
     return nn.Sequential(*layers).eval()
-
-
-def kernel_latency(
-    weight: torch.Tensor,
-    batch_sizes: Sequence[int] = (1, 256),
-    threads: int = 1,
-    repeats: int = 20,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by side.
-
-    Both kernels run on the device of ``weight`` (CUDA timings wait for the device).
-
-    Args:
-        weight: the (out, in) weight matrix, with its zeros.
-        batch_sizes: number of input rows ``x``.
-        threads: ``torch.set_num_threads`` during the measurement (restored after).
-        repeats: timing samples per kernel and batch size.
-        seed: seed of the random inputs (drawn on the CPU: the same inputs on every device).
-
-    Returns:
-        One row per (kernel, batch_size): median_ms; with sparsity and the shape.
-    """
-    w = weight.detach().contiguous()
-    csr = _to_csr(w)
-    gen = torch.Generator().manual_seed(seed)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows = []
-    try:
-        with torch.inference_mode():
-            for bs in batch_sizes:
-                x = torch.rand(bs, w.shape[1], generator=gen).to(w.device, w.dtype)
-                xt = x.t().contiguous()
-                for kernel, fn in [("dense", lambda: x @ w.t()), ("sparse csr", lambda: torch.sparse.mm(csr, xt))]:
-                    t = time_call(fn, warmup=3, repeats=repeats, device=w.device)
-                    rows.append({"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3})
-    finally:
-        torch.set_num_threads(old)
-    df = pd.DataFrame(rows)
-    df["sparsity"] = float(1 - torch.count_nonzero(w) / w.numel())
-    df["shape"] = "x".join(map(str, w.shape))
-    return df
 
 
 # ---------------------------------------------------------------- the notebook's tables and facts

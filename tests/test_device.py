@@ -400,8 +400,8 @@ def check_structured_pruning(on: Place) -> None:
                 on.on_device(*small.parameters(), *small.buffers(), *keep.values())
         by_hand = NP.remove_units(model, {0: [0, 2], 4: [1, 2, 3]})  # plain lists of indices
         out["dead"] = NP.dead_units(by_hand)
-        out["macs"] = NP.count_macs(by_hand, x)
-        times = NP.layer_times(by_hand, x[:2], repeats=1)
+        out["macs"] = measure.count_macs(by_hand, x)
+        times = measure.layer_times(by_hand, x[:2], repeats=1)
         out["timed layers"] = list(times.index)
         return out
     on.same(on.run(run), run("cpu"))

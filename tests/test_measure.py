@@ -18,7 +18,7 @@ from nbhelpers.measure import (
     latency,
     serialized_bytes,
 )
-from nbhelpers.models import MLP
+from nbhelpers.models import MLP, LeNet5
 
 
 @pytest.fixture()
@@ -149,3 +149,35 @@ def test_compare_refuses_a_shuffling_loader():
     data = TensorDataset(torch.rand(8, 4), torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="shuffle"):
         measure.compare({"m": torch.nn.Linear(4, 2)}, DataLoader(data, shuffle=True), "m")
+
+
+# ---------------------------------------------------------------- cost counters and kernel timings
+
+
+def _sparse_weight(sparsity: float) -> torch.Tensor:
+    """A 300 x 784 weight with the given share of its smallest magnitudes set to zero."""
+    w = torch.randn(300, 784, generator=torch.Generator().manual_seed(0))
+    k = int(sparsity * w.numel())
+    w.view(-1)[w.abs().view(-1).argsort()[:k]] = 0
+    return w
+
+
+def test_count_macs_known():
+    assert measure.count_macs(MLP(784, (300, 100)), torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10
+    int8 = torch.ao.quantization.quantize_dynamic(MLP(784, (300, 100)), {nn.Linear}, dtype=torch.qint8)
+    assert measure.count_macs(int8, torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10  # int8 counts too
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1))
+    assert measure.count_macs(conv, torch.zeros(1, 1, 6, 6)) == 2 * 9 * 16 + 32
+
+
+def test_layer_times_one_row_per_layer():
+    m = LeNet5((1, 8, 8)).eval()
+    t = measure.layer_times(m, torch.rand(4, 1, 8, 8), repeats=3)
+    assert list(t.index) == [f"{i} {type(x).__name__}" for i, x in enumerate(m)] and (t > 0).all()
+
+
+def test_kernel_latency_table():
+    w = _sparse_weight(0.9)
+    df = measure.kernel_latency(w, (1, 4), repeats=2)
+    assert list(df.kernel) == ["dense", "sparse csr"] * 2 and (df.median_ms > 0).all()
+    assert df.sparsity.iloc[0] == pytest.approx(0.9, abs=1e-3)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from nbhelpers import measure
 from nbhelpers import neuron_pruning as NP
 from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
@@ -133,7 +134,7 @@ def test_removal_shapes_consistent(model, x):
     for m in small:  # every BatchNorm matches the layer before it
         if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             assert m.running_mean.shape[0] == m.num_features
-    assert NP.count_macs(small, x) < NP.count_macs(model, x)
+    assert measure.count_macs(small, x) < measure.count_macs(model, x)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     assert NP.widths(model) != NP.widths(small)  # the original is untouched
 
@@ -197,20 +198,6 @@ def test_prune_end_to_end_and_bad_layer():
     assert NP.widths(small) == {1: 8, 3: 4}
     with pytest.raises(ValueError, match="can lose units"):
         NP.remove_units(m, {5: [0]})  # the classifier
-
-
-def test_count_macs_known():
-    assert NP.count_macs(MLP(784, (300, 100)), torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10
-    int8 = torch.ao.quantization.quantize_dynamic(MLP(784, (300, 100)), {nn.Linear}, dtype=torch.qint8)
-    assert NP.count_macs(int8, torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10  # int8 counts too
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1))
-    assert NP.count_macs(conv, torch.zeros(1, 1, 6, 6)) == 2 * 9 * 16 + 32
-
-
-def test_layer_times_one_row_per_layer():
-    m = LeNet5((1, 8, 8)).eval()
-    t = NP.layer_times(m, torch.rand(4, 1, 8, 8), repeats=3)
-    assert list(t.index) == [f"{i} {type(x).__name__}" for i, x in enumerate(m)] and (t > 0).all()
 
 
 def test_n_units_of_float_and_int8_layers():

@@ -190,13 +190,6 @@ def test_csr_model_matches_the_dense_model():
         assert torch.allclose(P.to_csr_model(m)(x), m(x), atol=1e-6)
 
 
-def test_kernel_latency_table():
-    w = P.make_permanent(P.magnitude_prune(mlp(), 0.9, "layer"))[1].weight
-    df = P.kernel_latency(w, (1, 4), repeats=2)
-    assert list(df.kernel) == ["dense", "sparse csr"] * 2 and (df.median_ms > 0).all()
-    assert df.sparsity.iloc[0] == pytest.approx(0.9, abs=1e-3)
-
-
 # ---------------------------------------------------------------- the notebook's tables and facts
 
 
