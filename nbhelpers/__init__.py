@@ -6,7 +6,8 @@ Core (data to measurement):
     data           datasets that ship (official MNIST, mnist5k, digits), stratified splits, loaders
     models         the shared model family: MLP (LeNet-300-100 shape) and LeNet-5, BN on or off
     train          seeding, device choice, fit/evaluate/predict with a history DataFrame
-    measure        accuracy, per-image correctness, parameters, bytes, latency, ``compare`` tables
+    measure        accuracy, correctness per image, parameters, MACs, bytes, latency, kernel and
+                   per-layer timings, ``compare`` tables
     stats          paired intervals of accuracy differences, McNemar's exact test, Wilson intervals
     machine        the CPU and versions a result was measured on; the int8 precaution it needs
     cache          trained models and lookup tables on disk, keyed by configuration, locked, atomic
@@ -19,7 +20,7 @@ Techniques:
     pruning        unstructured magnitude pruning: masks, schedules, sparse storage and kernels
     neuron_pruning structured pruning of units and channels: criteria, removal, speed-up
     quantization   affine quantization from scratch, PyTorch int8, ONNX Runtime int8
-    distillation   Hinton's loss, logit matching, teacher logits, transfer sets
+    distillation   Hinton's loss, logit matching, FitNets hints, a cached teacher, StudentLab
     normalization  batch norm from scratch, folding, activation statistics
     schedules      learning-rate schedules by name, the LR range test
     compression    the stacked pipeline's sparse int8 artifact and entropy coding
