@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
 from .cache import cached_model, runtime_key
@@ -16,13 +15,11 @@ from .data import Split, load_split, loaders
 from .facts import fact_table
 from .models import build_model
 from .params import check_choice
-from .train import fit, seed_everything
+from .train import SCHEDULES, anneal, fit, seed_everything
 
 #: The recipe of the shared baselines: Adam at 1e-3, batches of 64, no weight decay.
 RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0}
 EPOCHS = {"mlp": 15, "lenet5": 12}
-#: Learning-rate schedules of the baseline recipe.
-SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -88,9 +85,7 @@ def get_baseline(
         return build_model(arch, split.image_shape)
 
     def train(model: nn.Module) -> dict:
-        cosine = (lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)) \
-            if schedule == "cosine" else None
-        hist = fit(model, dl["train"], dl["val"], epochs=epochs, lr=RECIPE["lr"], scheduler=cosine,
+        hist = fit(model, dl["train"], dl["val"], epochs=epochs, lr=RECIPE["lr"], scheduler=anneal(schedule, epochs),
                    optimizer=RECIPE["optimizer"], device=device, progress=progress, desc=f"{arch} baseline")
         return {"history": hist.to_dict(orient="list")}
 

@@ -90,6 +90,27 @@ def make_optimizer(
     return cls(params, lr=lr, weight_decay=weight_decay)
 
 
+#: Learning rate over a run: "constant" or "cosine" (annealed to 0 over the run's epochs).
+SCHEDULES = ("constant", "cosine")
+
+
+def anneal(schedule: str, epochs: int) -> Callable[[torch.optim.Optimizer], object] | None:
+    """The ``scheduler`` argument of ``fit`` for a named learning-rate shape over ``epochs``.
+
+    Args:
+        schedule: "constant" (None: the rate never changes) or "cosine" (``CosineAnnealingLR``
+            from the start rate to 0 over ``epochs``, stepped once per epoch).
+        epochs: the run's epochs.
+
+    Returns:
+        None or a function of the optimizer that makes the scheduler.
+    """
+    check_choice("schedule", schedule, SCHEDULES)
+    if schedule == "constant":
+        return None
+    return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(epochs)))
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
     """Default loss: cross-entropy of the logits against the labels (``x`` is ignored)."""
     return F.cross_entropy(logits, y)

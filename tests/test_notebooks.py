@@ -152,3 +152,8 @@ def test_expectation_rules_can_fail(nb: Path):
 def test_bad_baseline_schedule_fails_in_validation(stem: str, tmp_path: Path):
     assert_fails_in_validation(ROOT / "notebooks" / f"{stem}.ipynb", tmp_path, "BASELINE_SCHEDULE",
                                BASELINE_SCHEDULE="step")
+
+
+def test_bad_finetune_schedule_fails_in_validation(tmp_path: Path):
+    assert_fails_in_validation(ROOT / "notebooks" / "04_weight_pruning.ipynb", tmp_path, "FINETUNE_SCHEDULE",
+                               FINETUNE_SCHEDULE="linear")

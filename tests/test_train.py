@@ -139,3 +139,20 @@ def test_seed_everything_sets_the_gpu_flags(restore_determinism, monkeypatch):
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.is_deterministic_algorithms_warn_only_enabled()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_anneal_is_none_or_a_cosine_to_zero():
+    from nbhelpers.params import ParameterError
+    from nbhelpers.train import anneal
+
+    assert anneal("constant", 5) is None
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
+    sched = anneal("cosine", 4)(opt)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx([0.4, 0.4 * (1 + math.cos(math.pi / 4)) / 2, 0.2, 0.4 * (1 + math.cos(3 * math.pi / 4)) / 2])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ParameterError, match="schedule"):
+        anneal("step", 4)
