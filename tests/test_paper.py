@@ -82,3 +82,29 @@ def test_markdown_has_every_claim_and_the_machine():
 def test_paper_parameters_are_parameters_of_their_notebook(params: Path):
     _, names = parameters_cell(ROOT / "notebooks" / f"{params.stem}.ipynb")
     assert set(yaml.safe_load(params.read_text())) <= set(names)
+
+
+DISTIL = {"split_sizes": {"test": 10000}, "teacher_test_accuracy": 0.9930, "main_summary": [
+    {"student": "plain", "mean": 0.9850}, {"student": "distilled", "mean": 0.9910}],
+    "targets": [{"measured": 0.75, "low": 0.55, "high": 0.95}]}
+SIGMOID = {"facts_sigmoid": {"best_no_bn_lr": 2.5}, "sigmoid_curves": [
+    {"bn": bn, "lr": lr, "epoch": e, "val_accuracy": acc} for bn, lr, e, acc in [
+        (False, 2.5, 1, 0.10), (True, 2.5, 1, 0.80), (False, 2.5, 2, 0.90), (True, 2.5, 2, 0.93),
+        (False, 2.5, 3, 0.95), (True, 2.5, 3, 0.94), (False, 0.5, 1, 0.1), (True, 0.5, 1, 0.99)]]}
+
+
+def test_hinton_and_ioffe_rows():
+    t = paper.claims_table({"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}, {})
+    t = t.set_index("setting")
+    teacher = t.loc["1200-1200 teacher (dropout, 2-pixel jitter)"]
+    assert teacher["ours"] == 70 and teacher["low"] < 70 < teacher["high"] and teacher["published"] == 67
+    assert t.loc["800-800 student, plain", "ours"] == 150
+    assert t.loc["800-800 student, distilled at T = 20", "ours"] == 90
+    # BN above at epochs 1 and 2, below at 3, at the best no-BN rate (the 0.5 rows are ignored)
+    assert t.loc["3 x 100 sigmoid units, batches of 60", "ours"] == pytest.approx(2 / 3)
+    ts = {x["name"]: x for x in paper.profile_targets({"07_knowledge_distillation": DISTIL,
+                                                       "08_batch_normalization": SIGMOID})}
+    gap = next(x for n, x in ts.items() if n.startswith("Hinton"))
+    assert gap["met"] and gap["decided"] and (gap["low"], gap["high"]) == (0.55, 0.95)
+    bn = next(x for n, x in ts.items() if n.startswith("Ioffe"))
+    assert not bn["met"] and bn["measured"] == pytest.approx(2 / 3)
