@@ -75,9 +75,19 @@ def get_baseline(
     check_choice("BASELINE_SCHEDULE", schedule, SCHEDULES)
     split = load_split(dataset, seed, limit=limit, train_size=train_size)
     epochs = EPOCHS[arch] if epochs is None else epochs
-    config = {"name": f"{dataset}-{arch}", "dataset": dataset, "arch": arch, "seed": seed,
-              "epochs": epochs, "limit": limit, **RECIPE, "split": split.sizes(), "version": 1,
-              **runtime_key(device), "schedule": schedule}
+    config = {
+        "name": f"{dataset}-{arch}",
+        "dataset": dataset,
+        "arch": arch,
+        "seed": seed,
+        "epochs": epochs,
+        "limit": limit,
+        **RECIPE,
+        "split": split.sizes(),
+        "version": 1,
+        **runtime_key(device),
+        "schedule": schedule,
+    }
     dl = loaders(split, RECIPE["batch_size"], flat=arch == "mlp", seed=seed)
 
     def build() -> nn.Module:
@@ -85,8 +95,18 @@ def get_baseline(
         return build_model(arch, split.image_shape)
 
     def train(model: nn.Module) -> dict:
-        hist = fit(model, dl["train"], dl["val"], epochs=epochs, lr=RECIPE["lr"], scheduler=anneal(schedule, epochs),
-                   optimizer=RECIPE["optimizer"], device=device, progress=progress, desc=f"{arch} baseline")
+        hist = fit(
+            model,
+            dl["train"],
+            dl["val"],
+            epochs=epochs,
+            lr=RECIPE["lr"],
+            scheduler=anneal(schedule, epochs),
+            optimizer=RECIPE["optimizer"],
+            device=device,
+            progress=progress,
+            desc=f"{arch} baseline",
+        )
         return {"history": hist.to_dict(orient="list")}
 
     model, extras, hit = cached_model(config, build, train)
@@ -94,6 +114,7 @@ def get_baseline(
 
 
 # ---------------------------------------------------------------- a run's facts, for its Discussion
+
 
 def interval_text(row: Mapping[str, Any]) -> str:
     """The paired 95% interval and McNemar p of a ``measure.compare`` row, as table context.
@@ -136,8 +157,13 @@ def above_chance(row: Mapping[str, Any], n_classes: int = 10) -> bool:
     return bool(float(row["accuracy_low"]) > 1.0 / n_classes)
 
 
-def summary(table: pd.DataFrame, macs: Mapping[str, int], n_test: int, baseline: str = "mlp",
-            other: str = "lenet5") -> pd.DataFrame:
+def summary(
+    table: pd.DataFrame,
+    macs: Mapping[str, int],
+    n_test: int,
+    baseline: str = "mlp",
+    other: str = "lenet5",
+) -> pd.DataFrame:
     """This run's facts about the two baselines, from their ``measure.compare`` table.
 
     Args:
@@ -155,29 +181,60 @@ def summary(table: pd.DataFrame, macs: Mapping[str, int], n_test: int, baseline:
     b, o = table.loc[baseline], table.loc[other]
     acc = float(b["accuracy"])
     rows = [
-        (f"parameters, {baseline} / {other}", round(float(b["params"] / o["params"]), 2), "x",
-         f"{int(b['params']):,} vs {int(o['params']):,}"),
-        (f"multiply-adds per image, {other} / {baseline}", round(macs[other] / macs[baseline], 2),
-         "x", f"{macs[other]:,} vs {macs[baseline]:,}"),
-        (f"bytes on disk, {baseline} / {other}", round(float(o["size_ratio"]), 2), "x",
-         f"{int(b['bytes']):,} vs {int(o['bytes']):,}"),
-        (f"accuracy change, {other} vs {baseline}", round(float(o["accuracy_delta_points"]), 2),
-         "points", interval_text(o)),
+        (
+            f"parameters, {baseline} / {other}",
+            round(float(b["params"] / o["params"]), 2),
+            "x",
+            f"{int(b['params']):,} vs {int(o['params']):,}",
+        ),
+        (
+            f"multiply-adds per image, {other} / {baseline}",
+            round(macs[other] / macs[baseline], 2),
+            "x",
+            f"{macs[other]:,} vs {macs[baseline]:,}",
+        ),
+        (
+            f"bytes on disk, {baseline} / {other}",
+            round(float(o["size_ratio"]), 2),
+            "x",
+            f"{int(b['bytes']):,} vs {int(o['bytes']):,}",
+        ),
+        (
+            f"accuracy change, {other} vs {baseline}",
+            round(float(o["accuracy_delta_points"]), 2),
+            "points",
+            interval_text(o),
+        ),
         (f"verdict, {other} vs {baseline}", str(o["verdict"]), "", verdict_reason(o)),
     ]
     for col in [c for c in table.columns if c.startswith("speedup_b")]:
         bs = col.removeprefix("speedup_b")
-        rows.append((f"speed of {other} / {baseline}, batch {bs}", round(float(o[col]), 2), "x",
-                     "above 1: faster; timed side by side"))
+        rows.append(
+            (
+                f"speed of {other} / {baseline}, batch {bs}",
+                round(float(o[col]), 2),
+                "x",
+                "above 1: faster; timed side by side",
+            )
+        )
     for name in (baseline, other):
         r = table.loc[name]
         low, high = float(r["accuracy_low"]), float(r["accuracy_high"])
-        rows.append((f"{name} above chance", above_chance(r), "",
-                     f"95% interval [{low:.4f}, {high:.4f}] vs 0.1"))
+        rows.append(
+            (
+                f"{name} above chance",
+                above_chance(r),
+                "",
+                f"95% interval [{low:.4f}, {high:.4f}] vs 0.1",
+            )
+        )
     rows += [
         ("one test image", round(100 / n_test, 4), "points", f"{n_test:,} test images"),
-        (f"standard error of {baseline}'s accuracy",
-         round(100 * math.sqrt(acc * (1 - acc) / n_test), 2), "points",
-         f"sqrt(p (1 - p) / n) at p = {acc:.4f}"),
+        (
+            f"standard error of {baseline}'s accuracy",
+            round(100 * math.sqrt(acc * (1 - acc) / n_test), 2),
+            "points",
+            f"sqrt(p (1 - p) / n) at p = {acc:.4f}",
+        ),
     ]
     return fact_table(rows)

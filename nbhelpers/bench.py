@@ -42,19 +42,27 @@ def machine_info() -> dict[str, str]:
 
 
 def commit() -> str:
-    """The short hash of the checked-out commit (with "+changes" when the tree differs), or "unknown"."""
+    """The short hash of the checked-out commit (with "+changes" when the tree differs), or
+    "unknown"."""
     import subprocess
 
     try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=REPO_DIR, capture_output=True, text=True,  # noqa: E731
-                                        timeout=10, check=True).stdout.strip()
-        return run("rev-parse", "--short", "HEAD") + ("+changes" if run("status", "--porcelain", "-uno") else "")
+
+        def run(*a: str) -> str:
+            return subprocess.run(
+                ["git", *a], cwd=REPO_DIR, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+
+        return run("rev-parse", "--short", "HEAD") + (
+            "+changes" if run("status", "--porcelain", "-uno") else ""
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def targets_frame(results: list[RunResult]) -> pd.DataFrame:
-    """Every recorded target of every notebook (records ``targets`` and ``targets_*``), one row each.
+    """Every recorded target of every notebook (records ``targets`` and ``targets_*``), one row
+    each.
 
     Args:
         results: the notebook runs.
@@ -64,13 +72,21 @@ def targets_frame(results: list[RunResult]) -> pd.DataFrame:
     """
     rows = []
     for r in results:
-        lists = [v for k, v in sorted(r.records.items()) if k == "targets" or k.startswith("targets_")]
+        lists = [
+            v for k, v in sorted(r.records.items()) if k == "targets" or k.startswith("targets_")
+        ]
         for t in (t for lst in lists for t in (lst or [])):
             verdict = verdict_text(t)
-            rows.append({"notebook": r.stem, "target": t["name"], "measured": measured_text(t),
-                         "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
-                         "met": verdict if t["met"] else f"**{verdict.replace('NO', 'no')}**",
-                         "note": t.get("note", "")})
+            rows.append(
+                {
+                    "notebook": r.stem,
+                    "target": t["name"],
+                    "measured": measured_text(t),
+                    "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
+                    "met": verdict if t["met"] else f"**{verdict.replace('NO', 'no')}**",
+                    "note": t.get("note", ""),
+                }
+            )
     return pd.DataFrame(rows, columns=["notebook", "target", "measured", "goal", "met", "note"])
 
 
@@ -97,8 +113,13 @@ def cache_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
 
 
-def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dict[str, str],
-             cache: str = "not recorded") -> str:
+def markdown(
+    results: list[RunResult],
+    wall_seconds: float,
+    jobs: int,
+    info: dict[str, str],
+    cache: str = "not recorded",
+) -> str:
     """The text of ``docs/benchmarks.md``.
 
     Args:
@@ -115,25 +136,47 @@ def markdown(results: list[RunResult], wall_seconds: float, jobs: int, info: dic
     targets = targets_frame(results)
     met = int((targets["met"] == "yes").sum()) if not targets.empty else 0
     board = leaderboard.build({r.stem: r.records for r in results if r.status == "ok"})
-    speed = leaderboard.readable(board).loc[~board["is_baseline"].astype(bool).to_numpy(),
-                                            ["notebook", "model", "change, points [95% CI]", "verdict",
-                                             "McNemar p", "times smaller", "speed-up b1", "speed-up b256"]]
-    runs = pd.DataFrame([{"notebook": r.stem, "status": r.status, "wall seconds": f"{r.seconds:.1f}",
-                          "error": r.error[:120]} for r in results])
-    return f"""# Benchmarks
+    speed = leaderboard.readable(board).loc[
+        ~board["is_baseline"].astype(bool).to_numpy(),
+        [
+            "notebook",
+            "model",
+            "change, points [95% CI]",
+            "verdict",
+            "McNemar p",
+            "times smaller",
+            "speed-up b1",
+            "speed-up b256",
+        ],
+    ]
+    runs = pd.DataFrame(
+        [
+            {
+                "notebook": r.stem,
+                "status": r.status,
+                "wall seconds": f"{r.seconds:.1f}",
+                "error": r.error[:120],
+            }
+            for r in results
+        ]
+    )
+    return (
+        f"""# Benchmarks
 
 Written by `make bench` (`python -m nbhelpers.bench --jobs {jobs}`) on {date}, at commit {commit()}.
 
 | machine | |
 |---|---|
-""" + "".join(f"| {k} | {v} |\n" for k, v in info.items()) + f"""
+"""
+        + "".join(f"| {k} | {v} |\n" for k, v in info.items())
+        + f"""
 Every notebook ran at its default parameters. Accuracy is on the held-out test split. Speed-ups
 are ratios of median latencies measured side by side in one notebook run, with one thread
 (`nbhelpers.measure.latency`). They hold for this CPU only: int8 speed in particular depends on
 its extensions (with VNNI, 8-bit dot products accumulate in one instruction; without it int8 can be
 slower than fp32), and `int8_reduce_range` above says whether int8 weights used 7 bits here.
 
-## Targets each notebook sets itself (reason and citation in the notebook): {met} of {len(targets)} met
+## Targets each notebook sets itself (reason and citation there): {met} of {len(targets)} met
 
 {markdown_table(targets)}
 ## Every optimized model against the baseline measured in the same run
@@ -145,20 +188,27 @@ on disk; speed-up: times faster at batch 1 / 256.
 {markdown_table(speed)}
 ## Run times
 
-Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time). Model cache at the start: {cache}.
+Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time).
+Model cache at the start: {cache}.
 
 {markdown_table(runs)}"""
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 1 if any notebook failed."""
-    ap = argparse.ArgumentParser(prog="python -m nbhelpers.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m nbhelpers.bench", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("notebooks", nargs="*", help="stems (default: every notebook)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "benchmarks.md")
-    ap.add_argument("--empty-cache", action="store_true",
-                    help="run with an empty temporary model cache, so every baseline is trained anew")
+    ap.add_argument(
+        "--empty-cache",
+        action="store_true",
+        help="run with an empty temporary model cache, so every baseline is trained anew",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be an integer >= 1, got {args.jobs}")
@@ -167,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nbhelpers-cache-") as tmp:
         try:
             if args.empty_cache:
-                os.environ["NBHELPERS_CACHE_DIR"] = tmp  # the kernels inherit it; data/cache/ is left alone
-                cache = "empty (a temporary folder: every baseline and lookup table was built in this run)"
+                # the kernels inherit it; data/cache/ is left alone
+                os.environ["NBHELPERS_CACHE_DIR"] = tmp
+                cache = (
+                    "empty (a temporary folder: every baseline and lookup table was built in "
+                    "this run)"
+                )
             else:
                 cache = f"{cache_files(cache_dir())} file(s) in {cache_dir()}"
             t0 = time.perf_counter()

@@ -28,7 +28,8 @@ def runtime_key(device: str | torch.device = "cpu") -> dict[str, str]:
     """What a trained artifact depends on beyond its recipe: the torch build and the device type.
 
     A model trained on CUDA, or by another torch version, comes from other kernels and is another
-    artifact; adding these fields to a cache configuration keeps it from being served in their place.
+    artifact; adding these fields to a cache configuration keeps it from being served in their
+    place.
 
     Args:
         device: the device the artifact is (or would be) computed on.
@@ -150,8 +151,9 @@ def store_json(path: Path, config: Mapping[str, Any], value: Any) -> Any:
     return json.loads(text)["value"]
 
 
-def cached_json(config: Mapping[str, Any], compute: Callable[[], Any],
-                root: Path | None = None) -> tuple[Any, bool]:
+def cached_json(
+    config: Mapping[str, Any], compute: Callable[[], Any], root: Path | None = None
+) -> tuple[Any, bool]:
     """Load JSON results from the cache, or compute and store them (locked, written atomically).
 
     Args:
@@ -175,7 +177,9 @@ def _try_load(path: Path, config: Mapping[str, Any], model: nn.Module) -> dict |
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        if json.loads(blob["config"]) != json.loads(json.dumps(config, sort_keys=True, default=str)):
+        if json.loads(blob["config"]) != json.loads(
+            json.dumps(config, sort_keys=True, default=str)
+        ):
             return None
         model.load_state_dict(blob["state_dict"])
         return blob

@@ -29,20 +29,27 @@ from .models import MLP
 
 def int8_linears(model: nn.Module) -> list[nn.Module]:
     """The dynamic-int8 Linear layers of a model, in order (ValueError when there are none)."""
-    layers = [m for m in model.modules() if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None))]
+    layers = [
+        m
+        for m in model.modules()
+        if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None))
+    ]
     if not layers:
         raise ValueError("expected a dynamic-int8 model (torch.ao quantize_dynamic of an MLP)")
     return layers
 
 
 def pack_int8_sparse(qmodel: nn.Module) -> dict[str, np.ndarray]:
-    """The arrays of the artifact: per layer a bitmap of non-zeros, the non-zero int8 values, scale, bias.
+    """The arrays of the artifact: per layer a bitmap of non-zeros, the non-zero int8 values,
+    scale, bias.
 
     Args:
-        qmodel: a dynamic-int8 MLP (per-tensor symmetric int8 weights, as ``quantize_dynamic`` makes).
+        qmodel: a dynamic-int8 MLP (per-tensor symmetric int8 weights, as ``quantize_dynamic``
+            makes).
 
     Returns:
-        Array name -> array, in layer order (``l0.mask``, ``l0.values``, ``l0.scale``, ``l0.bias``, ...).
+        Array name -> array, in layer order (``l0.mask``, ``l0.values``, ``l0.scale``, ``l0.bias``,
+        ...).
     """
     out: dict[str, np.ndarray] = {}
     for i, m in enumerate(int8_linears(qmodel)):
@@ -59,7 +66,9 @@ def pack_int8_sparse(qmodel: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def save_artifact(arrays: dict[str, np.ndarray], path: str | Path, entropy_coding: bool = False) -> int:
+def save_artifact(
+    arrays: dict[str, np.ndarray], path: str | Path, entropy_coding: bool = False
+) -> int:
     """Write the artifact as an ``.npz``, LZMA-compressed (``.xz`` content) when ``entropy_coding``.
 
     Args:
@@ -73,7 +82,9 @@ def save_artifact(arrays: dict[str, np.ndarray], path: str | Path, entropy_codin
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     raw = buf.getvalue()
-    Path(path).write_bytes(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if entropy_coding else raw)
+    Path(path).write_bytes(
+        lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME) if entropy_coding else raw
+    )
     return Path(path).stat().st_size
 
 
@@ -142,13 +153,15 @@ def _set_int8_weights(qmodel: nn.Module, arrays: dict[str, np.ndarray]) -> None:
         mask = np.unpackbits(arrays[f"l{i}.mask"], count=int(np.prod(shape))).astype(bool)
         q = np.zeros(int(np.prod(shape)), dtype=np.int8)
         q[mask] = arrays[f"l{i}.values"]
-        qw = torch._make_per_tensor_quantized_tensor(torch.from_numpy(q.reshape(shape)),
-                                                     float(arrays[f"l{i}.scale"][0]), 0)
+        qw = torch._make_per_tensor_quantized_tensor(
+            torch.from_numpy(q.reshape(shape)), float(arrays[f"l{i}.scale"][0]), 0
+        )
         m.set_weight_bias(qw, torch.from_numpy(arrays[f"l{i}.bias"]))
 
 
 def huffman_bits(symbols: np.ndarray) -> int:
-    """Total bits of a Huffman code of the symbols (Deep Compression's entropy coder), tables excluded.
+    """Total bits of a Huffman code of the symbols (Deep Compression's entropy coder), tables
+    excluded.
 
     Args:
         symbols: any 1-D array of hashable values.
@@ -172,7 +185,8 @@ def huffman_bits(symbols: np.ndarray) -> int:
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
-    """Shannon entropy of the symbols times their count: the lower bound of any symbol-by-symbol code.
+    """Shannon entropy of the symbols times their count: the lower bound of any symbol-by-symbol
+    code.
 
     Args:
         symbols: any 1-D array.
@@ -188,8 +202,9 @@ def entropy_bits(symbols: np.ndarray) -> float:
 # ---------------------------------------------------------------- the pipeline's tables and facts
 
 
-def coding_table(arrays: Mapping[str, np.ndarray], plain_bytes: int, coded_bytes: int | None,
-                 identical: bool) -> pd.Series:
+def coding_table(
+    arrays: Mapping[str, np.ndarray], plain_bytes: int, coded_bytes: int | None, identical: bool
+) -> pd.Series:
     """What the artifact holds and what each way of coding it costs, in bytes.
 
     Args:
@@ -204,15 +219,19 @@ def coding_table(arrays: Mapping[str, np.ndarray], plain_bytes: int, coded_bytes
     """
     values = nonzero_values(arrays)
     bitmap_bits = sum(int(np.prod(arrays[k])) for k in arrays if k.endswith(".shape"))
-    return pd.Series({
-        "non-zero int8 weights": len(values),
-        "distinct int8 values": len(np.unique(values)),
-        "plain artifact (bytes)": plain_bytes,
-        "LZMA-coded artifact (bytes)": coded_bytes,
-        "Huffman-coded values + bitmap, estimate (bytes)": (huffman_bits(values) + bitmap_bits) / 8,
-        "Shannon bound of values + bitmap (bytes)": (entropy_bits(values) + bitmap_bits) / 8,
-        "artifact gives back the identical int8 model": bool(identical),
-    }, dtype=object)
+    return pd.Series(
+        {
+            "non-zero int8 weights": len(values),
+            "distinct int8 values": len(np.unique(values)),
+            "plain artifact (bytes)": plain_bytes,
+            "LZMA-coded artifact (bytes)": coded_bytes,
+            "Huffman-coded values + bitmap, estimate (bytes)": (huffman_bits(values) + bitmap_bits)
+            / 8,
+            "Shannon bound of values + bitmap (bytes)": (entropy_bits(values) + bitmap_bits) / 8,
+            "artifact gives back the identical int8 model": bool(identical),
+        },
+        dtype=object,
+    )
 
 
 def nonzero_values(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -220,8 +239,9 @@ def nonzero_values(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([arrays[k] for k in arrays if k.endswith(".values")])
 
 
-def with_entropy_stage(table: pd.DataFrame, coded_bytes: int, name: str = "5 + entropy coding"
-                       ) -> pd.DataFrame:
+def with_entropy_stage(
+    table: pd.DataFrame, coded_bytes: int, name: str = "5 + entropy coding"
+) -> pd.DataFrame:
     """The stage table plus the entropy-coded stage: the last stage's model with the coded bytes.
 
     The coded artifact decodes to the same int8 model, so accuracy and latency are the last
@@ -263,8 +283,9 @@ def stage_steps(table: pd.DataFrame, batch_sizes: Sequence[int]) -> pd.DataFrame
     return out
 
 
-def executed_records(reports_dir: str | Path, pattern: str = "0[4-7]_*.ipynb"
-                     ) -> dict[str, dict[str, Any]]:
+def executed_records(
+    reports_dir: str | Path, pattern: str = "0[4-7]_*.ipynb"
+) -> dict[str, dict[str, Any]]:
     """The records of the executed notebooks in a folder that recorded a ``comparison``.
 
     Args:
@@ -284,8 +305,9 @@ def executed_records(reports_dir: str | Path, pattern: str = "0[4-7]_*.ipynb"
     return out
 
 
-def pareto_board(others: Mapping[str, Mapping[str, Any]], stages: pd.DataFrame, notebook: str,
-                 baseline: str) -> pd.DataFrame:
+def pareto_board(
+    others: Mapping[str, Mapping[str, Any]], stages: pd.DataFrame, notebook: str, baseline: str
+) -> pd.DataFrame:
     """One leaderboard of other notebooks' comparisons and this pipeline's stages.
 
     Args:
@@ -312,8 +334,13 @@ def single_technique_points(board: pd.DataFrame, notebook: str) -> pd.DataFrame:
     return board[(board["notebook"] != notebook) & ~board["is_baseline"].astype(bool)]
 
 
-def summary(stages: pd.DataFrame, targets: Sequence[Mapping[str, Any]], board: pd.DataFrame, *,
-            notebook: str) -> pd.DataFrame:
+def summary(
+    stages: pd.DataFrame,
+    targets: Sequence[Mapping[str, Any]],
+    board: pd.DataFrame,
+    *,
+    notebook: str,
+) -> pd.DataFrame:
     """This run's facts about the pipeline, from its stage table, targets and Pareto board.
 
     Args:
@@ -337,32 +364,73 @@ def summary(stages: pd.DataFrame, targets: Sequence[Mapping[str, Any]], board: p
     big = max(speed, key=lambda c: int(c.removeprefix("speedup_b")))
     rows = [
         ("final stage", str(stages.index[-1]), "", f"after {len(stages) - 1} stages"),
-        ("final: times smaller than the baseline", round(float(fin["size_ratio"]), 2), "x",
-         f"{int(base['bytes']):,} to {int(fin['bytes']):,} bytes"),
-        ("final: accuracy change vs the baseline", round(float(fin["accuracy_delta_points"]), 2),
-         "points", interval_text(fin)),
+        (
+            "final: times smaller than the baseline",
+            round(float(fin["size_ratio"]), 2),
+            "x",
+            f"{int(base['bytes']):,} to {int(fin['bytes']):,} bytes",
+        ),
+        (
+            "final: accuracy change vs the baseline",
+            round(float(fin["accuracy_delta_points"]), 2),
+            "points",
+            interval_text(fin),
+        ),
         ("final: verdict vs the baseline", str(fin["verdict"]), "", verdict_reason(fin)),
     ]
-    rows += [(f"final: speed vs the baseline, batch {c.removeprefix('speedup_b')}",
-              round(float(fin[c]), 2), "x", "above 1: faster") for c in speed]
-    rows.append(("multiply-adds per image, baseline / final", round(base["macs"] / fin["macs"], 2),
-                 "x", f"{int(base['macs']):,} to {int(fin['macs']):,}"))
+    rows += [
+        (
+            f"final: speed vs the baseline, batch {c.removeprefix('speedup_b')}",
+            round(float(fin[c]), 2),
+            "x",
+            "above 1: faster",
+        )
+        for c in speed
+    ]
+    rows.append(
+        (
+            "multiply-adds per image, baseline / final",
+            round(base["macs"] / fin["macs"], 2),
+            "x",
+            f"{int(base['macs']):,} to {int(fin['macs']):,}",
+        )
+    )
     for name, r in stages.iloc[1:].iterrows():
-        rows.append((f"{name}: times smaller", round(float(r["smaller_than_previous"]), 2), "x",
-                     "than the stage before, bytes on disk"))
+        rows.append(
+            (
+                f"{name}: times smaller",
+                round(float(r["smaller_than_previous"]), 2),
+                "x",
+                "than the stage before, bytes on disk",
+            )
+        )
     b = big.removeprefix("speedup_b")
     for name, r in stages.iloc[1:].iterrows():
         step = round(float(r[f"faster_than_previous_b{b}"]), 2)
         rows.append((f"{name}: times faster, b{b}", step, "x", f"than the stage before, batch {b}"))
-    rows += [(f"target met: {t['name']}", bool(t["met"]), "",
-              measured_text(t) + (" (within noise)" if t.get("decided") is False else ""))
-             for t in targets]
+    rows += [
+        (
+            f"target met: {t['name']}",
+            bool(t["met"]),
+            "",
+            measured_text(t) + (" (within noise)" if t.get("decided") is False else ""),
+        )
+        for t in targets
+    ]
     others = single_technique_points(board, notebook)
     front = pareto_front(board) if len(board) else board
     rows += [
-        ("single-technique models on the picture", len(others), "models",
-         f"from {others['notebook'].nunique()} notebooks"),
-        ("pipeline stages on the Pareto front", int((front["notebook"] == notebook).sum()),
-         "points", f"of {len(front)} Pareto-optimal points"),
+        (
+            "single-technique models on the picture",
+            len(others),
+            "models",
+            f"from {others['notebook'].nunique()} notebooks",
+        ),
+        (
+            "pipeline stages on the Pareto front",
+            int((front["notebook"] == notebook).sum()),
+            "points",
+            f"of {len(front)} Pareto-optimal points",
+        ),
     ]
     return fact_table(rows)

@@ -249,8 +249,9 @@ def read_mnist_folder(folder: Path) -> dict[str, np.ndarray] | None:
         return None
     if not all(found.values()):
         have = [p.name for p in found.values() if p is not None]
-        lacking = [stem for part, stem in zip(MNIST_PARTS, MNIST_FILES["idx"])
-                   if found[part] is None]
+        lacking = [
+            stem for part, stem in zip(MNIST_PARTS, MNIST_FILES["idx"]) if found[part] is None
+        ]
         raise DataError(
             f"{folder} holds only some of the MNIST IDX files: it has {', '.join(have)} but lacks "
             f"{', '.join(lacking)} (plain or .gz). Copy the missing files there, or empty the "
@@ -407,18 +408,23 @@ def _split_mnist(
     is_val[stratified_subset(y_pool[pool], n_val, np.random.default_rng([seed, 0]))] = True
     val, train = pool[is_val], pool[~is_val]
     if train_size is not None:
-        detail = (f"the {len(pool)} official training images less the {n_val} held out "
-                  "for validation")
+        detail = (
+            f"the {len(pool)} official training images less the {n_val} held out for validation"
+        )
         _check_train_size(train_size, y_pool[train], detail)
         keep = stratified_subset(y_pool[train], train_size, np.random.default_rng([seed, 1]))
         train = train[keep]
     X_pool, X_test_all = arrays["train_images"], arrays["test_images"]
     y64 = y_pool.astype(np.int64)
     return Split(
-        "mnist", (1, 28, 28),
-        _unit_images(X_pool[train]), y64[train],
-        _unit_images(X_pool[val]), y64[val],
-        _unit_images(X_test_all[test]), y_test_all[test].astype(np.int64),
+        "mnist",
+        (1, 28, 28),
+        _unit_images(X_pool[train]),
+        y64[train],
+        _unit_images(X_pool[val]),
+        y64[val],
+        _unit_images(X_test_all[test]),
+        y_test_all[test].astype(np.int64),
         {"train": train, "val": val, "test": n_pool + test},  # positions in load_arrays("mnist")
     )
 
@@ -428,7 +434,8 @@ def _check_train_size(train_size: int, y_train: np.ndarray, detail: str) -> None
     low, high = len(np.unique(y_train)), len(y_train)
     if not low <= train_size <= high:
         raise ParameterError(
-            "TRAIN_SIZE", train_size,
+            "TRAIN_SIZE",
+            train_size,
             f"an integer in [{low}, {high}]: at least one image per class ({low} classes), at "
             f"most the {high} training images ({detail})",
         )

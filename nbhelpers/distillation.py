@@ -138,7 +138,8 @@ def distillation_loss(
     temperature: float = 4.0,
     alpha: float = 0.9,
 ) -> torch.Tensor:
-    """The chosen distillation loss (``"hinton"`` or ``"logits"``; the latter ignores the temperature).
+    """The chosen distillation loss (``"hinton"`` or ``"logits"``; the latter ignores the
+    temperature).
 
     Args:
         student_logits: (n, classes).
@@ -179,7 +180,9 @@ class TeacherLogits:
         """
         self.teacher = teacher.eval()
         self.X = X.reshape(len(X), -1).contiguous()
-        self.logits = torch.cat([self._run(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
+        self.logits = torch.cat(
+            [self._run(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+        )
         gen = torch.Generator().manual_seed(seed)
         self.proj = torch.randn(self.X.shape[1], generator=gen, dtype=torch.float64).to(X.device)
         keys = self.X.double() @ self.proj
@@ -198,7 +201,9 @@ class TeacherLogits:
         keys = flat.double() @ self.proj
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         lower = (pos - 1).clamp(min=0)
-        pos = torch.where((self.keys[lower] - keys).abs() < (self.keys[pos] - keys).abs(), lower, pos)
+        pos = torch.where(
+            (self.keys[lower] - keys).abs() < (self.keys[pos] - keys).abs(), lower, pos
+        )
         idx = self.order[pos]
         ok = (self.X[idx] == flat).all(dim=1)
         out = self.logits[idx].clone()
@@ -210,7 +215,10 @@ class TeacherLogits:
 
 
 def make_loss_fn(
-    teacher_logits: TeacherLogits | nn.Module, loss: str = "hinton", temperature: float = 4.0, alpha: float = 0.9
+    teacher_logits: TeacherLogits | nn.Module,
+    loss: str = "hinton",
+    temperature: float = 4.0,
+    alpha: float = 0.9,
 ) -> LossFn:
     """A ``loss_fn(logits, y, x)`` for ``train.fit`` that distills from a teacher.
 
@@ -252,7 +260,8 @@ def train_student(
     lr: float = 1e-3,
     device: Device = "cpu",
 ) -> tuple[nn.Module, pd.DataFrame]:
-    """Seed, build and train one student with ``train.fit`` (cross-entropy when ``loss_fn`` is None).
+    """Seed, build and train one student with ``train.fit`` (cross-entropy when ``loss_fn`` is
+    None).
 
     Args:
         build: makes the untrained student.
@@ -271,13 +280,22 @@ def train_student(
     model = build()
     if getattr(train_loader, "generator", None) is not None:
         train_loader.generator.manual_seed(seed)
-    hist = fit(model, train_loader, val_loader, epochs=epochs, lr=lr, loss_fn=loss_fn, device=device,
-               progress=False)
+    hist = fit(
+        model,
+        train_loader,
+        val_loader,
+        epochs=epochs,
+        lr=lr,
+        loss_fn=loss_fn,
+        device=device,
+        progress=False,
+    )
     return model.cpu().eval(), hist
 
 
 def shifted_copies(X: torch.Tensor, copies: int, max_shift: int = 2, seed: int = 0) -> torch.Tensor:
-    """Images followed by ``copies`` randomly shifted copies (zero fill), a transfer set for distillation.
+    """Images followed by ``copies`` randomly shifted copies (zero fill), a transfer set for
+    distillation.
 
     Args:
         X: images (n, C, H, W).
@@ -306,7 +324,8 @@ def shifted_copies(X: torch.Tensor, copies: int, max_shift: int = 2, seed: int =
 
 
 def gap_closed(scratch: float, distilled: float, teacher: float) -> float:
-    """Share of the accuracy gap between a from-scratch student and the teacher that distillation closes.
+    """Share of the accuracy gap between a from-scratch student and the teacher that distillation
+    closes.
 
     Args:
         scratch: accuracy of the student trained on labels only.
@@ -320,7 +339,9 @@ def gap_closed(scratch: float, distilled: float, teacher: float) -> float:
     return (distilled - scratch) / gap if gap > 0 else float("nan")
 
 
-def gap_interval(low: float, high: float, scratch: float, teacher: float) -> tuple[float, float] | None:
+def gap_interval(
+    low: float, high: float, scratch: float, teacher: float
+) -> tuple[float, float] | None:
     """The interval of ``gap_closed`` from the paired interval of distilled - scratch (points).
 
     The teacher-to-scratch gap is taken as exact, so this shows the uncertainty of the numerator.
@@ -349,10 +370,14 @@ def summarize(runs: pd.DataFrame, by: Sequence[str], value: str = "test_accuracy
         One row per setting with mean, std, min, max, n.
     """
     g = runs.groupby(list(by), sort=True)[value]
-    return g.agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()
+    return (
+        g.agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()
+    )
 
 
-def teacher_table(logits: torch.Tensor, y: torch.Tensor, temperatures: Sequence[float]) -> pd.DataFrame:
+def teacher_table(
+    logits: torch.Tensor, y: torch.Tensor, temperatures: Sequence[float]
+) -> pd.DataFrame:
     """The teacher's soft targets of a few samples at several temperatures, one row per (sample, T).
 
     Args:
@@ -367,14 +392,27 @@ def teacher_table(logits: torch.Tensor, y: torch.Tensor, temperatures: Sequence[
     for i in range(len(y)):
         for T in temperatures:
             p = soft_targets(logits[i : i + 1], T)[0]
-            rows.append({"sample": i, "label": int(y[i]), "T": T, **{str(c): float(v) for c, v in enumerate(p)}})
+            rows.append(
+                {
+                    "sample": i,
+                    "label": int(y[i]),
+                    "T": T,
+                    **{str(c): float(v) for c, v in enumerate(p)},
+                }
+            )
     return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------ the teacher and the transfer data
+# ---------------------------------------------------------------- the teacher and the transfer data
 
-def build_teacher(arch: str, image_shape: Sequence[int], fc: Sequence[int], channels: Sequence[int] = (20, 50),
-                  dropout: float = 0.0) -> nn.Module:
+
+def build_teacher(
+    arch: str,
+    image_shape: Sequence[int],
+    fc: Sequence[int],
+    channels: Sequence[int] = (20, 50),
+    dropout: float = 0.0,
+) -> nn.Module:
     """An untrained teacher: a LeNet-style CNN with wider layers, or an MLP.
 
     Args:
@@ -394,11 +432,24 @@ def build_teacher(arch: str, image_shape: Sequence[int], fc: Sequence[int], chan
     return build_model("mlp", image_shape, hidden=tuple(fc), dropout=dropout)
 
 
-def get_teacher(split_name: str, split_sizes: dict, views: torch.Tensor, labels: torch.Tensor, arch: str,
-                fc: Sequence[int], channels: Sequence[int], dropout: float, epochs: int, seed: int,
-                view_key: dict, device: Device = "cpu", lr: float = 1e-3, batch_size: int = 64
-                ) -> tuple[nn.Module, pd.DataFrame, bool]:
-    """The teacher trained on the shifted views (Adam, cosine decay to 0), from the cache or trained now.
+def get_teacher(
+    split_name: str,
+    split_sizes: dict,
+    views: torch.Tensor,
+    labels: torch.Tensor,
+    arch: str,
+    fc: Sequence[int],
+    channels: Sequence[int],
+    dropout: float,
+    epochs: int,
+    seed: int,
+    view_key: dict,
+    device: Device = "cpu",
+    lr: float = 1e-3,
+    batch_size: int = 64,
+) -> tuple[nn.Module, pd.DataFrame, bool]:
+    """The teacher trained on the shifted views (Adam, cosine decay to 0), from the cache or
+    trained now.
 
     Args:
         split_name: the dataset name (part of the cache key).
@@ -416,9 +467,21 @@ def get_teacher(split_name: str, split_sizes: dict, views: torch.Tensor, labels:
     Returns:
         (teacher on the CPU in eval mode, its training history, whether it came from the cache).
     """
-    config = {"name": f"{split_name}-teacher-{arch}", "arch": arch, "fc": list(fc), "channels": list(channels),
-              "dropout": dropout, "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
-              "split": split_sizes, "views": view_key, "version": 1, **runtime_key(device)}
+    config = {
+        "name": f"{split_name}-teacher-{arch}",
+        "arch": arch,
+        "fc": list(fc),
+        "channels": list(channels),
+        "dropout": dropout,
+        "epochs": epochs,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "split": split_sizes,
+        "views": view_key,
+        "version": 1,
+        **runtime_key(device),
+    }
     shape = tuple(views.shape[1:])
 
     def build() -> nn.Module:
@@ -428,7 +491,9 @@ def get_teacher(split_name: str, split_sizes: dict, views: torch.Tensor, labels:
     def train(model: nn.Module) -> dict:
         dl = loader(views.numpy(), labels.numpy(), batch_size, shuffle=True, seed=seed)
         cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # noqa: E731
-        hist = fit(model, dl, None, epochs=epochs, lr=lr, scheduler=cosine, device=device, progress=False)
+        hist = fit(
+            model, dl, None, epochs=epochs, lr=lr, scheduler=cosine, device=device, progress=False
+        )
         return {"history": hist.to_dict(orient="list")}
 
     model, extras, hit = cached_model(config, build, train)
@@ -451,8 +516,10 @@ def random_images(n: int, shape: Sequence[int], seed: int = 0) -> torch.Tensor:
 
 # ------------------------------------------------------------------ FitNets hints
 
+
 def penultimate(model: nn.Sequential) -> nn.Sequential:
-    """The layers of a sequential classifier before its last ``Linear``: its last hidden representation.
+    """The layers of a sequential classifier before its last ``Linear``: its last hidden
+    representation.
 
     Args:
         model: an ``nn.Sequential`` ending in a ``Linear`` (the MLP, LeNet-5 and the CNN teacher).
@@ -463,22 +530,36 @@ def penultimate(model: nn.Sequential) -> nn.Sequential:
     layers = list(model)
     last = max((i for i, m in enumerate(layers) if isinstance(m, nn.Linear)), default=-1)
     if last < 1:
-        raise ParameterError("model", type(model).__name__, "an nn.Sequential with hidden layers before a last Linear")
+        raise ParameterError(
+            "model",
+            type(model).__name__,
+            "an nn.Sequential with hidden layers before a last Linear",
+        )
     return nn.Sequential(*layers[:last])
 
 
-def hint_stage(student: nn.Module, teacher: nn.Module, X: torch.Tensor, train_loader: DataLoader, epochs: int,
-               lr: float = 1e-3, device: Device = "cpu") -> pd.DataFrame:
-    """FitNets stage 1 (Romero et al. 2015): train the student's hidden layers to predict the teacher's.
+def hint_stage(
+    student: nn.Module,
+    teacher: nn.Module,
+    X: torch.Tensor,
+    train_loader: DataLoader,
+    epochs: int,
+    lr: float = 1e-3,
+    device: Device = "cpu",
+) -> pd.DataFrame:
+    """FitNets stage 1 (Romero et al. 2015): train the student's hidden layers to predict the
+    teacher's.
 
     A linear regressor maps the student's last hidden layer to the teacher's; the student's layers
-    below it and the regressor minimise ``MSE(regressor(h_s(x)), h_t(x))`` over ``epochs``. Stage 2 is
+    below it and the regressor minimise ``MSE(regressor(h_s(x)), h_t(x))`` over ``epochs``. Stage 2
+    is
     ordinary distillation of the whole student, starting from these layers.
 
     Args:
         student: the student (``nn.Sequential``), trained in place.
         teacher: the teacher (``nn.Sequential``, eval mode).
-        X: every input of ``train_loader`` (the teacher's hidden outputs are computed once over them).
+        X: every input of ``train_loader`` (the teacher's hidden outputs are computed once over
+            them).
         train_loader: the training batches.
         epochs: passes of stage 1.
         lr: Adam learning rate.
@@ -497,10 +578,20 @@ def hint_stage(student: nn.Module, teacher: nn.Module, X: torch.Tensor, train_lo
     def loss_fn(out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(out, hints(x))
 
-    return fit(model, train_loader, None, epochs=epochs, lr=lr, loss_fn=loss_fn, device=device, progress=False)
+    return fit(
+        model,
+        train_loader,
+        None,
+        epochs=epochs,
+        lr=lr,
+        loss_fn=loss_fn,
+        device=device,
+        progress=False,
+    )
 
 
 # ------------------------------------------------------------------ students, trained and scored
+
 
 class StudentLab:
     """Trains students on named training sets at one budget of images seen, and scores them.
@@ -511,14 +602,24 @@ class StudentLab:
     (hidden, set, loss, T, alpha, seed); asking for the same run again under another name reuses it.
     """
 
-    def __init__(self, image_shape: Sequence[int], sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 teacher: nn.Module, epochs: int, val_loader: DataLoader, test_loader: DataLoader,
-                 batch_size: int = 64, lr: float = 1e-3, device: Device = "cpu"):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        teacher: nn.Module,
+        epochs: int,
+        val_loader: DataLoader,
+        test_loader: DataLoader,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        device: Device = "cpu",
+    ):
         """Prepare the training sets and run the teacher once over each.
 
         Args:
             image_shape: (C, H, W) of one image.
-            sets: name -> (images (n, C, H, W), labels (n,)); "images" is required (the budget's unit),
+            sets: name -> (images (n, C, H, W), labels (n,)); "images" is required (the budget's
+                unit),
                 and every set's size must be a whole multiple of its size.
             teacher: the trained teacher (its logits are computed once per set).
             epochs: the budget, in passes over the "images" set.
@@ -533,15 +634,21 @@ class StudentLab:
         self.sizes = {name: len(X) for name, (X, _) in sets.items()}
         for name, size in self.sizes.items():
             if size % self.n_images:
-                raise ParameterError("sets", name, f"a set whose size is a multiple of {self.n_images} (the images)")
+                raise ParameterError(
+                    "sets", name, f"a set whose size is a multiple of {self.n_images} (the images)"
+                )
         self.epochs = epochs
         self.passes = {name: self.passes_for(name, epochs) for name in sets}
         self.image_shape, self.lr, self.device = tuple(image_shape), lr, device
-        self.loaders = {k: loader(X.numpy(), y.numpy(), batch_size, shuffle=True) for k, (X, y) in sets.items()}
+        self.loaders = {
+            k: loader(X.numpy(), y.numpy(), batch_size, shuffle=True) for k, (X, y) in sets.items()
+        }
         self.sets = {k: X for k, (X, _) in sets.items()}
         self.teacher = teacher.eval()
         self.logits = {k: TeacherLogits(teacher, X) for k, (X, _) in sets.items()}
-        self.n_classes = int(self.logits["images"].logits.shape[1])  # students predict the teacher's classes
+        self.n_classes = int(
+            self.logits["images"].logits.shape[1]
+        )  # students predict the teacher's classes
         self.val_loader, self.test_loader = val_loader, test_loader
         self.y_test = torch.cat([y for _, y in test_loader])
         self.rows: list[dict] = []
@@ -560,13 +667,26 @@ class StudentLab:
         """
         ratio = self.sizes[data] // self.n_images
         if epochs < 1 or epochs % ratio:
-            raise ParameterError("EPOCHS", epochs, f"a positive multiple of {ratio} (the size of set {data!r} over "
-                                 "the training images), so every student sees as many images")
+            raise ParameterError(
+                "EPOCHS",
+                epochs,
+                f"a positive multiple of {ratio} (the size of set {data!r} over "
+                "the training images), so every student sees as many images",
+            )
         return epochs // ratio
 
-    def train(self, name: str, hidden: Sequence[int], data: str, loss: str | None = None,
-              temperature: float = 1.0, alpha: float = 0.0, seed: int = 0, epochs: int | None = None,
-              hint_epochs: int = 0) -> dict:
+    def train(
+        self,
+        name: str,
+        hidden: Sequence[int],
+        data: str,
+        loss: str | None = None,
+        temperature: float = 1.0,
+        alpha: float = 0.0,
+        seed: int = 0,
+        epochs: int | None = None,
+        hint_epochs: int = 0,
+    ) -> dict:
         """Train one student (``loss`` None: cross-entropy on the labels) and score it.
 
         Args:
@@ -582,7 +702,8 @@ class StudentLab:
                 layers on the teacher's (``hint_stage``), the rest distil as usual (0: no hint).
 
         Returns:
-            Its row: name, hidden, data, loss, T, alpha, seed, passes, val and test accuracy, seconds.
+            Its row: name, hidden, data, loss, T, alpha, seed, passes, val and test accuracy,
+            seconds.
         """
         check_choice("data", data, sorted(self.loaders))
         if loss is not None:
@@ -590,25 +711,61 @@ class StudentLab:
         passes = self.passes_for(data, self.epochs if epochs is None else epochs)
         hint = self.passes_for(data, hint_epochs) if hint_epochs else 0
         if hint >= passes:
-            raise ParameterError("HINT_EPOCHS", hint_epochs, f"fewer than the budget's {passes * self.sizes[data] // self.n_images}")
-        key = (tuple(int(h) for h in hidden), data, loss, float(temperature), float(alpha), int(seed), passes, hint)
+            raise ParameterError(
+                "HINT_EPOCHS",
+                hint_epochs,
+                f"fewer than the budget's {passes * self.sizes[data] // self.n_images}",
+            )
+        key = (
+            tuple(int(h) for h in hidden),
+            data,
+            loss,
+            float(temperature),
+            float(alpha),
+            int(seed),
+            passes,
+            hint,
+        )
         if key not in self._done:
-            loss_fn = None if loss is None else make_loss_fn(self.logits[data], loss, temperature, alpha)
-            build = lambda: build_model("mlp", self.image_shape, self.n_classes, hidden=list(hidden))  # noqa: E731
+            loss_fn = (
+                None if loss is None else make_loss_fn(self.logits[data], loss, temperature, alpha)
+            )
+
+            def build() -> nn.Module:
+                return build_model("mlp", self.image_shape, self.n_classes, hidden=list(hidden))
+
             if hint:
                 seed_everything(seed)
                 first = build()
                 self.loaders[data].generator.manual_seed(seed)
-                hint_stage(first, self.teacher, self.sets[data], self.loaders[data], hint, self.lr, self.device)
+                hint_stage(
+                    first,
+                    self.teacher,
+                    self.sets[data],
+                    self.loaders[data],
+                    hint,
+                    self.lr,
+                    self.device,
+                )
                 build = lambda: first  # noqa: E731  (stage 2 starts from the hinted layers)
-            model, hist = train_student(build, seed, self.loaders[data], None, passes - hint, loss_fn, self.lr,
-                                        self.device)
+            model, hist = train_student(
+                build, seed, self.loaders[data], None, passes - hint, loss_fn, self.lr, self.device
+            )
             pred = torch.cat([model(x).argmax(1) for x, _ in self.test_loader])
             correct = (pred == self.y_test).numpy()
-            row = {"hidden": str(list(hidden)), "data": data, "loss": loss or "labels", "T": float(temperature),
-                   "alpha": float(alpha) if loss else 0.0, "seed": int(seed), "passes": passes, "hint_passes": hint,
-                   "val_accuracy": _accuracy(model, self.val_loader), "test_accuracy": float(correct.mean()),
-                   "train_seconds": float(hist["epoch_seconds"].sum())}
+            row = {
+                "hidden": str(list(hidden)),
+                "data": data,
+                "loss": loss or "labels",
+                "T": float(temperature),
+                "alpha": float(alpha) if loss else 0.0,
+                "seed": int(seed),
+                "passes": passes,
+                "hint_passes": hint,
+                "val_accuracy": _accuracy(model, self.val_loader),
+                "test_accuracy": float(correct.mean()),
+                "train_seconds": float(hist["epoch_seconds"].sum()),
+            }
             self._done[key] = (model, row, correct)
         row = {"student": name, **self._done[key][1]}
         self.rows.append(row)
@@ -628,7 +785,9 @@ class StudentLab:
         """(seeds, test images) boolean matrix of student ``name``, seeds in increasing order."""
         seeds = sorted(s for (n, s) in self._names if n == name)
         if not seeds:
-            raise ParameterError("name", name, f"a trained student: {sorted({n for n, _ in self._names})}")
+            raise ParameterError(
+                "name", name, f"a trained student: {sorted({n for n, _ in self._names})}"
+            )
         return np.stack([self._done[self._names[(name, s)]][2] for s in seeds])
 
     def summary(self, names: Sequence[str] | None = None) -> pd.DataFrame:
@@ -647,9 +806,20 @@ class StudentLab:
             r = runs[runs["student"] == n].drop_duplicates("seed")
             s = seed_summary(r["test_accuracy"].tolist())
             first = r.iloc[0]
-            rows.append({"student": n, "hidden": first["hidden"], "data": first["data"], "loss": first["loss"],
-                         "T": first["T"], "alpha": first["alpha"], "mean": s.mean, "std": s.std, "seeds": s.n,
-                         "val_mean": float(r["val_accuracy"].mean())})
+            rows.append(
+                {
+                    "student": n,
+                    "hidden": first["hidden"],
+                    "data": first["data"],
+                    "loss": first["loss"],
+                    "T": first["T"],
+                    "alpha": first["alpha"],
+                    "mean": s.mean,
+                    "std": s.std,
+                    "seeds": s.n,
+                    "val_mean": float(r["val_accuracy"].mean()),
+                }
+            )
         return pd.DataFrame(rows).set_index("student")
 
     def compare(self, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
@@ -665,8 +835,17 @@ class StudentLab:
         rows = []
         for b, a in pairs:
             d = seeds_paired_difference(self.correct(a), self.correct(b))
-            rows.append({"comparison": f"{b} - {a}", "difference": d["difference"], "low": d["low"],
-                         "high": d["high"], "seed_std": d["seed_std"], "seeds": d["seeds"], "verdict": d["verdict"]})
+            rows.append(
+                {
+                    "comparison": f"{b} - {a}",
+                    "difference": d["difference"],
+                    "low": d["low"],
+                    "high": d["high"],
+                    "seed_std": d["seed_std"],
+                    "seeds": d["seeds"],
+                    "verdict": d["verdict"],
+                }
+            )
         return pd.DataFrame(rows).set_index("comparison")
 
 
@@ -689,20 +868,32 @@ def check_budget(epochs: int, views: int, name: str = "EPOCHS") -> int:
     """
     check_int(name, epochs, minimum=1)
     if epochs % views:
-        raise ParameterError(name, epochs, f"a multiple of VIEWS = {views}, so that students on the "
-                             "views see as many images as those on the training images")
+        raise ParameterError(
+            name,
+            epochs,
+            f"a multiple of VIEWS = {views}, so that students on the "
+            "views see as many images as those on the training images",
+        )
     return epochs // views
 
 
-def summary(teacher_accuracy: float, params: Mapping[str, int], chosen: Mapping[str, Any],
-            students: pd.DataFrame, pairs: pd.DataFrame, targets: Sequence[dict], n_test: int) -> pd.DataFrame:
+def summary(
+    teacher_accuracy: float,
+    params: Mapping[str, int],
+    chosen: Mapping[str, Any],
+    students: pd.DataFrame,
+    pairs: pd.DataFrame,
+    targets: Sequence[dict],
+    n_test: int,
+) -> pd.DataFrame:
     """This run's facts for the discussion of notebook 07 to point at by name.
 
     Args:
         teacher_accuracy: the teacher's test accuracy.
         params: parameters of "teacher", "student" and, if trained, "small student".
         chosen: the chosen setting, {"loss", "T", "alpha"}.
-        students: ``StudentLab.summary()`` (sweep entries, whose names start with "sweep", are skipped).
+        students: ``StudentLab.summary()`` (sweep entries, whose names start with "sweep", are
+            skipped).
         pairs: ``StudentLab.compare`` rows, index "student - reference".
         targets: the notebook's targets (gap closed first).
         n_test: test images (one image is ``100 / n_test`` points).
@@ -710,25 +901,56 @@ def summary(teacher_accuracy: float, params: Mapping[str, int], chosen: Mapping[
     Returns:
         A ``facts.fact_table`` (value, unit, context), 4 significant digits.
     """
-    rows = [("teacher: test accuracy", teacher_accuracy, "", "one model"),
-            ("teacher / student parameters", params["teacher"] / params["student"], "x",
-             f"{params['teacher']:,} / {params['student']:,}")]
+    rows = [
+        ("teacher: test accuracy", teacher_accuracy, "", "one model"),
+        (
+            "teacher / student parameters",
+            params["teacher"] / params["student"],
+            "x",
+            f"{params['teacher']:,} / {params['student']:,}",
+        ),
+    ]
     if "small student" in params:
-        rows.append(("teacher / small student parameters", params["teacher"] / params["small student"], "x",
-                     f"{params['teacher']:,} / {params['small student']:,}"))
-    rows.append(("chosen setting", f"{chosen['loss']} T={chosen['T']:g} alpha={chosen['alpha']:g}", "",
-                 "best validation accuracy of the sweep"))
+        rows.append(
+            (
+                "teacher / small student parameters",
+                params["teacher"] / params["small student"],
+                "x",
+                f"{params['teacher']:,} / {params['small student']:,}",
+            )
+        )
+    rows.append(
+        (
+            "chosen setting",
+            f"{chosen['loss']} T={chosen['T']:g} alpha={chosen['alpha']:g}",
+            "",
+            "best validation accuracy of the sweep",
+        )
+    )
     for name, r in students.iterrows():
         if not str(name).startswith("sweep"):
             sd = "" if r["seeds"] < 2 else f", sd {r['std']:.2g}"
-            rows.append((f"{name}: test accuracy", r["mean"], "", f"mean of {r['seeds']} seed(s){sd}"))
+            rows.append(
+                (f"{name}: test accuracy", r["mean"], "", f"mean of {r['seeds']} seed(s){sd}")
+            )
     for name, r in pairs.iterrows():
-        rows.append((name, r["difference"], "points", f"[{r['low']:.3g}, {r['high']:.3g}]: {r['verdict']}"))
+        rows.append(
+            (name, r["difference"], "points", f"[{r['low']:.3g}, {r['high']:.3g}]: {r['verdict']}")
+        )
     g = targets[0]
-    rows.append(("gap closed", g["measured"], "", f"[{g['low']:.3g}, {g['high']:.3g}]; goal >= {g['threshold']:g}"))
+    rows.append(
+        (
+            "gap closed",
+            g["measured"],
+            "",
+            f"[{g['low']:.3g}, {g['high']:.3g}]; goal >= {g['threshold']:g}",
+        )
+    )
     for plain, distilled in (("plain", "distilled on views"), ("small plain", "small distilled")):
         if plain in students.index and distilled in students.index:
-            closed = gap_closed(students.loc[plain, "mean"], students.loc[distilled, "mean"], teacher_accuracy)
+            closed = gap_closed(
+                students.loc[plain, "mean"], students.loc[distilled, "mean"], teacher_accuracy
+            )
             rows.append((f"{distilled}: gap closed", closed, "", f"vs {plain}, means over seeds"))
     rows.append(("one test image", 100.0 / n_test, "points", f"of {n_test:,} test images"))
     return fact_table(rows, digits=4)

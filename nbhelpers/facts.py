@@ -44,7 +44,8 @@ def fact_table(rows: Sequence[tuple], digits: int | None = None) -> pd.DataFrame
         digits: round float values to this many significant digits (None keeps them whole).
 
     Returns:
-        Index ``fact``; columns ``value`` (object: numbers, booleans or text), ``unit``, ``context``.
+        Index ``fact``; columns ``value`` (object: numbers, booleans or text), ``unit``,
+        ``context``.
     """
     full = [r if len(r) == 4 else (r[0], r[1], "", r[2]) for r in rows]
     if any(len(r) != 4 for r in full):

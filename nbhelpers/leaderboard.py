@@ -15,10 +15,27 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ["notebook", "model", "is_baseline", "accuracy", "accuracy_low", "accuracy_high",
-           "accuracy_delta_points", "delta_low_points", "delta_high_points", "p_mcnemar", "verdict",
-           "params", "nonzero", "bytes", "size_ratio", "latency_ms_b1", "latency_ms_b256", "speedup_b1",
-           "speedup_b256"]
+COLUMNS = [
+    "notebook",
+    "model",
+    "is_baseline",
+    "accuracy",
+    "accuracy_low",
+    "accuracy_high",
+    "accuracy_delta_points",
+    "delta_low_points",
+    "delta_high_points",
+    "p_mcnemar",
+    "verdict",
+    "params",
+    "nonzero",
+    "bytes",
+    "size_ratio",
+    "latency_ms_b1",
+    "latency_ms_b256",
+    "speedup_b1",
+    "speedup_b256",
+]
 
 
 def build(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -31,7 +48,8 @@ def build(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         records_by_notebook: notebook stem -> its recorded values.
 
     Returns:
-        One row per (notebook, model) with the ``COLUMNS``; empty when nothing recorded a comparison.
+        One row per (notebook, model) with the ``COLUMNS``; empty when nothing recorded a
+        comparison.
     """
     frames = []
     for stem, rec in sorted(records_by_notebook.items()):
@@ -86,26 +104,61 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    data = board.assign(label=board["notebook"].str.replace(r"^\d+_", "", regex=True) + ": " + board["model"])
+    data = board.assign(
+        label=board["notebook"].str.replace(r"^\d+_", "", regex=True) + ": " + board["model"]
+    )
     data["latency b256 (ms)"] = data["latency_ms_b256"].astype(float)
-    sns.scatterplot(data=data, x="bytes", y="accuracy", hue="notebook", style="is_baseline",
-                    size="latency b256 (ms)", sizes=(30, 300), ax=ax)
+    sns.scatterplot(
+        data=data,
+        x="bytes",
+        y="accuracy",
+        hue="notebook",
+        style="is_baseline",
+        size="latency b256 (ms)",
+        sizes=(30, 300),
+        ax=ax,
+    )
     ci = data.dropna(subset=["accuracy_low", "accuracy_high"])
     if len(ci):  # 95% Wilson intervals of each accuracy
         acc = ci["accuracy"].astype(float)
-        ax.errorbar(ci["bytes"].astype(float), acc, fmt="none", ecolor="grey", elinewidth=1, alpha=0.7,
-                    yerr=[acc - ci["accuracy_low"].astype(float), ci["accuracy_high"].astype(float) - acc])
+        ax.errorbar(
+            ci["bytes"].astype(float),
+            acc,
+            fmt="none",
+            ecolor="grey",
+            elinewidth=1,
+            alpha=0.7,
+            yerr=[acc - ci["accuracy_low"].astype(float), ci["accuracy_high"].astype(float) - acc],
+        )
     pf = pareto_front(data) if len(data) > 1 else data
     named = data.loc[data.index.isin(pf.index) | data["is_baseline"].astype(bool)]
-    for _, r in named.drop_duplicates(subset=["bytes", "accuracy"]).iterrows():  # the rest: see the table
-        ax.annotate(str(r["model"]), (r["bytes"], r["accuracy"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+    for _, r in named.drop_duplicates(
+        subset=["bytes", "accuracy"]
+    ).iterrows():  # the rest: see the table
+        ax.annotate(
+            str(r["model"]),
+            (r["bytes"], r["accuracy"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     if front and len(data) > 1:
-        ax.step(pf["bytes"], pf["accuracy"], where="post", color="grey", lw=1, ls="--", label="Pareto front")
+        ax.step(
+            pf["bytes"],
+            pf["accuracy"],
+            where="post",
+            color="grey",
+            lw=1,
+            ls="--",
+            label="Pareto front",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("bytes on disk (log)")
     ax.set_ylabel("test accuracy (bars: 95% interval)")
-    ax.set_title(title or "Every technique against its baseline: accuracy vs size (marker: latency at batch 256)")
+    ax.set_title(
+        title
+        or "Every technique against its baseline: accuracy vs size (marker: latency at batch 256)"
+    )
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
@@ -129,15 +182,20 @@ def html_section(board: pd.DataFrame) -> str:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     img = base64.b64encode(buf.getvalue()).decode()
-    table = readable(board).drop(columns=["params", "ms b1", "ms b256"]).to_html(
-        index=False, escape=True, classes="board", border=0)
-    return (f"<h2>Leaderboard</h2><p>Each notebook's optimized models against the baseline it measured in the "
-            f"same run; ratios are against that baseline (size_ratio: times smaller; speedup: times faster). "
-            f"The accuracy change has its paired 95% interval over the same test images and McNemar's exact "
-            f"p; \"within noise\" means the interval contains zero. "
-            f"Labels name the baselines and the Pareto front; every point is a row of the table.</p>"
-            f'<img alt="leaderboard" style="max-width:100%" src="data:image/png;base64,{img}"/>'
-            f'<div style="overflow-x:auto">{table}</div>')
+    table = (
+        readable(board)
+        .drop(columns=["params", "ms b1", "ms b256"])
+        .to_html(index=False, escape=True, classes="board", border=0)
+    )
+    return (
+        "<h2>Leaderboard</h2><p>Each notebook's optimized models against the baseline it measured "
+        "in the same run; ratios are against that baseline (size_ratio: times smaller; speedup: "
+        "times faster). The accuracy change has its paired 95% interval over the same test images "
+        'and McNemar\'s exact p; "within noise" means the interval contains zero. '
+        "Labels name the baselines and the Pareto front; every point is a row of the table.</p>"
+        f'<img alt="leaderboard" style="max-width:100%" src="data:image/png;base64,{img}"/>'
+        f'<div style="overflow-x:auto">{table}</div>'
+    )
 
 
 def headline(records: Mapping[str, Any]) -> str:
@@ -151,7 +209,9 @@ def headline(records: Mapping[str, Any]) -> str:
         -0.12 points [-0.31, +0.07] (within noise)"; "" when it recorded neither.
     """
     parts = []
-    targets = [t for k, v in records.items() if k == "targets" or k.startswith("targets_") for t in v or []]
+    targets = [
+        t for k, v in records.items() if k == "targets" or k.startswith("targets_") for t in v or []
+    ]
     if targets:
         parts.append(f"{sum(bool(t.get('met')) for t in targets)} of {len(targets)} targets met")
     rows = records.get("comparison")
@@ -163,10 +223,16 @@ def headline(records: Mapping[str, Any]) -> str:
             text = f"{r['model']}: {float(r['size_ratio']):.1f}x smaller"
             if pd.notna(r.get("speedup_b256")):
                 text += f", {float(r['speedup_b256']):.2f}x as fast at batch 256"
-            change = _interval(r.get("accuracy_delta_points", float("nan")), r.get("delta_low_points", float("nan")),
-                               r.get("delta_high_points", float("nan")), "{:+.2f}")
+            change = _interval(
+                r.get("accuracy_delta_points", float("nan")),
+                r.get("delta_low_points", float("nan")),
+                r.get("delta_high_points", float("nan")),
+                "{:+.2f}",
+            )
             if change:
-                text += f", accuracy {change} points" + (f" ({r['verdict']})" if pd.notna(r.get("verdict")) else "")
+                text += f", accuracy {change} points" + (
+                    f" ({r['verdict']})" if pd.notna(r.get("verdict")) else ""
+                )
             parts.append(text)
     return "; ".join(parts)
 
@@ -175,7 +241,11 @@ def _interval(v: float, lo: float, hi: float, fmt: str) -> str:
     if v is None or pd.isna(v):
         return ""
     text = fmt.format(v)
-    return text if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"{text} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return (
+        text
+        if lo is None or hi is None or pd.isna(lo) or pd.isna(hi)
+        else f"{text} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    )
 
 
 def readable(board: pd.DataFrame) -> pd.DataFrame:
@@ -190,19 +260,35 @@ def readable(board: pd.DataFrame) -> pd.DataFrame:
     """
     b = board.reindex(columns=COLUMNS)
     num = lambda col, f: [("" if pd.isna(v) else f.format(v)) for v in b[col]]  # noqa: E731
-    return pd.DataFrame({
-        "notebook": b["notebook"], "model": b["model"],
-        "accuracy [95% CI]": [_interval(v, lo, hi, "{:.4f}") for v, lo, hi in
-                              zip(b["accuracy"], b["accuracy_low"], b["accuracy_high"])],
-        "change, points [95% CI]": ["" if base else _interval(v, lo, hi, "{:+.2f}") for v, lo, hi, base in
-                                    zip(b["accuracy_delta_points"], b["delta_low_points"],
-                                        b["delta_high_points"], b["is_baseline"])],
-        "verdict": b["verdict"].fillna(""), "McNemar p": num("p_mcnemar", "{:.3g}"),
-        "params": num("params", "{:,.0f}"), "non-zero": num("nonzero", "{:,.0f}"),
-        "bytes": num("bytes", "{:,.0f}"), "times smaller": num("size_ratio", "{:.2f}x"),
-        "ms b1": num("latency_ms_b1", "{:.3f}"), "speed-up b1": num("speedup_b1", "{:.2f}x"),
-        "ms b256": num("latency_ms_b256", "{:.3f}"), "speed-up b256": num("speedup_b256", "{:.2f}x"),
-    })
+    return pd.DataFrame(
+        {
+            "notebook": b["notebook"],
+            "model": b["model"],
+            "accuracy [95% CI]": [
+                _interval(v, lo, hi, "{:.4f}")
+                for v, lo, hi in zip(b["accuracy"], b["accuracy_low"], b["accuracy_high"])
+            ],
+            "change, points [95% CI]": [
+                "" if base else _interval(v, lo, hi, "{:+.2f}")
+                for v, lo, hi, base in zip(
+                    b["accuracy_delta_points"],
+                    b["delta_low_points"],
+                    b["delta_high_points"],
+                    b["is_baseline"],
+                )
+            ],
+            "verdict": b["verdict"].fillna(""),
+            "McNemar p": num("p_mcnemar", "{:.3g}"),
+            "params": num("params", "{:,.0f}"),
+            "non-zero": num("nonzero", "{:,.0f}"),
+            "bytes": num("bytes", "{:,.0f}"),
+            "times smaller": num("size_ratio", "{:.2f}x"),
+            "ms b1": num("latency_ms_b1", "{:.3f}"),
+            "speed-up b1": num("speedup_b1", "{:.2f}x"),
+            "ms b256": num("latency_ms_b256", "{:.3f}"),
+            "speed-up b256": num("speedup_b256", "{:.2f}x"),
+        }
+    )
 
 
 def safe_html_section(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> str:
@@ -217,4 +303,5 @@ def safe_html_section(records_by_notebook: Mapping[str, Mapping[str, Any]]) -> s
     try:
         return html_section(build(records_by_notebook))
     except Exception as exc:  # noqa: BLE001 - the index must still be written
-        return f"<h2>Leaderboard</h2><p class=\"err\">could not build the leaderboard: {html.escape(str(exc))}</p>"
+        reason = html.escape(str(exc))
+        return f'<h2>Leaderboard</h2><p class="err">could not build the leaderboard: {reason}</p>'

@@ -1,4 +1,5 @@
-"""The machine is part of every measurement: CPU model, int8-relevant instruction sets, versions, device.
+"""The machine is part of every measurement: CPU model, int8-relevant instruction sets, versions,
+device.
 
 int8 speed and even int8 results depend on the CPU. On x86-64, ONNX Runtime's and fbgemm's u8s8
 kernels multiply unsigned 8-bit activations by signed 8-bit weights with ``VPMADDUBSW``, which adds
@@ -91,9 +92,14 @@ def int8_precaution(flags: set[str], arch: str | None = None) -> dict[str, objec
     if arch not in ("x86_64", "amd64"):
         return {"reduce_range": False, "reason": f"{arch}: u8s8 kernels of x86 do not apply"}
     if has_vnni(flags):
-        return {"reduce_range": False, "reason": "VNNI accumulates u8s8 products in int32: full 8 bits"}
-    return {"reduce_range": True,
-            "reason": "x86-64 without VNNI: u8s8 pairs saturate int16, so weights use 7 bits"}
+        return {
+            "reduce_range": False,
+            "reason": "VNNI accumulates u8s8 products in int32: full 8 bits",
+        }
+    return {
+        "reduce_range": True,
+        "reason": "x86-64 without VNNI: u8s8 pairs saturate int16, so weights use 7 bits",
+    }
 
 
 def max_pair_sum(weight_bits: int = 8, activation_max: int = 255) -> int:
@@ -126,13 +132,21 @@ def describe(device: str = "cpu") -> dict[str, object]:
     advice = int8_precaution(flags)
     cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     return {
-        "cpu": cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
-        "avx2": "avx2" in flags, "avx512": "avx512f" in flags, "vnni": has_vnni(flags),
-        "amx": "amx_int8" in flags, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "int8_reduce_range": advice["reduce_range"], "int8_reason": advice["reason"],
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "vnni": has_vnni(flags),
+        "amx": "amx_int8" in flags,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "int8_reduce_range": advice["reduce_range"],
+        "int8_reason": advice["reason"],
         "quantized_engine": torch.backends.quantized.engine,
-        "python": platform.python_version(), "torch": torch.__version__,
-        "onnxruntime": _version("onnxruntime"), "device": str(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if cuda else "",
     }
 
@@ -146,4 +160,6 @@ def _version(package: str) -> str:
 
 def table(info: dict[str, object]) -> pd.DataFrame:
     """A ``describe()`` result as a one-column table for a notebook."""
-    return pd.DataFrame({"value": [str(v) for v in info.values()]}, index=pd.Index(list(info), name="fact"))
+    return pd.DataFrame(
+        {"value": [str(v) for v in info.values()]}, index=pd.Index(list(info), name="fact")
+    )

@@ -17,7 +17,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .stats import paired_table
-
 from .train import Device, module_device
 
 Predictor = Callable[[torch.Tensor], object]
@@ -43,8 +42,9 @@ def input_device(model: nn.Module | Predictor) -> torch.device:
     return module_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
 
 
-def correct(model: nn.Module | Predictor, loader: DataLoader,
-            device: Device | None = None) -> np.ndarray:
+def correct(
+    model: nn.Module | Predictor, loader: DataLoader, device: Device | None = None
+) -> np.ndarray:
     """Which samples a model classifies correctly, in the loader's order (for paired comparisons).
 
     Args:
@@ -70,8 +70,9 @@ def correct(model: nn.Module | Predictor, loader: DataLoader,
     return np.concatenate(hits).astype(bool)
 
 
-def accuracy(model: nn.Module | Predictor, loader: DataLoader,
-             device: Device | None = None) -> float:
+def accuracy(
+    model: nn.Module | Predictor, loader: DataLoader, device: Device | None = None
+) -> float:
     """Fraction of correctly classified samples; works for modules and plain callables.
 
     Args:
@@ -88,7 +89,8 @@ def accuracy(model: nn.Module | Predictor, loader: DataLoader,
 
 
 def _weights_of(module: nn.Module) -> list[torch.Tensor]:
-    """The effective weight tensors a module owns itself (pruning masks and int8 packing resolved)."""
+    """The effective weight tensors a module owns itself (pruning masks and int8 packing
+    resolved)."""
     out = []
     if callable(getattr(module, "weight", None)) and hasattr(module, "_packed_params"):
         w = module.weight()
@@ -175,8 +177,13 @@ def synchronizer(device: Device | None) -> Callable[[], None]:
     return lambda: None
 
 
-def time_call(fn: Callable[[], object], warmup: int = 5, repeats: int = 30,
-              min_sample_s: float = 2e-3, device: Device | None = None) -> list[float]:
+def time_call(
+    fn: Callable[[], object],
+    warmup: int = 5,
+    repeats: int = 30,
+    min_sample_s: float = 2e-3,
+    device: Device | None = None,
+) -> list[float]:
     """Time a call: warm up, calibrate inner loops to ``min_sample_s``, return per-call seconds.
 
     Args:
@@ -250,12 +257,21 @@ def latency(
                     for name, m in models.items():
                         pred, x = _as_predictor(m), on[name]
                         n_warm = warmup if r == 0 else 1
-                        samples[name] += time_call(lambda: pred(x), n_warm, repeats,
-                                                   device=x.device)
+                        samples[name] += time_call(
+                            lambda: pred(x), n_warm, repeats, device=x.device
+                        )
             for name, s in samples.items():
                 q = np.percentile(s, [25, 50, 75]) * 1e3
-                rows.append({"model": name, "batch_size": bs, "median_ms": statistics.median(s) * 1e3,
-                             "p25_ms": q[0], "p75_ms": q[2], "per_sample_us": statistics.median(s) * 1e6 / bs})
+                rows.append(
+                    {
+                        "model": name,
+                        "batch_size": bs,
+                        "median_ms": statistics.median(s) * 1e3,
+                        "p25_ms": q[0],
+                        "p75_ms": q[2],
+                        "per_sample_us": statistics.median(s) * 1e6 / bs,
+                    }
+                )
     finally:
         torch.set_num_threads(old)
     return pd.DataFrame(rows)
@@ -271,7 +287,8 @@ def compare(
     threads: int = 1,
     repeats: int = 30,
 ) -> pd.DataFrame:
-    """One table comparing models on accuracy, parameters, bytes and latency, with ratios to a baseline.
+    """One table comparing models on accuracy, parameters, bytes and latency, with ratios to a
+    baseline.
 
     Every module runs on its own device (accuracy and timing batches are moved there); callables
     get CPU tensors. All models are scored on the same test samples, so each is compared with the
@@ -299,7 +316,9 @@ def compare(
     if baseline not in models:
         raise KeyError(f"baseline {baseline!r} is not among the models {list(models)}")
     if isinstance(getattr(loader, "sampler", None), torch.utils.data.RandomSampler):
-        raise ValueError("compare pairs the models image by image: give it a loader that does not shuffle")
+        raise ValueError(
+            "compare pairs the models image by image: give it a loader that does not shuffle"
+        )
     sizes, counts = dict(sizes or {}), dict(counts or {})
     example = torch.cat([x for x, _ in loader])[: max(batch_sizes)]
     lat = latency(models, example, batch_sizes, threads=threads, repeats=repeats)
@@ -317,7 +336,9 @@ def compare(
             "bytes": sizes.get(name) if name in sizes else serialized_bytes(m),
         }
         for bs in batch_sizes:
-            row[f"latency_ms_b{bs}"] = float(lat.query("model == @name and batch_size == @bs")["median_ms"].iloc[0])
+            row[f"latency_ms_b{bs}"] = float(
+                lat.query("model == @name and batch_size == @bs")["median_ms"].iloc[0]
+            )
         rows.append(row)
     df = pd.DataFrame(rows).set_index("model")
     base = df.loc[baseline]
@@ -375,9 +396,18 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
             total += m.in_features * m.out_features
         else:
             kh, kw = m.kernel_size
-            total += m.out_channels * (m.in_channels // m.groups) * kh * kw * out.shape[-1] * out.shape[-2]
+            total += (
+                m.out_channels
+                * (m.in_channels // m.groups)
+                * kh
+                * kw
+                * out.shape[-1]
+                * out.shape[-2]
+            )
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LINEAR + _CONV)]
+    hooks = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _LINEAR + _CONV)
+    ]
     try:
         with torch.no_grad():
             model.eval()(example[:1].to(module_device(model)))
@@ -388,7 +418,9 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1) -> pd.Series:
+def layer_times(
+    model: nn.Sequential, x: torch.Tensor, repeats: int = 15, threads: int = 1
+) -> pd.Series:
     """Median time of each layer of a Sequential on the input it really receives, in milliseconds.
 
     Layers run on the model's device (CUDA timings wait for the device).
@@ -425,7 +457,8 @@ def kernel_latency(
     repeats: int = 20,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by side.
+    """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by
+    side.
 
     Both kernels run on the device of ``weight`` (CUDA timings wait for the device).
 
@@ -450,9 +483,14 @@ def kernel_latency(
             for bs in batch_sizes:
                 x = torch.rand(bs, w.shape[1], generator=gen).to(w.device, w.dtype)
                 xt = x.t().contiguous()
-                for kernel, fn in [("dense", lambda: x @ w.t()), ("sparse csr", lambda: torch.sparse.mm(csr, xt))]:
+                for kernel, fn in [
+                    ("dense", lambda: x @ w.t()),
+                    ("sparse csr", lambda: torch.sparse.mm(csr, xt)),
+                ]:
                     t = time_call(fn, warmup=3, repeats=repeats, device=w.device)
-                    rows.append({"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3})
+                    rows.append(
+                        {"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3}
+                    )
     finally:
         torch.set_num_threads(old)
     df = pd.DataFrame(rows)

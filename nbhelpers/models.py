@@ -47,7 +47,8 @@ def norm_layer(norm: str, width: int, groups: int = 10) -> nn.Module:
 
 
 class MLP(nn.Sequential):
-    """Fully connected classifier: Flatten, then (Linear, [norm], activation, [Dropout]) per hidden layer.
+    """Fully connected classifier: Flatten, then (Linear, [norm], activation, [Dropout]) per hidden
+    layer.
 
     Args:
         in_features: inputs per example (784 for 28x28 images).

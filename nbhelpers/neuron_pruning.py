@@ -1,4 +1,5 @@
-"""Structured (neuron and channel) pruning of ``nn.Sequential`` models: rank units, then cut them out.
+"""Structured (neuron and channel) pruning of ``nn.Sequential`` models: rank units, then cut them
+out.
 
 A *unit* is an output row of an ``nn.Linear`` (a hidden neuron) or an output channel of an
 ``nn.Conv2d`` (a filter). Every weighted layer except the last (the classifier) is prunable.
@@ -71,7 +72,9 @@ def n_removed(n: int, fraction: float) -> int:
     return int(math.floor(fraction * n + 0.5))
 
 
-def check_prune_fraction(name: str, fraction: object, layer_widths: Mapping[object, int] | Sequence[int]) -> float:
+def check_prune_fraction(
+    name: str, fraction: object, layer_widths: Mapping[object, int] | Sequence[int]
+) -> float:
     """Check a per-layer fraction: strictly in (0, 1) and leaving every layer at least one unit.
 
     Args:
@@ -86,8 +89,12 @@ def check_prune_fraction(name: str, fraction: object, layer_widths: Mapping[obje
     items = layer_widths.items() if isinstance(layer_widths, Mapping) else enumerate(layer_widths)
     for layer, n in items:
         if n - n_removed(n, f) < 1:
-            raise ParameterError(name, fraction, f"a fraction in (0, 1) that leaves every layer a unit "
-                                 f"(layer {layer} has {n} units: {n_removed(n, f)} would go)")
+            raise ParameterError(
+                name,
+                fraction,
+                f"a fraction in (0, 1) that leaves every layer a unit "
+                f"(layer {layer} has {n} units: {n_removed(n, f)} would go)",
+            )
     return f
 
 
@@ -95,12 +102,15 @@ def check_criteria(name: str, values: object) -> list[str]:
     """Check a list of distinct criterion names from ``CRITERIA``."""
     out = check_choices(name, values, CRITERIA)
     if len(set(out)) != len(out):
-        raise ParameterError(name, values, "distinct criteria, each one of " + ", ".join(map(repr, CRITERIA)))
+        raise ParameterError(
+            name, values, "distinct criteria, each one of " + ", ".join(map(repr, CRITERIA))
+        )
     return out
 
 
 def weight_norm_scores(model: nn.Sequential, p: int = 1) -> dict[int, torch.Tensor]:
-    """The p-norm of each unit's incoming weights (a Linear row, a Conv2d filter), per prunable layer.
+    """The p-norm of each unit's incoming weights (a Linear row, a Conv2d filter), per prunable
+    layer.
 
     Args:
         model: the Sequential model.
@@ -152,6 +162,7 @@ def activation_stats(
             sums[i] = sums.get(i, 0) + a.sum(1)
             zeros[i] = zeros.get(i, 0) + (a == 0).sum(1)
             counts[i] = counts.get(i, 0) + a.shape[1]
+
         return hook
 
     for i in prunable_layers(model):
@@ -164,7 +175,10 @@ def activation_stats(
     finally:
         for h in hooks:
             h.remove()
-    return {i: {"mean_activation": sums[i] / counts[i], "apoz": zeros[i].float() / counts[i]} for i in sums}
+    return {
+        i: {"mean_activation": sums[i] / counts[i], "apoz": zeros[i].float() / counts[i]}
+        for i in sums
+    }
 
 
 def unit_scores(
@@ -178,7 +192,8 @@ def unit_scores(
 
     Args:
         model: the Sequential model.
-        criterion: one of ``CRITERIA``: "l1", "l2", "mean_activation", "apoz" (scored as 1 - APoZ), "random".
+        criterion: one of ``CRITERIA``: "l1", "l2", "mean_activation", "apoz" (scored as 1 - APoZ),
+            "random".
         loader: data for the activation criteria.
         max_batches: batches of ``loader`` used.
         seed: seed of the random scores (drawn on the CPU: the same scores on every device).
@@ -200,11 +215,15 @@ def unit_scores(
     return {i: 1.0 - s["apoz"] for i, s in stats.items()}
 
 
-def select_keep(scores: Mapping[int, torch.Tensor], fraction: float, scope: str = "layer") -> dict[int, torch.Tensor]:
+def select_keep(
+    scores: Mapping[int, torch.Tensor], fraction: float, scope: str = "layer"
+) -> dict[int, torch.Tensor]:
     """Which units to keep: drop the lowest-scored ones.
 
-    ``"layer"`` removes ``n_removed(n, fraction)`` units of every layer. ``"global"`` ranks all units
-    together, each score divided by its layer's mean score (layers differ in scale), removes the same
+    ``"layer"`` removes ``n_removed(n, fraction)`` units of every layer. ``"global"`` ranks all
+    units
+    together, each score divided by its layer's mean score (layers differ in scale), removes the
+    same
     total number, and always keeps each layer's best unit. Ties go to the lower index.
 
     Args:
@@ -233,9 +252,12 @@ def select_keep(scores: Mapping[int, torch.Tensor], fraction: float, scope: str 
     dropped: dict[int, set[int]] = {i: set() for i in scores}
     for _, i, j in flat[:total]:
         dropped[i].add(j)
-    return {i: torch.tensor([j for j in range(len(s)) if j not in dropped[i]], dtype=torch.long,
-                            device=s.device)
-            for i, s in scores.items()}
+    return {
+        i: torch.tensor(
+            [j for j in range(len(s)) if j not in dropped[i]], dtype=torch.long, device=s.device
+        )
+        for i, s in scores.items()
+    }
 
 
 def _resized(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
@@ -246,8 +268,17 @@ def _resized(m: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> n
     else:
         if m.groups != 1:
             raise NotImplementedError("grouped convolutions are not supported")
-        new = nn.Conv2d(weight.shape[1], weight.shape[0], m.kernel_size, m.stride, m.padding, m.dilation,
-                        bias=bias is not None, padding_mode=m.padding_mode, **like)
+        new = nn.Conv2d(
+            weight.shape[1],
+            weight.shape[0],
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            bias=bias is not None,
+            padding_mode=m.padding_mode,
+            **like,
+        )
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
@@ -260,8 +291,14 @@ def _sliced_norm(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
     ref = next(iter(bn.parameters()), None)
     ref = ref if ref is not None else bn.running_mean
     like = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    new = type(bn)(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats, **like)
+    new = type(bn)(
+        len(keep),
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+        **like,
+    )
     keep = keep.to(ref.device) if ref is not None else keep
     with torch.no_grad():
         if bn.affine:
@@ -274,11 +311,15 @@ def _sliced_norm(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new
 
 
-def remove_units(model: nn.Sequential, keep: Mapping[int, Sequence[int] | torch.Tensor]) -> nn.Sequential:
-    """A physically smaller copy of the model keeping only the given units (the original is untouched).
+def remove_units(
+    model: nn.Sequential, keep: Mapping[int, Sequence[int] | torch.Tensor]
+) -> nn.Sequential:
+    """A physically smaller copy of the model keeping only the given units (the original is
+    untouched).
 
     Args:
-        model: a Sequential of Linear/Conv2d layers with activations, pooling, BatchNorm, Flatten between.
+        model: a Sequential of Linear/Conv2d layers with activations, pooling, BatchNorm, Flatten
+            between.
         keep: layer position -> indices of the units kept (layers not listed keep all their units).
 
     Returns:
@@ -357,7 +398,9 @@ def dead_units(model: nn.Sequential) -> dict[int, torch.Tensor]:
     for i, nxt in zip(layers[:-1], layers[1:]):
         n = n_units(model[i])
         w = model[nxt].weight.detach()
-        alive = w.reshape(w.shape[0], n, -1).ne(0).any(2).any(0)  # Linear (incl. after Flatten) or Conv2d
+        alive = (
+            w.reshape(w.shape[0], n, -1).ne(0).any(2).any(0)
+        )  # Linear (incl. after Flatten) or Conv2d
         out[i] = torch.nonzero(~alive).flatten()
     return out
 
@@ -365,7 +408,8 @@ def dead_units(model: nn.Sequential) -> dict[int, torch.Tensor]:
 def torch_pruning_remove(
     model: nn.Module, example: torch.Tensor, keep: Mapping[int, Sequence[int] | torch.Tensor]
 ) -> nn.Module:
-    """The same removal through torch-pruning's dependency graph (works for non-Sequential models too).
+    """The same removal through torch-pruning's dependency graph (works for non-Sequential models
+    too).
 
     Args:
         model: the model (a copy is pruned); ``keep`` positions refer to ``model[i]``.
@@ -384,7 +428,9 @@ def torch_pruning_remove(
         m = new[i]
         kept_set = set(torch.as_tensor(kept).tolist())
         drop = [j for j in range(n_units(m)) if j not in kept_set]
-        fn = tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
+        fn = (
+            tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
+        )
         group = dg.get_pruning_group(m, fn, idxs=drop)
         if drop and dg.check_pruning_group(group):
             group.prune()

@@ -1,9 +1,11 @@
-"""Batch normalization: a from-scratch layer, folding into the preceding layer, and training diagnostics.
+"""Batch normalization: a from-scratch layer, folding into the preceding layer, and training
+diagnostics.
 
 In training, a batch of pre-activations :math:`x` is normalized per feature (per channel for images)
 with its own mean and variance, then scaled and shifted by learned :math:`\\gamma, \\beta`:
 :math:`y = \\gamma (x - \\mu_B) / \\sqrt{\\sigma_B^2 + \\epsilon} + \\beta`. Running averages of
-:math:`\\mu_B` and the unbiased :math:`\\sigma_B^2` replace them in evaluation, which makes the layer
+:math:`\\mu_B` and the unbiased :math:`\\sigma_B^2` replace them in evaluation, which makes the
+    layer
 an affine map that can be folded into the linear or convolutional layer before it.
 """
 
@@ -19,9 +21,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.figure import Figure
-from torch import nn
-
 from scipy import stats as _st
+from torch import nn
 
 from .facts import fact_table
 from .measure import correct
@@ -34,15 +35,28 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class BatchNorm(nn.Module):
-    """Batch normalization from scratch, for (N, C) and (N, C, ...) inputs (like ``nn.BatchNorm1d/2d``).
+    """Batch normalization from scratch, for (N, C) and (N, C, ...) inputs (like
+    ``nn.BatchNorm1d/2d``).
 
-    The buffers have torch's names (``running_mean``, ``running_var``, ``num_batches_tracked``), so a
+    The buffers have torch's names (``running_mean``, ``running_var``, ``num_batches_tracked``), so
+    a
     ``state_dict`` moves between this layer and torch's in both directions.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+    ):
         super().__init__()
-        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.num_features, self.eps, self.momentum, self.affine = (
+            num_features,
+            eps,
+            momentum,
+            affine,
+        )
         self.weight = nn.Parameter(torch.ones(num_features)) if affine else None  # gamma
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None  # beta
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -56,16 +70,24 @@ class BatchNorm(nn.Module):
         if self.training:
             m = x.numel() // x.shape[1]  # values per feature: N (1d) or N*H*W (2d)
             if m < 2:
-                raise ValueError(f"batch norm needs more than 1 value per feature in training, got {m}")
+                raise ValueError(
+                    f"batch norm needs more than 1 value per feature in training, got {m}"
+                )
             xd = x.double()  # statistics accumulated in float64, as torch does on the CPU
             mean = xd.mean(dims)
             sq = ((xd - mean.reshape(shape)) ** 2).sum(dims)
             var = sq / m  # biased: normalizes this batch
             with torch.no_grad():
                 self.num_batches_tracked += 1
-                a = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                a = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
                 self.running_mean.copy_(a * mean + (1 - a) * self.running_mean.double())
-                self.running_var.copy_(a * sq / (m - 1) + (1 - a) * self.running_var.double())  # unbiased
+                self.running_var.copy_(
+                    a * sq / (m - 1) + (1 - a) * self.running_var.double()
+                )  # unbiased
             mean, var = mean.to(x.dtype), var.to(x.dtype)
         else:
             mean, var = self.running_mean, self.running_var
@@ -76,7 +98,9 @@ class BatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         """Shown by ``print(module)``."""
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        )
 
 
 def from_torch(bn: nn.modules.batchnorm._BatchNorm) -> BatchNorm:
@@ -94,7 +118,8 @@ def from_torch(bn: nn.modules.batchnorm._BatchNorm) -> BatchNorm:
 
 
 def swap_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of a model whose ``nn.BatchNorm1d/2d`` layers are replaced by the from-scratch ``BatchNorm``.
+    """A copy of a model whose ``nn.BatchNorm1d/2d`` layers are replaced by the from-scratch
+    ``BatchNorm``.
 
     Args:
         model: the model (not changed).
@@ -139,10 +164,12 @@ def fold_bn(layer: nn.Linear | nn.Conv2d, bn: nn.Module) -> nn.Linear | nn.Conv2
 
 
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """A copy of a sequential model with every batch norm folded into the layer before it and removed.
+    """A copy of a sequential model with every batch norm folded into the layer before it and
+    removed.
 
     Args:
-        model: an ``nn.Sequential`` (e.g. the shared MLP or LeNet-5) in which each batch norm directly
+        model: an ``nn.Sequential`` (e.g. the shared MLP or LeNet-5) in which each batch norm
+            directly
             follows an ``nn.Linear`` or ``nn.Conv2d``.
 
     Returns:
@@ -152,7 +179,9 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     for i in reversed(range(len(folded))):
         if isinstance(folded[i], (BatchNorm, *BN_TYPES)):
             if i == 0 or not isinstance(folded[i - 1], (nn.Linear, nn.Conv2d)):
-                raise ValueError(f"layer {i} is a batch norm that does not follow a Linear or Conv2d")
+                raise ValueError(
+                    f"layer {i} is a batch norm that does not follow a Linear or Conv2d"
+                )
             folded[i - 1] = fold_bn(folded[i - 1], folded[i])
             del folded[i]
     return folded
@@ -169,17 +198,25 @@ class ActivationStats:
     The hooked modules are those of the types in ``kinds`` (``nn.ReLU`` by default; ``nn.Sigmoid``
     for a sigmoid network), named by type and position: "relu 1", "relu 2", ... or "sigmoid 3".
     Only forward passes in training mode are recorded (the evaluation passes of ``fit`` are
-    skipped), every ``every``-th step, on the device of the activations. Use ``frame()`` for the rows
+    skipped), every ``every``-th step, on the device of the activations. Use ``frame()`` for the
+    rows
     and ``remove()`` to detach the hooks.
     """
 
-    def __init__(self, model: nn.Module, quantiles: Sequence[float] = (0.15, 0.5, 0.85), every: int = 1,
-                 kinds: tuple[type[nn.Module], ...] = (nn.ReLU,)):
+    def __init__(
+        self,
+        model: nn.Module,
+        quantiles: Sequence[float] = (0.15, 0.5, 0.85),
+        every: int = 1,
+        kinds: tuple[type[nn.Module], ...] = (nn.ReLU,),
+    ):
         self.quantiles, self.every, self.rows = list(quantiles), every, []
         self._step: dict[str, int] = {}
         acts = [m for m in model.modules() if isinstance(m, tuple(kinds))]
-        self.handles = [m.register_forward_hook(self._hook(f"{type(m).__name__.lower()} {k + 1}"))
-                        for k, m in enumerate(acts)]
+        self.handles = [
+            m.register_forward_hook(self._hook(f"{type(m).__name__.lower()} {k + 1}"))
+            for k, m in enumerate(acts)
+        ]
 
     def _hook(self, layer: str):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -199,7 +236,8 @@ class ActivationStats:
         return hook
 
     def frame(self) -> pd.DataFrame:
-        """One row per (recorded step, layer): step, layer, mean, std and the quantiles (q15, q50, ...)."""
+        """One row per (recorded step, layer): step, layer, mean, std and the quantiles (q15, q50,
+        ...)."""
         return pd.DataFrame(self.rows)
 
     def remove(self) -> None:
@@ -209,7 +247,8 @@ class ActivationStats:
 
 
 def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> pd.DataFrame:
-    """Per batch-norm layer: spread of the normalized activations and of the gradients flowing through.
+    """Per batch-norm layer: spread of the normalized activations and of the gradients flowing
+    through.
 
     Runs one training-mode forward and backward pass of cross-entropy on a copy of the model, on
     the model's device.
@@ -220,7 +259,8 @@ def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tenso
         y: its labels.
 
     Returns:
-        One row per batch norm: the mean over features of the per-feature mean and standard deviation
+        One row per batch norm: the mean over features of the per-feature mean and standard
+        deviation
         of its input and output, and the RMS of the gradient with respect to its input and output.
     """
     model = copy.deepcopy(model).train()
@@ -231,6 +271,7 @@ def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tenso
             inputs[0].retain_grad()
             output.retain_grad()
             seen.append((name, inputs[0], output))
+
         return hook
 
     bns = [m for m in model.modules() if isinstance(m, (BatchNorm, *BN_TYPES))]
@@ -244,26 +285,37 @@ def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     for name, a_in, a_out in seen:
         a_in, a_out, g_in, g_out = a_in.detach(), a_out.detach(), a_in.grad, a_out.grad
         dims = [0] + list(range(2, a_in.dim()))
-        rows.append({
-            "layer": name,
-            "input mean": float(a_in.mean(dims).mean()), "input std": float(a_in.std(dims).mean()),
-            "output mean": float(a_out.mean(dims).mean()), "output std": float(a_out.std(dims).mean()),
-            "grad in rms": float(g_in.pow(2).mean().sqrt()),
-            "grad out rms": float(g_out.pow(2).mean().sqrt()),
-        })
+        rows.append(
+            {
+                "layer": name,
+                "input mean": float(a_in.mean(dims).mean()),
+                "input std": float(a_in.std(dims).mean()),
+                "output mean": float(a_out.mean(dims).mean()),
+                "output std": float(a_out.std(dims).mean()),
+                "grad in rms": float(g_in.pow(2).mean().sqrt()),
+                "grad out rms": float(g_out.pow(2).mean().sqrt()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def scale_invariance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, index: int,
-                     scales: Sequence[float] = (1.0, 3.0, 10.0)) -> pd.DataFrame:
+def scale_invariance(
+    model: nn.Sequential,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: int,
+    scales: Sequence[float] = (1.0, 3.0, 10.0),
+) -> pd.DataFrame:
     """Scale the weights of layer ``index`` (followed by a batch norm) and see what changes.
 
-    In training mode the batch norm cancels the scale (up to its small epsilon): outputs and loss stay
+    In training mode the batch norm cancels the scale (up to its small epsilon): outputs and loss
+    stay
     the same, while the gradient with respect to the scaled weights shrinks as 1/scale. Normalized
     activations, not normalized gradients.
 
     Args:
-        model: a sequential model whose layer ``index`` is a Linear or Conv2d followed by a batch norm.
+        model: a sequential model whose layer ``index`` is a Linear or Conv2d followed by a batch
+            norm.
         x: a batch of inputs (moved to the model's device).
         y: its labels.
         index: position of the layer to scale.
@@ -288,14 +340,27 @@ def scale_invariance(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ind
         loss.backward()
         ref = logits.detach() if ref is None else ref
         g = float(m[index].weight.grad.norm())
-        rows.append({"scale": c, "loss": loss.item(), "max |logits change|": float((logits.detach() - ref).abs().max()),
-                     "weight grad norm": g, "grad norm x scale": g * c})
+        rows.append(
+            {
+                "scale": c,
+                "loss": loss.item(),
+                "max |logits change|": float((logits.detach() - ref).abs().max()),
+                "weight grad norm": g,
+                "grad norm x scale": g * c,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def train_mode_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int,
-                        sort_by_label: bool = False, seed: int = 0) -> float:
+def train_mode_accuracy(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    sort_by_label: bool = False,
+    seed: int = 0,
+) -> float:
     """Accuracy when a model is (wrongly) left in training mode, on a copy so the original is kept.
 
     Args:
@@ -303,7 +368,8 @@ def train_mode_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batc
         X: inputs (moved to the model's device).
         y: labels.
         batch_size: evaluation batch size (at least 2).
-        sort_by_label: batches of one class each (a non-shuffled, label-sorted stream), else shuffled.
+        sort_by_label: batches of one class each (a non-shuffled, label-sorted stream), else
+            shuffled.
         seed: seed of the shuffle (drawn on the CPU: the same order on every device).
 
     Returns:
@@ -369,8 +435,12 @@ def check_lrs(name: str, values: object, maximum: float = 10.0) -> list[float]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
         raise ParameterError(name, values, allowed)
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or not 0 < v <= maximum:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or not 0 < v <= maximum
+        ):
             raise ParameterError(name, values, allowed + f" ({v!r} is not)")
     if len(set(values)) != len(values):
         raise ParameterError(name, values, allowed + " (repeated values)")
@@ -381,23 +451,35 @@ def speed_table(curves: pd.DataFrame, arch: str, epochs: int) -> pd.DataFrame:
     """Per learning rate: the epochs the BN model needs to reach the no-BN model's final accuracy.
 
     Args:
-        curves: one row per (arch, bn, lr, seed, epoch) with ``val_accuracy`` (padded to ``epochs``).
+        curves: one row per (arch, bn, lr, seed, epoch) with ``val_accuracy`` (padded to
+            ``epochs``).
         arch: the architecture.
         epochs: the epoch budget of both.
 
     Returns:
         One row per learning rate trained with and without BN: the no-BN final mean validation
-        accuracy, the epochs the mean BN curve needs to reach it, and that as a fraction of the budget.
+        accuracy, the epochs the mean BN curve needs to reach it, and that as a fraction of the
+        budget.
     """
     mean = curves[curves.arch == arch].groupby(["bn", "lr", "epoch"])["val_accuracy"].mean()
     rows = []
     for lr in sorted(curves.loc[curves.arch == arch, "lr"].unique()):
-        if (False, lr) not in mean.index.droplevel("epoch") or (True, lr) not in mean.index.droplevel("epoch"):
+        if (False, lr) not in mean.index.droplevel("epoch") or (
+            True,
+            lr,
+        ) not in mean.index.droplevel("epoch"):
             continue  # trained with one setting only
         plain, bn = mean.loc[(False, lr)].to_numpy(), mean.loc[(True, lr)].to_numpy()
         need = epochs_to_reach(bn, plain[-1])
-        rows.append({"lr": lr, "no_bn_final_val_accuracy": plain[-1], "bn_final_val_accuracy": bn[-1],
-                     "bn_epochs_to_no_bn_final": need, "fraction_of_budget": need / epochs})
+        rows.append(
+            {
+                "lr": lr,
+                "no_bn_final_val_accuracy": plain[-1],
+                "bn_final_val_accuracy": bn[-1],
+                "bn_epochs_to_no_bn_final": need,
+                "fraction_of_budget": need / epochs,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -427,7 +509,8 @@ def speed_with_interval(curves: pd.DataFrame, arch: str, lr: float, epochs: int)
     no-BN final accuracy; an end the BN curve never reaches counts as ``epochs + 1`` epochs.
 
     Args:
-        curves: one row per (arch, bn, lr, seed, epoch) with ``val_accuracy`` (padded to ``epochs``).
+        curves: one row per (arch, bn, lr, seed, epoch) with ``val_accuracy`` (padded to
+            ``epochs``).
         arch: the architecture.
         lr: the learning rate (trained with and without BN).
         epochs: the budget of both.
@@ -448,13 +531,22 @@ def speed_with_interval(curves: pd.DataFrame, arch: str, lr: float, epochs: int)
         e = epochs_to_reach(bn_curve, x)
         return (e if math.isfinite(e) else epochs + 1) / epochs
 
-    return {"no_bn_final": level, "no_bn_low": lo, "no_bn_high": hi, "bn_epochs": need,
-            "fraction": need / epochs, "low": share(lo) if math.isfinite(lo) else math.nan,
-            "high": share(hi) if math.isfinite(hi) else math.nan,
-            "bn_first_epoch": float(bn_curve[0]), "no_bn_first_epoch": float(mean.loc[(False, 1)])}
+    return {
+        "no_bn_final": level,
+        "no_bn_low": lo,
+        "no_bn_high": hi,
+        "bn_epochs": need,
+        "fraction": need / epochs,
+        "low": share(lo) if math.isfinite(lo) else math.nan,
+        "high": share(hi) if math.isfinite(hi) else math.nan,
+        "bn_first_epoch": float(bn_curve[0]),
+        "no_bn_first_epoch": float(mean.loc[(False, 1)]),
+    }
 
 
-def accuracy_gap(best: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> tuple[float, tuple[float, float]]:
+def accuracy_gap(
+    best: Sequence[np.ndarray], other: Sequence[np.ndarray]
+) -> tuple[float, tuple[float, float]]:
     """Points by which ``other`` is below ``best``, pooled over seeds, with a paired 95% interval.
 
     Args:
@@ -475,8 +567,15 @@ def _grid_lr(lrs: Sequence[float], lr: float) -> float | None:
     return hits[0] if hits else None
 
 
-def lr_facts(final: pd.DataFrame, curves: pd.DataFrame, arch: str, epochs: int, stall: float,
-             val_correct: dict, factor: float | None = None) -> dict:
+def lr_facts(
+    final: pd.DataFrame,
+    curves: pd.DataFrame,
+    arch: str,
+    epochs: int,
+    stall: float,
+    val_correct: dict,
+    factor: float | None = None,
+) -> dict:
     """Learning rates chosen on validation accuracy and the figures of both targets for one model.
 
     Args:
@@ -502,15 +601,29 @@ def lr_facts(final: pd.DataFrame, curves: pd.DataFrame, arch: str, epochs: int, 
         robust = min(failing) if failing else None
     else:
         robust = _grid_lr(withbn.index, factor * best_plain)
-    gap, (low, high) = (accuracy_gap(val_correct[(arch, True, best_bn)], val_correct[(arch, True, robust)])
-                        if robust is not None else (math.nan, (math.nan, math.nan)))
-    return {"arch": arch, "epochs": epochs, "best_no_bn_lr": best_plain, "bn_best_lr": best_bn,
-            "no_bn_best_val": float(plain.max()), "bn_best_val": float(withbn.max()),
-            "speed": speed_with_interval(curves, arch, best_plain, epochs),
-            "no_bn_failing_lrs": failing, "robust_lr": math.nan if robust is None else robust,
-            "no_bn_val_at_robust_lr": float(plain.get(robust, math.nan)) if robust is not None else math.nan,
-            "bn_val_at_robust_lr": float(withbn.loc[robust]) if robust is not None else math.nan,
-            "bn_gap_points": gap, "gap_low": low, "gap_high": high}
+    gap, (low, high) = (
+        accuracy_gap(val_correct[(arch, True, best_bn)], val_correct[(arch, True, robust)])
+        if robust is not None
+        else (math.nan, (math.nan, math.nan))
+    )
+    return {
+        "arch": arch,
+        "epochs": epochs,
+        "best_no_bn_lr": best_plain,
+        "bn_best_lr": best_bn,
+        "no_bn_best_val": float(plain.max()),
+        "bn_best_val": float(withbn.max()),
+        "speed": speed_with_interval(curves, arch, best_plain, epochs),
+        "no_bn_failing_lrs": failing,
+        "robust_lr": math.nan if robust is None else robust,
+        "no_bn_val_at_robust_lr": float(plain.get(robust, math.nan))
+        if robust is not None
+        else math.nan,
+        "bn_val_at_robust_lr": float(withbn.loc[robust]) if robust is not None else math.nan,
+        "bn_gap_points": gap,
+        "gap_low": low,
+        "gap_high": high,
+    }
 
 
 def chosen_test(final: pd.DataFrame, models: dict, test_loader) -> pd.DataFrame:
@@ -534,15 +647,32 @@ def chosen_test(final: pd.DataFrame, models: dict, test_loader) -> pd.DataFrame:
         pooled = {}
         for bn in (False, True):
             lr = float(val.loc[bn].idxmax())
-            seeds = sorted(final.loc[(final.arch == arch) & (final.bn == bn) & np.isclose(final.lr, lr), "seed"])
+            seeds = sorted(
+                final.loc[
+                    (final.arch == arch) & (final.bn == bn) & np.isclose(final.lr, lr), "seed"
+                ]
+            )
             hits = [correct(models[(arch, bn, lr, sd)], test_loader) for sd in seeds]
             s = seed_summary([float(h.mean()) for h in hits])
             pooled[bn] = np.concatenate(hits)
-            rows.append({"arch": arch, "bn": bn, "lr": lr, "val_mean": float(val.loc[(bn, lr)]),
-                         "test_mean": s.mean, "test_sd": s.std, "seeds": s.n})
+            rows.append(
+                {
+                    "arch": arch,
+                    "bn": bn,
+                    "lr": lr,
+                    "val_mean": float(val.loc[(bn, lr)]),
+                    "test_mean": s.mean,
+                    "test_sd": s.std,
+                    "seeds": s.n,
+                }
+            )
         d = paired_difference(pooled[False], pooled[True])
-        rows[-1].update(bn_minus_no_bn_points=d["difference"], diff_low=d["low"], diff_high=d["high"],
-                        verdict=verdict(d["low"], d["high"]))
+        rows[-1].update(
+            bn_minus_no_bn_points=d["difference"],
+            diff_low=d["low"],
+            diff_high=d["high"],
+            verdict=verdict(d["low"], d["high"]),
+        )
     return pd.DataFrame(rows)
 
 
@@ -563,14 +693,27 @@ def bn_targets(f: dict) -> list[dict]:
         return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None
 
     return [
-        target(f"{a}: BN epochs to the no-BN final val accuracy at lr {f['best_no_bn_lr']:g}, "
-               "share of the budget", sp["fraction"], "<=", 1 / 3, "",
-               f"no-BN ends at {sp['no_bn_final']:.4f} after {f['epochs']} epochs",
-               interval=span(sp["low"], sp["high"])),
-        target(f"{a}: BN val accuracy below its best, at lr {f['robust_lr']:g}", f["bn_gap_points"],
-               "<=", 1.0, "points", "no robustness rate in the grid" if not math.isfinite(f["robust_lr"])
-               else f"no-BN mean val {f['no_bn_val_at_robust_lr']:.3f} there",
-               interval=span(f["gap_low"], f["gap_high"])),
+        target(
+            f"{a}: BN epochs to the no-BN final val accuracy at lr {f['best_no_bn_lr']:g}, "
+            "share of the budget",
+            sp["fraction"],
+            "<=",
+            1 / 3,
+            "",
+            f"no-BN ends at {sp['no_bn_final']:.4f} after {f['epochs']} epochs",
+            interval=span(sp["low"], sp["high"]),
+        ),
+        target(
+            f"{a}: BN val accuracy below its best, at lr {f['robust_lr']:g}",
+            f["bn_gap_points"],
+            "<=",
+            1.0,
+            "points",
+            "no robustness rate in the grid"
+            if not math.isfinite(f["robust_lr"])
+            else f"no-BN mean val {f['no_bn_val_at_robust_lr']:.3f} there",
+            interval=span(f["gap_low"], f["gap_high"]),
+        ),
     ]
 
 
@@ -584,15 +727,21 @@ def drift_table(act: pd.DataFrame) -> pd.DataFrame:
         One row per (run, layer): the range (max - min over the recorded steps) of the median and of
         the 15-85 spread, and the last spread.
     """
-    return (act.assign(spread=act["q85"] - act["q15"]).groupby(["run", "layer"])
-            .agg(median_range=("q50", lambda s: s.max() - s.min()),
-                 spread_range=("spread", lambda s: s.max() - s.min()),
-                 spread_last=("spread", "last"))
-            .reset_index())
+    return (
+        act.assign(spread=act["q85"] - act["q15"])
+        .groupby(["run", "layer"])
+        .agg(
+            median_range=("q50", lambda s: s.max() - s.min()),
+            spread_range=("spread", lambda s: s.max() - s.min()),
+            spread_last=("spread", "last"),
+        )
+        .reset_index()
+    )
 
 
 def compare_with_torch(kind: str, steps: int = 5, c: int = 8, seed: int = 0) -> dict:
-    """Largest differences between torch's batch norm and ``BatchNorm`` over training steps, then in eval.
+    """Largest differences between torch's batch norm and ``BatchNorm`` over training steps, then
+    in eval.
 
     Random batches (mean 1, sd 2) of 16 examples; the error of a value is |a - b| / (1 + |a|).
 
@@ -632,11 +781,22 @@ def compare_with_torch(kind: str, steps: int = 5, c: int = 8, seed: int = 0) -> 
     x = torch.randn(*shape) * 2 + 1
     with torch.no_grad():
         err(ref(x), ours(x), "eval output")
-    return {**{f"{k} error": v for k, v in diff.items()}, "largest |difference|": max(absd.values())}
+    return {
+        **{f"{k} error": v for k, v in diff.items()},
+        "largest |difference|": max(absd.values()),
+    }
 
 
-def summary(facts: Sequence[dict], chosen: pd.DataFrame, drift: pd.DataFrame, small: pd.DataFrame,
-            forgot_drop_points: float, fold_max_diff: float, n_val: int, n_test: int) -> pd.DataFrame:
+def summary(
+    facts: Sequence[dict],
+    chosen: pd.DataFrame,
+    drift: pd.DataFrame,
+    small: pd.DataFrame,
+    forgot_drop_points: float,
+    fold_max_diff: float,
+    n_val: int,
+    n_test: int,
+) -> pd.DataFrame:
     """This run's facts for the discussion of notebook 08 to point at by name.
 
     Args:
@@ -655,43 +815,93 @@ def summary(facts: Sequence[dict], chosen: pd.DataFrame, drift: pd.DataFrame, sm
     for f in facts:
         a, sp = f["arch"], f["speed"]
         rows += [
-            (f"{a}: best lr without BN", f["best_no_bn_lr"], "", "highest mean validation accuracy"),
+            (
+                f"{a}: best lr without BN",
+                f["best_no_bn_lr"],
+                "",
+                "highest mean validation accuracy",
+            ),
             (f"{a}: best lr with BN", f["bn_best_lr"], "", "highest mean validation accuracy"),
-            (f"{a}: no-BN final val accuracy", sp["no_bn_final"], "",
-             f"at lr {f['best_no_bn_lr']:g}, epoch {f['epochs']}"),
+            (
+                f"{a}: no-BN final val accuracy",
+                sp["no_bn_final"],
+                "",
+                f"at lr {f['best_no_bn_lr']:g}, epoch {f['epochs']}",
+            ),
             (f"{a}: val accuracy after epoch 1, no BN", sp["no_bn_first_epoch"], "", "same lr"),
             (f"{a}: val accuracy after epoch 1, BN", sp["bn_first_epoch"], "", "same lr"),
             (f"{a}: BN epochs to the no-BN final", sp["bn_epochs"], "epochs", f"of {f['epochs']}"),
-            (f"{a}: share of the budget", sp["fraction"], "",
-             f"95% interval [{sp['low']:.3g}, {sp['high']:.3g}]; goal <= 1/3"),
-            (f"{a}: rates where no-BN fails", ", ".join(f"{x:g}" for x in f["no_bn_failing_lrs"]) or "none",
-             "", "mean final val accuracy below STALL_ACCURACY"),
-            (f"{a}: BN below its best at lr {f['robust_lr']:g}", f["bn_gap_points"], "points",
-             f"95% interval [{f['gap_low']:.3g}, {f['gap_high']:.3g}]; goal <= 1"),
+            (
+                f"{a}: share of the budget",
+                sp["fraction"],
+                "",
+                f"95% interval [{sp['low']:.3g}, {sp['high']:.3g}]; goal <= 1/3",
+            ),
+            (
+                f"{a}: rates where no-BN fails",
+                ", ".join(f"{x:g}" for x in f["no_bn_failing_lrs"]) or "none",
+                "",
+                "mean final val accuracy below STALL_ACCURACY",
+            ),
+            (
+                f"{a}: BN below its best at lr {f['robust_lr']:g}",
+                f["bn_gap_points"],
+                "points",
+                f"95% interval [{f['gap_low']:.3g}, {f['gap_high']:.3g}]; goal <= 1",
+            ),
         ]
         for _, r in chosen[(chosen.arch == a)].iterrows():
-            rows.append((f"{a}: test accuracy, {'BN' if r.bn else 'no BN'}", r.test_mean, "",
-                         f"lr {r.lr:g}, mean of {r.seeds} seeds"))
+            rows.append(
+                (
+                    f"{a}: test accuracy, {'BN' if r.bn else 'no BN'}",
+                    r.test_mean,
+                    "",
+                    f"lr {r.lr:g}, mean of {r.seeds} seeds",
+                )
+            )
         r = chosen[(chosen.arch == a) & chosen.bn.astype(bool)].iloc[0]
-        rows.append((f"{a}: test, BN minus no BN", r.bn_minus_no_bn_points, "points",
-                     f"[{r.diff_low:.3g}, {r.diff_high:.3g}]: {r.verdict}"))
+        rows.append(
+            (
+                f"{a}: test, BN minus no BN",
+                r.bn_minus_no_bn_points,
+                "points",
+                f"[{r.diff_low:.3g}, {r.diff_high:.3g}]: {r.verdict}",
+            )
+        )
     for _, r in drift.iterrows():
-        rows.append((f"{r.layer} input, {r.run}: median moved", r.median_range, "",
-                     "max - min over training"))
-        rows.append((f"{r.layer} input, {r.run}: 15-85 spread moved", r.spread_range, "",
-                     "max - min over training"))
+        rows.append(
+            (
+                f"{r.layer} input, {r.run}: median moved",
+                r.median_range,
+                "",
+                "max - min over training",
+            )
+        )
+        rows.append(
+            (
+                f"{r.layer} input, {r.run}: 15-85 spread moved",
+                r.spread_range,
+                "",
+                "max - min over training",
+            )
+        )
     for bs in (small["batch"].min(), small["batch"].max()):
         for _, r in small[small.batch == bs].iterrows():
-            rows.append((f"batch {bs}: val accuracy, {r.norm}", r.val_accuracy, "", "small-batch runs"))
-    rows += [("forgotten eval, label-sorted: drop", forgot_drop_points, "points", "smallest test batch"),
-             ("folding: largest logit difference", fold_max_diff, "", "float rounding"),
-             ("one validation image", 100 / n_val, "points", f"{n_val:,} validation images"),
-             ("one test image", 100 / n_test, "points", f"{n_test:,} test images")]
+            rows.append(
+                (f"batch {bs}: val accuracy, {r.norm}", r.val_accuracy, "", "small-batch runs")
+            )
+    rows += [
+        ("forgotten eval, label-sorted: drop", forgot_drop_points, "points", "smallest test batch"),
+        ("folding: largest logit difference", fold_max_diff, "", "float rounding"),
+        ("one validation image", 100 / n_val, "points", f"{n_val:,} validation images"),
+        ("one test image", 100 / n_test, "points", f"{n_test:,} test images"),
+    ]
     return fact_table(rows, digits=4)
 
 
 def percentile_bands(stats: pd.DataFrame, title: str = "") -> Figure:
-    """The 15th/50th/85th percentiles of each activation's input over training, one panel per (run, layer).
+    """The 15th/50th/85th percentiles of each activation's input over training, one panel per (run,
+    layer).
 
     Args:
         stats: rows from ``ActivationStats.frame()`` with an added ``run`` column.
@@ -701,8 +911,13 @@ def percentile_bands(stats: pd.DataFrame, title: str = "") -> Figure:
         The figure.
     """
     runs, layers = list(dict.fromkeys(stats["run"])), list(dict.fromkeys(stats["layer"]))
-    fig, axes = plt.subplots(len(runs), len(layers), figsize=(4.2 * len(layers), 2.8 * len(runs)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(runs),
+        len(layers),
+        figsize=(4.2 * len(layers), 2.8 * len(runs)),
+        squeeze=False,
+        sharex=True,
+    )
     for r, run in enumerate(runs):
         for c, layer in enumerate(layers):
             d, ax = stats[(stats.run == run) & (stats.layer == layer)], axes[r, c]
@@ -718,7 +933,8 @@ def percentile_bands(stats: pd.DataFrame, title: str = "") -> Figure:
 
 
 def accuracy_heatmap(final: pd.DataFrame, value: str = "test_accuracy", title: str = "") -> Figure:
-    """Heatmap of the mean (over seeds) of ``value`` by architecture and BN (rows) and learning rate.
+    """Heatmap of the mean (over seeds) of ``value`` by architecture and BN (rows) and learning
+    rate.
 
     Args:
         final: one row per run with columns arch, bn, lr and ``value``.
@@ -731,8 +947,16 @@ def accuracy_heatmap(final: pd.DataFrame, value: str = "test_accuracy", title: s
     d = final.assign(model=final["arch"] + np.where(final["bn"], " + BN", " no BN"))
     table = d.pivot_table(index="model", columns="lr", values=value, aggfunc="mean")
     fig, ax = plt.subplots(figsize=(1.3 * table.shape[1] + 2.5, 0.6 * table.shape[0] + 1.5))
-    sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", vmin=0, vmax=1, ax=ax,
-                cbar_kws={"label": f"mean {value}"})
+    sns.heatmap(
+        table,
+        annot=True,
+        fmt=".3f",
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        ax=ax,
+        cbar_kws={"label": f"mean {value}"},
+    )
     ax.set_xlabel("learning rate (SGD, momentum 0.9)")
     ax.set_ylabel("")
     ax.set_title(title)
@@ -740,8 +964,11 @@ def accuracy_heatmap(final: pd.DataFrame, value: str = "test_accuracy", title: s
     return fig
 
 
-def curves_figure(curves: pd.DataFrame, arch: str, metric: str = "val_accuracy", logy: bool = False) -> Figure:
-    """Mean (band: standard deviation over seeds) of a metric per epoch, one panel per learning rate.
+def curves_figure(
+    curves: pd.DataFrame, arch: str, metric: str = "val_accuracy", logy: bool = False
+) -> Figure:
+    """Mean (band: standard deviation over seeds) of a metric per epoch, one panel per learning
+    rate.
 
     Args:
         curves: one row per (arch, bn, lr, seed, epoch) with the metric.
@@ -756,8 +983,16 @@ def curves_figure(curves: pd.DataFrame, arch: str, metric: str = "val_accuracy",
     lrs = sorted(d["lr"].unique())
     fig, axes = plt.subplots(1, len(lrs), figsize=(3.2 * len(lrs), 3.2), sharey=True, squeeze=False)
     for ax, lr in zip(axes[0], lrs):
-        sns.lineplot(data=d[d.lr == lr], x="epoch", y=metric, hue="BN", hue_order=["without BN", "with BN"],
-                     errorbar="sd", ax=ax, legend=ax is axes[0, 0])
+        sns.lineplot(
+            data=d[d.lr == lr],
+            x="epoch",
+            y=metric,
+            hue="BN",
+            hue_order=["without BN", "with BN"],
+            errorbar="sd",
+            ax=ax,
+            legend=ax is axes[0, 0],
+        )
         ax.set_title(f"lr = {lr:g}")
         if logy:
             ax.set_yscale("log")

@@ -1,4 +1,5 @@
-"""The papers' own MNIST tables beside ours: run notebooks at the papers' settings, write docs/papers.md.
+"""The papers' own MNIST tables beside ours: run notebooks at the papers' settings, write
+docs/papers.md.
 
 Usage::
 
@@ -71,7 +72,11 @@ def error_of(rec: Mapping[str, Any], model: str) -> Figure:
 def params_ratio(rec: Mapping[str, Any], model: str) -> Figure:
     """Parameters of the comparison's baseline over the non-zero parameters of a model ("12x")."""
     rows = _rows(rec)
-    return rows.loc[rec["comparison_baseline"], "params"] / rows.loc[model, "nonzero"], math.nan, math.nan
+    return (
+        rows.loc[rec["comparison_baseline"], "params"] / rows.loc[model, "nonzero"],
+        math.nan,
+        math.nan,
+    )
 
 
 def size_ratio(rec: Mapping[str, Any], model: str) -> Figure:
@@ -113,7 +118,9 @@ def bn_above_share(rec: Mapping[str, Any]) -> Figure:
     """
     curves = pd.DataFrame(rec["sigmoid_curves"])
     lr = float(rec["facts_sigmoid"]["best_no_bn_lr"])
-    at = curves[curves["lr"].astype(float) == lr].pivot(index="epoch", columns="bn", values="val_accuracy")
+    at = curves[curves["lr"].astype(float) == lr].pivot(
+        index="epoch", columns="bn", values="val_accuracy"
+    )
     above = at[True] > at[False]
     return float(above.mean()), math.nan, math.nan
 
@@ -121,49 +128,157 @@ def bn_above_share(rec: Mapping[str, Any]) -> Figure:
 HAN15 = "Han, Pool, Tran, Dally 2015"
 HINTON = "Hinton, Vinyals, Dean 2015"
 DISTIL = "07_knowledge_distillation"
-HINTON_TEXT = ("checked against the text of section 3 (arXiv:1503.02531): 67, 146 and 74 test errors; "
-               "the distilled net saw no jittered images")
+HINTON_TEXT = (
+    "checked against the text of section 3 (arXiv:1503.02531): 67, 146 and 74 test errors; "
+    "the distilled net saw no jittered images"
+)
 DC16 = "Han, Mao, Dally 2016 (Deep Compression)"
-UNCHECKED = ("quoted from the issue; the paper's Table 1 is an image in every copy found here, "
-             "so not checked against its text")
+UNCHECKED = (
+    "quoted from the issue; the paper's Table 1 is an image in every copy found here, "
+    "so not checked against its text"
+)
 DC_TABLE = "checked against the text of the paper's Table 1 (arXiv:1510.00149v5)"
 
 #: Published figures, and the functions that read ours from a notebook's records.
 CLAIMS = [
-    Claim(HAN15, "Table 1", "LeNet-300-100 dense", "test error (%)", 1.64, "04_weight_pruning",
-          lambda r: error_of(r, _baseline(r)), DC_TABLE + " (its reference row)"),
-    Claim(HAN15, "Table 1", "LeNet-300-100 pruned", "test error (%)", 1.59, "04_weight_pruning",
-          lambda r: error_of(r, r["pruned_model"]), UNCHECKED),
-    Claim(HAN15, "Table 1", "LeNet-300-100 pruned", "fewer parameters (x)", 12.0, "04_weight_pruning",
-          lambda r: params_ratio(r, r["pruned_model"]), "267K to 22K; " + UNCHECKED),
-    Claim(DC16, "Table 1", "LeNet-300-100 dense", "test error (%)", 1.64, "10_compression_pipeline",
-          lambda r: error_of(r, _baseline(r)), DC_TABLE),
-    Claim(DC16, "Table 1", "LeNet-300-100 compressed", "test error (%)", 1.58, "10_compression_pipeline",
-          lambda r: error_of(r, r["final_stage"]), DC_TABLE),
-    Claim(DC16, "Table 1", "LeNet-300-100 compressed", "smaller on disk (x)", 40.0,
-          "10_compression_pipeline", lambda r: size_ratio(r, r["final_stage"]),
-          "1070 KB to 27 KB; " + DC_TABLE),
-    Claim(HAN15, "Table 1", "LeNet-5 (Caffe, 20-50-500) dense", "test error (%)", 0.80, "", None,
-          "not run yet: the notebooks have no Caffe LeNet-5 (431K parameters)"),
-    Claim(HAN15, "Table 1", "LeNet-5 (Caffe) pruned at 12x", "test error (%)", 0.77, "", None,
-          "not run yet: the notebooks have no Caffe LeNet-5"),
-    Claim(DC16, "Table 1", "LeNet-5 (Caffe) compressed 39x", "test error (%)", 0.74, "", None,
-          "not run yet: the notebooks have no Caffe LeNet-5"),
-    Claim(HINTON, "section 3", "1200-1200 teacher (dropout, 2-pixel jitter)", "test errors (of 10,000)",
-          67, DISTIL, lambda r: accuracy_errors(r, float(r["teacher_test_accuracy"])), HINTON_TEXT),
-    Claim(HINTON, "section 3", "800-800 student, plain", "test errors (of 10,000)", 146, DISTIL,
-          lambda r: student_errors(r, "plain"), HINTON_TEXT),
-    Claim(HINTON, "section 3", "800-800 student, distilled at T = 20", "test errors (of 10,000)", 74,
-          DISTIL, lambda r: student_errors(r, "distilled"), HINTON_TEXT),
-    Claim("Ioffe, Szegedy 2015", "Figure 1(a)", "3 x 100 sigmoid units, batches of 60",
-          "share of epochs with BN above no-BN", 1.0, "08_batch_normalization", bn_above_share,
-          "checked against section 4.1 (arXiv:1502.03167): 3 x 100 sigmoid units, 50,000 steps of 60, "
-          "'the batch-normalized network enjoys the higher test accuracy' (the curves carry no number); "
-          "ours: validation accuracy per epoch at the best no-BN rate, mean over seeds"),
+    Claim(
+        HAN15,
+        "Table 1",
+        "LeNet-300-100 dense",
+        "test error (%)",
+        1.64,
+        "04_weight_pruning",
+        lambda r: error_of(r, _baseline(r)),
+        DC_TABLE + " (its reference row)",
+    ),
+    Claim(
+        HAN15,
+        "Table 1",
+        "LeNet-300-100 pruned",
+        "test error (%)",
+        1.59,
+        "04_weight_pruning",
+        lambda r: error_of(r, r["pruned_model"]),
+        UNCHECKED,
+    ),
+    Claim(
+        HAN15,
+        "Table 1",
+        "LeNet-300-100 pruned",
+        "fewer parameters (x)",
+        12.0,
+        "04_weight_pruning",
+        lambda r: params_ratio(r, r["pruned_model"]),
+        "267K to 22K; " + UNCHECKED,
+    ),
+    Claim(
+        DC16,
+        "Table 1",
+        "LeNet-300-100 dense",
+        "test error (%)",
+        1.64,
+        "10_compression_pipeline",
+        lambda r: error_of(r, _baseline(r)),
+        DC_TABLE,
+    ),
+    Claim(
+        DC16,
+        "Table 1",
+        "LeNet-300-100 compressed",
+        "test error (%)",
+        1.58,
+        "10_compression_pipeline",
+        lambda r: error_of(r, r["final_stage"]),
+        DC_TABLE,
+    ),
+    Claim(
+        DC16,
+        "Table 1",
+        "LeNet-300-100 compressed",
+        "smaller on disk (x)",
+        40.0,
+        "10_compression_pipeline",
+        lambda r: size_ratio(r, r["final_stage"]),
+        "1070 KB to 27 KB; " + DC_TABLE,
+    ),
+    Claim(
+        HAN15,
+        "Table 1",
+        "LeNet-5 (Caffe, 20-50-500) dense",
+        "test error (%)",
+        0.80,
+        "",
+        None,
+        "not run yet: the notebooks have no Caffe LeNet-5 (431K parameters)",
+    ),
+    Claim(
+        HAN15,
+        "Table 1",
+        "LeNet-5 (Caffe) pruned at 12x",
+        "test error (%)",
+        0.77,
+        "",
+        None,
+        "not run yet: the notebooks have no Caffe LeNet-5",
+    ),
+    Claim(
+        DC16,
+        "Table 1",
+        "LeNet-5 (Caffe) compressed 39x",
+        "test error (%)",
+        0.74,
+        "",
+        None,
+        "not run yet: the notebooks have no Caffe LeNet-5",
+    ),
+    Claim(
+        HINTON,
+        "section 3",
+        "1200-1200 teacher (dropout, 2-pixel jitter)",
+        "test errors (of 10,000)",
+        67,
+        DISTIL,
+        lambda r: accuracy_errors(r, float(r["teacher_test_accuracy"])),
+        HINTON_TEXT,
+    ),
+    Claim(
+        HINTON,
+        "section 3",
+        "800-800 student, plain",
+        "test errors (of 10,000)",
+        146,
+        DISTIL,
+        lambda r: student_errors(r, "plain"),
+        HINTON_TEXT,
+    ),
+    Claim(
+        HINTON,
+        "section 3",
+        "800-800 student, distilled at T = 20",
+        "test errors (of 10,000)",
+        74,
+        DISTIL,
+        lambda r: student_errors(r, "distilled"),
+        HINTON_TEXT,
+    ),
+    Claim(
+        "Ioffe, Szegedy 2015",
+        "Figure 1(a)",
+        "3 x 100 sigmoid units, batches of 60",
+        "share of epochs with BN above no-BN",
+        1.0,
+        "08_batch_normalization",
+        bn_above_share,
+        "checked against section 4.1 (arXiv:1502.03167): 3 x 100 sigmoid units, 50,000 steps of "
+        "60, 'the batch-normalized network enjoys the higher test accuracy' (the curves carry no "
+        "number); ours: validation accuracy per epoch at the best no-BN rate, mean over seeds",
+    ),
 ]
 
 
-def claims_table(records: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float]) -> pd.DataFrame:
+def claims_table(
+    records: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float]
+) -> pd.DataFrame:
     """Every claim with the published figure, ours (with its 95% interval) and the difference.
 
     Args:
@@ -183,10 +298,22 @@ def claims_table(records: Mapping[str, Mapping[str, Any]], seconds: Mapping[str,
                 ours = tuple(float(v) for v in c.ours(records[c.notebook]))
             except (KeyError, TypeError, ValueError):  # the notebook did not record it
                 pass
-        rows.append({"paper": c.paper, "table": c.table, "setting": c.setting, "metric": c.metric,
-                     "published": c.published, "ours": ours[0], "low": ours[1], "high": ours[2],
-                     "difference": ours[0] - c.published, "notebook": c.notebook,
-                     "seconds": seconds.get(c.notebook, math.nan), "checked": c.checked})
+        rows.append(
+            {
+                "paper": c.paper,
+                "table": c.table,
+                "setting": c.setting,
+                "metric": c.metric,
+                "published": c.published,
+                "ours": ours[0],
+                "low": ours[1],
+                "high": ours[2],
+                "difference": ours[0] - c.published,
+                "notebook": c.notebook,
+                "seconds": seconds.get(c.notebook, math.nan),
+                "checked": c.checked,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -203,35 +330,92 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
     p = records.get("04_weight_pruning")
     if p and "pruned_model" in p:
         dense = error_of(p, _baseline(p))
-        out.append(target("LeNet-300-100 dense error within 0.15 points of 1.64%", abs(dense[0] - 1.64),
-                          "<=", 0.15, "points", "|ours - published|"))
+        out.append(
+            target(
+                "LeNet-300-100 dense error within 0.15 points of 1.64%",
+                abs(dense[0] - 1.64),
+                "<=",
+                0.15,
+                "points",
+                "|ours - published|",
+            )
+        )
         row = _rows(p).loc[p["pruned_model"]]
-        out.append(target("LeNet-300-100 pruned: fewer parameters", params_ratio(p, p["pruned_model"])[0],
-                          ">=", 12, "x"))
-        loss, (lo, hi) = -float(row["accuracy_delta_points"]), (-float(row["delta_high_points"]),
-                                                               -float(row["delta_low_points"]))
-        out.append(target("LeNet-300-100 pruned at 12x: no significant loss (lower end of the loss's "
-                          "paired 95% interval)", lo, "<=", 0.0, "points",
-                          f"loss {loss:+.2f} [{lo:+.2f}, {hi:+.2f}] points, McNemar p "
-                          f"{float(row['p_mcnemar']):.3g}"))
+        out.append(
+            target(
+                "LeNet-300-100 pruned: fewer parameters",
+                params_ratio(p, p["pruned_model"])[0],
+                ">=",
+                12,
+                "x",
+            )
+        )
+        loss, (lo, hi) = (
+            -float(row["accuracy_delta_points"]),
+            (-float(row["delta_high_points"]), -float(row["delta_low_points"])),
+        )
+        out.append(
+            target(
+                "LeNet-300-100 pruned at 12x: no significant loss (lower end of the loss's "
+                "paired 95% interval)",
+                lo,
+                "<=",
+                0.0,
+                "points",
+                f"loss {loss:+.2f} [{lo:+.2f}, {hi:+.2f}] points, McNemar p "
+                f"{float(row['p_mcnemar']):.3g}",
+            )
+        )
     k = records.get(DISTIL)
     if k and "targets" in k:
         g = k["targets"][0]
-        out.append(target("Hinton: the distilled 800-800 student closes half the plain-to-teacher gap",
-                          g["measured"], ">=", 0.5, "", "Hinton et al. closed (146 - 74) / (146 - 67) = 0.91",
-                          interval=None if g.get("low") is None or not math.isfinite(g["low"])
-                          else (g["low"], g["high"])))
+        out.append(
+            target(
+                "Hinton: the distilled 800-800 student closes half the plain-to-teacher gap",
+                g["measured"],
+                ">=",
+                0.5,
+                "",
+                "Hinton et al. closed (146 - 74) / (146 - 67) = 0.91",
+                interval=None
+                if g.get("low") is None or not math.isfinite(g["low"])
+                else (g["low"], g["high"]),
+            )
+        )
     b = records.get("08_batch_normalization")
     if b and "sigmoid_curves" in b:
-        out.append(target("Ioffe and Szegedy: BN's curve above the no-BN curve over the whole run",
-                          bn_above_share(b)[0], ">=", 1.0, "", "share of the epochs, sigmoid net, same rate"))
+        out.append(
+            target(
+                "Ioffe and Szegedy: BN's curve above the no-BN curve over the whole run",
+                bn_above_share(b)[0],
+                ">=",
+                1.0,
+                "",
+                "share of the epochs, sigmoid net, same rate",
+            )
+        )
     d = records.get("10_compression_pipeline")
     if d and "final_stage" in d:
         row = _rows(d).loc[d["final_stage"]]
-        out.append(target("Deep Compression pipeline: smaller on disk", float(row["size_ratio"]), ">=", 40, "x"))
-        out.append(target("Deep Compression pipeline: loss against its dense model",
-                          -float(row["accuracy_delta_points"]), "<=", 0.2, "points",
-                          interval=(-float(row["delta_high_points"]), -float(row["delta_low_points"]))))
+        out.append(
+            target(
+                "Deep Compression pipeline: smaller on disk",
+                float(row["size_ratio"]),
+                ">=",
+                40,
+                "x",
+            )
+        )
+        out.append(
+            target(
+                "Deep Compression pipeline: loss against its dense model",
+                -float(row["accuracy_delta_points"]),
+                "<=",
+                0.2,
+                "points",
+                interval=(-float(row["delta_high_points"]), -float(row["delta_low_points"])),
+            )
+        )
     return out
 
 
@@ -255,25 +439,55 @@ def markdown(results: list[RunResult], wall_seconds: float, info: Mapping[str, s
     """
     ok = {r.stem: r.records for r in results if r.status == "ok"}
     table = claims_table(ok, {r.stem: r.seconds for r in results})
-    shown = pd.DataFrame({
-        "paper": table["paper"], "table": table["table"], "model": table["setting"],
-        "metric": table["metric"], "published": table["published"].map(lambda v: _fmt(v)),
-        "ours [95% CI]": [_fmt(v, lo, hi) for v, lo, hi in zip(table["ours"], table["low"], table["high"])],
-        "ours - published": table["difference"].map(lambda v: "" if not math.isfinite(v) else f"{v:+.3g}"),
-        "notebook (s)": [f"{n} ({s:.0f} s)" if math.isfinite(s) else n for n, s in
-                         zip(table["notebook"], table["seconds"])],
-        "published figure": table["checked"]})
-    ts = pd.DataFrame([{"target": t["name"], "measured": measured_text(t),
-                        "goal": f"{t['op']} {t['threshold']:g} {t['unit']}".strip(),
-                        "met": verdict_text(t)} for t in profile_targets(ok)],
-                      columns=["target", "measured", "goal", "met"])
-    runs = pd.DataFrame([{"notebook": r.stem, "status": r.status, "seconds": f"{r.seconds:.0f}",
-                          "error": r.error[:160]} for r in results])
+    shown = pd.DataFrame(
+        {
+            "paper": table["paper"],
+            "table": table["table"],
+            "model": table["setting"],
+            "metric": table["metric"],
+            "published": table["published"].map(lambda v: _fmt(v)),
+            "ours [95% CI]": [
+                _fmt(v, lo, hi) for v, lo, hi in zip(table["ours"], table["low"], table["high"])
+            ],
+            "ours - published": table["difference"].map(
+                lambda v: "" if not math.isfinite(v) else f"{v:+.3g}"
+            ),
+            "notebook (s)": [
+                f"{n} ({s:.0f} s)" if math.isfinite(s) else n
+                for n, s in zip(table["notebook"], table["seconds"])
+            ],
+            "published figure": table["checked"],
+        }
+    )
+    ts = pd.DataFrame(
+        [
+            {
+                "target": t["name"],
+                "measured": measured_text(t),
+                "goal": f"{t['op']} {t['threshold']:g} {t['unit']}".strip(),
+                "met": verdict_text(t),
+            }
+            for t in profile_targets(ok)
+        ],
+        columns=["target", "measured", "goal", "met"],
+    )
+    runs = pd.DataFrame(
+        [
+            {
+                "notebook": r.stem,
+                "status": r.status,
+                "seconds": f"{r.seconds:.0f}",
+                "error": r.error[:160],
+            }
+            for r in results
+        ]
+    )
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = "".join(f"| {k} | {v} |\n" for k, v in info.items())
+    at = info.get("commit", "?")
     return f"""# The papers' MNIST tables, reproduced
 
-Written by `make paper` (`python -m nbhelpers.paper`) on {date}, at commit {info.get('commit', '?')}.
+Written by `make paper` (`python -m nbhelpers.paper`) on {date}, at commit {at}.
 Each notebook ran with `docs/paper/<stem>.yaml`: the full official MNIST (all 54,000 training
 images less validation, the official 10,000 test images) and the paper's model. Errors carry the
 Wilson 95% interval over the 10,000 test images; a difference of two models on the same images is
@@ -301,13 +515,19 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 1 if any notebook failed."""
     from .bench import commit, machine_info
 
-    ap = argparse.ArgumentParser(prog="python -m nbhelpers.paper", description=__doc__.split("\n")[0])
-    ap.add_argument("notebooks", nargs="*", help="stems or prefixes (default: every docs/paper/<stem>.yaml)")
+    ap = argparse.ArgumentParser(
+        prog="python -m nbhelpers.paper", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "notebooks", nargs="*", help="stems or prefixes (default: every docs/paper/<stem>.yaml)"
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "papers.md")
     args = ap.parse_args(argv)
     stems = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
-    nbs = [nb for nb in list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks or None) if nb.stem in stems]
+    nbs = [
+        nb for nb in list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks or None) if nb.stem in stems
+    ]
     if not nbs:
         ap.error(f"no notebook has parameters in {PARAMS_DIR} among {args.notebooks or 'all'}")
     t0 = time.perf_counter()

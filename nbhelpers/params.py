@@ -157,7 +157,11 @@ def check_list(name: str, values: Any, item_check, min_len: int = 1) -> list:
     Returns:
         The checked items as a list.
     """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) < min_len:
+    if (
+        isinstance(values, (str, bytes))
+        or not isinstance(values, Sequence)
+        or len(values) < min_len
+    ):
         raise ParameterError(name, values, f"a list of at least {min_len} item(s)")
     return [item_check(f"{name}[{i}]", v) for i, v in enumerate(values)]
 

@@ -56,7 +56,9 @@ def class_balance(parts: Mapping[str, np.ndarray]) -> Figure:
     return fig
 
 
-def learning_curves(histories: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("loss", "accuracy")) -> Figure:
+def learning_curves(
+    histories: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("loss", "accuracy")
+) -> Figure:
     """Training and validation curves of one or more runs, one panel per metric.
 
     Args:
@@ -70,8 +72,17 @@ def learning_curves(histories: Mapping[str, pd.DataFrame], metrics: Sequence[str
     for name, h in histories.items():
         for part in ("train", "val"):
             for m in metrics:
-                rows.append(pd.DataFrame({"epoch": h["epoch"], "value": h[f"{part}_{m}"],
-                                          "metric": m, "part": part, "run": name}))
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "epoch": h["epoch"],
+                            "value": h[f"{part}_{m}"],
+                            "metric": m,
+                            "part": part,
+                            "run": name,
+                        }
+                    )
+                )
     df = pd.concat(rows)
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 3.8), squeeze=False)
     for ax, m in zip(axes[0], metrics):
@@ -103,4 +114,3 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, title: str = "Confusion ma
     ax.set_title(title)
     fig.tight_layout()
     return fig
-

@@ -41,7 +41,8 @@ METHODS = ("one-shot", "iterative", "gradual")
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The (name, module) pairs whose ``weight`` may be pruned: every Linear and Conv2d, in order."""
+    """The (name, module) pairs whose ``weight`` may be pruned: every Linear and Conv2d, in
+    order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
@@ -61,8 +62,12 @@ def check_run(name: str, value: object) -> tuple[str, str]:
     Returns:
         (method, scope).
     """
-    allowed = "'<method>/<scope>' with method in " + ", ".join(map(repr, METHODS)) + \
-        " and scope in " + ", ".join(map(repr, SCOPES))
+    allowed = (
+        "'<method>/<scope>' with method in "
+        + ", ".join(map(repr, METHODS))
+        + " and scope in "
+        + ", ".join(map(repr, SCOPES))
+    )
     if not isinstance(value, str) or value.count("/") != 1:
         raise ParameterError(name, value, allowed)
     method, scope = value.split("/")
@@ -92,11 +97,17 @@ def magnitude_prune(
     check_choice("scope", scope, SCOPES)
     layers = [(n, m) for n, m in prunable(model) if only is None or n in only]
     if only is not None and len(layers) != len(set(only)):
-        raise ParameterError("only", list(only), "names of prunable layers: " + ", ".join(n for n, _ in prunable(model)))
+        raise ParameterError(
+            "only",
+            list(only),
+            "names of prunable layers: " + ", ".join(n for n, _ in prunable(model)),
+        )
     if scope == "global":
         total = sum(m.weight.numel() for _, m in layers)
         extra = max(0, round(sparsity * total) - sum(_masked(m) for _, m in layers))
-        prune.global_unstructured([(m, "weight") for _, m in layers], prune.L1Unstructured, amount=extra)
+        prune.global_unstructured(
+            [(m, "weight") for _, m in layers], prune.L1Unstructured, amount=extra
+        )
     else:
         for _, m in layers:
             extra = max(0, round(sparsity * m.weight.numel()) - _masked(m))
@@ -105,7 +116,8 @@ def magnitude_prune(
 
 
 def global_threshold(model: nn.Module, sparsity: float) -> float:
-    """The magnitude ``tau`` such that ``|w| <= tau`` holds for ``round(sparsity * N)`` prunable weights.
+    """The magnitude ``tau`` such that ``|w| <= tau`` holds for ``round(sparsity * N)`` prunable
+    weights.
 
     Args:
         model: the model.
@@ -122,7 +134,8 @@ def global_threshold(model: nn.Module, sparsity: float) -> float:
 
 @torch.no_grad()
 def threshold_prune(model: nn.Module, threshold: float) -> nn.Module:
-    """The naive method: zero every prunable weight with ``|w| <= threshold`` in place (no mask, no retraining).
+    """The naive method: zero every prunable weight with ``|w| <= threshold`` in place (no mask, no
+    retraining).
 
     Args:
         model: the model, changed in place.
@@ -149,9 +162,16 @@ def layer_sparsity(model: nn.Module) -> pd.DataFrame:
     for n, m in prunable(model):
         w = m.weight.detach()
         nz = int(torch.count_nonzero(w))
-        rows.append({"layer": n, "shape": "x".join(map(str, w.shape)), "weights": w.numel(), "nonzero": nz})
+        rows.append(
+            {"layer": n, "shape": "x".join(map(str, w.shape)), "weights": w.numel(), "nonzero": nz}
+        )
     df = pd.DataFrame(rows)
-    df.loc[len(df)] = {"layer": "total", "shape": "", "weights": df.weights.sum(), "nonzero": df.nonzero.sum()}
+    df.loc[len(df)] = {
+        "layer": "total",
+        "shape": "",
+        "weights": df.weights.sum(),
+        "nonzero": df.nonzero.sum(),
+    }
     df["sparsity"] = 1 - df.nonzero / df.weights
     return df.set_index("layer")
 
@@ -167,7 +187,8 @@ def is_pruned(model: nn.Module) -> bool:
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """``prune.remove`` on every pruned layer: ``weight`` becomes a plain parameter holding the zeros.
+    """``prune.remove`` on every pruned layer: ``weight`` becomes a plain parameter holding the
+    zeros.
 
     Args:
         model: the model, changed in place.
@@ -182,7 +203,8 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 def cubic_sparsity(step: int, final: float, begin: int, end: int, initial: float = 0.0) -> float:
-    """Zhu and Gupta's (2017) gradual schedule ``s_t = s_f + (s_i - s_f) (1 - (t - t_0)/(t_n - t_0))^3``.
+    """Zhu and Gupta's (2017) gradual schedule ``s_t = s_f + (s_i - s_f) (1 - (t - t_0)/(t_n -
+    t_0))^3``.
 
     Args:
         step: the training step ``t``.
@@ -201,7 +223,8 @@ def cubic_sparsity(step: int, final: float, begin: int, end: int, initial: float
 
 
 def iterative_sparsities(final: float, rounds: int) -> list[float]:
-    """Han et al.'s prune-and-retrain levels ``s_k = 1 - (1 - s_f)^{k/K}``: each round keeps the same fraction.
+    """Han et al.'s prune-and-retrain levels ``s_k = 1 - (1 - s_f)^{k/K}``: each round keeps the
+    same fraction.
 
     Args:
         final: sparsity after the last round.
@@ -214,10 +237,18 @@ def iterative_sparsities(final: float, rounds: int) -> list[float]:
 
 
 class GradualPruner:
-    """An ``after_step`` hook for ``train.fit``: every ``every`` steps, prune to ``cubic_sparsity(step)``."""
+    """An ``after_step`` hook for ``train.fit``: every ``every`` steps, prune to
+    ``cubic_sparsity(step)``."""
 
-    def __init__(self, final: float, begin: int, end: int, every: int = 10, scope: str = "global",
-                 initial: float = 0.0):
+    def __init__(
+        self,
+        final: float,
+        begin: int,
+        end: int,
+        every: int = 10,
+        scope: str = "global",
+        initial: float = 0.0,
+    ):
         """Set up the schedule (steps count optimizer steps, from 1).
 
         Args:
@@ -274,7 +305,9 @@ def sparse_arrays(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         rows, cols = np.nonzero(m)
         out[f"{k}.values"] = m[rows, cols].astype(np.float32)
         out[f"{k}.indices"] = cols.astype(np.uint16 if m.shape[1] <= 65536 else np.int32)
-        out[f"{k}.indptr"] = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))]).astype(np.int32)
+        out[f"{k}.indptr"] = np.concatenate(
+            [[0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))]
+        ).astype(np.int32)
         out[f"{k}.shape"] = np.asarray(a.shape, dtype=np.int64)
     return out
 
@@ -350,7 +383,10 @@ def save_torch_sparse(state: Mapping[str, torch.Tensor], path: str | Path) -> in
 def load_torch_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a file written by ``save_torch_sparse`` back to a dense state dict (on the CPU)."""
     raw = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return {k: v["csr"].to_dense().reshape(v["shape"]) if isinstance(v, dict) else v for k, v in raw.items()}
+    return {
+        k: v["csr"].to_dense().reshape(v["shape"]) if isinstance(v, dict) else v
+        for k, v in raw.items()
+    }
 
 
 def gzip_file(path: str | Path) -> int:
@@ -372,7 +408,8 @@ def gzip_file(path: str | Path) -> int:
 
 
 class CSRLinear(nn.Module):
-    """A Linear layer whose weight is a torch sparse CSR matrix: ``y = (W x^T)^T + b`` with ``torch.sparse.mm``."""
+    """A Linear layer whose weight is a torch sparse CSR matrix: ``y = (W x^T)^T + b`` with
+    ``torch.sparse.mm``."""
 
     def __init__(self, linear: nn.Linear):
         """Copy a (permanent, pruned) Linear layer into CSR form.
@@ -421,8 +458,9 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
         True when every pair of weights is equal (``torch.equal``).
     """
     pa, pb = prunable(a), prunable(b)
-    return len(pa) == len(pb) and all(torch.equal(x.weight, y.weight)
-                                      for (_, x), (_, y) in zip(pa, pb))
+    return len(pa) == len(pb) and all(
+        torch.equal(x.weight, y.weight) for (_, x), (_, y) in zip(pa, pb)
+    )
 
 
 def reparametrisation(layer: nn.Module) -> dict[str, Any]:
@@ -440,13 +478,19 @@ def reparametrisation(layer: nn.Module) -> dict[str, Any]:
         "parameters": ", ".join(n for n, _ in layer.named_parameters()),
         "buffers": ", ".join(n for n, _ in layer.named_buffers()),
         "forward_pre_hooks": ", ".join(type(h).__name__ for h in layer._forward_pre_hooks.values()),
-        "weight == weight_orig * weight_mask":
-            pruned and bool(torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)),
+        "weight == weight_orig * weight_mask": pruned
+        and bool(torch.equal(layer.weight, layer.weight_orig * layer.weight_mask)),
     }
 
 
-def accuracy_row(model: nn.Module, run: str, requested: float, val_loader: Any, test_loader: Any,
-                 seconds: float = 0.0) -> dict[str, Any]:
+def accuracy_row(
+    model: nn.Module,
+    run: str,
+    requested: float,
+    val_loader: Any,
+    test_loader: Any,
+    seconds: float = 0.0,
+) -> dict[str, Any]:
     """One row of the sparsity sweep: the requested and measured sparsity and both accuracies.
 
     Args:
@@ -460,9 +504,14 @@ def accuracy_row(model: nn.Module, run: str, requested: float, val_loader: Any, 
     Returns:
         {"run", "sparsity", "measured_sparsity", "val_accuracy", "test_accuracy", "train_seconds"}.
     """
-    return {"run": run, "sparsity": requested, "measured_sparsity": sparsity(model),
-            "val_accuracy": evaluate(model, val_loader)["accuracy"],
-            "test_accuracy": accuracy(model, test_loader), "train_seconds": seconds}
+    return {
+        "run": run,
+        "sparsity": requested,
+        "measured_sparsity": sparsity(model),
+        "val_accuracy": evaluate(model, val_loader)["accuracy"],
+        "test_accuracy": accuracy(model, test_loader),
+        "train_seconds": seconds,
+    }
 
 
 def global_layer_sparsity(model: nn.Module, levels: Sequence[float]) -> pd.DataFrame:
@@ -475,14 +524,16 @@ def global_layer_sparsity(model: nn.Module, levels: Sequence[float]) -> pd.DataF
     Returns:
         One row per layer plus "total" (index: layer), one column per level (named ``f"{s:g}"``).
     """
+
     def at(level: float) -> pd.Series:
         return layer_sparsity(magnitude_prune(copy.deepcopy(model), level, "global")).sparsity
 
     return pd.DataFrame({f"{s:g}": at(s) for s in levels})
 
 
-def storage_table(files: Mapping[str, tuple[Path, int, Any]], state: Mapping[str, torch.Tensor],
-                  baseline: str) -> pd.DataFrame:
+def storage_table(
+    files: Mapping[str, tuple[Path, int, Any]], state: Mapping[str, torch.Tensor], baseline: str
+) -> pd.DataFrame:
     """Bytes on disk of every stored format against the baseline's; whether each reads back exactly.
 
     Args:
@@ -499,10 +550,22 @@ def storage_table(files: Mapping[str, tuple[Path, int, Any]], state: Mapping[str
     rows = []
     for fmt, (path, nbytes, load) in files.items():
         back = None if load is None else load(path)
-        exact = None if back is None else (set(back) == set(state) and
-                                           all(torch.equal(back[n], v) for n, v in state.items()))
-        rows.append({"format": fmt, "file": Path(path).name, "bytes": int(nbytes),
-                     "times smaller": base / nbytes, "round-trips exactly": exact})
+        exact = (
+            None
+            if back is None
+            else (
+                set(back) == set(state) and all(torch.equal(back[n], v) for n, v in state.items())
+            )
+        )
+        rows.append(
+            {
+                "format": fmt,
+                "file": Path(path).name,
+                "bytes": int(nbytes),
+                "times smaller": base / nbytes,
+                "round-trips exactly": exact,
+            }
+        )
     return pd.DataFrame(rows).set_index("format")
 
 
@@ -516,17 +579,33 @@ def sparse_kernel_wins(kernels: pd.DataFrame) -> pd.Series:
     Returns:
         batch_size -> sparsity (NaN where the sparse kernel never won).
     """
-    cross = kernels.pivot_table(index=["batch_size", "sparsity"], columns="kernel",
-                                values="median_ms")
+    cross = kernels.pivot_table(
+        index=["batch_size", "sparsity"], columns="kernel", values="median_ms"
+    )
     won = cross["sparse csr"] < cross["dense"]
     sizes = sorted(kernels.batch_size.unique())
-    return pd.Series({bs: (won.loc[bs][won.loc[bs]].index.min() if won.loc[bs].any() else np.nan)
-                      for bs in sizes}, name="sparsity", dtype=float)
+    return pd.Series(
+        {
+            bs: (won.loc[bs][won.loc[bs]].index.min() if won.loc[bs].any() else np.nan)
+            for bs in sizes
+        },
+        name="sparsity",
+        dtype=float,
+    )
 
 
-def summary(at_target: pd.DataFrame, comparison: pd.DataFrame, storage: pd.DataFrame,
-            kernels: pd.DataFrame, layers: pd.Series, *, pruned: str, csr: str, best_run: str,
-            naive_equals_global: bool) -> pd.DataFrame:
+def summary(
+    at_target: pd.DataFrame,
+    comparison: pd.DataFrame,
+    storage: pd.DataFrame,
+    kernels: pd.DataFrame,
+    layers: pd.Series,
+    *,
+    pruned: str,
+    csr: str,
+    best_run: str,
+    naive_equals_global: bool,
+) -> pd.DataFrame:
     """This run's facts about weight pruning, from the notebook's tables.
 
     Args:
@@ -552,49 +631,116 @@ def summary(at_target: pd.DataFrame, comparison: pd.DataFrame, storage: pd.DataF
     tuned = acc.drop([NAIVE_RUN, LAYER_NO_FINETUNE_RUN], errors="ignore")
     gain = 100 * (tuned.max() - acc[NAIVE_RUN])
     rows = [
-        ("naive threshold: test accuracy", round(float(acc[NAIVE_RUN]), 4), "accuracy",
-         f"sparsity {s:g}, no fine-tuning"),
-        ("best fine-tuned run: test accuracy", round(float(tuned.max()), 4), "accuracy",
-         f"{tuned.idxmax()}, sparsity {s:g}"),
-        ("fine-tuning beats the naive threshold", bool(gain > 0), "",
-         f"{gain:+.2f} points, best fine-tuned minus naive"),
-        ("naive mask identical to global one-shot", bool(naive_equals_global), "",
-         "same weights, before fine-tuning"),
+        (
+            "naive threshold: test accuracy",
+            round(float(acc[NAIVE_RUN]), 4),
+            "accuracy",
+            f"sparsity {s:g}, no fine-tuning",
+        ),
+        (
+            "best fine-tuned run: test accuracy",
+            round(float(tuned.max()), 4),
+            "accuracy",
+            f"{tuned.idxmax()}, sparsity {s:g}",
+        ),
+        (
+            "fine-tuning beats the naive threshold",
+            bool(gain > 0),
+            "",
+            f"{gain:+.2f} points, best fine-tuned minus naive",
+        ),
+        (
+            "naive mask identical to global one-shot",
+            bool(naive_equals_global),
+            "",
+            "same weights, before fine-tuning",
+        ),
     ]
-    rows += [(f"layer {name}: sparsity under one global threshold", round(float(v), 4),
-              "fraction", f"global sparsity {s:g}")
-             for name, v in layers.drop("total", errors="ignore").items()]
-    pairs = [("no fine-tuning", NAIVE_RUN, LAYER_NO_FINETUNE_RUN),
-             ("one-shot", "one-shot/global", "one-shot/layer")]
-    rows += [(f"{label}: global minus layer-wise", round(100 * float(acc[g] - acc[lw]), 2),
-              "points", "test accuracy") for label, g, lw in pairs if {g, lw} <= set(acc.index)]
+    rows += [
+        (
+            f"layer {name}: sparsity under one global threshold",
+            round(float(v), 4),
+            "fraction",
+            f"global sparsity {s:g}",
+        )
+        for name, v in layers.drop("total", errors="ignore").items()
+    ]
+    pairs = [
+        ("no fine-tuning", NAIVE_RUN, LAYER_NO_FINETUNE_RUN),
+        ("one-shot", "one-shot/global", "one-shot/layer"),
+    ]
+    rows += [
+        (
+            f"{label}: global minus layer-wise",
+            round(100 * float(acc[g] - acc[lw]), 2),
+            "points",
+            "test accuracy",
+        )
+        for label, g, lw in pairs
+        if {g, lw} <= set(acc.index)
+    ]
     glob = tuned[[r.endswith("/global") for r in tuned.index]]
     if len(glob) > 1:
-        rows.append(("spread of the fine-tuned global runs",
-                     round(100 * float(glob.max() - glob.min()), 2), "points",
-                     ", ".join(glob.index)))
+        rows.append(
+            (
+                "spread of the fine-tuned global runs",
+                round(100 * float(glob.max() - glob.min()), 2),
+                "points",
+                ", ".join(glob.index),
+            )
+        )
     p = comparison.loc[pruned]
     rows += [
         ("run chosen on validation", best_run, "", "highest validation accuracy at the target"),
-        ("chosen run: accuracy change vs dense", round(float(p["accuracy_delta_points"]), 2),
-         "points", interval_text(p)),
+        (
+            "chosen run: accuracy change vs dense",
+            round(float(p["accuracy_delta_points"]), 2),
+            "points",
+            interval_text(p),
+        ),
         ("chosen run: verdict vs dense", str(p["verdict"]), "", verdict_reason(p)),
         ("non-zero weights", int(p["nonzero"]), "weights", f"of {int(p['params']):,} parameters"),
     ]
-    rows += [(f"times smaller: {fmt}", round(float(r["times smaller"]), 2), "x",
-              f"{int(r['bytes']):,} bytes on disk") for fmt, r in storage.iloc[1:].iterrows()]
+    rows += [
+        (
+            f"times smaller: {fmt}",
+            round(float(r["times smaller"]), 2),
+            "x",
+            f"{int(r['bytes']):,} bytes on disk",
+        )
+        for fmt, r in storage.iloc[1:].iterrows()
+    ]
     for col in [c for c in comparison.columns if c.startswith("speedup_b")]:
         bs = col.removeprefix("speedup_b")
-        rows += [(f"pruned, dense kernels: speed vs dense, batch {bs}", round(float(p[col]), 2),
-                  "x", "above 1: faster"),
-                 (f"pruned, CSR kernels: speed vs dense, batch {bs}",
-                  round(float(comparison.loc[csr, col]), 2), "x", "above 1: faster"),
-                 (f"CSR-kernel model faster than dense, batch {bs}",
-                  bool(comparison.loc[csr, col] > 1), "", "whole model, measured side by side")]
+        rows += [
+            (
+                f"pruned, dense kernels: speed vs dense, batch {bs}",
+                round(float(p[col]), 2),
+                "x",
+                "above 1: faster",
+            ),
+            (
+                f"pruned, CSR kernels: speed vs dense, batch {bs}",
+                round(float(comparison.loc[csr, col]), 2),
+                "x",
+                "above 1: faster",
+            ),
+            (
+                f"CSR-kernel model faster than dense, batch {bs}",
+                bool(comparison.loc[csr, col] > 1),
+                "",
+                "whole model, measured side by side",
+            ),
+        ]
     shape = kernels["shape"].iloc[0] if "shape" in kernels else ""
     levels = sorted(kernels["sparsity"].unique())
     for bs, first in sparse_kernel_wins(kernels).items():
-        rows.append((f"one matrix: sparse kernel first faster, batch {bs}",
-                     "never" if np.isnan(first) else float(first), "sparsity",
-                     f"W {shape}, timed from {levels[0]:g} to {levels[-1]:g}"))
+        rows.append(
+            (
+                f"one matrix: sparse kernel first faster, batch {bs}",
+                "never" if np.isnan(first) else float(first),
+                "sparsity",
+                f"W {shape}, timed from {levels[0]:g} to {levels[-1]:g}",
+            )
+        )
     return fact_table(rows)

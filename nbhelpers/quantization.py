@@ -79,8 +79,9 @@ def _reduce(x: torch.Tensor, per_channel: bool, op) -> torch.Tensor:
     return op(x, dim=tuple(range(1, x.dim())), keepdim=True)
 
 
-def quant_params(x: torch.Tensor, bits: int = 8, symmetric: bool = False,
-                 per_channel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_params(
+    x: torch.Tensor, bits: int = 8, symmetric: bool = False, per_channel: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of a tensor (per tensor, or per output channel along axis 0).
 
     Asymmetric: s = (max(x_max, 0) - min(x_min, 0)) / (q_max - q_min), z = q_min - round(x_min / s).
@@ -103,14 +104,24 @@ def quant_params(x: torch.Tensor, bits: int = 8, symmetric: bool = False,
         scale = torch.maximum(hi, -lo) / qmax
     else:
         scale = (hi - lo) / (qmax - qmin)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero slice: any scale is exact
-    zero = torch.zeros_like(scale, dtype=torch.int64) if symmetric else \
-        torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int64)
+    scale = torch.where(
+        scale > 0, scale, torch.ones_like(scale)
+    )  # an all-zero slice: any scale is exact
+    zero = (
+        torch.zeros_like(scale, dtype=torch.int64)
+        if symmetric
+        else torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int64)
+    )
     return scale, zero
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int = 8,
-             symmetric: bool = False) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bits: int = 8,
+    symmetric: bool = False,
+) -> torch.Tensor:
     """Map floats to integers: q = clamp(round(x / s) + z, q_min, q_max).
 
     Args:
@@ -174,7 +185,9 @@ def mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio in decibels: 10 log10(sum x^2 / sum (x - x_hat)^2)."""
     noise = float(((x.float() - x_hat.float()) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * float(np.log10(float((x.float() ** 2).sum()) / noise))
+    return (
+        float("inf") if noise == 0 else 10 * float(np.log10(float((x.float() ** 2).sum()) / noise))
+    )
 
 
 def quantize_weights(model: nn.Module, bits: int, symmetric: bool, per_channel: bool) -> nn.Module:
@@ -217,11 +230,16 @@ def weight_error(
     return {"mse": mse(w, w_hat), "sqnr_db": sqnr_db(w, w_hat)}
 
 
-VARIANTS = {"asymmetric per-tensor": (False, False), "symmetric per-tensor": (True, False),
-            "asymmetric per-channel": (False, True), "symmetric per-channel": (True, True)}
+VARIANTS = {
+    "asymmetric per-tensor": (False, False),
+    "symmetric per-tensor": (True, False),
+    "asymmetric per-channel": (False, True),
+    "symmetric per-channel": (True, True),
+}
 
 
 # ---------------------------------------------------------------- PyTorch eager int8 (torch.ao)
+
 
 @contextmanager
 def quiet_ao() -> Iterator[None]:
@@ -270,8 +288,11 @@ def fusion_groups(seq: nn.Sequential) -> list[list[str]]:
         e.g. [["0", "1"], ["3", "4"]].
     """
     names = list(seq._modules)
-    return [[a, b] for a, b in zip(names, names[1:])
-            if isinstance(seq._modules[a], WEIGHT_LAYERS) and isinstance(seq._modules[b], nn.ReLU)]
+    return [
+        [a, b]
+        for a, b in zip(names, names[1:])
+        if isinstance(seq._modules[a], WEIGHT_LAYERS) and isinstance(seq._modules[b], nn.ReLU)
+    ]
 
 
 def prepare_static(model: nn.Sequential, engine: str = "x86", qat: bool = False) -> QuantReady:
@@ -348,7 +369,9 @@ def dynamic_int8(model: nn.Module, engine: str = "x86") -> nn.Module:
 
     set_engine(engine)
     with quiet_ao():
-        return tq.quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+        return tq.quantize_dynamic(
+            copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
+        )
 
 
 # ---------------------------------------------------------------- ONNX and ONNX Runtime
@@ -371,9 +394,16 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(copy.deepcopy(model).cpu().eval(), (example[:1].cpu(),), str(path), input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            copy.deepcopy(model).cpu().eval(),
+            (example[:1].cpu(),),
+            str(path),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
     return path
 
 
@@ -471,25 +501,35 @@ def ort_quantize(
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
     try:
         if loader is None:
-            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8,
-                             reduce_range=reduce_range)
+            quantize_dynamic(
+                str(pre), str(dst), weight_type=QuantType.QInt8, reduce_range=reduce_range
+            )
         else:
             reader = calibration_reader(loader, batches)
-            quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat[fmt],
-                            per_channel=per_channel, reduce_range=reduce_range,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(pre),
+                str(dst),
+                reader,
+                quant_format=QuantFormat[fmt],
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         logging.getLogger().setLevel(level)
         pre.unlink(missing_ok=True)
     return dst
 
 
-def int8_error_bound(layer: nn.Linear, x: torch.Tensor, reduce_range: bool,
-                     static: bool = False) -> torch.Tensor:
+def int8_error_bound(
+    layer: nn.Linear, x: torch.Tensor, reduce_range: bool, static: bool = False
+) -> torch.Tensor:
     """Worst-case rounding error of ONNX Runtime's int8 version of one ``nn.Linear``, per output.
 
     Weights: symmetric, :math:`s_w = \\max|W| / q_w` with q_w = 127 (64 with ``reduce_range``;
-    per-channel scales are never larger). Inputs: uint8 over their range, :math:`s_x = (\\max(x, 0) -
+    per-channel scales are never larger). Inputs: uint8 over their range, :math:`s_x = (\\max(x, 0)
+    -
     \\min(x, 0)) / q_x`, q_x = 255 (127 for static ``reduce_range``). Then :math:`|\\hat w - w| \\le
     s_w/2` and :math:`|\\hat x - x| \\le s_x` (half a step, plus half for the rounded zero point):
 
@@ -522,9 +562,11 @@ def int8_error_bound(layer: nn.Linear, x: torch.Tensor, reduce_range: bool,
     return bound
 
 
-def saturation_check(layer: nn.Linear, x: torch.Tensor, folder: str | Path,
-                     reduce_range: bool) -> dict[str, float]:
-    """Quantize one Linear with ONNX Runtime (dynamic) and compare its error with the rounding bound.
+def saturation_check(
+    layer: nn.Linear, x: torch.Tensor, folder: str | Path, reduce_range: bool
+) -> dict[str, float]:
+    """Quantize one Linear with ONNX Runtime (dynamic) and compare its error with the rounding
+    bound.
 
     Outputs beyond ``int8_error_bound`` cannot come from rounding: they show a saturating kernel.
 
@@ -541,19 +583,32 @@ def saturation_check(layer: nn.Linear, x: torch.Tensor, folder: str | Path,
     x = x.detach().cpu().reshape(len(x), -1)
     tag = "7bit" if reduce_range else "8bit"
     fp32 = export_onnx(layer, Path(folder) / f"layer_{tag}_fp32.onnx", x)
-    out = torch.as_tensor(OrtModel(ort_quantize(fp32, Path(folder) / f"layer_{tag}_int8.onnx",
-                                                reduce_range=reduce_range))(x))
+    out = torch.as_tensor(
+        OrtModel(
+            ort_quantize(fp32, Path(folder) / f"layer_{tag}_int8.onnx", reduce_range=reduce_range)
+        )(x)
+    )
     with torch.no_grad():
         err = (out - layer(x)).abs()
     bound = int8_error_bound(layer, x, reduce_range)
-    return {"reduce_range": reduce_range, "max_error": float(err.max()),
-            "max_error_over_bound": float((err / bound).max()),
-            "outputs_beyond_bound": int((err > bound).sum()), "outputs": err.numel()}
+    return {
+        "reduce_range": reduce_range,
+        "max_error": float(err.max()),
+        "max_error_over_bound": float((err / bound).max()),
+        "outputs_beyond_bound": int((err > bound).sum()),
+        "outputs": err.numel(),
+    }
 
 
-def reduce_range_study(fp32_paths: dict[str, Path], calib: DataLoader, batches: int,
-                       x: torch.Tensor, y: torch.Tensor, reference: dict[str, torch.Tensor],
-                       fmt: str = "QDQ") -> pd.DataFrame:
+def reduce_range_study(
+    fp32_paths: dict[str, Path],
+    calib: DataLoader,
+    batches: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reference: dict[str, torch.Tensor],
+    fmt: str = "QDQ",
+) -> pd.DataFrame:
     """ONNX Runtime int8 with and without ``reduce_range``, side by side, on this machine's CPU.
 
     Args:
@@ -574,14 +629,21 @@ def reduce_range_study(fp32_paths: dict[str, Path], calib: DataLoader, batches: 
         for kind in ("dynamic", "static"):
             for rr in (False, True):
                 dst = src.with_name(f"{src.stem}_{kind}_rr{int(rr)}.onnx")
-                path = ort_quantize(src, dst, calib if kind == "static" else None, batches, fmt,
-                                    reduce_range=rr)
+                path = ort_quantize(
+                    src, dst, calib if kind == "static" else None, batches, fmt, reduce_range=rr
+                )
                 logits = OrtModel(path)(x)
                 agree = output_agreement(reference[name], logits)
-                rows.append({"model": name, "quantization": kind, "reduce_range": rr,
-                             "relative_max_diff": agree["relative_max_diff"],
-                             "top1_agreement": agree["top1_agreement"],
-                             "accuracy": float((torch.as_tensor(logits).argmax(1) == y).float().mean())})
+                rows.append(
+                    {
+                        "model": name,
+                        "quantization": kind,
+                        "reduce_range": rr,
+                        "relative_max_diff": agree["relative_max_diff"],
+                        "top1_agreement": agree["top1_agreement"],
+                        "accuracy": float((torch.as_tensor(logits).argmax(1) == y).float().mean()),
+                    }
+                )
     return pd.DataFrame(rows).set_index(["model", "quantization", "reduce_range"])
 
 
@@ -601,9 +663,12 @@ def output_agreement(
     a = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
     b = torch.as_tensor(np.asarray(other), dtype=torch.float32)
     d = (a - b).abs()
-    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
-            "relative_max_diff": float(d.max() / (a.max() - a.min())),
-            "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean())}
+    return {
+        "max_abs_diff": float(d.max()),
+        "mean_abs_diff": float(d.mean()),
+        "relative_max_diff": float(d.max() / (a.max() - a.min())),
+        "top1_agreement": float((a.argmax(1) == b.argmax(1)).float().mean()),
+    }
 
 
 def same_runtime_speedups(
@@ -623,16 +688,25 @@ def same_runtime_speedups(
     rows = []
     for ref, q in pairs:
         r, m = table.loc[ref], table.loc[q]
-        row = {"model": q, "fp32 reference": ref, "size_ratio": r["bytes"] / m["bytes"],
-               "accuracy_delta_points": (m["accuracy"] - r["accuracy"]) * 100}
+        row = {
+            "model": q,
+            "fp32 reference": ref,
+            "size_ratio": r["bytes"] / m["bytes"],
+            "accuracy_delta_points": (m["accuracy"] - r["accuracy"]) * 100,
+        }
         for bs in batch_sizes:
             row[f"speedup_b{bs}"] = r[f"latency_ms_b{bs}"] / m[f"latency_ms_b{bs}"]
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
 
 
-def ort_profile(path: str | Path, x: torch.Tensor, runs: int = 20, threads: int = 1,
-                prefix: str | Path | None = None) -> pd.DataFrame:
+def ort_profile(
+    path: str | Path,
+    x: torch.Tensor,
+    runs: int = 20,
+    threads: int = 1,
+    prefix: str | Path | None = None,
+) -> pd.DataFrame:
     """Time spent per operator in an ONNX Runtime model, from its built-in profiler.
 
     Args:

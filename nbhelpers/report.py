@@ -70,12 +70,16 @@ def list_notebooks(folder: Path = DEFAULT_NOTEBOOKS, names: list[str] | None = N
             continue
         match = [q for q in every if q.stem == p.stem or q.stem.startswith(p.stem)]
         if not match:
-            raise SystemExit(f"no notebook named {n!r}; choose from: {', '.join(q.stem for q in every)}")
+            raise SystemExit(
+                f"no notebook named {n!r}; choose from: {', '.join(q.stem for q in every)}"
+            )
         chosen += match
     return sorted(set(chosen))
 
 
-def load_parameters(stem: str, params_file: Path | None = None, params_dir: Path | None = None) -> dict:
+def load_parameters(
+    stem: str, params_file: Path | None = None, params_dir: Path | None = None
+) -> dict:
     """Papermill parameters of one notebook from a mapping file or a folder of per-notebook YAML.
 
     Args:
@@ -94,7 +98,8 @@ def load_parameters(stem: str, params_file: Path | None = None, params_dir: Path
     return {}
 
 
-#: Cells whose input the HTML report hides (validation, recording, plot styling): their output stays.
+#: Cells whose input the HTML report hides (validation, recording, plot styling); their output
+#: stays.
 HIDE_INPUT_TAG = "hide-input"
 #: MathJax configuration shipped by jupyter-server-mathjax (MathJax 2.7), for formulas offline.
 MATHJAX_QUERY = "?config=TeX-AMS-MML_HTMLorMML-full,Safe"
@@ -123,7 +128,8 @@ def install_mathjax(out_dir: Path) -> Path:
 
 
 def render_html(nb_path: Path, html_path: Path) -> None:
-    """Render an executed notebook to HTML that needs no network: local MathJax, plumbing input hidden.
+    """Render an executed notebook to HTML that needs no network: local MathJax, plumbing input
+    hidden.
 
     Args:
         nb_path: the executed ``.ipynb``.
@@ -135,7 +141,9 @@ def render_html(nb_path: Path, html_path: Path) -> None:
 
     install_mathjax(html_path.parent)
     exporter = HTMLExporter(template_name="lab", mathjax_url="mathjax/MathJax.js" + MATHJAX_QUERY)
-    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={HIDE_INPUT_TAG}), enabled=True)
+    exporter.register_preprocessor(
+        TagRemovePreprocessor(remove_input_tags={HIDE_INPUT_TAG}), enabled=True
+    )
     body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
     # require.js (from a CDN) only serves widget state, which reports do not carry: offline, drop it
     body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
@@ -185,9 +193,16 @@ def run_notebook(
     t0 = time.perf_counter()
     error = ""
     try:
-        pm.execute_notebook(str(src), str(running), parameters=parameters, kernel_name=kernel,
-                            cwd=str(src.parent), progress_bar=progress, execution_timeout=timeout,
-                            log_output=False)
+        pm.execute_notebook(
+            str(src),
+            str(running),
+            parameters=parameters,
+            kernel_name=kernel,
+            cwd=str(src.parent),
+            progress_bar=progress,
+            execution_timeout=timeout,
+            log_output=False,
+        )
     except BaseException as exc:  # noqa: BLE001 - any failure is reported, not raised
         error = _error_text(exc)
         if isinstance(exc, KeyboardInterrupt):
@@ -271,22 +286,30 @@ def index_html(runs: dict[str, dict], extra_sections: list[str] | None = None) -
         if status == "failed":
             links.append(f'<a href="{html.escape(stem)}.failed.html">failed run</a>')
         shown = good if status == "failed" and good else latest
-        values = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
-                         for k, v in sorted((shown.get("records") or {}).items()))
+        values = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in sorted((shown.get("records") or {}).items())
+        )
         note = ""
         if status == "failed":
             note = f'<div class="err">{html.escape(latest.get("error", ""))}</div>'
             if good:
-                note += f'<div class="old">values below are from the last good run ({html.escape(good["finished_at"])})</div>'
+                when = html.escape(good["finished_at"])
+                note += f'<div class="old">values below are from the last good run ({when})</div>'
+        recorded = shown.get("records") or {}
+        head = html.escape(headline(recorded))
+        finished = html.escape(latest.get("finished_at", ""))
         rows.append(
             f'<tr class="{status}"><td><b>{html.escape(stem)}</b>'
-            f'<div class="head">{html.escape(headline(shown.get("records") or {}))}</div></td><td class="st">{status}</td>'
-            f'<td>{latest.get("seconds", 0):.1f} s</td><td>{html.escape(latest.get("finished_at", ""))}</td>'
-            f'<td>{" · ".join(links)}</td><td>{note}<details><summary>{len(shown.get("records") or {})} recorded values'
-            f"</summary><table class=\"vals\">{values}</table></details></td></tr>"
+            f'<div class="head">{head}</div></td><td class="st">{status}</td>'
+            f"<td>{latest.get('seconds', 0):.1f} s</td><td>{finished}</td>"
+            f"<td>{' · '.join(links)}</td><td>{note}<details>"
+            f"<summary>{len(recorded)} recorded values"
+            f'</summary><table class="vals">{values}</table></details></td></tr>'
         )
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Model Optimization Lab report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Model Optimization Lab report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border-bottom:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}}
 tr.failed .st{{color:#b00;font-weight:bold}} tr.ok .st{{color:#070;font-weight:bold}}
@@ -294,8 +317,9 @@ tr.failed .st{{color:#b00;font-weight:bold}} tr.ok .st{{color:#070;font-weight:b
 table.vals td{{font-family:monospace;font-size:85%;border:none;padding:1px 6px}}
 .head{{font-size:90%;color:#333;max-width:40em}} table.board{{font-size:85%}}</style></head><body>
 <h1>Model Optimization Lab report</h1><p>Generated {generated}.</p>
-<table><tr><th>notebook</th><th>status</th><th>run time</th><th>finished</th><th>links</th><th>recorded values</th></tr>
-{''.join(rows)}</table>{''.join(extra_sections or [])}</body></html>"""
+<table><tr><th>notebook</th><th>status</th><th>run time</th><th>finished</th><th>links</th>
+<th>recorded values</th></tr>
+{"".join(rows)}</table>{"".join(extra_sections or [])}</body></html>"""
 
 
 def write_index(out_dir: Path) -> Path:
@@ -343,31 +367,43 @@ def run_all(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # kernels inherit the environment: share the cores between notebooks run at once, not oversubscribe
+    # kernels inherit the environment: share the cores between notebooks run at once, not
+    # oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     # no progress bars in reports: a widget cannot show in static HTML, text bars only add noise
     os.environ.setdefault("TQDM_DISABLE", "1")
     params = {nb.stem: load_parameters(nb.stem, params_file, params_dir) for nb in notebooks}
     results: dict[str, RunResult] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(notebooks), desc="notebooks",
-                                                                     unit="nb") as bar:
-        futures = {pool.submit(run_notebook, nb, out_dir, params[nb.stem], kernel, timeout): nb for nb in notebooks}
+    with (
+        ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
+        tqdm(total=len(notebooks), desc="notebooks", unit="nb") as bar,
+    ):
+        futures = {
+            pool.submit(run_notebook, nb, out_dir, params[nb.stem], kernel, timeout): nb
+            for nb in notebooks
+        }
         for fut in as_completed(futures):
             r = fut.result()
             results[r.stem] = r
             save_run(out_dir, r)
             write_index(out_dir)
-            bar.write(f"[{r.status}] {r.stem} in {r.seconds:.1f} s" + (f": {r.error}" if r.error else ""))
+            bar.write(
+                f"[{r.status}] {r.stem} in {r.seconds:.1f} s" + (f": {r.error}" if r.error else "")
+            )
             bar.update(1)
     return [results[nb.stem] for nb in notebooks]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 1 if any notebook failed."""
-    ap = argparse.ArgumentParser(prog="python -m nbhelpers.report", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m nbhelpers.report", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("notebooks", nargs="*", help="stems or paths (default: every notebook)")
     ap.add_argument("--notebooks-dir", type=Path, default=DEFAULT_NOTEBOOKS)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="reports folder (default: reports/)")
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="reports folder (default: reports/)"
+    )
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--params", type=Path, help="YAML {stem: {PARAM: value}}")
     group.add_argument("--params-dir", type=Path, help="folder of <stem>.yaml parameter files")
@@ -381,9 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         if p is not None and not p.exists():
             ap.error(f"parameter path {p} does not exist")
     nbs = list_notebooks(args.notebooks_dir, args.notebooks)
-    results = run_all(nbs, args.out, args.params, args.params_dir, args.jobs, args.timeout, args.kernel)
+    results = run_all(
+        nbs, args.out, args.params, args.params_dir, args.jobs, args.timeout, args.kernel
+    )
     failed = [r.stem for r in results if r.status != "ok"]
-    print(f"{len(results) - len(failed)} ok, {len(failed)} failed; index: {args.out / 'index.html'}")
+    print(
+        f"{len(results) - len(failed)} ok, {len(failed)} failed; index: {args.out / 'index.html'}"
+    )
     return 1 if failed else 0
 
 

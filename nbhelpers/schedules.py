@@ -1,4 +1,5 @@
-"""Learning-rate schedules from ``torch.optim.lr_scheduler``, built by name, and Smith's LR range test.
+"""Learning-rate schedules from ``torch.optim.lr_scheduler``, built by name, and Smith's LR range
+test.
 
 ``make_schedule(name, ...)`` returns ``{"scheduler": f(optimizer) -> scheduler, "scheduler_step":
 "epoch" | "batch"}``, the two keyword arguments ``nbhelpers.train.fit`` takes, so a run reads
@@ -41,8 +42,14 @@ CLASSES = {
     "plateau": "ReduceLROnPlateau (validation loss)",
 }
 #: Whether each schedule steps after every epoch or after every batch in ``train.fit``.
-STEP_UNIT = {"constant": "epoch", "step": "epoch", "exponential": "epoch", "cosine_warmup": "batch",
-             "onecycle": "batch", "plateau": "epoch"}
+STEP_UNIT = {
+    "constant": "epoch",
+    "step": "epoch",
+    "exponential": "epoch",
+    "cosine_warmup": "batch",
+    "onecycle": "batch",
+    "plateau": "epoch",
+}
 
 
 def check_schedules(name: str, values: object) -> list[str]:
@@ -75,8 +82,12 @@ def check_warmup(name: str, warmup_epochs: object, epochs: int) -> int:
     """
     value = check_int(name, warmup_epochs, minimum=0)
     if value >= epochs:
-        raise ParameterError(name, warmup_epochs, f"fewer epochs than the training ({epochs}): a warm-up "
-                             "as long as training leaves nothing to anneal")
+        raise ParameterError(
+            name,
+            warmup_epochs,
+            f"fewer epochs than the training ({epochs}): a warm-up "
+            "as long as training leaves nothing to anneal",
+        )
     return value
 
 
@@ -119,6 +130,7 @@ def make_schedule(
     check_positive("base_lr", base_lr)
     total = epochs * steps_per_epoch
     if name == "constant":
+
         def build(opt):
             return lrs.LambdaLR(opt, lambda _: 1.0)
     elif name == "step":
@@ -152,13 +164,20 @@ def make_schedule(
         check_int("plateau_patience", plateau_patience, minimum=0)
 
         def build(opt):
-            return lrs.ReduceLROnPlateau(opt, mode="min", factor=plateau_factor,
-                                         patience=plateau_patience)
+            return lrs.ReduceLROnPlateau(
+                opt, mode="min", factor=plateau_factor, patience=plateau_patience
+            )
+
     return {"scheduler": build, "scheduler_step": STEP_UNIT[name]}
 
 
-def lr_sequence(schedule: dict, epochs: int, steps_per_epoch: int, base_lr: float,
-                metrics: Sequence[float] | None = None) -> list[float]:
+def lr_sequence(
+    schedule: dict,
+    epochs: int,
+    steps_per_epoch: int,
+    base_lr: float,
+    metrics: Sequence[float] | None = None,
+) -> list[float]:
     """The learning rate of every optimizer step of a schedule, stepped as ``train.fit`` steps it.
 
     Args:
@@ -175,8 +194,9 @@ def lr_sequence(schedule: dict, epochs: int, steps_per_epoch: int, base_lr: floa
     sched = schedule["scheduler"](opt)
     plateau = isinstance(sched, lrs.ReduceLROnPlateau)
     if plateau and (metrics is None or len(metrics) < epochs):
-        raise ParameterError("metrics", metrics,
-                             f"one validation loss per epoch ({epochs}) for ReduceLROnPlateau")
+        raise ParameterError(
+            "metrics", metrics, f"one validation loss per epoch ({epochs}) for ReduceLROnPlateau"
+        )
     out = []
     for epoch in range(epochs):
         for _ in range(steps_per_epoch):
@@ -206,7 +226,8 @@ def lr_range_test(
 
     The model is trained on a copy (the given one is left unchanged) with SGD; the learning rate of
     step ``i`` is ``lr_min * (lr_max / lr_min) ** (i / (steps - 1))`` (an ``ExponentialLR`` stepped
-    per batch). The test stops early when the smoothed loss exceeds ``stop_factor`` times its minimum.
+    per batch). The test stops early when the smoothed loss exceeds ``stop_factor`` times its
+    minimum.
 
     Args:
         model: the freshly initialised model.
@@ -255,7 +276,8 @@ def lr_range_test(
 
 
 def suggest_max_lr(test: pd.DataFrame, divisor: float = 10.0) -> dict[str, float]:
-    """Pick one-cycle's peak learning rate from a range test: the LR of least smoothed loss / divisor.
+    """Pick one-cycle's peak learning rate from a range test: the LR of least smoothed loss /
+    divisor.
 
     Args:
         test: a ``lr_range_test`` result.
@@ -294,7 +316,9 @@ def plot_lr_traces(traces: dict[str, Sequence[float]], steps_per_epoch: int) -> 
             ax.plot(x, lrs_, label=name)
     axes[1].set_yscale("log")
     for ax, scale in zip(axes, ("linear", "log")):
-        ax.set(xlabel="epoch", ylabel="learning rate", title=f"Learning rate per step ({scale} scale)")
+        ax.set(
+            xlabel="epoch", ylabel="learning rate", title=f"Learning rate per step ({scale} scale)"
+        )
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -313,13 +337,26 @@ def plot_range_test(test: pd.DataFrame, suggestion: dict[str, float]) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(test["lr"], test["loss"], alpha=0.3, label="batch loss")
     ax.plot(test["lr"], test["smoothed_loss"], label="smoothed loss")
-    ax.axvline(suggestion["lr_min_loss"], color="grey", ls="--",
-               label=f"least loss: {suggestion['lr_min_loss']:.3g}")
-    ax.axvline(suggestion["max_lr"], color="green", ls="-",
-               label=f"one-cycle max LR: {suggestion['max_lr']:.3g}")
+    ax.axvline(
+        suggestion["lr_min_loss"],
+        color="grey",
+        ls="--",
+        label=f"least loss: {suggestion['lr_min_loss']:.3g}",
+    )
+    ax.axvline(
+        suggestion["max_lr"],
+        color="green",
+        ls="-",
+        label=f"one-cycle max LR: {suggestion['max_lr']:.3g}",
+    )
     top = float(test["smoothed_loss"].iloc[0]) * 1.5
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", ylim=(0, top),
-           title="LR range test (Smith)")
+    ax.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel="training loss",
+        ylim=(0, top),
+        title="LR range test (Smith)",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -338,10 +375,22 @@ def plot_accuracy_spread(results: pd.DataFrame, column: str = "test_accuracy") -
     fig, ax = plt.subplots(figsize=(8, 3.8))
     df = results.assign(percent=100 * results[column])
     sns.stripplot(data=df, x="schedule", y="percent", ax=ax, alpha=0.6, color="grey")
-    sns.pointplot(data=df, x="schedule", y="percent", ax=ax, errorbar="sd", linestyle="none", color="C3",
-                  marker="D", capsize=0.2)
-    ax.set(ylabel=f"{column.replace('_', ' ')} (%)", xlabel="",
-           title="Final accuracy per seed, mean ± sd")
+    sns.pointplot(
+        data=df,
+        x="schedule",
+        y="percent",
+        ax=ax,
+        errorbar="sd",
+        linestyle="none",
+        color="C3",
+        marker="D",
+        capsize=0.2,
+    )
+    ax.set(
+        ylabel=f"{column.replace('_', ' ')} (%)",
+        xlabel="",
+        title="Final accuracy per seed, mean ± sd",
+    )
     fig.tight_layout()
     return fig
 
@@ -357,10 +406,13 @@ def final_epoch(history: pd.DataFrame) -> dict[str, float]:
         "train_seconds" summed over the epochs.
     """
     last = history.iloc[-1]
-    return {"val_accuracy": float(last["val_accuracy"]), "final_lr": float(last["lr"]),
-            "train_loss": float(last["train_loss"]),
-            "train_accuracy": float(last["train_accuracy"]),
-            "train_seconds": float(history["epoch_seconds"].sum())}
+    return {
+        "val_accuracy": float(last["val_accuracy"]),
+        "final_lr": float(last["lr"]),
+        "train_loss": float(last["train_loss"]),
+        "train_accuracy": float(last["train_accuracy"]),
+        "train_seconds": float(history["epoch_seconds"].sum()),
+    }
 
 
 def per_schedule(results: pd.DataFrame) -> pd.DataFrame:
@@ -375,18 +427,24 @@ def per_schedule(results: pd.DataFrame) -> pd.DataFrame:
         - constant's).
     """
     table = results.groupby("schedule", sort=False).agg(
-        test_mean=("test_accuracy", "mean"), test_sd=("test_accuracy", "std"),
-        test_min=("test_accuracy", "min"), test_max=("test_accuracy", "max"),
-        val_mean=("val_accuracy", "mean"), train_loss=("train_loss", "mean"),
-        train_accuracy=("train_accuracy", "mean"), train_seconds=("train_seconds", "mean"),
-        seeds=("seed", "nunique"))
+        test_mean=("test_accuracy", "mean"),
+        test_sd=("test_accuracy", "std"),
+        test_min=("test_accuracy", "min"),
+        test_max=("test_accuracy", "max"),
+        val_mean=("val_accuracy", "mean"),
+        train_loss=("train_loss", "mean"),
+        train_accuracy=("train_accuracy", "mean"),
+        train_seconds=("train_seconds", "mean"),
+        seeds=("seed", "nunique"),
+    )
     constant = table.loc["constant", "test_mean"]
     table["gain_vs_constant_points"] = 100 * (table["test_mean"] - constant)
     return table
 
 
-def plot_learning_curves(curves: Mapping[str, pd.DataFrame],
-                         accuracy_floor: float = 0.85) -> Figure:
+def plot_learning_curves(
+    curves: Mapping[str, pd.DataFrame], accuracy_floor: float = 0.85
+) -> Figure:
     """Training and validation curves per schedule: loss on a log scale, accuracy zoomed at the top.
 
     Args:
@@ -411,10 +469,18 @@ def _epochs_before_cut(trace: Sequence[float], base_lr: float, steps_per_epoch: 
     return int(below[0] // steps_per_epoch) if len(below) else len(trace) // steps_per_epoch
 
 
-def summary(table: pd.DataFrame, best: str, half: pd.DataFrame, sweep: pd.DataFrame,
-            suggestion: Mapping[str, float], traces: Mapping[str, Sequence[float]],
-            steps_per_epoch: int, base_lr: float, test_size: int,
-            target_points: float = 1.0) -> pd.DataFrame:
+def summary(
+    table: pd.DataFrame,
+    best: str,
+    half: pd.DataFrame,
+    sweep: pd.DataFrame,
+    suggestion: Mapping[str, float],
+    traces: Mapping[str, Sequence[float]],
+    steps_per_epoch: int,
+    base_lr: float,
+    test_size: int,
+    target_points: float = 1.0,
+) -> pd.DataFrame:
     """The facts of one run of notebook 09, for its discussion to refer to by name.
 
     Args:
@@ -441,8 +507,11 @@ def summary(table: pd.DataFrame, best: str, half: pd.DataFrame, sweep: pd.DataFr
     at_peak = means[np.isclose(means.index.to_numpy(dtype=float), peak)]
     rows = [
         ("best schedule on validation", best, "highest mean validation accuracy; test not used"),
-        ("gain over constant at equal budget", gain,
-         f"points of mean test accuracy; target at least {target_points:+g}"),
+        (
+            "gain over constant at equal budget",
+            gain,
+            f"points of mean test accuracy; target at least {target_points:+g}",
+        ),
         ("equal-budget target met", bool(gain >= target_points), "either target suffices"),
         ("best at half budget minus constant at full", margin, "points; target at least 0"),
         ("half-budget target met", bool(margin >= 0), "either target suffices"),
@@ -452,21 +521,36 @@ def summary(table: pd.DataFrame, best: str, half: pd.DataFrame, sweep: pd.DataFr
         ("one test error", 100 / test_size, f"points ({test_size} test images)"),
         ("range test: LR of least loss", suggestion["lr_min_loss"], "learning rate"),
         ("one-cycle peak / BASE_LR", peak / base_lr, "times"),
-        ("constant at the peak minus constant at BASE_LR",
-         100 * (float(at_peak.iloc[0]) - constant) if len(at_peak) else math.nan,
-         "points of mean test accuracy (NaN: not trained)"),
+        (
+            "constant at the peak minus constant at BASE_LR",
+            100 * (float(at_peak.iloc[0]) - constant) if len(at_peak) else math.nan,
+            "points of mean test accuracy (NaN: not trained)",
+        ),
         ("best constant LR tried", float(means.idxmax()), f"of {len(means)} constant rates"),
-        ("best minus the best constant", 100 * (float(table.loc[best, "test_mean"]) - means.max()),
-         "points of mean test accuracy"),
-        ("lowest final training accuracy", 100 * float(table["train_accuracy"].min()),
-         "% over schedules, mean over seeds"),
+        (
+            "best minus the best constant",
+            100 * (float(table.loc[best, "test_mean"]) - means.max()),
+            "points of mean test accuracy",
+        ),
+        (
+            "lowest final training accuracy",
+            100 * float(table["train_accuracy"].min()),
+            "% over schedules, mean over seeds",
+        ),
         ("final training loss, lowest", float(table["train_loss"].min()), "mean over seeds"),
         ("final training loss, highest", float(table["train_loss"].max()), "mean over seeds"),
     ]
-    rows += [(f"mean LR of {n} / BASE_LR", float(np.mean(traces[n])) / base_lr, "over all steps")
-             for n in ("onecycle", "exponential") if n in traces]
+    rows += [
+        (f"mean LR of {n} / BASE_LR", float(np.mean(traces[n])) / base_lr, "over all steps")
+        for n in ("onecycle", "exponential")
+        if n in traces
+    ]
     if "plateau" in traces:
-        rows.append(("plateau: epochs before the first cut",
-                     _epochs_before_cut(traces["plateau"], base_lr, steps_per_epoch),
-                     "at BASE_LR, first seed (all epochs: never cut)"))
+        rows.append(
+            (
+                "plateau: epochs before the first cut",
+                _epochs_before_cut(traces["plateau"], base_lr, steps_per_epoch),
+                "at BASE_LR, first seed (all epochs: never cut)",
+            )
+        )
     return fact_table(rows, digits=4)

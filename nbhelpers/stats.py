@@ -46,8 +46,11 @@ class _Described:
 
     def __init__(self, x: Any):
         arr = np.asarray(x) if not isinstance(x, (str, bytes)) else None
-        self.text = (f"{type(x).__name__} of shape {arr.shape}, dtype {arr.dtype}"
-                     if arr is not None else repr(x))
+        self.text = (
+            f"{type(x).__name__} of shape {arr.shape}, dtype {arr.dtype}"
+            if arr is not None
+            else repr(x)
+        )
 
     def __repr__(self) -> str:
         return f"<{self.text}>"
@@ -77,7 +80,8 @@ def _pair(correct_a: Any, correct_b: Any) -> tuple[np.ndarray, np.ndarray]:
     a, b = as_correct("correct_a", correct_a), as_correct("correct_b", correct_b)
     if len(a) != len(b):
         raise ParameterError(
-            "correct_b", _Described(correct_b),
+            "correct_b",
+            _Described(correct_b),
             f"a boolean array of the same length as correct_a ({len(a)}): the same test images",
         )
     return a, b
@@ -140,8 +144,13 @@ def discordant_counts(correct_a: Any, correct_b: Any) -> dict[str, int]:
         B wrong), ``n00`` (both wrong) and ``n``.
     """
     a, b = _pair(correct_a, correct_b)
-    return {"n11": int(np.sum(a & b)), "b01": int(np.sum(~a & b)), "b10": int(np.sum(a & ~b)),
-            "n00": int(np.sum(~a & ~b)), "n": len(a)}
+    return {
+        "n11": int(np.sum(a & b)),
+        "b01": int(np.sum(~a & b)),
+        "b10": int(np.sum(a & ~b)),
+        "n00": int(np.sum(~a & ~b)),
+        "n": len(a),
+    }
 
 
 def newcombe_interval(
@@ -332,8 +341,11 @@ def paired_table(
         "worse", "within noise"; "baseline" for the baseline, whose comparison columns are NaN).
     """
     if not isinstance(predictions, Mapping) or len(predictions) == 0:
-        raise ParameterError("predictions", _Described(predictions),
-                             "a non-empty mapping {model name: boolean array}")
+        raise ParameterError(
+            "predictions",
+            _Described(predictions),
+            "a non-empty mapping {model name: boolean array}",
+        )
     check_choice("baseline", baseline, list(predictions))
     confidence = check_fraction("confidence", confidence)
     check_choice("method", method, METHODS)
@@ -346,23 +358,42 @@ def paired_table(
         arr = as_correct(f"predictions[{name!r}]", correct)
         if len(arr) != len(base):
             raise ParameterError(
-                f"predictions[{name!r}]", _Described(correct),
+                f"predictions[{name!r}]",
+                _Described(correct),
                 f"a boolean array of the baseline's length ({len(base)}): the same test images",
             )
         checked[name] = arr
     rows = []
     for name in [baseline] + [k for k in checked if k != baseline]:
         acc = accuracy_interval(checked[name], confidence)
-        row = {"model": name, "n": acc["n"], "accuracy": acc["accuracy"],
-               "acc_low": acc["low"], "acc_high": acc["high"]}
+        row = {
+            "model": name,
+            "n": acc["n"],
+            "accuracy": acc["accuracy"],
+            "acc_low": acc["low"],
+            "acc_high": acc["high"],
+        }
         if name == baseline:
-            row.update(difference=0.0, diff_low=math.nan, diff_high=math.nan, b01=0, b10=0,
-                       p_mcnemar=math.nan, verdict="baseline")
+            row.update(
+                difference=0.0,
+                diff_low=math.nan,
+                diff_high=math.nan,
+                b01=0,
+                b10=0,
+                p_mcnemar=math.nan,
+                verdict="baseline",
+            )
         else:
             d = paired_difference(base, checked[name], confidence, method, n_boot, seed)
-            row.update(difference=d["difference"], diff_low=d["low"], diff_high=d["high"],
-                       b01=d["b01"], b10=d["b10"], p_mcnemar=_mcnemar_p(d["b01"], d["b10"]),
-                       verdict=verdict(d["low"], d["high"]))
+            row.update(
+                difference=d["difference"],
+                diff_low=d["low"],
+                diff_high=d["high"],
+                b01=d["b01"],
+                b10=d["b10"],
+                p_mcnemar=_mcnemar_p(d["b01"], d["b10"]),
+                verdict=verdict(d["low"], d["high"]),
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -397,15 +428,19 @@ def _seed_matrix(name: str, correct: Any) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.size == 0 or arr.dtype != bool:
-        raise ParameterError(name, _Described(correct),
-                             "a non-empty boolean array of shape (images,) or (seeds, images)")
+        raise ParameterError(
+            name,
+            _Described(correct),
+            "a non-empty boolean array of shape (images,) or (seeds, images)",
+        )
     return arr
 
 
 def seeds_paired_difference(
     correct_a: Any, correct_b: Any, confidence: float = 0.95, n_boot: int = 10000, seed: int = 0
 ) -> dict[str, Any]:
-    """Mean accuracy of B minus A over seeds, both scored on the same images, with a paired interval.
+    """Mean accuracy of B minus A over seeds, both scored on the same images, with a paired
+    interval.
 
     Row ``s`` of each matrix is the run with seed ``s`` (the same seeds for A and B). Each image's
     difference is averaged over the seeds first, ``d_i = mean_s(b_si - a_si)``; the interval is a
@@ -427,7 +462,9 @@ def seeds_paired_difference(
     """
     a, b = _seed_matrix("correct_a", correct_a), _seed_matrix("correct_b", correct_b)
     if a.shape != b.shape:
-        raise ParameterError("correct_b", _Described(correct_b), f"the shape of correct_a, {a.shape}")
+        raise ParameterError(
+            "correct_b", _Described(correct_b), f"the shape of correct_a, {a.shape}"
+        )
     confidence = check_fraction("confidence", confidence)
     n_boot = check_int("n_boot", n_boot, minimum=100)
     rng = np.random.default_rng(check_seed("seed", seed))

@@ -12,8 +12,15 @@ from .params import check_choice
 OPS = (">=", "<=")
 
 
-def target(name: str, measured: float, op: str, threshold: float, unit: str = "", note: str = "",
-           interval: tuple[float, float] | None = None) -> dict:
+def target(
+    name: str,
+    measured: float,
+    op: str,
+    threshold: float,
+    unit: str = "",
+    note: str = "",
+    interval: tuple[float, float] | None = None,
+) -> dict:
     """One target checked against its measured value, and against its 95% interval when it has one.
 
     Args:
@@ -34,17 +41,35 @@ def target(name: str, measured: float, op: str, threshold: float, unit: str = ""
     check_choice("op", op, OPS)
     value = float(measured)
     met = math.isfinite(value) and (value >= threshold if op == ">=" else value <= threshold)
-    low, high = (math.nan, math.nan) if interval is None else (float(interval[0]), float(interval[1]))
+    low, high = (
+        (math.nan, math.nan) if interval is None else (float(interval[0]), float(interval[1]))
+    )
     if interval is not None and not low <= high:
         raise ValueError(f"target {name!r}: interval ({low}, {high}) is not ordered low <= high")
-    decided = None if interval is None else bool(threshold <= low or high <= threshold) \
-        if op == ">=" else bool(high <= threshold or threshold <= low)
-    return {"name": name, "measured": value, "op": op, "threshold": float(threshold), "unit": unit,
-            "met": bool(met), "note": note, "low": low, "high": high, "decided": decided}
+    decided = (
+        None
+        if interval is None
+        else bool(threshold <= low or high <= threshold)
+        if op == ">="
+        else bool(high <= threshold or threshold <= low)
+    )
+    return {
+        "name": name,
+        "measured": value,
+        "op": op,
+        "threshold": float(threshold),
+        "unit": unit,
+        "met": bool(met),
+        "note": note,
+        "low": low,
+        "high": high,
+        "decided": decided,
+    }
 
 
 def points_lost(row: Mapping) -> tuple[float, tuple[float, float]]:
-    """Accuracy points lost by a model and their paired 95% interval, from a ``measure.compare`` row.
+    """Accuracy points lost by a model and their paired 95% interval, from a ``measure.compare``
+    row.
 
     Args:
         row: the model's row (accuracy_delta_points, delta_low_points, delta_high_points).
@@ -52,8 +77,10 @@ def points_lost(row: Mapping) -> tuple[float, tuple[float, float]]:
     Returns:
         (loss, (low, high)) with loss = -accuracy_delta_points (positive: the model is worse).
     """
-    return -float(row["accuracy_delta_points"]), (-float(row["delta_high_points"]),
-                                                  -float(row["delta_low_points"]))
+    return -float(row["accuracy_delta_points"]), (
+        -float(row["delta_high_points"]),
+        -float(row["delta_low_points"]),
+    )
 
 
 def measured_text(t: dict) -> str:
@@ -66,7 +93,7 @@ def measured_text(t: dict) -> str:
 
 
 def verdict_text(t: dict) -> str:
-    """"yes"/"NO", and "(within noise)" when the 95% interval reaches across the threshold."""
+    """ "yes"/"NO", and "(within noise)" when the 95% interval reaches across the threshold."""
     word = "yes" if t["met"] else "NO"
     return word + (" (within noise)" if t.get("decided") is False else "")
 
@@ -81,7 +108,13 @@ def targets_table(targets: Sequence[dict]) -> pd.DataFrame:
         One row per target: name, measured (with its 95% interval, if any), goal, met ("yes" or
         "NO", plus "(within noise)" when the interval reaches across the goal).
     """
-    rows = [{"target": t["name"], "measured": measured_text(t),
-             "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
-             "met": verdict_text(t)} for t in targets]
+    rows = [
+        {
+            "target": t["name"],
+            "measured": measured_text(t),
+            "goal": f"{t['op']} {t['threshold']:.4g} {t['unit']}".strip(),
+            "met": verdict_text(t),
+        }
+        for t in targets
+    ]
     return pd.DataFrame(rows, columns=["target", "measured", "goal", "met"])

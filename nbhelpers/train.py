@@ -68,7 +68,11 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(
-    model: nn.Module, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9
+    model: nn.Module,
+    name: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
     """Build an optimizer by name.
 
@@ -111,14 +115,17 @@ def anneal(schedule: str, epochs: int) -> Callable[[torch.optim.Optimizer], obje
     return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(epochs)))
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+def cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None
+) -> torch.Tensor:
     """Default loss: cross-entropy of the logits against the labels (``x`` is ignored)."""
     return F.cross_entropy(logits, y)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader,
-            device: Device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, loader: DataLoader, device: Device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of a whole loader, in eval mode.
 
     Args:
@@ -146,8 +153,9 @@ def _place(model: nn.Module, device: Device | None) -> torch.device:
     return torch.device(device)
 
 
-def evaluate(model: nn.Module, loader: DataLoader,
-             device: Device | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: Device | None = None
+) -> dict[str, float]:
     """Mean cross-entropy and accuracy of a model on a loader.
 
     Args:
@@ -209,8 +217,10 @@ def fit(
     """
     check_choice("scheduler_step", scheduler_step, ("epoch", "batch"))
     device = _place(model, device)
-    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else make_optimizer(
-        model, optimizer, lr, weight_decay
+    opt = (
+        optimizer
+        if isinstance(optimizer, torch.optim.Optimizer)
+        else make_optimizer(model, optimizer, lr, weight_decay)
     )
     sched = scheduler(opt) if scheduler is not None else None
     plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)

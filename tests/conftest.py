@@ -1,4 +1,5 @@
-"""Shared fixtures: a cache and artifacts folder for the whole test session, one thread per kernel."""
+"""Shared fixtures: a cache and artifacts folder for the whole test session, one thread per
+kernel."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def session_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(session_root) -> Path:
-    """Point the trained-model cache at a folder of this test session (never the repo's data/cache)."""
+    """Point the trained-model cache at a folder of this test session (never the repo's
+    data/cache)."""
     cache = session_root / "model-cache"
     cache.mkdir(exist_ok=True)
     os.environ["NBHELPERS_CACHE_DIR"] = str(cache)

@@ -47,9 +47,10 @@ def validation_error(nb_path: Path, out_dir: Path, **overrides: Any) -> BaseExce
     nb = nbformat.read(str(nb_path), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     p = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
-    injected = "\n".join(f"{k} = {v!r}" for k, v in {"OUTPUT_DIR": str(out_dir / "artifacts"),
-                                                        **overrides}.items())
-    sources = [c.source for c in code[:p + 1]] + [injected, code[p + 1].source]
+    injected = "\n".join(
+        f"{k} = {v!r}" for k, v in {"OUTPUT_DIR": str(out_dir / "artifacts"), **overrides}.items()
+    )
+    sources = [c.source for c in code[: p + 1]] + [injected, code[p + 1].source]
     namespace: dict[str, Any] = {"__name__": "__notebook__"}
     try:
         for i, src in enumerate(sources):
@@ -60,7 +61,8 @@ def validation_error(nb_path: Path, out_dir: Path, **overrides: Any) -> BaseExce
 
 
 def assert_fails_in_validation(nb_path: Path, out_dir: Path, name: str, **overrides: Any) -> None:
-    """Assert that the overrides stop a notebook in its validation cell with a ParameterError naming ``name``."""
+    """Assert that the overrides stop a notebook in its validation cell with a ParameterError
+    naming ``name``."""
     from nbhelpers.params import ParameterError
 
     err = validation_error(nb_path, out_dir, **overrides)
@@ -75,7 +77,9 @@ def parameters_cell(nb_path: Path) -> tuple[int, dict[str, Any]]:
     assert len(tagged) == 1, f"{nb_path.name}: {len(tagged)} cells tagged 'parameters'"
     values = {}
     for node in ast.parse(nb.cells[tagged[0]].source).body:
-        assert isinstance(node, ast.AnnAssign), f"{nb_path.name}: parameters need type hints: {ast.unparse(node)}"
+        assert isinstance(node, ast.AnnAssign), (
+            f"{nb_path.name}: parameters need type hints: {ast.unparse(node)}"
+        )
         values[node.target.id] = ast.literal_eval(node.value)
     return tagged[0], values
 
@@ -99,13 +103,19 @@ def rule_problems(rules: dict[str, Any]) -> list[str]:
             continue
         unknown = set(rule) - set(RULE_KEYS)
         if unknown:
-            problems.append(f"{name}: unknown rule keys {sorted(unknown)} (allowed: {', '.join(RULE_KEYS)})")
+            problems.append(
+                f"{name}: unknown rule keys {sorted(unknown)} (allowed: {', '.join(RULE_KEYS)})"
+            )
         lo, hi = rule.get("min"), rule.get("max")
         if "accuracy" in name and lo is not None and lo <= 0 and (hi is None or hi >= 1):
             problems.append(f"{name}: min {lo} / max {hi} holds for any accuracy")
         if lo is not None and hi is not None and lo <= -100 and hi >= 100:
             problems.append(f"{name}: [{lo}, {hi}] holds for any value in points or percent")
-        if any(w in name for w in ("latency", "seconds", "_ms")) and set(rule) == {"min"} and lo <= 0:
+        if (
+            any(w in name for w in ("latency", "seconds", "_ms"))
+            and set(rule) == {"min"}
+            and lo <= 0
+        ):
             problems.append(f"{name}: min {lo} holds for any time")
     return problems
 

@@ -1,4 +1,5 @@
-"""nbhelpers.cache: a hit gives identical weights; corrupt or stale files are rebuilt; concurrent safe."""
+"""nbhelpers.cache: a hit gives identical weights; corrupt or stale files are rebuilt; concurrent
+safe."""
 
 import threading
 import time
@@ -25,11 +26,14 @@ def _trainer(counter):
             for p in model.parameters():
                 p.add_(torch.randn_like(p))  # stands in for training: weights differ from the build
         return {"history": {"epoch": [1, 2]}}
+
     return train
 
 
 def test_key_is_order_independent():
-    assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1}) != config_key({"a": 1, "b": 3})
+    assert (
+        config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1}) != config_key({"a": 1, "b": 3})
+    )
 
 
 def test_hit_returns_identical_weights(tmp_path):
@@ -38,7 +42,9 @@ def test_hit_returns_identical_weights(tmp_path):
     m2, extras2, hit2 = cached_model(CONFIG, _build, _trainer(calls), tmp_path)
     assert (hit1, hit2, len(calls)) == (False, True, 1)
     assert extras1 == extras2 == {"history": {"epoch": [1, 2]}}
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values())
+    )
     assert not torch.equal(m2[1].weight, _build()[1].weight)
 
 
@@ -68,8 +74,12 @@ def test_concurrent_requests_train_once(tmp_path):
         return _trainer(calls)(model)
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(cached_model(CONFIG, _build, slow, tmp_path)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(cached_model(CONFIG, _build, slow, tmp_path))
+        )
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -83,7 +93,9 @@ def test_runtime_key_separates_devices_and_torch_builds():
 
     assert runtime_key("cpu") == {"torch": torch.__version__, "device_type": "cpu"}
     assert runtime_key("cuda:0")["device_type"] == "cuda"
-    assert config_key({**CONFIG, **runtime_key("cpu")}) != config_key({**CONFIG, **runtime_key("cuda")})
+    assert config_key({**CONFIG, **runtime_key("cpu")}) != config_key(
+        {**CONFIG, **runtime_key("cuda")}
+    )
     other = {**CONFIG, **runtime_key("cpu"), "torch": "2.12.0+cu126"}
     assert config_key(other) != config_key({**CONFIG, **runtime_key("cpu")})
 
@@ -145,7 +157,10 @@ def test_json_numpy_numbers_are_stored_and_others_refused(tmp_path):
     from nbhelpers.cache import load_json, store_json
 
     path = tmp_path / "x.json"
-    assert store_json(path, JSON_CONFIG, {"a": np.float64(0.5), "b": np.int64(3)}) == {"a": 0.5, "b": 3}
+    assert store_json(path, JSON_CONFIG, {"a": np.float64(0.5), "b": np.int64(3)}) == {
+        "a": 0.5,
+        "b": 3,
+    }
     assert load_json(path, JSON_CONFIG) == (True, {"a": 0.5, "b": 3})
     assert load_json(path, {"seed": 2}) == (False, None)
     assert load_json(tmp_path / "missing.json", JSON_CONFIG) == (False, None)
@@ -164,8 +179,10 @@ def test_json_concurrent_requests_compute_once(tmp_path):
         calls.append(1)
         return {"v": 1}
 
-    threads = [threading.Thread(target=lambda: results.append(cached_json(JSON_CONFIG, slow, tmp_path)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cached_json(JSON_CONFIG, slow, tmp_path)))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -175,12 +192,15 @@ def test_json_concurrent_requests_compute_once(tmp_path):
 
 
 def test_cosine_baseline_is_another_artifact(tmp_path, monkeypatch):
-    """The schedule is part of the recipe: a cosine baseline has its own key and anneals its rate."""
+    """The schedule is part of the recipe: a cosine baseline has its own key and anneals its
+    rate."""
     from nbhelpers.baseline import get_baseline
 
     monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
     flat = get_baseline("mlp", "digits", seed=0, epochs=2, limit=300, progress=False)
-    cos = get_baseline("mlp", "digits", seed=0, epochs=2, limit=300, progress=False, schedule="cosine")
+    cos = get_baseline(
+        "mlp", "digits", seed=0, epochs=2, limit=300, progress=False, schedule="cosine"
+    )
     assert flat.config["schedule"] == "constant" and cos.config["schedule"] == "cosine"
     assert not cos.from_cache and len(list(tmp_path.glob("*.pt"))) == 2
     assert cos.history["lr"].tolist() == pytest.approx([1e-3, 5e-4])  # cos(pi * e / 2) schedule

@@ -12,11 +12,24 @@ import torch
 from torch import nn
 
 from nbhelpers import leaderboard
-from nbhelpers.compression import (coding_table, entropy_bits, executed_records, huffman_bits,
-                                   int8_linears, load_artifact, nonzero_values, pack_int8_sparse,
-                                   pareto_board, save_artifact, single_technique_points,
-                                   stage_steps, summary, unpack_float_mlp, unpack_int8_mlp,
-                                   with_entropy_stage)
+from nbhelpers.compression import (
+    coding_table,
+    entropy_bits,
+    executed_records,
+    huffman_bits,
+    int8_linears,
+    load_artifact,
+    nonzero_values,
+    pack_int8_sparse,
+    pareto_board,
+    save_artifact,
+    single_technique_points,
+    stage_steps,
+    summary,
+    unpack_float_mlp,
+    unpack_int8_mlp,
+    with_entropy_stage,
+)
 from nbhelpers.facts import CONTEXT_WIDTH
 from nbhelpers.models import MLP
 from nbhelpers.record import MIME_TYPE
@@ -48,7 +61,7 @@ def test_artifact_round_trip_gives_identical_int8_model(sparse_int8, tmp_path, e
     arrays = load_artifact(path)
     back = unpack_int8_mlp(arrays)
     qs, bs = int8_linears(q), int8_linears(back)
-    floats = [l for l in unpack_float_mlp(arrays) if isinstance(l, nn.Linear)]
+    floats = [layer for layer in unpack_float_mlp(arrays) if isinstance(layer, nn.Linear)]
     for a, b, f in zip(qs, bs, floats):
         assert torch.equal(a.weight().int_repr(), b.weight().int_repr())
         assert a.weight().q_scale() == b.weight().q_scale() and torch.equal(a.bias(), b.bias())
@@ -65,7 +78,9 @@ def test_entropy_coding_makes_it_smaller(sparse_int8, tmp_path):
     assert coded < raw
     nnz = sum(len(arrays[k]) for k in arrays if k.endswith(".values"))
     assert nnz == sum(int((m.weight().int_repr() != 0).sum()) for m in int8_linears(q))
-    assert nnz <= sum(int((l.weight != 0).sum()) for l in sparse_int8[0] if isinstance(l, nn.Linear))
+    assert nnz <= sum(
+        int((layer.weight != 0).sum()) for layer in sparse_int8[0] if isinstance(layer, nn.Linear)
+    )
 
 
 def test_rejects_float_model():
@@ -74,7 +89,9 @@ def test_rejects_float_model():
 
 
 def test_huffman_and_entropy_on_known_counts():
-    s = np.array([0] * 4 + [1] * 2 + [2] + [3])  # probabilities 1/2, 1/4, 1/8, 1/8: code lengths 1, 2, 3, 3
+    s = np.array(
+        [0] * 4 + [1] * 2 + [2] + [3]
+    )  # probabilities 1/2, 1/4, 1/8, 1/8: code lengths 1, 2, 3, 3
     assert huffman_bits(s) == 4 * 1 + 2 * 2 + 3 + 3 == 14
     assert entropy_bits(s) == pytest.approx(14.0)
     assert huffman_bits(np.array([7, 7, 7])) == 0
@@ -87,15 +104,25 @@ def test_huffman_and_entropy_on_known_counts():
 
 def stage_table() -> pd.DataFrame:
     """A ``measure.compare``-shaped table of three stages, the first the baseline."""
-    df = pd.DataFrame({
-        "accuracy": [0.944, 0.95, 0.94], "accuracy_low": [0.94, 0.945, 0.935],
-        "accuracy_high": [0.948, 0.955, 0.945], "params": [1000, 200, 200],
-        "nonzero": [1000, 200, 20], "bytes": [4000, 800, 100],
-        "latency_ms_b1": [0.1, 0.05, 0.05], "latency_ms_b256": [2.0, 0.5, 0.4],
-        "accuracy_delta_points": [0.0, 0.6, -0.4], "delta_low_points": [np.nan, 0.1, -0.9],
-        "delta_high_points": [np.nan, 1.1, 0.1], "p_mcnemar": [np.nan, 0.02, 0.2],
-        "verdict": ["baseline", "better", "within noise"], "macs": [1000, 200, 200],
-    }, index=pd.Index(["baseline fp32", "1 small", "2 + int8"], name="model"))
+    df = pd.DataFrame(
+        {
+            "accuracy": [0.944, 0.95, 0.94],
+            "accuracy_low": [0.94, 0.945, 0.935],
+            "accuracy_high": [0.948, 0.955, 0.945],
+            "params": [1000, 200, 200],
+            "nonzero": [1000, 200, 20],
+            "bytes": [4000, 800, 100],
+            "latency_ms_b1": [0.1, 0.05, 0.05],
+            "latency_ms_b256": [2.0, 0.5, 0.4],
+            "accuracy_delta_points": [0.0, 0.6, -0.4],
+            "delta_low_points": [np.nan, 0.1, -0.9],
+            "delta_high_points": [np.nan, 1.1, 0.1],
+            "p_mcnemar": [np.nan, 0.02, 0.2],
+            "verdict": ["baseline", "better", "within noise"],
+            "macs": [1000, 200, 200],
+        },
+        index=pd.Index(["baseline fp32", "1 small", "2 + int8"], name="model"),
+    )
     df["size_ratio"] = 4000 / df["bytes"]
     for bs in (1, 256):
         df[f"speedup_b{bs}"] = df[f"latency_ms_b{bs}"].iloc[0] / df[f"latency_ms_b{bs}"]
@@ -137,32 +164,43 @@ def write_report(path, records: dict) -> None:
     """An executed notebook whose one cell recorded ``records`` (as ``nbhelpers.record`` does)."""
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("record(...)")
-    cell.outputs = [nbformat.v4.new_output("display_data", data={
-        MIME_TYPE: {"name": k, "value": v}, "text/plain": f"{k} = ..."})
-        for k, v in records.items()]
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={MIME_TYPE: {"name": k, "value": v}, "text/plain": f"{k} = ..."}
+        )
+        for k, v in records.items()
+    ]
     nb.cells.append(cell)
     nbformat.write(nb, str(path))
 
 
 def comparison_records(models: dict[str, tuple[float, int]], baseline: str) -> dict:
     """Records of a technique notebook: comparison rows (model, accuracy, bytes) and baseline."""
-    rows = [{"model": m, "accuracy": a, "bytes": b, "size_ratio": models[baseline][1] / b}
-            for m, (a, b) in models.items()]
+    rows = [
+        {"model": m, "accuracy": a, "bytes": b, "size_ratio": models[baseline][1] / b}
+        for m, (a, b) in models.items()
+    ]
     return {"comparison": rows, "comparison_baseline": baseline}
 
 
 @pytest.fixture()
 def reports(tmp_path):
     """Two executed technique notebooks, one without a comparison, and one outside 04-07."""
-    write_report(tmp_path / "04_weight_pruning.ipynb",
-                 comparison_records({"mlp fp32": (0.944, 4000), "pruned": (0.946, 250)},
-                                    "mlp fp32"))
-    write_report(tmp_path / "06_quantization.ipynb",
-                 comparison_records({"fp32": (0.944, 4000), "int8": (0.943, 1000),
-                                     "int4": (0.90, 600)}, "fp32"))
+    write_report(
+        tmp_path / "04_weight_pruning.ipynb",
+        comparison_records({"mlp fp32": (0.944, 4000), "pruned": (0.946, 250)}, "mlp fp32"),
+    )
+    write_report(
+        tmp_path / "06_quantization.ipynb",
+        comparison_records(
+            {"fp32": (0.944, 4000), "int8": (0.943, 1000), "int4": (0.90, 600)}, "fp32"
+        ),
+    )
     write_report(tmp_path / "05_neuron_pruning.ipynb", {"comparison": [], "other": 1})
-    write_report(tmp_path / "00_baseline.ipynb",
-                 comparison_records({"mlp": (0.944, 4000), "lenet5": (0.97, 1000)}, "mlp"))
+    write_report(
+        tmp_path / "00_baseline.ipynb",
+        comparison_records({"mlp": (0.944, 4000), "lenet5": (0.97, 1000)}, "mlp"),
+    )
     return tmp_path
 
 
@@ -176,11 +214,13 @@ def test_executed_records_reads_the_reports_with_a_comparison(reports, tmp_path)
 
 
 def test_pareto_board_merges_the_reports_with_the_stages(reports):
-    board = pareto_board(executed_records(reports), stage_table(), "10_pipe",
-                         baseline="baseline fp32")
+    board = pareto_board(
+        executed_records(reports), stage_table(), "10_pipe", baseline="baseline fp32"
+    )
     assert list(board.columns) == leaderboard.COLUMNS
-    assert board["notebook"].tolist() == (["04_weight_pruning"] * 2 + ["06_quantization"] * 3
-                                          + ["10_pipe"] * 3)
+    assert board["notebook"].tolist() == (
+        ["04_weight_pruning"] * 2 + ["06_quantization"] * 3 + ["10_pipe"] * 3
+    )
     assert board["is_baseline"].tolist() == [True, False, True, False, False, True, False, False]
     assert board.loc[board.notebook == "10_pipe", "model"].tolist() == list(stage_table().index)
     others = single_technique_points(board, "10_pipe")
@@ -194,9 +234,11 @@ def test_pareto_board_merges_the_reports_with_the_stages(reports):
 def test_pipeline_summary(reports):
     table = stage_steps(stage_table(), [1, 256])
     board = pareto_board(executed_records(reports), table, "10_pipe", baseline="baseline fp32")
-    targets = [target("size", 40.0, ">=", 40, "x"),
-               target("loss", 0.4, "<=", 1.0, "points", interval=(-0.1, 1.2)),
-               target("speed", 2.0, ">=", 3, "x")]
+    targets = [
+        target("size", 40.0, ">=", 40, "x"),
+        target("loss", 0.4, "<=", 1.0, "points", interval=(-0.1, 1.2)),
+        target("speed", 2.0, ">=", 3, "x"),
+    ]
     f = summary(table, targets, board, notebook="10_pipe")
     v = f["value"]
     assert v["final stage"] == "2 + int8"
@@ -204,8 +246,10 @@ def test_pipeline_summary(reports):
     assert f.loc["final: times smaller than the baseline", "context"] == "4,000 to 100 bytes"
     assert v["final: accuracy change vs the baseline"] == -0.4
     assert v["final: verdict vs the baseline"] == "within noise"
-    assert f.loc["final: verdict vs the baseline", "context"] == \
-        "the paired 95% interval contains zero"
+    assert (
+        f.loc["final: verdict vs the baseline", "context"]
+        == "the paired 95% interval contains zero"
+    )
     assert v["final: speed vs the baseline, batch 1"] == 2.0
     assert v["final: speed vs the baseline, batch 256"] == 5.0
     assert v["multiply-adds per image, baseline / final"] == 5.0

@@ -191,8 +191,9 @@ def test_stratified_subset_by_largest_remainder():
     rng = np.random.default_rng(0)
     assert np.bincount(y[stratified_subset(y, 7, rng)]).tolist() == [4, 2, 1]  # 3.5 2.1 1.4
     # quotas 2.5, 1.5, 1.0: floors 2, 1, 1 and the one left goes to class 0 or 1, at random
-    tied = {tuple(np.bincount(y[stratified_subset(y, 5, np.random.default_rng(s))]))
-            for s in range(20)}
+    tied = {
+        tuple(np.bincount(y[stratified_subset(y, 5, np.random.default_rng(s))])) for s in range(20)
+    }
     assert tied == {(3, 1, 1), (2, 2, 1)}
     assert stratified_subset(y, 0, rng).tolist() == []
     assert stratified_subset(y, 10, rng).tolist() == list(range(10))
@@ -214,8 +215,12 @@ def _write_idx(path, arr):
         f.write(header + arr.astype(np.uint8).tobytes())
 
 
-IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-       "t10k-labels-idx1-ubyte"]
+IDX = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 
 
 def _synthetic():
@@ -232,8 +237,10 @@ def test_half_copied_mnist_folder_is_an_error(tmp_path, monkeypatch):
     _write_idx(folder / f"{IDX[0]}.gz", xtr)
     _write_idx(folder / f"{IDX[1]}.gz", ytr)
     monkeypatch.setenv("NBHELPERS_DATA_DIR", str(tmp_path))
-    match = (rf"{folder} holds only some of the MNIST IDX files: it has {IDX[0]}.gz, {IDX[1]}.gz "
-             rf"but lacks {IDX[2]}, {IDX[3]}")
+    match = (
+        rf"{folder} holds only some of the MNIST IDX files: it has {IDX[0]}.gz, {IDX[1]}.gz "
+        rf"but lacks {IDX[2]}, {IDX[3]}"
+    )
     with pytest.raises(DataError, match=match):
         load_split("mnist", seed=0)
 

@@ -56,8 +56,15 @@ class FakeDeviceTensor(torch.Tensor):
     @staticmethod
     def __new__(cls, elem: torch.Tensor) -> Self:
         r = torch.Tensor._make_wrapper_subclass(
-            cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
-            dtype=elem.dtype, layout=elem.layout, device=FAKE, requires_grad=elem.requires_grad)
+            cls,
+            elem.size(),
+            strides=elem.stride(),
+            storage_offset=elem.storage_offset(),
+            dtype=elem.dtype,
+            layout=elem.layout,
+            device=FAKE,
+            requires_grad=elem.requires_grad,
+        )
         r.elem = elem
         return r
 
@@ -179,8 +186,9 @@ class Place:
     def same(self, actual: object, expected: object) -> None:
         """Assert equal results: exactly on the fake device, up to float rounding on a GPU."""
         if isinstance(expected, pd.DataFrame):
-            pd.testing.assert_frame_equal(actual, expected, check_exact=self.exact, rtol=1e-3,
-                                          atol=1e-4)
+            pd.testing.assert_frame_equal(
+                actual, expected, check_exact=self.exact, rtol=1e-3, atol=1e-4
+            )
         elif isinstance(expected, dict):
             assert actual.keys() == expected.keys()
             for k in expected:
@@ -228,6 +236,7 @@ def _data(n: int = 24, shape: tuple = (16,)) -> tuple[torch.Tensor, torch.Tensor
 
 def check_batchnorm_layer(on: Place) -> None:
     """The from-scratch BatchNorm updates its running statistics and normalizes on its device."""
+
     def run(device):
         bn = N.BatchNorm(4).to(device)
         x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)).to(device)
@@ -236,11 +245,13 @@ def check_batchnorm_layer(on: Place) -> None:
         if torch.device(device).type != "cpu":
             on.on_device(y_train, y_eval, *bn.buffers())
         return {"train": y_train.detach(), "eval": y_eval.detach(), **bn.state_dict()}
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_activation_stats(on: Place) -> None:
     """ActivationStats records quantiles of activations on the device (notebook 08's crash)."""
+
     def run(device):
         model = _mlp(device).train()
         stats = N.ActivationStats(model, every=1)
@@ -249,6 +260,7 @@ def check_activation_stats(on: Place) -> None:
         model.eval()(x.to(device))  # not recorded
         stats.remove()
         return stats.frame()
+
     frame = on.run(run)
     assert len(frame) == 2
     on.same(frame, run("cpu"))
@@ -256,6 +268,7 @@ def check_activation_stats(on: Place) -> None:
 
 def check_fold_batchnorm(on: Place) -> None:
     """Folding a batch norm into a layer without a bias makes the new bias on the layer's device."""
+
     def run(device):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3), nn.ReLU())
@@ -268,38 +281,50 @@ def check_fold_batchnorm(on: Place) -> None:
         x = torch.rand(2, 2, 5, 5, generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
             return {"bias": folded[0].bias.detach(), "out": folded(x)}
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_bn_diagnostics(on: Place) -> None:
     """bn_activation_and_gradient and scale_invariance take CPU batches for a model elsewhere."""
+
     def run(device):
         model = _mlp(device)
         x, y, _ = _data()
-        return {"grad": N.bn_activation_and_gradient(model, x, y),
-                "scale": N.scale_invariance(model, x, y, index=1, scales=[1.0, 10.0])}
+        return {
+            "grad": N.bn_activation_and_gradient(model, x, y),
+            "scale": N.scale_invariance(model, x, y, index=1, scales=[1.0, 10.0]),
+        }
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_train_mode_accuracy(on: Place) -> None:
     """train_mode_accuracy shuffles with a CPU generator and evaluates on the model's device."""
+
     def run(device):
         model = _mlp(device).eval()
         x, y, _ = _data()
-        return {"shuffled": N.train_mode_accuracy(model, x, y, batch_size=8, seed=3),
-                "sorted": N.train_mode_accuracy(model, x, y, batch_size=8, sort_by_label=True)}
+        return {
+            "shuffled": N.train_mode_accuracy(model, x, y, batch_size=8, seed=3),
+            "sorted": N.train_mode_accuracy(model, x, y, batch_size=8, sort_by_label=True),
+        }
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_lr_range_test(on: Place) -> None:
     """The LR range test trains on the model's device (or the given one) from a CPU loader."""
+
     def run(device, move_model: bool):
         model = _mlp(device if move_model else "cpu", batchnorm=False)
         _, _, loader = _data()
-        test = S.lr_range_test(model, loader, lr_min=1e-3, lr_max=1.0, steps=5,
-                               device=None if move_model else device)
+        test = S.lr_range_test(
+            model, loader, lr_min=1e-3, lr_max=1.0, steps=5, device=None if move_model else device
+        )
         assert module_device(model).type == (device.type if move_model else "cpu")  # not moved
         return test
+
     cpu = run(torch.device("cpu"), True)
     assert len(cpu) > 1
     on.same(on.run(lambda d: run(d, True)), cpu)
@@ -308,21 +333,27 @@ def check_lr_range_test(on: Place) -> None:
 
 def check_distillation_losses(on: Place) -> None:
     """Both distillation losses and the soft targets compute on the device of the logits."""
+
     def run(device):
         g = torch.Generator().manual_seed(0)
         s, t = torch.randn(6, 4, generator=g).to(device), torch.randn(6, 4, generator=g).to(device)
         y = (torch.arange(6) % 4).to(device)
-        out = {"hinton": KD.hinton_loss(s, t, y, 3.0, 0.7), "logits": KD.logit_loss(s, t, y, 0.5),
-               "chosen": KD.distillation_loss(s, t, y, "hinton", 2.0, 1.0),
-               "soft": KD.soft_targets(t, 4.0)}
+        out = {
+            "hinton": KD.hinton_loss(s, t, y, 3.0, 0.7),
+            "logits": KD.logit_loss(s, t, y, 0.5),
+            "chosen": KD.distillation_loss(s, t, y, "hinton", 2.0, 1.0),
+            "soft": KD.soft_targets(t, 4.0),
+        }
         if torch.device(device).type != "cpu":
             on.on_device(*out.values())
         return out
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_teacher_logits(on: Place) -> None:
     """TeacherLogits runs a teacher on the device over CPU inputs; lookups follow the batch."""
+
     def run(device, cache_on_device: bool):
         teacher = _mlp(device).eval()
         x, _, _ = _data()
@@ -332,10 +363,18 @@ def check_teacher_logits(on: Place) -> None:
         if torch.device(device).type != "cpu":
             on.on_device(out)
         student, y = torch.zeros(8, 4, device=device), (torch.arange(8) % 4).to(device)
-        losses = [KD.make_loss_fn(t, "logits", alpha=1.0)(student, y, batch)  # the teacher anywhere
-                  for t in (teacher, copy.deepcopy(teacher).cpu())]
-        return {"logits": out, "hits": cache.hits, "misses": cache.misses, "loss": losses[0],
-                "loss cpu": losses[1]}
+        losses = [
+            KD.make_loss_fn(t, "logits", alpha=1.0)(student, y, batch)  # the teacher anywhere
+            for t in (teacher, copy.deepcopy(teacher).cpu())
+        ]
+        return {
+            "logits": out,
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "loss": losses[0],
+            "loss cpu": losses[1],
+        }
+
     cpu = run("cpu", False)
     assert (cpu["hits"], cpu["misses"]) == (5, 3)
     on.same(on.run(lambda d: run(d, False)), cpu)
@@ -344,17 +383,20 @@ def check_teacher_logits(on: Place) -> None:
 
 def check_shifted_copies(on: Place) -> None:
     """Shifted copies draw their shifts on the CPU and build the images on the device of ``X``."""
+
     def run(device):
         x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(0)).to(device)
         out = KD.shifted_copies(x, copies=2, max_shift=1, seed=4)
         if torch.device(device).type != "cpu":
             on.on_device(out)
         return out
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_weight_pruning(on: Place) -> None:
     """Magnitude pruning (global, layer, gradual, threshold) and sparse storage, on the device."""
+
     def run(device):
         model = _mlp(device, batchnorm=False)
         out = {"threshold": P.global_threshold(model, 0.3)}
@@ -370,11 +412,13 @@ def check_weight_pruning(on: Place) -> None:
         arrays = P.sparse_arrays(model.state_dict())
         out["arrays"] = {k: torch.from_numpy(v) for k, v in arrays.items()}
         return out
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_unit_scores(on: Place) -> None:
     """Every criterion scores the units on the model's device (the random one draws on the CPU)."""
+
     def run(device):
         model = _lenet(device)
         _, _, loader = _data(shape=(1, 8, 8))
@@ -382,11 +426,13 @@ def check_unit_scores(on: Place) -> None:
         if torch.device(device).type != "cpu":
             on.on_device(*(s for scores in out.values() for s in scores.values()))
         return out
+
     on.same(on.run(run), run("cpu"))
 
 
 def check_structured_pruning(on: Place) -> None:
     """Removing units (conv, flatten, linear, BatchNorm) keeps the smaller model on the device."""
+
     def run(device):
         model = _lenet(device)
         x, _, loader = _data(shape=(1, 8, 8))
@@ -404,6 +450,7 @@ def check_structured_pruning(on: Place) -> None:
         times = measure.layer_times(by_hand, x[:2], repeats=1)
         out["timed layers"] = list(times.index)
         return out
+
     on.same(on.run(run), run("cpu"))
 
 
@@ -418,40 +465,82 @@ def check_measure(on: Place) -> None:
     def run(device):
         model = _mlp(device).eval()
         _, _, loader = _data()
-        table = measure.compare({"module": model, "callable": on_cpu}, loader, "module",
-                                batch_sizes=(1, 3), sizes={"callable": 100}, repeats=1)
-        lat = measure.latency({"module": model}, next(iter(loader))[0].to(device), batch_sizes=(2,),
-                              warmup=0, repeats=1, rounds=1)
+        table = measure.compare(
+            {"module": model, "callable": on_cpu},
+            loader,
+            "module",
+            batch_sizes=(1, 3),
+            sizes={"callable": 100},
+            repeats=1,
+        )
+        lat = measure.latency(
+            {"module": model},
+            next(iter(loader))[0].to(device),
+            batch_sizes=(2,),
+            warmup=0,
+            repeats=1,
+            rounds=1,
+        )
         assert list(lat["batch_size"]) == [2]
-        return {"accuracy": measure.accuracy(model, loader),
-                "counts": measure.count_parameters(model), "bytes": measure.serialized_bytes(model),
-                "table": table[["accuracy", "params", "nonzero", "bytes", "accuracy_delta_points"]]}
+        return {
+            "accuracy": measure.accuracy(model, loader),
+            "counts": measure.count_parameters(model),
+            "bytes": measure.serialized_bytes(model),
+            "table": table[["accuracy", "params", "nonzero", "bytes", "accuracy_delta_points"]],
+        }
+
     on.same(on.run(run), run("cpu"))
     assert seen and set(seen) == {"cpu"}
 
 
 def check_train(on: Place) -> None:
     """fit, predict and evaluate run where the model is, or move it to the given device."""
+
     def run(device, move_model: bool):
         model = _mlp(device if move_model else "cpu")
         _, _, loader = _data()
-        hist = fit(model, loader, loader, epochs=1, optimizer="sgd", lr=0.1, progress=False,
-                   device=None if move_model else device)
+        hist = fit(
+            model,
+            loader,
+            loader,
+            epochs=1,
+            optimizer="sgd",
+            lr=0.1,
+            progress=False,
+            device=None if move_model else device,
+        )
         if torch.device(device).type != "cpu":
             on.on_device(*model.parameters())
         logits, labels = predict(model, loader)
         assert logits.device.type == labels.device.type == "cpu"
-        return {"history": hist.drop(columns="epoch_seconds"), "logits": logits,
-                "eval": evaluate(model, loader), **model.state_dict()}
+        return {
+            "history": hist.drop(columns="epoch_seconds"),
+            "logits": logits,
+            "eval": evaluate(model, loader),
+            **model.state_dict(),
+        }
+
     cpu = run(torch.device("cpu"), True)
     on.same(on.run(lambda d: run(d, True)), cpu)
     on.same(on.run(lambda d: run(d, False)), cpu)
 
 
-CHECKS = [check_batchnorm_layer, check_activation_stats, check_fold_batchnorm, check_bn_diagnostics,
-          check_train_mode_accuracy, check_lr_range_test, check_distillation_losses,
-          check_teacher_logits, check_shifted_copies, check_weight_pruning, check_unit_scores,
-          check_structured_pruning, check_measure, check_train]
+CHECKS = [
+    check_batchnorm_layer,
+    check_activation_stats,
+    check_fold_batchnorm,
+    check_bn_diagnostics,
+    check_train_mode_accuracy,
+    check_lr_range_test,
+    check_distillation_losses,
+    check_teacher_logits,
+    check_shifted_copies,
+    check_weight_pruning,
+    check_unit_scores,
+    check_structured_pruning,
+    check_measure,
+    check_train,
+]
 
 
 # ---------------------------------------------------------------- the tests

@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.distillation: the losses against hand computations, the teacher cache, helpers."""
+"""Unit tests of nbhelpers.distillation: the losses against hand computations, the teacher cache,
+helpers."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def hand_hinton(T: float, alpha: float) -> float:
 
 @pytest.mark.parametrize("T,alpha", [(1.0, 0.5), (2.0, 0.9), (4.0, 1.0), (20.0, 0.3)])
 def test_hinton_loss_equals_hand_computation(T, alpha):
-    assert KD.hinton_loss(S, T_LOGITS, Y, T, alpha).item() == pytest.approx(hand_hinton(T, alpha), rel=1e-5)
+    assert KD.hinton_loss(S, T_LOGITS, Y, T, alpha).item() == pytest.approx(
+        hand_hinton(T, alpha), rel=1e-5
+    )
 
 
 def test_hinton_loss_worked_example():
@@ -45,8 +48,12 @@ def test_hinton_loss_worked_example():
     # T=1: CE = ln 2; p_t = (3/4, 1/4), p_s = (1/2, 1/2); KL = 3/4 ln 1.5 + 1/4 ln 0.5 = 0.130812.
     # T=2: p_t = (sqrt3, 1) / (sqrt3 + 1); KL = 0.036341, times T^2 = 0.145363.
     s, t, y = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), torch.tensor([0])
-    assert KD.hinton_loss(s, t, y, 1.0, 0.5).item() == pytest.approx(0.5 * 0.693147 + 0.5 * 0.130812, abs=1e-5)
-    assert KD.hinton_loss(s, t, y, 2.0, 0.5).item() == pytest.approx(0.5 * 0.693147 + 0.5 * 0.145363, abs=1e-5)
+    assert KD.hinton_loss(s, t, y, 1.0, 0.5).item() == pytest.approx(
+        0.5 * 0.693147 + 0.5 * 0.130812, abs=1e-5
+    )
+    assert KD.hinton_loss(s, t, y, 2.0, 0.5).item() == pytest.approx(
+        0.5 * 0.693147 + 0.5 * 0.145363, abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("loss", KD.LOSSES)
@@ -64,10 +71,15 @@ def test_alpha_one_ignores_labels_and_is_zero_when_student_equals_teacher():
 
 
 def test_logit_loss_equals_hand_computation():
-    mse = sum((a - b) ** 2 for ra, rb in zip(S.tolist(), T_LOGITS.tolist()) for a, b in zip(ra, rb)) / 6
+    mse = (
+        sum((a - b) ** 2 for ra, rb in zip(S.tolist(), T_LOGITS.tolist()) for a, b in zip(ra, rb))
+        / 6
+    )
     ce = F.cross_entropy(S, Y).item()
     assert KD.logit_loss(S, T_LOGITS, Y, 1.0).item() == pytest.approx(mse, rel=1e-6)
-    assert KD.logit_loss(S, T_LOGITS, Y, 0.25).item() == pytest.approx(0.75 * ce + 0.25 * mse, rel=1e-6)
+    assert KD.logit_loss(S, T_LOGITS, Y, 0.25).item() == pytest.approx(
+        0.75 * ce + 0.25 * mse, rel=1e-6
+    )
 
 
 def test_no_gradient_flows_into_teacher_logits():
@@ -81,7 +93,9 @@ def test_soft_targets():
     assert torch.allclose(p.sum(1), torch.ones(2))
     assert p[0].tolist() == pytest.approx(softmax(T_LOGITS[0].tolist(), 4.0), rel=1e-6)
     # a higher temperature spreads the mass: the top probability falls
-    assert (KD.soft_targets(T_LOGITS, 20.0).max(1).values < KD.soft_targets(T_LOGITS, 1.0).max(1).values).all()
+    assert (
+        KD.soft_targets(T_LOGITS, 20.0).max(1).values < KD.soft_targets(T_LOGITS, 1.0).max(1).values
+    ).all()
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, -1.0, float("nan"), float("inf"), "4", True])
@@ -154,7 +168,9 @@ def test_train_student_repeats_with_a_seed():
     X = torch.randn(64, 1, 4, 4).numpy()
     y = torch.randint(0, 3, (64,)).numpy()
     dl = loader(X, y, 16, shuffle=True)
-    runs = [KD.train_student(lambda: MLP(16, [5], n_classes=3), 7, dl, None, 2)[0] for _ in range(2)]
+    runs = [
+        KD.train_student(lambda: MLP(16, [5], n_classes=3), 7, dl, None, 2)[0] for _ in range(2)
+    ]
     for p, q in zip(runs[0].parameters(), runs[1].parameters()):
         assert torch.equal(p, q)
 
@@ -165,7 +181,9 @@ def test_gap_closed_and_summarize():
     assert math.isnan(KD.gap_closed(0.95, 0.96, 0.95))
     import pandas as pd
 
-    runs = pd.DataFrame({"T": [1, 1, 4, 4], "seed": [0, 1, 0, 1], "test_accuracy": [0.8, 0.9, 0.7, 0.7]})
+    runs = pd.DataFrame(
+        {"T": [1, 1, 4, 4], "seed": [0, 1, 0, 1], "test_accuracy": [0.8, 0.9, 0.7, 0.7]}
+    )
     s = KD.summarize(runs, ["T"]).set_index("T")
     assert s.loc[1, "mean"] == pytest.approx(0.85) and s.loc[4, "std"] == 0 and s.loc[1, "n"] == 2
 
@@ -176,11 +194,20 @@ def test_teacher_table():
     assert tab[["0", "1", "2"]].sum(1).tolist() == pytest.approx([1.0] * 4)
 
 
-@pytest.mark.parametrize("override,name", [
-    ({"SWEEP_TEMPERATURES": [0.0]}, "SWEEP_TEMPERATURES"), ({"ALPHA": 1.5}, "ALPHA"),
-    ({"TEACHER": "resnet"}, "TEACHER"), ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN"),
-    ({"EPOCHS": 15}, "EPOCHS"), ({"VIEWS": 0}, "VIEWS"), ({"TEACHER_DROPOUT": 1.0}, "TEACHER_DROPOUT"),
-    ({"SMALL_HIDDEN": [-1]}, "SMALL_HIDDEN"), ({"RANDOM_CONTROL": "yes"}, "RANDOM_CONTROL")])
+@pytest.mark.parametrize(
+    "override,name",
+    [
+        ({"SWEEP_TEMPERATURES": [0.0]}, "SWEEP_TEMPERATURES"),
+        ({"ALPHA": 1.5}, "ALPHA"),
+        ({"TEACHER": "resnet"}, "TEACHER"),
+        ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN"),
+        ({"EPOCHS": 15}, "EPOCHS"),
+        ({"VIEWS": 0}, "VIEWS"),
+        ({"TEACHER_DROPOUT": 1.0}, "TEACHER_DROPOUT"),
+        ({"SMALL_HIDDEN": [-1]}, "SMALL_HIDDEN"),
+        ({"RANDOM_CONTROL": "yes"}, "RANDOM_CONTROL"),
+    ],
+)
 def test_notebook_bad_input_fails_in_validation(override, name, tmp_path):
     """Bad distillation parameters stop notebook 07 in its validation cell, before any training."""
     from pathlib import Path
@@ -198,7 +225,11 @@ def _lab(epochs=4, n=40, views=2, seed=0):
     Xv, yv = KD.shifted_copies(X, views - 1, 1, seed), y.repeat(views)
     teacher = MLP(16, [8], n_classes=2)
     test = loader(X.numpy(), y.numpy(), 1000)
-    sets = {"images": (X, y), "views": (Xv, yv), "random": (KD.random_images(n * views, (1, 4, 4)), y.repeat(views))}
+    sets = {
+        "images": (X, y),
+        "views": (Xv, yv),
+        "random": (KD.random_images(n * views, (1, 4, 4)), y.repeat(views)),
+    }
     return KD.StudentLab((1, 4, 4), sets, teacher, epochs, test, test, batch_size=8), teacher
 
 
@@ -235,13 +266,20 @@ def test_student_lab_reuses_identical_runs_and_scores_each_seed():
 
 
 def test_student_lab_distilled_student_matches_a_hand_run():
-    """The lab's distilled student is train_student with make_loss_fn on the teacher's cached logits."""
+    """The lab's distilled student is train_student with make_loss_fn on the teacher's cached
+    logits."""
     lab, teacher = _lab()
     row = lab.train("d", [3], "images", "hinton", 2.0, 0.5, seed=3)
     X, y = lab.loaders["images"].dataset.tensors
     dl = loader(X.numpy(), y.numpy(), 8, shuffle=True)
-    model, _ = KD.train_student(lambda: MLP(16, [3], n_classes=2), 3, dl, None, 4,
-                                KD.make_loss_fn(teacher, "hinton", 2.0, 0.5))
+    model, _ = KD.train_student(
+        lambda: MLP(16, [3], n_classes=2),
+        3,
+        dl,
+        None,
+        4,
+        KD.make_loss_fn(teacher, "hinton", 2.0, 0.5),
+    )
     with torch.no_grad():
         acc = float((model(X).argmax(1) == y).float().mean())
     assert row["test_accuracy"] == pytest.approx(acc)
@@ -286,7 +324,9 @@ def test_penultimate_and_hint_stage_learn_the_teachers_hidden_layer():
     before = [p.clone() for p in student[-1].parameters()]
     hist = KD.hint_stage(student, teacher, X, dl, epochs=30, lr=1e-2)
     assert hist["train_loss"].iloc[-1] < 0.5 * hist["train_loss"].iloc[0]
-    assert all(torch.equal(p, q) for p, q in zip(before, student[-1].parameters()))  # output layer untouched
+    assert all(
+        torch.equal(p, q) for p, q in zip(before, student[-1].parameters())
+    )  # output layer untouched
     with pytest.raises(ParameterError, match="model"):
         KD.penultimate(torch.nn.Sequential(torch.nn.Linear(3, 2)))
 

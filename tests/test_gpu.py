@@ -23,8 +23,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")
 CUDA_PLACE = Place("cuda", torch.device("cuda"), contextlib.nullcontext, exact=False)
 
 #: The notebooks that train on DEVICE and use the device-sensitive helpers (08: ActivationStats).
-SMOKE = ["00_baseline", "07_knowledge_distillation", "08_batch_normalization",
-         "09_learning_rate_schedules"]
+SMOKE = [
+    "00_baseline",
+    "07_knowledge_distillation",
+    "08_batch_normalization",
+    "09_learning_rate_schedules",
+]
 
 
 @pytest.fixture()

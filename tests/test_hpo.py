@@ -34,21 +34,27 @@ def test_check_space_normalises():
     assert hpo.check_space("SPACE", hpo.MLP_SPACE).keys() == hpo.MLP_SPACE.keys()
 
 
-@pytest.mark.parametrize("bad", [
-    {}, [], None, "lr",
-    {"learning_rate": {"low": 1e-4, "high": 1e-1}},  # unknown hyperparameter
-    {"lr": {"low": 1e-1, "high": 1e-4}},  # low >= high
-    {"lr": {"low": 0.0, "high": 1e-1, "log": True}},  # log needs low > 0
-    {"lr": {"low": 1e-4}},  # no high
-    {"lr": {"low": "a", "high": 1.0}},
-    {"lr": {"low": 1e-4, "high": math.inf}},
-    {"lr": {"low": 1e-4, "high": 1e-1, "scale": "log"}},  # unknown key
-    {"hidden": {"low": 32.5, "high": 64, "int": True}},
-    {"batch_size": {"values": []}},
-    {"batch_size": {"values": "32"}},
-    {"batch_size": {"values": [32], "low": 1}},
-    {"lr": 0.01},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        [],
+        None,
+        "lr",
+        {"learning_rate": {"low": 1e-4, "high": 1e-1}},  # unknown hyperparameter
+        {"lr": {"low": 1e-1, "high": 1e-4}},  # low >= high
+        {"lr": {"low": 0.0, "high": 1e-1, "log": True}},  # log needs low > 0
+        {"lr": {"low": 1e-4}},  # no high
+        {"lr": {"low": "a", "high": 1.0}},
+        {"lr": {"low": 1e-4, "high": math.inf}},
+        {"lr": {"low": 1e-4, "high": 1e-1, "scale": "log"}},  # unknown key
+        {"hidden": {"low": 32.5, "high": 64, "int": True}},
+        {"batch_size": {"values": []}},
+        {"batch_size": {"values": "32"}},
+        {"batch_size": {"values": [32], "low": 1}},
+        {"lr": 0.01},
+    ],
+)
 def test_check_space_rejects_empty_or_malformed(bad):
     with pytest.raises(ParameterError) as e:
         hpo.check_space("SPACE", bad)
@@ -56,8 +62,14 @@ def test_check_space_rejects_empty_or_malformed(bad):
 
 
 def test_merge_space_replaces_adds_removes():
-    s = hpo.merge_space(hpo.MLP_SPACE, {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": None,
-                                        "dropout": {"low": 0.0, "high": 0.5}})
+    s = hpo.merge_space(
+        hpo.MLP_SPACE,
+        {
+            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "batch_size": None,
+            "dropout": {"low": 0.0, "high": 0.5},
+        },
+    )
     assert list(s) == ["lr", "hidden", "weight_decay", "dropout"]
     assert s["lr"]["low"] == 1e-3
     with pytest.raises(ParameterError, match="SPACE"):
@@ -73,14 +85,23 @@ def test_grid_values_exact():
     assert g["module__width"] == [32, 81, 203, 512]
     assert g["module__dropout"] == pytest.approx([0.0, 1 / 6, 1 / 3, 0.5])
     assert g["batch_size"] == [32, 128]
-    assert hpo.to_grid(s, {"lr": 2, "hidden": 3, "dropout": 2}, rename=False)["hidden"] == [32, 128, 512]
+    assert hpo.to_grid(s, {"lr": 2, "hidden": 3, "dropout": 2}, rename=False)["hidden"] == [
+        32,
+        128,
+        512,
+    ]
 
 
 def test_conversions_agree_on_bounds_and_scale():
     """Grid ends, distribution supports and skopt dimensions share the same bounds and priors."""
     s = hpo.check_space("SPACE", SPACE)
     grid, dists, dims = hpo.to_grid(s, 5), hpo.to_distributions(s), hpo.to_skopt(s)
-    assert set(grid) == set(dists) == set(dims) == {"lr", "module__width", "module__dropout", "batch_size"}
+    assert (
+        set(grid)
+        == set(dists)
+        == set(dims)
+        == {"lr", "module__width", "module__dropout", "batch_size"}
+    )
     rng = np.random.RandomState(0)
     for name, key in [("lr", "lr"), ("hidden", "module__width"), ("dropout", "module__dropout")]:
         d = s[name]
@@ -103,12 +124,14 @@ def test_conversions_agree_on_bounds_and_scale():
     w = dists["module__width"].rvs(size=500, random_state=rng)
     assert w.dtype.kind == "i" and isinstance(dists["module__width"].rvs(random_state=rng), int)
     assert dims["module__width"].rvs(200, random_state=0) == pytest.approx(
-        [int(v) for v in dims["module__width"].rvs(200, random_state=0)])
+        [int(v) for v in dims["module__width"].rvs(200, random_state=0)]
+    )
 
 
 def test_friendly_inverts_param_names():
-    assert hpo.friendly({"module__width": np.int64(64), "optimizer__weight_decay": 1e-4, "lr": 0.1}) == {
-        "hidden": 64, "weight_decay": 1e-4, "lr": 0.1}
+    assert hpo.friendly(
+        {"module__width": np.int64(64), "optimizer__weight_decay": 1e-4, "lr": 0.1}
+    ) == {"hidden": 64, "weight_decay": 1e-4, "lr": 0.1}
     assert set(hpo.describe_space(hpo.check_space("S", SPACE)).index) == set(SPACE)
 
 
@@ -126,12 +149,18 @@ def test_best_so_far_and_trials_to_target():
 
 
 def test_trials_to_target_table_known_history():
-    hist = {"a": [[0.1, 0.9, 0.2], [0.95, 0.0, 0.0], [0.0, 0.0, 0.0, 0.91]],
-            "b": [[0.0, 0.0], [0.0, 0.9]]}
+    hist = {
+        "a": [[0.1, 0.9, 0.2], [0.95, 0.0, 0.0], [0.0, 0.0, 0.0, 0.91]],
+        "b": [[0.0, 0.0], [0.0, 0.9]],
+    }
     t = hpo.trials_to_target_table(hist, 0.9, limits={"a": 2.5, "b": 5})
     assert t.loc["a", "per_seed"] == [2, 1, 4]
     assert t.loc["a", "mean_trials"] == pytest.approx(7 / 3)
-    assert t.loc["a", "median_trials"] == 2 and t.loc["a", "max_trials"] == 4 and t.loc["a", "min_trials"] == 1
+    assert (
+        t.loc["a", "median_trials"] == 2
+        and t.loc["a", "max_trials"] == 4
+        and t.loc["a", "min_trials"] == 1
+    )
     assert t.loc["a", "reached"] == 3 and bool(t.loc["a", "met"]) is True
     # a seed that never reaches the target counts as its budget + 1, and the target is then missed
     assert t.loc["b", "per_seed"] == [None, 2]
@@ -144,8 +173,11 @@ def test_budget_table_known_histories():
     t = hpo.budget_table({"grid": [[0.1, 0.5], [0.5, 0.2]], "random": [[0.3, 0.2], [0.1, 0.9]]})
     assert t.loc["grid"].tolist() == [0.5, 0.5, 0.5]
     assert t.loc["random"].tolist() == pytest.approx([0.6, 0.3, 0.9])
-    assert list(t.columns) == ["best after budget (mean)", "best after budget (min)",
-                               "best after budget (max)"]
+    assert list(t.columns) == [
+        "best after budget (mean)",
+        "best after budget (min)",
+        "best after budget (max)",
+    ]
 
 
 def test_curves_frame_shape():
@@ -158,8 +190,13 @@ def test_curves_frame_shape():
 
 @pytest.fixture(scope="module")
 def lookup():
-    space = hpo.check_space("S", {"lr": SPACE["lr"], "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True}})
-    axes = {"lr": hpo.dim_values(space["lr"], 16), "weight_decay": hpo.dim_values(space["weight_decay"], 7)}
+    space = hpo.check_space(
+        "S", {"lr": SPACE["lr"], "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True}}
+    )
+    axes = {
+        "lr": hpo.dim_values(space["lr"], 16),
+        "weight_decay": hpo.dim_values(space["weight_decay"], 7),
+    }
     lr = np.log10(axes["lr"])[:, None]
     scores = 0.9 - 0.05 * (lr + 2.0) ** 2 + 0.001 * np.arange(7)[None, :]
     return hpo.LookupObjective(space, axes, scores)
@@ -168,15 +205,21 @@ def lookup():
 def test_lookup_snaps_to_nearest_cell_in_log_space(lookup):
     assert lookup.size == 112 and lookup.best == pytest.approx(lookup.scores.max())
     assert lookup.cell({"lr": 1e-2, "weight_decay": 1e-6}) == (10, 0)
-    assert lookup.cell({"lr": 1.2e-2, "weight_decay": 1.5e-2}) == (10, 6)  # beyond the range: the edge
+    assert lookup.cell({"lr": 1.2e-2, "weight_decay": 1.5e-2}) == (
+        10,
+        6,
+    )  # beyond the range: the edge
     assert lookup({"lr": 1e-4, "weight_decay": 1e-2}) == pytest.approx(lookup.scores[0, 6])
 
 
 def test_lookup_from_results_roundtrip(lookup):
     import pandas as pd
 
-    rows = [{"lr": a, "weight_decay": b, "mean_cv": lookup.scores[i, j]}
-            for i, a in enumerate(lookup.axes["lr"]) for j, b in enumerate(lookup.axes["weight_decay"])]
+    rows = [
+        {"lr": a, "weight_decay": b, "mean_cv": lookup.scores[i, j]}
+        for i, a in enumerate(lookup.axes["lr"])
+        for j, b in enumerate(lookup.axes["weight_decay"])
+    ]
     again = hpo.LookupObjective.from_results(lookup.space, lookup.axes, pd.DataFrame(rows))
     assert np.array_equal(again.scores, lookup.scores)
     with pytest.raises(ValueError):
@@ -190,7 +233,11 @@ def test_search_histories_repeat_and_find_the_optimum(lookup):
     assert all(1e-4 <= p["lr"] <= 1e-1 for p in p1)
     assert hpo.random_history(lookup, 10, seed=3)[0] == r1[:10]  # a shorter run is a prefix
     g, gp = hpo.grid_history(lookup, 4, seed=0)
-    assert len(g) == 16 and len({lookup.cell(p)[0] for p in gp}) == 4 and max(g) == pytest.approx(lookup.best)
+    assert (
+        len(g) == 16
+        and len({lookup.cell(p)[0] for p in gp}) == 4
+        and max(g) == pytest.approx(lookup.best)
+    )
     tpe = hpo.tpe_history(lookup, 12, seed=0, initial=4)
     assert len(tpe) == 12 and tpe == hpo.tpe_history(lookup, 12, seed=0, initial=4)
 
@@ -220,8 +267,15 @@ def _values(facts):
 
 
 def test_fact_table_rounds_for_reading_and_refuses_repeats():
-    t = hpo.facts_of([("a", 0.123456789, "x"), ("b", np.int64(3), ""), ("c", True, ""),
-                        ("d", "lr", ""), ("e", float("nan"), "")])
+    t = hpo.facts_of(
+        [
+            ("a", 0.123456789, "x"),
+            ("b", np.int64(3), ""),
+            ("c", True, ""),
+            ("d", "lr", ""),
+            ("e", float("nan"), ""),
+        ]
+    )
     assert list(t.columns) == ["value", "unit", "context"] and t.index.name == "fact"
     assert t.loc["a", "value"] == 0.1235 and t.loc["b", "value"] == 3
     assert t.loc["c", "value"] is True and t.loc["d", "value"] == "lr"
@@ -239,8 +293,14 @@ def test_target_cells_share_and_geometric_mean(lookup):
 def _grid_results():
     import pandas as pd
 
-    return pd.DataFrame({"lr": [0.1, 0.1, 0.01, 0.01], "hidden": [32, 64, 32, 64],
-                         "mean_cv": [0.70, 0.80, 0.85, 0.84], "std_cv": [0.01, 0.01, 0.02, 0.01]})
+    return pd.DataFrame(
+        {
+            "lr": [0.1, 0.1, 0.01, 0.01],
+            "hidden": [32, 64, 32, 64],
+            "mean_cv": [0.70, 0.80, 0.85, 0.84],
+            "std_cv": [0.01, 0.01, 0.02, 0.01],
+        }
+    )
 
 
 def test_grid_summary_known_table():
@@ -263,17 +323,20 @@ def test_random_summary_known_runs(lookup):
 
     goal = lookup.best - 0.0025
     grid_runs, random_runs = [[0.1, lookup.best], [lookup.best, 0.1]], [[0.1, 0.2], [goal, 0.1]]
-    ttt = hpo.trials_to_target_table({"random": [[0.1, goal], [0.0] * 3]}, goal,
-                                     limits={"random": lookup.size / 4})
+    ttt = hpo.trials_to_target_table(
+        {"random": [[0.1, goal], [0.0] * 3]}, goal, limits={"random": lookup.size / 4}
+    )
     placements = pd.DataFrame({"reaches target": [True, False, False]})
     spread = pd.Series({"lr": 0.3, "weight_decay": 0.006})
-    f = _values(hpo.random_summary(lookup, goal, grid_runs, random_runs, placements, ttt, spread,
-                                   met=False))
+    f = _values(
+        hpo.random_summary(lookup, goal, grid_runs, random_runs, placements, ttt, spread, met=False)
+    )
     assert f["grid contains the table's best cell"] is True
     assert f["grid placements reaching the target"] == 1
     assert f["random seeds reaching the target in the budget"] == 1
     assert f["grid minus random after the budget"] == pytest.approx(
-        100 * (lookup.best - (0.2 + goal) / 2), rel=1e-3)
+        100 * (lookup.best - (0.2 + goal) / 2), rel=1e-3
+    )
     assert f["range along lr"] == 30.0 and f["range along weight_decay"] == 0.6
     assert f["random: mean trials to the target"] == 3.0 and f["random: worst seed"] == 4.0
     assert f["random: seeds reaching the target"] == 1 and f["target met"] is False
@@ -284,8 +347,18 @@ def test_bayes_summary_compares_model_with_baseline(lookup):
     runs = {"GP": [[0.1, goal, 0.1], [goal, 0.1, 0.1]], "random": [[0.1, 0.1, goal], [0.1] * 3]}
     ttt = hpo.trials_to_target_table(runs, goal, limits={"GP": 2, "random": 3})
     results = _grid_results()
-    f = _values(hpo.bayes_summary(lookup, goal, runs, ttt, {"GP": 0.2, "random": 0.001}, results,
-                                  {"GP": True, "random": False}, model="GP"))
+    f = _values(
+        hpo.bayes_summary(
+            lookup,
+            goal,
+            runs,
+            ttt,
+            {"GP": 0.2, "random": 0.001},
+            results,
+            {"GP": True, "random": False},
+            model="GP",
+        )
+    )
     assert f["GP needs fewer trials than random"] is True  # 1.5 against (3 + 4) / 2
     assert f["GP minus random: mean trials"] == pytest.approx(1.5 - 3.5)
     assert f["GP minus random: worst seed"] == pytest.approx(2 - 4)
@@ -303,8 +376,9 @@ def test_plots_draw():
     assert len(fig.axes[0].lines) == 3  # two grids and the one-hour line
     x = np.linspace(-4, -1, 8)
     fine = np.linspace(-4, -1, 50)
-    fig2 = hpo.plot_surrogate(x, -np.cos(x), [0, 5], fine, np.zeros(50), np.ones(50),
-                              np.abs(np.sin(fine)), "log10 lr")
+    fig2 = hpo.plot_surrogate(
+        x, -np.cos(x), [0, 5], fine, np.zeros(50), np.ones(50), np.abs(np.sin(fine)), "log10 lr"
+    )
     assert len(fig2.axes) == 2 and "2 trials" in fig2.axes[0].get_title()
     plt.close("all")
 
@@ -316,7 +390,9 @@ def test_rooms_hold_what_they_say():
     from nbhelpers.hpo import backends, comparison, estimator, space, summary
 
     assert space.MLP_SPACE is hpo.MLP_SPACE and space.to_skopt is hpo.to_skopt
-    assert estimator.make_estimator is hpo.make_estimator and estimator.flat_subset is hpo.flat_subset
+    assert (
+        estimator.make_estimator is hpo.make_estimator and estimator.flat_subset is hpo.flat_subset
+    )
     assert backends.backend is hpo.backend and backends.check_scheduler is hpo.check_scheduler
     assert comparison.LookupObjective is hpo.LookupObjective
     assert summary.grid_summary is hpo.grid_summary
@@ -330,7 +406,9 @@ def test_estimator_is_a_seeded_sklearn_estimator():
     from sklearn.base import clone
 
     est = hpo.make_estimator(64, 10, epochs=2, seed=5, lr=0.01, hidden=30)
-    assert est.module__width == 30 and est.lr == 0.01 and est.random_state == 5 and est.max_epochs == 2
+    assert (
+        est.module__width == 30 and est.lr == 0.01 and est.random_state == 5 and est.max_epochs == 2
+    )
     c = clone(est).set_params(**{"module__width": 12, "optimizer__weight_decay": 1e-3})
     assert isinstance(c, hpo.SeededNet) and c.module__width == 12 and c.random_state == 5
     m = hpo.WidthMLP(64, 30)
@@ -374,8 +452,16 @@ def test_cached_results(tmp_path: Path, monkeypatch):
 
 def test_table_config_is_the_key_both_notebooks_share():
     key = hpo.table_config("mnist", 0, 1000, 5, 3, "cpu")
-    assert key == {"dataset": "mnist", "seed": 0, "subset": 1000, "epochs": 5, "folds": 3,
-                   "device": "cpu", "defaults": hpo.DEFAULTS, "version": 1}
+    assert key == {
+        "dataset": "mnist",
+        "seed": 0,
+        "subset": 1000,
+        "epochs": 5,
+        "folds": 3,
+        "device": "cpu",
+        "defaults": hpo.DEFAULTS,
+        "version": 1,
+    }
 
 
 # --- backends ------------------------------------------------------------------------------
@@ -388,7 +474,11 @@ def _tiny_search():
     X = rng.rand(90, 8).astype(np.float32)
     y = (X[:, 0] > 0.5).astype(np.int64)
     est = hpo.make_estimator(8, 2, epochs=1, seed=0, hidden=6)
-    return GridSearchCV(est, {"lr": [0.01, 0.1]}, cv=StratifiedKFold(3, shuffle=True, random_state=0)), X, y
+    return (
+        GridSearchCV(est, {"lr": [0.01, 0.1]}, cv=StratifiedKFold(3, shuffle=True, random_state=0)),
+        X,
+        y,
+    )
 
 
 def test_dask_local_cluster_matches_sequential():
@@ -410,7 +500,9 @@ def test_backend_rejects_bad_choice(name, n_jobs, param):
             pass
 
 
-@pytest.mark.parametrize("address", ["nonsense", "http://host:8786", "tcp://host", "tcp://host:port", 8786])
+@pytest.mark.parametrize(
+    "address", ["nonsense", "http://host:8786", "tcp://host", "tcp://host:port", 8786]
+)
 def test_malformed_scheduler_address(address):
     with pytest.raises(ParameterError, match="DASK_SCHEDULER"):
         hpo.check_scheduler("DASK_SCHEDULER", address)
@@ -439,7 +531,8 @@ def test_connect_error_names_parameter_and_address():
 
 
 def test_silent_port_is_not_a_scheduler_and_fails_fast():
-    """Something that accepts TCP connections but never speaks Dask: a clear error within the timeout."""
+    """Something that accepts TCP connections but never speaks Dask: a clear error within the
+    timeout."""
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(4)
@@ -453,9 +546,13 @@ def test_silent_port_is_not_a_scheduler_and_fails_fast():
 def test_reachable_scheduler_is_used():
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
-                      protocol="tcp") as cluster:
-        assert hpo.check_scheduler("DASK_SCHEDULER", cluster.scheduler_address) == cluster.scheduler_address
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None, protocol="tcp"
+    ) as cluster:
+        assert (
+            hpo.check_scheduler("DASK_SCHEDULER", cluster.scheduler_address)
+            == cluster.scheduler_address
+        )
         search, X, y = _tiny_search()
         with hpo.backend("dask", 1, cluster.scheduler_address) as where:
             search.fit(X, y)
@@ -467,14 +564,24 @@ def test_reachable_scheduler_is_used():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("stem,override,name", [
-    ("02_random_search", {"N_TRIALS": 0}, "N_TRIALS"),
-    ("01_grid_search", {"BACKEND": "spark"}, "BACKEND"),
-    ("01_grid_search", {"SPACE": {"lr": {"low": 0.1, "high": 0.001}}}, "SPACE"),
-    ("03_bayesian_optimization", {"SPACE": {"lr": None, "hidden": None, "weight_decay": None,
-                                            "batch_size": None}}, "SPACE"),
-    ("03_bayesian_optimization", {"BACKEND": "dask", "DASK_SCHEDULER": "tcp://127.0.0.1:1"}, "DASK_SCHEDULER"),
-])
+@pytest.mark.parametrize(
+    "stem,override,name",
+    [
+        ("02_random_search", {"N_TRIALS": 0}, "N_TRIALS"),
+        ("01_grid_search", {"BACKEND": "spark"}, "BACKEND"),
+        ("01_grid_search", {"SPACE": {"lr": {"low": 0.1, "high": 0.001}}}, "SPACE"),
+        (
+            "03_bayesian_optimization",
+            {"SPACE": {"lr": None, "hidden": None, "weight_decay": None, "batch_size": None}},
+            "SPACE",
+        ),
+        (
+            "03_bayesian_optimization",
+            {"BACKEND": "dask", "DASK_SCHEDULER": "tcp://127.0.0.1:1"},
+            "DASK_SCHEDULER",
+        ),
+    ],
+)
 def test_notebook_bad_input(stem: str, override: dict, name: str, tmp_path: Path):
     from notebook_runner import assert_fails_in_validation
 
@@ -493,10 +600,15 @@ def test_check_backend_and_table():
         hpo.check_backend("loky", "", 0)
     with pytest.raises(ParameterError, match="DASK_SCHEDULER=3"):
         hpo.check_backend("loky", 3, 1)
-    assert hpo.check_table(["lr", "weight_decay"], [4, 3], hpo.MLP_SPACE) == (["lr", "weight_decay"], [4, 3])
+    assert hpo.check_table(["lr", "weight_decay"], [4, 3], hpo.MLP_SPACE) == (
+        ["lr", "weight_decay"],
+        [4, 3],
+    )
     with pytest.raises(ParameterError, match="TABLE_DIMS"):
         hpo.check_table(["lr", "lr"], [4, 3], hpo.MLP_SPACE)
     with pytest.raises(ParameterError, match="TABLE_DIMS"):
-        hpo.check_table(["lr", "batch_size"], [4, 3], hpo.MLP_SPACE)  # categorical: not a table axis
+        hpo.check_table(
+            ["lr", "batch_size"], [4, 3], hpo.MLP_SPACE
+        )  # categorical: not a table axis
     with pytest.raises(ParameterError, match="TABLE_POINTS"):
         hpo.check_table(["lr", "weight_decay"], [4, 1], hpo.MLP_SPACE)

@@ -34,8 +34,10 @@ def test_vnni_detection():
     assert machine.has_vnni({"avx2", "avx_vnni"})
 
 
-@pytest.mark.parametrize("text,arch,want", [(EPYC, "x86_64", True), (XEON, "x86_64", False),
-                                            (ARM, "aarch64", False), ("", "AMD64", True)])
+@pytest.mark.parametrize(
+    "text,arch,want",
+    [(EPYC, "x86_64", True), (XEON, "x86_64", False), (ARM, "aarch64", False), ("", "AMD64", True)],
+)
 def test_int8_precaution(text, arch, want):
     advice = machine.int8_precaution(machine.cpu_flags(text), arch)
     assert advice["reduce_range"] is want and advice["reason"]
@@ -51,7 +53,9 @@ def test_describe_this_machine():
     flags = machine.cpu_flags()
     assert info["vnni"] == machine.has_vnni(flags) and info["avx2"] == ("avx2" in flags)
     assert info["int8_reduce_range"] == machine.int8_precaution(flags)["reduce_range"]
-    assert info["torch"] == torch.__version__ and info["device"] == "cpu" and info["cuda_device"] == ""
+    assert (
+        info["torch"] == torch.__version__ and info["device"] == "cpu" and info["cuda_device"] == ""
+    )
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     table = machine.table(info)
     assert list(table.index) == list(info) and table.loc["torch", "value"] == torch.__version__

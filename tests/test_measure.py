@@ -1,4 +1,5 @@
-"""nbhelpers.measure: counts, bytes, accuracy of modules and callables, latency and comparison tables."""
+"""nbhelpers.measure: counts, bytes, accuracy of modules and callables, latency and comparison
+tables."""
 
 import warnings
 
@@ -59,25 +60,42 @@ def test_accuracy_of_module_and_callable(mlp):
     expected = float((mlp.eval()(x).argmax(1) == labels).float().mean())
     assert accuracy(mlp, dl) == pytest.approx(expected)
     assert accuracy(lambda b: mlp(b).detach().numpy(), dl) == pytest.approx(expected)
-    assert accuracy(lambda b: np.eye(10)[(torch.arange(len(b)) % 10).numpy()], DataLoader(
-        TensorDataset(x, labels), batch_size=40)) == 1.0
+    assert (
+        accuracy(
+            lambda b: np.eye(10)[(torch.arange(len(b)) % 10).numpy()],
+            DataLoader(TensorDataset(x, labels), batch_size=40),
+        )
+        == 1.0
+    )
 
 
 def test_latency_table(mlp):
     x, _ = _loader()
     df = latency({"a": mlp, "b": mlp}, x, batch_sizes=(1, 64), repeats=3, rounds=2, warmup=1)
     assert len(df) == 4 and set(df.batch_size) == {1, 64}
-    assert (df.median_ms > 0).all() and (df.p25_ms <= df.median_ms).all() and (df.median_ms <= df.p75_ms).all()
+    assert (
+        (df.median_ms > 0).all()
+        and (df.p25_ms <= df.median_ms).all()
+        and (df.median_ms <= df.p75_ms).all()
+    )
     assert torch.get_num_threads() >= 1
 
 
 def test_compare_ratios(mlp):
     _, dl = _loader()
     small = MLP(16, hidden=[2])
-    df = compare({"big": mlp, "small": small, "fn": lambda b: mlp(b)}, dl, "big", batch_sizes=(1, 8),
-                 sizes={"fn": 1000}, repeats=3)
+    df = compare(
+        {"big": mlp, "small": small, "fn": lambda b: mlp(b)},
+        dl,
+        "big",
+        batch_sizes=(1, 8),
+        sizes={"fn": 1000},
+        repeats=3,
+    )
     assert df.loc["big", "size_ratio"] == 1 and df.loc["big", "speedup_b8"] == 1
-    assert df.loc["small", "size_ratio"] == pytest.approx(df.loc["big", "bytes"] / df.loc["small", "bytes"])
+    assert df.loc["small", "size_ratio"] == pytest.approx(
+        df.loc["big", "bytes"] / df.loc["small", "bytes"]
+    )
     assert df.loc["fn", "bytes"] == 1000 and np.isnan(df.loc["fn", "params"])
     assert df.loc["fn", "accuracy_delta_points"] == 0
     with pytest.raises(KeyError, match="give its bytes"):
@@ -108,7 +126,6 @@ def test_callables_get_cpu_tensors_and_modules_their_device(mlp):
     assert measure.input_device(lambda b: b) == torch.device("cpu")
 
 
-
 def test_compare_pairs_models_image_by_image():
     """Hand-made predictors on 200 images: the baseline is right on the first 180; "worse" loses 30
     of them and gains none (McNemar p = 2 * 0.5**30); "same" swaps 5 for 5 (p = 1)."""
@@ -123,6 +140,7 @@ def test_compare_pairs_models_image_by_image():
             logits = np.zeros((len(idx), 2), dtype=np.float32)
             logits[:, 0] = np.where(right[idx], 1.0, -1.0)  # class 0 is the label
             return logits
+
         return f
 
     base = np.arange(200) < 180
@@ -131,8 +149,9 @@ def test_compare_pairs_models_image_by_image():
     same[:5], same[180:185] = False, True
     loader = DataLoader(TensorDataset(x, y), batch_size=64)
     models = {"base": predictor(base), "worse": predictor(worse), "same": predictor(same)}
-    df = measure.compare(models, loader, "base", batch_sizes=(1,), sizes={k: 1 for k in models},
-                         repeats=1)
+    df = measure.compare(
+        models, loader, "base", batch_sizes=(1,), sizes={k: 1 for k in models}, repeats=1
+    )
     assert df.loc["base", "verdict"] == "baseline" and np.isnan(df.loc["base", "p_mcnemar"])
     assert df.loc["worse", "accuracy_delta_points"] == pytest.approx(-15.0)
     assert df.loc["worse", "p_mcnemar"] == pytest.approx(2 * 0.5**30)
@@ -142,7 +161,9 @@ def test_compare_pairs_models_image_by_image():
     want = stats.paired_difference(base, worse)
     assert df.loc["worse", "delta_low_points"] == pytest.approx(want["low"])
     lo, hi = stats.wilson_interval(180, 200)
-    assert (df.loc["base", "accuracy_low"], df.loc["base", "accuracy_high"]) == pytest.approx((lo, hi))
+    assert (df.loc["base", "accuracy_low"], df.loc["base", "accuracy_high"]) == pytest.approx(
+        (lo, hi)
+    )
 
 
 def test_compare_refuses_a_shuffling_loader():
@@ -163,9 +184,16 @@ def _sparse_weight(sparsity: float) -> torch.Tensor:
 
 
 def test_count_macs_known():
-    assert measure.count_macs(MLP(784, (300, 100)), torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10
-    int8 = torch.ao.quantization.quantize_dynamic(MLP(784, (300, 100)), {nn.Linear}, dtype=torch.qint8)
-    assert measure.count_macs(int8, torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10  # int8 counts too
+    assert (
+        measure.count_macs(MLP(784, (300, 100)), torch.zeros(1, 784))
+        == 784 * 300 + 300 * 100 + 100 * 10
+    )
+    int8 = torch.ao.quantization.quantize_dynamic(
+        MLP(784, (300, 100)), {nn.Linear}, dtype=torch.qint8
+    )
+    assert (
+        measure.count_macs(int8, torch.zeros(1, 784)) == 784 * 300 + 300 * 100 + 100 * 10
+    )  # int8 counts too
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1))
     assert measure.count_macs(conv, torch.zeros(1, 1, 6, 6)) == 2 * 9 * 16 + 32
 

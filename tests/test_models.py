@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from nbhelpers.measure import count_parameters
-from nbhelpers.models import LeNet5, MLP, build_model
+from nbhelpers.models import MLP, LeNet5, build_model
 from nbhelpers.params import ParameterError
 
 
@@ -16,18 +16,30 @@ def test_output_shapes(shape, arch, bn):
     m = build_model(arch, shape, batchnorm=bn).eval()
     assert m(torch.zeros(5, *shape)).shape == (5, 10)
     assert m(torch.zeros(5, shape[1] * shape[2])).shape == (5, 10)  # flat input too
-    assert any(isinstance(l, (nn.BatchNorm1d, nn.BatchNorm2d)) for l in m) == bn
+    assert any(isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) for layer in m) == bn
 
 
 def test_parameter_counts():
-    assert count_parameters(MLP())["params"] == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10 == 266610
-    expected = (1 * 6 * 25 + 6) + (6 * 16 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    assert (
+        count_parameters(MLP())["params"]
+        == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+        == 266610
+    )
+    expected = (
+        (1 * 6 * 25 + 6) + (6 * 16 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    )
     assert count_parameters(LeNet5())["params"] == expected == 61706
 
 
 def test_mlp_options():
     m = MLP(64, hidden=[32], dropout=0.5)
-    assert [type(l).__name__ for l in m] == ["Flatten", "Linear", "ReLU", "Dropout", "Linear"]
+    assert [type(layer).__name__ for layer in m] == [
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     with pytest.raises(ParameterError, match="hidden"):
         MLP(64, hidden=[])
     with pytest.raises(ParameterError, match="MODEL='resnet'"):
@@ -35,24 +47,34 @@ def test_mlp_options():
 
 
 def test_defaults_unchanged():
-    assert [type(l).__name__ for l in MLP()] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
-    assert [type(l).__name__ for l in MLP(batchnorm=True)][2:4] == ["BatchNorm1d", "ReLU"]
+    assert [type(layer).__name__ for layer in MLP()] == [
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
+    assert [type(layer).__name__ for layer in MLP(batchnorm=True)][2:4] == ["BatchNorm1d", "ReLU"]
 
 
 def test_sigmoid_mlp_of_ioffe_and_szegedy():
-    m = build_model("mlp", (1, 28, 28), activation="sigmoid", hidden=(100, 100, 100), batchnorm=True)
-    names = [type(l).__name__ for l in m]
+    m = build_model(
+        "mlp", (1, 28, 28), activation="sigmoid", hidden=(100, 100, 100), batchnorm=True
+    )
+    names = [type(layer).__name__ for layer in m]
     assert names.count("Sigmoid") == 3 and names.count("BatchNorm1d") == 3 and "ReLU" not in names
     assert count_parameters(m)["params"] == 784 * 100 + 100 + 2 * (100 * 100 + 100) + 1010 + 3 * 200
     with pytest.raises(ParameterError, match="activation"):
         MLP(activation="tanh")
 
 
-@pytest.mark.parametrize("norm,kind", [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm),
-                                       ("group", nn.GroupNorm)])
+@pytest.mark.parametrize(
+    "norm,kind", [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm), ("group", nn.GroupNorm)]
+)
 def test_norm_choice(norm, kind):
     m = MLP(64, hidden=(30, 20), norm=norm).train()
-    assert sum(isinstance(l, kind) for l in m) == 2
+    assert sum(isinstance(layer, kind) for layer in m) == 2
     out = m(torch.randn(2, 64))  # batch of two: every norm trains on it
     assert out.shape == (2, 10)
     if norm != "batch":  # no batch statistics: an example's output does not depend on its batch

@@ -15,12 +15,20 @@ from nbhelpers.params import ParameterError
 
 
 def small_models():
-    """Small members of the shared family (with and without BatchNorm), in eval mode, with an input batch."""
+    """Small members of the shared family (with and without BatchNorm), in eval mode, with an input
+    batch."""
     torch.manual_seed(0)
     out = []
-    for m in (MLP(64, (32, 16)), MLP(64, (32, 16), batchnorm=True), LeNet5((1, 8, 8)),
-              LeNet5((1, 8, 8), batchnorm=True), LeNet5((1, 28, 28))):
-        if any(isinstance(x, nn.BatchNorm1d | nn.BatchNorm2d) for x in m):  # non-trivial running statistics
+    for m in (
+        MLP(64, (32, 16)),
+        MLP(64, (32, 16), batchnorm=True),
+        LeNet5((1, 8, 8)),
+        LeNet5((1, 8, 8), batchnorm=True),
+        LeNet5((1, 28, 28)),
+    ):
+        if any(
+            isinstance(x, nn.BatchNorm1d | nn.BatchNorm2d) for x in m
+        ):  # non-trivial running statistics
             m.train()
             m(torch.rand(32, *getattr(m, "in_shape", (1, 8, 8))))
         out.append((m.eval(), torch.rand(16, *getattr(m, "in_shape", (1, 8, 8)))))
@@ -55,13 +63,19 @@ def test_activation_criteria_on_known_tensors():
     with torch.no_grad():
         m[0].weight.copy_(torch.tensor([[1.0], [-1.0], [2.0]]))
         m[0].bias.zero_()
-    x = torch.tensor([[1.0], [-1.0], [3.0], [0.0]])  # unit 0: 1,0,3,0; unit 1: 0,1,0,0; unit 2: 2,0,6,0
-    loader = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=3)  # two batches
+    x = torch.tensor(
+        [[1.0], [-1.0], [3.0], [0.0]]
+    )  # unit 0: 1,0,3,0; unit 1: 0,1,0,0; unit 2: 2,0,6,0
+    loader = DataLoader(
+        TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=3
+    )  # two batches
     stats = NP.activation_stats(m, loader)[0]
     assert torch.allclose(stats["mean_activation"], torch.tensor([1.0, 0.25, 2.0]))
     assert torch.allclose(stats["apoz"], torch.tensor([0.5, 0.75, 0.5]))
     assert torch.allclose(NP.unit_scores(m, "apoz", loader)[0], torch.tensor([0.5, 0.25, 0.5]))
-    assert torch.allclose(NP.unit_scores(m, "mean_activation", loader)[0], torch.tensor([1.0, 0.25, 2.0]))
+    assert torch.allclose(
+        NP.unit_scores(m, "mean_activation", loader)[0], torch.tensor([1.0, 0.25, 2.0])
+    )
     with pytest.raises(ValueError, match="loader"):
         NP.unit_scores(m, "apoz")
 
@@ -83,7 +97,10 @@ def test_random_scores_repeat_with_seed():
 
 
 def test_select_keep_layer_scope_drops_lowest():
-    scores = {0: torch.tensor([0.5, 0.1, 0.9, 0.3]), 2: torch.tensor([2.0, 1.0, 3.0, 0.0, 5.0, 4.0])}
+    scores = {
+        0: torch.tensor([0.5, 0.1, 0.9, 0.3]),
+        2: torch.tensor([2.0, 1.0, 3.0, 0.0, 5.0, 4.0]),
+    }
     keep = NP.select_keep(scores, 0.5)
     assert keep[0].tolist() == [0, 2] and keep[2].tolist() == [2, 4, 5]
     keep = NP.select_keep(scores, 0.25)  # floor(0.25 * n + 0.5): 1 of 4, 2 of 6
@@ -95,7 +112,10 @@ def test_select_keep_global_scope():
     keep = NP.select_keep(scores, 0.5, scope="global")  # normalised: layer 2 is [1, 0, 0, 3]
     assert sum(len(k) for k in keep.values()) == 4
     assert keep[2].tolist() == [0, 3] and len(keep[0]) == 2
-    flat = {0: torch.zeros(3), 2: torch.tensor([1.0, 2.0, 3.0])}  # a layer never loses all its units
+    flat = {
+        0: torch.zeros(3),
+        2: torch.tensor([1.0, 2.0, 3.0]),
+    }  # a layer never loses all its units
     keep = NP.select_keep(flat, 0.6, scope="global")
     assert len(keep[0]) >= 1 and len(keep[2]) >= 1
 
@@ -157,7 +177,8 @@ def test_removing_dead_units_keeps_outputs(model, x):
 
 
 def test_removing_dead_mlp_units_is_bit_exact():
-    # Float sums depend on the kernel's order of summation, which changes with the width of the layer
+    # Float sums depend on the kernel's order of summation, which changes with the width of the
+    # layer
     # (29 inputs instead of 32) and with load. On dyadic values (multiples of 1/16, float64) every
     # partial sum is exactly representable, so any order gives the same bits: equality is exact.
     torch.manual_seed(1)
@@ -168,7 +189,9 @@ def test_removing_dead_mlp_units_is_bit_exact():
     x = torch.randint(0, 17, (8, 64), dtype=torch.float64) / 16
     dead = {1: torch.tensor([3, 7, 8]), 3: torch.tensor([0, 15])}
     zeroed = NP.zero_outgoing(m, dead)
-    keep = {i: torch.tensor([j for j in range(n) if j not in dead[i]]) for i, n in NP.widths(m).items()}
+    keep = {
+        i: torch.tensor([j for j in range(n) if j not in dead[i]]) for i, n in NP.widths(m).items()
+    }
     with torch.no_grad():
         out = zeroed(x)
         assert torch.equal(NP.remove_units(zeroed, keep)(x), out)

@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.normalization: from-scratch batch norm against torch's, folding, helpers."""
+"""Unit tests of nbhelpers.normalization: from-scratch batch norm against torch's, folding,
+helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from nbhelpers import normalization as N
-from nbhelpers.models import LeNet5, MLP
+from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
 
 TOL = 1e-6  # float32 keeps ~7 digits: compare as torch.allclose(atol=1e-6, rtol=1e-6)
@@ -45,7 +46,8 @@ def batch(kind: str, n: int, c: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_train_and_eval_match_torch(kind, momentum, affine, seed):
-    """Outputs, gradients and running statistics equal torch's over several training steps, then in eval."""
+    """Outputs, gradients and running statistics equal torch's over several training steps, then in
+    eval."""
     ref, ours = pair(kind, 6, momentum, affine, seed)
     for step in range(5):
         x = batch(kind, 8, 6, seed=100 * seed + step)
@@ -90,9 +92,12 @@ def test_batch_of_one_raises():
         N.BatchNorm(3)(torch.randn(1, 3))
 
 
-@pytest.mark.parametrize("model_fn", [lambda: MLP(784, batchnorm=True), lambda: LeNet5(batchnorm=True)])
+@pytest.mark.parametrize(
+    "model_fn", [lambda: MLP(784, batchnorm=True), lambda: LeNet5(batchnorm=True)]
+)
 def test_swapped_model_matches_torch(model_fn):
-    """The shared models with our BN give the same logits as with torch's, in training and evaluation."""
+    """The shared models with our BN give the same logits as with torch's, in training and
+    evaluation."""
     torch.manual_seed(0)
     model = model_fn()
     ours = N.swap_batchnorm(model)
@@ -206,12 +211,23 @@ def test_speed_table():
     for bn, curve in [(False, [0.5, 0.7, 0.8, 0.9]), (True, [0.85, 0.92, 0.95, 0.96])]:
         for seed in (0, 1):
             for e, v in enumerate(curve, 1):
-                rows.append({"arch": "mlp", "bn": bn, "lr": 0.1, "seed": seed, "epoch": e, "val_accuracy": v})
+                rows.append(
+                    {
+                        "arch": "mlp",
+                        "bn": bn,
+                        "lr": 0.1,
+                        "seed": seed,
+                        "epoch": e,
+                        "val_accuracy": v,
+                    }
+                )
     t = N.speed_table(pd.DataFrame(rows), "mlp", 4)
     assert t.loc[0, "bn_epochs_to_no_bn_final"] == 2.0 and t.loc[0, "fraction_of_budget"] == 0.5
 
 
-@pytest.mark.parametrize("bad", [[], [0.1, 0.0], [0.1, -1.0], "0.1", [0.1, 0.1], [float("nan")], [True], [20.0]])
+@pytest.mark.parametrize(
+    "bad", [[], [0.1, 0.0], [0.1, -1.0], "0.1", [0.1, 0.1], [float("nan")], [True], [20.0]]
+)
 def test_check_lrs_rejects(bad):
     with pytest.raises(ParameterError, match="LRS"):
         N.check_lrs("LRS", bad)
@@ -248,12 +264,15 @@ def test_seed_interval():
 
 
 def synthetic(plain: list, bn: list, arch: str = "net", lr: float = 0.1) -> pd.DataFrame:
-    """Curves of two seeds per setting: ``plain`` and ``bn`` are per-seed lists of per-epoch values."""
+    """Curves of two seeds per setting: ``plain`` and ``bn`` are per-seed lists of per-epoch
+    values."""
     rows = []
     for flag, per_seed in ((False, plain), (True, bn)):
         for seed, curve in enumerate(per_seed):
-            rows += [{"arch": arch, "bn": flag, "lr": lr, "seed": seed, "epoch": e, "val_accuracy": v}
-                     for e, v in enumerate(curve, 1)]
+            rows += [
+                {"arch": arch, "bn": flag, "lr": lr, "seed": seed, "epoch": e, "val_accuracy": v}
+                for e, v in enumerate(curve, 1)
+            ]
     return pd.DataFrame(rows)
 
 
@@ -281,9 +300,20 @@ def grid_fixture():
             ok = bn or lr == 0.1
             for seed in (0, 1):
                 acc = (0.9 if bn else 0.8) if ok else 0.1
-                final.append({"arch": "net", "bn": bn, "lr": lr, "seed": seed, "final_val_accuracy": acc})
-                curves += [{"arch": "net", "bn": bn, "lr": lr, "seed": seed, "epoch": e,
-                            "val_accuracy": acc} for e in (1, 2, 3)]
+                final.append(
+                    {"arch": "net", "bn": bn, "lr": lr, "seed": seed, "final_val_accuracy": acc}
+                )
+                curves += [
+                    {
+                        "arch": "net",
+                        "bn": bn,
+                        "lr": lr,
+                        "seed": seed,
+                        "epoch": e,
+                        "val_accuracy": acc,
+                    }
+                    for e in (1, 2, 3)
+                ]
                 hits = np.arange(100) < 100 * acc - (5 if bn and lr == 0.5 else 0)
                 val.setdefault(("net", bn, lr), []).append(hits)
     return pd.DataFrame(final), pd.DataFrame(curves), val
@@ -318,8 +348,16 @@ def test_chosen_test_uses_validation_only():
 
 
 def test_drift_table_and_compare_with_torch():
-    act = pd.DataFrame({"run": ["a"] * 3, "layer": ["x"] * 3, "step": [0, 1, 2],
-                        "q15": [-1.0, -2.0, -1.0], "q50": [0.0, 1.0, 0.5], "q85": [1.0, 2.0, 3.0]})
+    act = pd.DataFrame(
+        {
+            "run": ["a"] * 3,
+            "layer": ["x"] * 3,
+            "step": [0, 1, 2],
+            "q15": [-1.0, -2.0, -1.0],
+            "q50": [0.0, 1.0, 0.5],
+            "q85": [1.0, 2.0, 3.0],
+        }
+    )
     d = N.drift_table(act).iloc[0]
     assert d["median_range"] == 1.0 and d["spread_range"] == 2.0 and d["spread_last"] == 4.0
     for kind in ("1d", "2d"):

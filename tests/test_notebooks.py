@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/: the contract, a small papermill run checked on its records, bad input."""
+"""Every notebook in notebooks/: the contract, a small papermill run checked on its records, bad
+input."""
 
 from __future__ import annotations
 
@@ -7,20 +8,40 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_runner import (
+    EXPECT_DIR,
+    PARAMS_DIR,
+    assert_fails_in_validation,
+    check_expectations,
+    dump,
+    error_code_cell,
+    parameters_cell,
+    parameters_code_cell,
+    run,
+    small_params,
+    validation_error,
+)
 
-from nbhelpers.record import without_timings
 from nbhelpers.params import ParameterError
-from notebook_runner import (EXPECT_DIR, PARAMS_DIR, assert_fails_in_validation, check_expectations,
-                             dump, error_code_cell, parameters_cell, parameters_code_cell, run,
-                             small_params, validation_error)
+from nbhelpers.record import without_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 COMMON = {"DATASET", "SEED", "DEVICE", "OUTPUT_DIR"}
 #: What every notebook records about the machine it ran on (``nbhelpers.machine.describe``).
-MACHINE_KEYS = {"cpu", "avx2", "avx512", "vnni", "amx", "torch_cpu_capability", "int8_reduce_range",
-                "torch", "onnxruntime", "device"}
+MACHINE_KEYS = {
+    "cpu",
+    "avx2",
+    "avx512",
+    "vnni",
+    "amx",
+    "torch_cpu_capability",
+    "int8_reduce_range",
+    "torch",
+    "onnxruntime",
+    "device",
+}
 
 
 def test_there_are_notebooks():
@@ -29,7 +50,8 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_contract(nb: Path):
-    """Static contract: kernelspec, one literal parameters cell, YAML keys known, records, stripped."""
+    """Static contract: kernelspec, one literal parameters cell, YAML keys known, records,
+    stripped."""
     book = nbformat.read(str(nb), as_version=4)
     assert book.metadata["kernelspec"]["name"] == "python3"
     assert book.metadata["language_info"]["name"] == "python"
@@ -43,7 +65,9 @@ def test_contract(nb: Path):
     unknown = set(small_params(nb.stem)) - set(params)
     assert not unknown, f"tests/params keys that are not parameters: {unknown}"
     code = [c for c in book.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    assert all(not c.outputs and c.execution_count is None for c in code), (
+        "commit notebooks without outputs"
+    )
     assert any("record(" in c.source for c in code), "the notebook records nothing"
     md = "\n".join(c.source for c in book.cells if c.cell_type == "markdown")
     assert "Record results" in md and "References" in md
@@ -52,13 +76,16 @@ def test_contract(nb: Path):
 
 def all_targets(records: dict) -> list[dict]:
     """Every target a notebook recorded (``targets`` and ``targets_*``)."""
-    return [t for k, v in records.items() if k == "targets" or k.startswith("targets_") for t in v or []]
+    return [
+        t for k, v in records.items() if k == "targets" or k.startswith("targets_") for t in v or []
+    ]
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
-    """Each notebook runs with its small parameters and records what tests/expect/<stem>.yaml asks."""
+    """Each notebook runs with its small parameters and records what tests/expect/<stem>.yaml
+    asks."""
     result = run(nb, tmp_path)
     assert result.status == "ok", result.error
     missing = MACHINE_KEYS - set(result.records.get("machine", {}))
@@ -72,9 +99,12 @@ def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_unknown_dataset_fails_in_validation(nb: Path, tmp_path: Path):
-    """DATASET='bogus' raises a ParameterError naming DATASET and its choices in the validation cell."""
+    """DATASET='bogus' raises a ParameterError naming DATASET and its choices in the validation
+    cell."""
     err = validation_error(nb, tmp_path, DATASET="bogus")
-    assert isinstance(err, ParameterError) and "DATASET" in str(err) and "mnist5k" in str(err), repr(err)
+    assert isinstance(err, ParameterError) and "DATASET" in str(err) and "mnist5k" in str(err), (
+        repr(err)
+    )
 
 
 @pytest.mark.notebook
@@ -84,12 +114,16 @@ def test_bad_input_stops_papermill_run_in_validation_cell(tmp_path: Path):
     nb = ROOT / "notebooks" / "00_baseline.ipynb"
     result = run(nb, tmp_path, DATASET="bogus")
     assert result.status == "failed"
-    assert "ParameterError" in result.error and "DATASET" in result.error and "mnist5k" in result.error
+    assert (
+        "ParameterError" in result.error and "DATASET" in result.error and "mnist5k" in result.error
+    )
     assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
 
 
-@pytest.mark.parametrize("override,name", [({"SEED": -1}, "SEED"), ({"SEED": 1.5}, "SEED"),
-                                            ({"DEVICE": "tpu"}, "DEVICE")])
+@pytest.mark.parametrize(
+    "override,name",
+    [({"SEED": -1}, "SEED"), ({"SEED": 1.5}, "SEED"), ({"DEVICE": "tpu"}, "DEVICE")],
+)
 def test_baseline_bad_input(override: dict, name: str, tmp_path: Path):
     """Bad SEED or DEVICE stops 00_baseline in its validation cell with a ParameterError."""
     assert_fails_in_validation(ROOT / "notebooks" / "00_baseline.ipynb", tmp_path, name, **override)
@@ -120,7 +154,8 @@ def test_negative_train_size_fails_in_validation(nb: Path, tmp_path: Path):
 
 
 def test_train_size_out_of_range_fails_before_training(tmp_path: Path, monkeypatch):
-    """A TRAIN_SIZE the dataset cannot give stops get_baseline before anything is trained or cached."""
+    """A TRAIN_SIZE the dataset cannot give stops get_baseline before anything is trained or
+    cached."""
     from nbhelpers.baseline import get_baseline
 
     monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path / "cache"))
@@ -133,16 +168,27 @@ def test_train_size_out_of_range_fails_before_training(tmp_path: Path, monkeypat
 def test_rules_that_cannot_fail_are_refused():
     from notebook_runner import rule_problems
 
-    bad = rule_problems({"a": {}, "b": {"minimum": 1}, "test_accuracy": {"min": 0.0, "max": 1.0},
-                         "delta_points": {"min": -100, "max": 100}, "latency_b1_ms": {"min": 0.0}})
+    bad = rule_problems(
+        {
+            "a": {},
+            "b": {"minimum": 1},
+            "test_accuracy": {"min": 0.0, "max": 1.0},
+            "delta_points": {"min": -100, "max": 100},
+            "latency_b1_ms": {"min": 0.0},
+        }
+    )
     assert len(bad) == 5, bad
-    assert rule_problems({"test_accuracy": {"min": 0.9}, "n": {"equals": 3}, "x": {"approx": [1, 0.1]}}) == []
+    assert (
+        rule_problems(
+            {"test_accuracy": {"min": 0.9}, "n": {"equals": 3}, "x": {"approx": [1, 0.1]}}
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_expectation_rules_can_fail(nb: Path):
     import yaml
-
     from notebook_runner import rule_problems
 
     assert not rule_problems(yaml.safe_load((EXPECT_DIR / f"{nb.stem}.yaml").read_text()) or {})
@@ -150,10 +196,18 @@ def test_expectation_rules_can_fail(nb: Path):
 
 @pytest.mark.parametrize("stem", ["04_weight_pruning", "10_compression_pipeline"])
 def test_bad_baseline_schedule_fails_in_validation(stem: str, tmp_path: Path):
-    assert_fails_in_validation(ROOT / "notebooks" / f"{stem}.ipynb", tmp_path, "BASELINE_SCHEDULE",
-                               BASELINE_SCHEDULE="step")
+    assert_fails_in_validation(
+        ROOT / "notebooks" / f"{stem}.ipynb",
+        tmp_path,
+        "BASELINE_SCHEDULE",
+        BASELINE_SCHEDULE="step",
+    )
 
 
 def test_bad_finetune_schedule_fails_in_validation(tmp_path: Path):
-    assert_fails_in_validation(ROOT / "notebooks" / "04_weight_pruning.ipynb", tmp_path, "FINETUNE_SCHEDULE",
-                               FINETUNE_SCHEDULE="linear")
+    assert_fails_in_validation(
+        ROOT / "notebooks" / "04_weight_pruning.ipynb",
+        tmp_path,
+        "FINETUNE_SCHEDULE",
+        FINETUNE_SCHEDULE="linear",
+    )

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from notebook_runner import parameters_cell
 
 from nbhelpers import paper
 from nbhelpers.report import RunResult
-from notebook_runner import parameters_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,22 +19,54 @@ def _row(model, acc, lo, hi, **extra):
     return {"model": model, "accuracy": acc, "accuracy_low": lo, "accuracy_high": hi, **extra}
 
 
-PRUNING = {"comparison_baseline": "dense", "pruned_model": "pruned", "comparison": [
-    _row("dense", 0.9836, 0.9810, 0.9859, params=266610, nonzero=266610),
-    _row("pruned", 0.9830, 0.9803, 0.9854, params=266610, nonzero=22000, accuracy_delta_points=-0.06,
-         delta_low_points=-0.2, delta_high_points=0.08, p_mcnemar=0.4)]}
-PIPELINE = {"comparison_baseline": "baseline fp32", "final_stage": "5 int8", "comparison": [
-    _row("baseline fp32", 0.98, 0.977, 0.9826, size_ratio=1.0),
-    _row("5 int8", 0.979, 0.976, 0.9817, size_ratio=41.5, accuracy_delta_points=-0.1,
-         delta_low_points=-0.3, delta_high_points=0.1)]}
+PRUNING = {
+    "comparison_baseline": "dense",
+    "pruned_model": "pruned",
+    "comparison": [
+        _row("dense", 0.9836, 0.9810, 0.9859, params=266610, nonzero=266610),
+        _row(
+            "pruned",
+            0.9830,
+            0.9803,
+            0.9854,
+            params=266610,
+            nonzero=22000,
+            accuracy_delta_points=-0.06,
+            delta_low_points=-0.2,
+            delta_high_points=0.08,
+            p_mcnemar=0.4,
+        ),
+    ],
+}
+PIPELINE = {
+    "comparison_baseline": "baseline fp32",
+    "final_stage": "5 int8",
+    "comparison": [
+        _row("baseline fp32", 0.98, 0.977, 0.9826, size_ratio=1.0),
+        _row(
+            "5 int8",
+            0.979,
+            0.976,
+            0.9817,
+            size_ratio=41.5,
+            accuracy_delta_points=-0.1,
+            delta_low_points=-0.3,
+            delta_high_points=0.1,
+        ),
+    ],
+}
 RECORDS = {"04_weight_pruning": PRUNING, "10_compression_pipeline": PIPELINE}
 
 
 def test_claims_read_ours_from_the_records():
-    t = paper.claims_table(RECORDS, {"04_weight_pruning": 100.0}).set_index(["notebook", "setting", "metric"])
+    t = paper.claims_table(RECORDS, {"04_weight_pruning": 100.0}).set_index(
+        ["notebook", "setting", "metric"]
+    )
     dense = t.loc[("04_weight_pruning", "LeNet-300-100 dense", "test error (%)")]
     assert dense["ours"] == pytest.approx(1.64) and dense["difference"] == pytest.approx(0.0)
-    assert (dense["low"], dense["high"]) == pytest.approx((1.41, 1.90)) and dense["seconds"] == 100.0
+    assert (dense["low"], dense["high"]) == pytest.approx((1.41, 1.90)) and dense[
+        "seconds"
+    ] == 100.0
     ratio = t.loc[("04_weight_pruning", "LeNet-300-100 pruned", "fewer parameters (x)")]
     assert ratio["ours"] == pytest.approx(266610 / 22000) and math.isnan(ratio["low"])
     size = t.loc[("10_compression_pipeline", "LeNet-300-100 compressed", "smaller on disk (x)")]
@@ -51,7 +83,9 @@ def test_profile_targets():
     ts = {t["name"]: t for t in paper.profile_targets(RECORDS)}
     assert ts["LeNet-300-100 dense error within 0.15 points of 1.64%"]["met"]
     no_loss = [t for name, t in ts.items() if "no significant loss" in name]
-    assert len(no_loss) == 1 and no_loss[0]["met"] and no_loss[0]["measured"] == pytest.approx(-0.08)
+    assert (
+        len(no_loss) == 1 and no_loss[0]["met"] and no_loss[0]["measured"] == pytest.approx(-0.08)
+    )
     loss = ts["Deep Compression pipeline: loss against its dense model"]
     assert loss["met"] and loss["decided"] is False and (loss["low"], loss["high"]) == (-0.1, 0.3)
     assert paper.profile_targets({}) == []
@@ -60,50 +94,113 @@ def test_profile_targets():
 def test_a_significant_gain_is_not_a_loss():
     """Pruned significantly better (loss interval wholly below 0): no significant loss, met; a loss
     interval wholly above 0 is not met."""
-    better = dict(PRUNING, comparison=[PRUNING["comparison"][0], {**PRUNING["comparison"][1],
-              "accuracy_delta_points": 0.3, "delta_low_points": 0.02, "delta_high_points": 0.6, "p_mcnemar": 0.03}])
-    worse = dict(PRUNING, comparison=[PRUNING["comparison"][0], {**PRUNING["comparison"][1],
-             "accuracy_delta_points": -0.3, "delta_low_points": -0.6, "delta_high_points": -0.02, "p_mcnemar": 0.03}])
-    pick = lambda rec: next(t for t in paper.profile_targets({"04_weight_pruning": rec})  # noqa: E731
-                            if "no significant loss" in t["name"])
+    better = dict(
+        PRUNING,
+        comparison=[
+            PRUNING["comparison"][0],
+            {
+                **PRUNING["comparison"][1],
+                "accuracy_delta_points": 0.3,
+                "delta_low_points": 0.02,
+                "delta_high_points": 0.6,
+                "p_mcnemar": 0.03,
+            },
+        ],
+    )
+    worse = dict(
+        PRUNING,
+        comparison=[
+            PRUNING["comparison"][0],
+            {
+                **PRUNING["comparison"][1],
+                "accuracy_delta_points": -0.3,
+                "delta_low_points": -0.6,
+                "delta_high_points": -0.02,
+                "p_mcnemar": 0.03,
+            },
+        ],
+    )
+
+    def pick(rec):
+        return next(
+            t
+            for t in paper.profile_targets({"04_weight_pruning": rec})
+            if "no significant loss" in t["name"]
+        )
+
     assert pick(better)["met"] and not pick(worse)["met"]
 
 
 def test_markdown_has_every_claim_and_the_machine():
-    runs = [RunResult("04_weight_pruning", "ok", 100.0, records=PRUNING),
-            RunResult("10_compression_pipeline", "failed", 5.0, error="RuntimeError: x")]
+    runs = [
+        RunResult("04_weight_pruning", "ok", 100.0, records=PRUNING),
+        RunResult("10_compression_pipeline", "failed", 5.0, error="RuntimeError: x"),
+    ]
     text = paper.markdown(runs, 105.0, {"cpu": "Test CPU", "commit": "abc123"})
-    assert "| Han, Pool, Tran, Dally 2015 | Table 1 | LeNet-300-100 dense | test error (%) | 1.64 | 1.64 [1.41, 1.9] |" in text
+    assert (
+        "| Han, Pool, Tran, Dally 2015 | Table 1 | LeNet-300-100 dense | test error (%) | 1.64 "
+        "| 1.64 [1.41, 1.9] |" in text
+    )
     assert text.count("not run") >= 5 and "Test CPU" in text and "abc123" in text
     assert "| 10_compression_pipeline | failed | 5 | RuntimeError: x |" in text
 
 
-@pytest.mark.parametrize("params", sorted((ROOT / "docs" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "params", sorted((ROOT / "docs" / "paper").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_paper_parameters_are_parameters_of_their_notebook(params: Path):
     _, names = parameters_cell(ROOT / "notebooks" / f"{params.stem}.ipynb")
     assert set(yaml.safe_load(params.read_text())) <= set(names)
 
 
-DISTIL = {"split_sizes": {"test": 10000}, "teacher_test_accuracy": 0.9930, "main_summary": [
-    {"student": "plain", "mean": 0.9850}, {"student": "distilled", "mean": 0.9910}],
-    "targets": [{"measured": 0.75, "low": 0.55, "high": 0.95}]}
-SIGMOID = {"facts_sigmoid": {"best_no_bn_lr": 2.5}, "sigmoid_curves": [
-    {"bn": bn, "lr": lr, "epoch": e, "val_accuracy": acc} for bn, lr, e, acc in [
-        (False, 2.5, 1, 0.10), (True, 2.5, 1, 0.80), (False, 2.5, 2, 0.90), (True, 2.5, 2, 0.93),
-        (False, 2.5, 3, 0.95), (True, 2.5, 3, 0.94), (False, 0.5, 1, 0.1), (True, 0.5, 1, 0.99)]]}
+DISTIL = {
+    "split_sizes": {"test": 10000},
+    "teacher_test_accuracy": 0.9930,
+    "main_summary": [
+        {"student": "plain", "mean": 0.9850},
+        {"student": "distilled", "mean": 0.9910},
+    ],
+    "targets": [{"measured": 0.75, "low": 0.55, "high": 0.95}],
+}
+SIGMOID = {
+    "facts_sigmoid": {"best_no_bn_lr": 2.5},
+    "sigmoid_curves": [
+        {"bn": bn, "lr": lr, "epoch": e, "val_accuracy": acc}
+        for bn, lr, e, acc in [
+            (False, 2.5, 1, 0.10),
+            (True, 2.5, 1, 0.80),
+            (False, 2.5, 2, 0.90),
+            (True, 2.5, 2, 0.93),
+            (False, 2.5, 3, 0.95),
+            (True, 2.5, 3, 0.94),
+            (False, 0.5, 1, 0.1),
+            (True, 0.5, 1, 0.99),
+        ]
+    ],
+}
 
 
 def test_hinton_and_ioffe_rows():
-    t = paper.claims_table({"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}, {})
+    t = paper.claims_table(
+        {"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}, {}
+    )
     t = t.set_index("setting")
     teacher = t.loc["1200-1200 teacher (dropout, 2-pixel jitter)"]
-    assert teacher["ours"] == 70 and teacher["low"] < 70 < teacher["high"] and teacher["published"] == 67
+    assert (
+        teacher["ours"] == 70
+        and teacher["low"] < 70 < teacher["high"]
+        and teacher["published"] == 67
+    )
     assert t.loc["800-800 student, plain", "ours"] == 150
     assert t.loc["800-800 student, distilled at T = 20", "ours"] == 90
     # BN above at epochs 1 and 2, below at 3, at the best no-BN rate (the 0.5 rows are ignored)
     assert t.loc["3 x 100 sigmoid units, batches of 60", "ours"] == pytest.approx(2 / 3)
-    ts = {x["name"]: x for x in paper.profile_targets({"07_knowledge_distillation": DISTIL,
-                                                       "08_batch_normalization": SIGMOID})}
+    ts = {
+        x["name"]: x
+        for x in paper.profile_targets(
+            {"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}
+        )
+    }
     gap = next(x for n, x in ts.items() if n.startswith("Hinton"))
     assert gap["met"] and gap["decided"] and (gap["low"], gap["high"]) == (0.55, 0.95)
     bn = next(x for n, x in ts.items() if n.startswith("Ioffe"))

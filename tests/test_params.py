@@ -2,8 +2,19 @@
 
 import pytest
 
-from nbhelpers.params import (ParameterError, check_bool, check_choice, check_choices, check_device, check_float,
-                              check_fraction, check_int, check_list, check_positive, check_seed)
+from nbhelpers.params import (
+    ParameterError,
+    check_bool,
+    check_choice,
+    check_choices,
+    check_device,
+    check_float,
+    check_fraction,
+    check_int,
+    check_list,
+    check_positive,
+    check_seed,
+)
 
 
 def test_error_message_names_parameter_value_and_allowed():

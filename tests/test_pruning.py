@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.pruning: exact sparsity, growing masks, prune.remove, schedules, storage."""
+"""Unit tests of nbhelpers.pruning: exact sparsity, growing masks, prune.remove, schedules,
+storage."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers import pruning as P
-from nbhelpers.baseline import (above_chance, interval_text,
-                                verdict_reason)
+from nbhelpers.baseline import above_chance, interval_text, verdict_reason
 from nbhelpers.baseline import summary as baseline_summary
 from nbhelpers.facts import CONTEXT_WIDTH, fact_table
-from nbhelpers.models import LeNet5, MLP
+from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
 
 
@@ -46,8 +46,12 @@ def test_global_pruning_reaches_sparsity_exactly(s):
 def test_global_pruning_removes_the_smallest_magnitudes():
     base = mlp()
     m = P.magnitude_prune(copy.deepcopy(base), 0.7, "global")
-    kept = torch.cat([(b.weight.abs())[a.weight != 0] for (_, a), (_, b) in zip(P.prunable(m), P.prunable(base))])
-    cut = torch.cat([(b.weight.abs())[a.weight == 0] for (_, a), (_, b) in zip(P.prunable(m), P.prunable(base))])
+    kept = torch.cat(
+        [(b.weight.abs())[a.weight != 0] for (_, a), (_, b) in zip(P.prunable(m), P.prunable(base))]
+    )
+    cut = torch.cat(
+        [(b.weight.abs())[a.weight == 0] for (_, a), (_, b) in zip(P.prunable(m), P.prunable(base))]
+    )
     assert cut.max() < kept.min()
 
 
@@ -73,7 +77,10 @@ def test_repeated_pruning_grows_masks_to_the_absolute_sparsity():
 def test_only_prunes_the_named_layer():
     m = P.magnitude_prune(mlp(), 0.9, "layer", only=["3"])
     assert P.layer_sparsity(m).loc["3", "sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert P.layer_sparsity(m).loc["1", "sparsity"] == 0 and P.layer_sparsity(m).loc["5", "sparsity"] == 0
+    assert (
+        P.layer_sparsity(m).loc["1", "sparsity"] == 0
+        and P.layer_sparsity(m).loc["5", "sparsity"] == 0
+    )
     with pytest.raises(ParameterError, match="only"):
         P.magnitude_prune(mlp(), 0.5, "layer", only=["nope"])
 
@@ -161,7 +168,9 @@ def test_sparse_storage_round_trips(tmp_path):
             assert P.save_sparse(state, path, compress) == path.stat().st_size
             back = P.load_sparse(path)
             assert set(back) == set(state)
-            assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
+            assert all(
+                torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items()
+            )
         P.save_torch_sparse(state, tmp_path / "t.pt")
         back = P.load_torch_sparse(tmp_path / "t.pt")
         assert all(torch.equal(back[k], v) for k, v in state.items())
@@ -179,7 +188,9 @@ def test_sparse_storage_is_small_and_refuses_masks(tmp_path):
     assert all(arrays[k].dtype == "uint16" for k in arrays if k.endswith(".indices"))
     dense = sum(v.numel() * 4 for v in state.values())
     payload = sum(a.nbytes for a in arrays.values())
-    assert payload == nnz * 6 + 4 * (300 + 100 + 10 + 3) + 8 * 2 * 3 + 4 * 410  # values, indices, indptr, shape, biases
+    assert (
+        payload == nnz * 6 + 4 * (300 + 100 + 10 + 3) + 8 * 2 * 3 + 4 * 410
+    )  # values, indices, indptr, shape, biases
     assert P.save_sparse(state, tmp_path / "s.npz") < dense / 10
 
 
@@ -203,13 +214,36 @@ def compare_rows(rows: dict[str, dict]) -> pd.DataFrame:
     return df
 
 
-def row(acc, params, nonzero, nbytes, ms1, ms64, delta=0.0, lo=None, hi=None, p=None,
-        verdict="baseline", acc_lo=None, acc_hi=None):
-    return {"accuracy": acc, "accuracy_low": acc_lo if acc_lo is not None else acc - 0.01,
-            "accuracy_high": acc_hi if acc_hi is not None else acc + 0.01,
-            "params": params, "nonzero": nonzero, "bytes": nbytes, "latency_ms_b1": ms1,
-            "latency_ms_b64": ms64, "accuracy_delta_points": delta, "delta_low_points": lo,
-            "delta_high_points": hi, "p_mcnemar": p, "verdict": verdict}
+def row(
+    acc,
+    params,
+    nonzero,
+    nbytes,
+    ms1,
+    ms64,
+    delta=0.0,
+    lo=None,
+    hi=None,
+    p=None,
+    verdict="baseline",
+    acc_lo=None,
+    acc_hi=None,
+):
+    return {
+        "accuracy": acc,
+        "accuracy_low": acc_lo if acc_lo is not None else acc - 0.01,
+        "accuracy_high": acc_hi if acc_hi is not None else acc + 0.01,
+        "params": params,
+        "nonzero": nonzero,
+        "bytes": nbytes,
+        "latency_ms_b1": ms1,
+        "latency_ms_b64": ms64,
+        "accuracy_delta_points": delta,
+        "delta_low_points": lo,
+        "delta_high_points": hi,
+        "p_mcnemar": p,
+        "verdict": verdict,
+    }
 
 
 def test_same_weights_and_reparametrisation():
@@ -222,8 +256,12 @@ def test_same_weights_and_reparametrisation():
     assert info["parameters"] == "bias, weight_orig" and info["buffers"] == "weight_mask"
     assert info["forward_pre_hooks"] and info["weight == weight_orig * weight_mask"] is True
     plain = P.reparametrisation(base[1])
-    assert plain == {"parameters": "weight, bias", "buffers": "", "forward_pre_hooks": "",
-                     "weight == weight_orig * weight_mask": False}
+    assert plain == {
+        "parameters": "weight, bias",
+        "buffers": "",
+        "forward_pre_hooks": "",
+        "weight == weight_orig * weight_mask": False,
+    }
 
 
 def test_accuracy_row_measures_sparsity_and_both_accuracies():
@@ -234,8 +272,14 @@ def test_accuracy_row_measures_sparsity_and_both_accuracies():
     half_wrong = torch.where(torch.arange(20) < 10, y, (y + 1) % 10)
     test = DataLoader(TensorDataset(x, half_wrong), batch_size=8)
     r = P.accuracy_row(model, "one-shot/global", 0.5, val, test, seconds=1.5)
-    assert r == {"run": "one-shot/global", "sparsity": 0.5, "measured_sparsity": P.sparsity(model),
-                 "val_accuracy": 1.0, "test_accuracy": 0.5, "train_seconds": 1.5}
+    assert r == {
+        "run": "one-shot/global",
+        "sparsity": 0.5,
+        "measured_sparsity": P.sparsity(model),
+        "val_accuracy": 1.0,
+        "test_accuracy": 0.5,
+        "train_seconds": 1.5,
+    }
     assert r["measured_sparsity"] == round(0.5 * total(model)) / total(model)
 
 
@@ -255,10 +299,12 @@ def test_storage_table_ratios_and_round_trips(tmp_path):
     dense, sparse = tmp_path / "d.pt", tmp_path / "s.npz"
     torch.save(state, dense)
     wrong = {k: v + 1 for k, v in state.items()}
-    files = {"dense": (dense, 4000, None),
-             "sparse": (sparse, P.save_sparse(state, sparse), P.load_sparse),
-             "wrong": (sparse, 1000, lambda p: wrong),
-             "missing key": (sparse, 800, lambda p: dict(list(state.items())[:1]))}
+    files = {
+        "dense": (dense, 4000, None),
+        "sparse": (sparse, P.save_sparse(state, sparse), P.load_sparse),
+        "wrong": (sparse, 1000, lambda p: wrong),
+        "missing key": (sparse, 800, lambda p: dict(list(state.items())[:1])),
+    }
     t = P.storage_table(files, state, baseline="dense")
     assert list(t.index) == ["dense", "sparse", "wrong", "missing key"]
     assert t.loc["dense", "times smaller"] == 1.0 and t.loc["wrong", "times smaller"] == 4.0
@@ -271,12 +317,21 @@ def test_storage_table_ratios_and_round_trips(tmp_path):
 
 def kernels() -> pd.DataFrame:
     """Hand-made kernel timings: at batch 1 dense always wins; at batch 64 CSR wins from 0.9."""
-    ms = {(1, 0.0): (1, 5), (1, 0.9): (1, 2), (1, 0.99): (1, 1.5),
-          (64, 0.0): (2, 9), (64, 0.9): (2, 1), (64, 0.99): (2, 0.5)}
-    return pd.DataFrame([{"kernel": k, "batch_size": bs, "median_ms": t, "sparsity": s,
-                          "shape": "4x8"}
-                         for (bs, s), pair in ms.items()
-                         for k, t in zip(("dense", "sparse csr"), pair)])
+    ms = {
+        (1, 0.0): (1, 5),
+        (1, 0.9): (1, 2),
+        (1, 0.99): (1, 1.5),
+        (64, 0.0): (2, 9),
+        (64, 0.9): (2, 1),
+        (64, 0.99): (2, 0.5),
+    }
+    return pd.DataFrame(
+        [
+            {"kernel": k, "batch_size": bs, "median_ms": t, "sparsity": s, "shape": "4x8"}
+            for (bs, s), pair in ms.items()
+            for k, t in zip(("dense", "sparse csr"), pair)
+        ]
+    )
 
 
 def test_sparse_kernel_wins():
@@ -285,25 +340,66 @@ def test_sparse_kernel_wins():
 
 
 def pruning_tables():
-    at_target = pd.DataFrame({
-        "run": [P.NAIVE_RUN, P.LAYER_NO_FINETUNE_RUN, "one-shot/layer", "one-shot/global",
-                "iterative/global", "gradual/global"],
-        "sparsity": 0.95, "test_accuracy": [0.45, 0.26, 0.93, 0.945, 0.94, 0.946]}).set_index("run")
-    comparison = compare_rows({
-        "dense": row(0.944, 1000, 1000, 4000, 0.1, 2.0),
-        "pruned": row(0.946, 1000, 50, 250, 0.1, 2.5, delta=0.2, lo=-0.18, hi=0.5, p=0.36,
-                      verdict="within noise"),
-        "csr": row(0.946, 1000, 50, 500, 0.2, 0.8, delta=0.2, lo=-0.18, hi=0.5, p=0.36,
-                   verdict="within noise")})
-    storage = pd.DataFrame({"format": ["dense", "npz"], "bytes": [4000, 250],
-                            "times smaller": [1.0, 16.0]}).set_index("format")
+    at_target = pd.DataFrame(
+        {
+            "run": [
+                P.NAIVE_RUN,
+                P.LAYER_NO_FINETUNE_RUN,
+                "one-shot/layer",
+                "one-shot/global",
+                "iterative/global",
+                "gradual/global",
+            ],
+            "sparsity": 0.95,
+            "test_accuracy": [0.45, 0.26, 0.93, 0.945, 0.94, 0.946],
+        }
+    ).set_index("run")
+    comparison = compare_rows(
+        {
+            "dense": row(0.944, 1000, 1000, 4000, 0.1, 2.0),
+            "pruned": row(
+                0.946,
+                1000,
+                50,
+                250,
+                0.1,
+                2.5,
+                delta=0.2,
+                lo=-0.18,
+                hi=0.5,
+                p=0.36,
+                verdict="within noise",
+            ),
+            "csr": row(
+                0.946,
+                1000,
+                50,
+                500,
+                0.2,
+                0.8,
+                delta=0.2,
+                lo=-0.18,
+                hi=0.5,
+                p=0.36,
+                verdict="within noise",
+            ),
+        }
+    )
+    storage = pd.DataFrame(
+        {"format": ["dense", "npz"], "bytes": [4000, 250], "times smaller": [1.0, 16.0]}
+    ).set_index("format")
     layers = pd.Series({"1": 0.958, "3": 0.897, "5": 0.658, "total": 0.95})
     return at_target, comparison, storage, kernels(), layers
 
 
 def test_pruning_summary_states_this_runs_facts():
-    f = P.summary(*pruning_tables(), pruned="pruned", csr="csr", best_run="gradual/global",
-                  naive_equals_global=True)
+    f = P.summary(
+        *pruning_tables(),
+        pruned="pruned",
+        csr="csr",
+        best_run="gradual/global",
+        naive_equals_global=True,
+    )
     assert list(f.columns) == ["value", "unit", "context"] and f.index.name == "fact"
     v = f["value"]
     assert v["naive threshold: test accuracy"] == 0.45
@@ -311,8 +407,10 @@ def test_pruning_summary_states_this_runs_facts():
     assert f.loc["best fine-tuned run: test accuracy", "context"] == "gradual/global, sparsity 0.95"
     assert v["fine-tuning beats the naive threshold"] is True
     assert f.loc["fine-tuning beats the naive threshold", "context"].startswith("+49.60 points")
-    assert f.loc["one matrix: sparse kernel first faster, batch 64", "context"] == \
-        "W 4x8, timed from 0 to 0.99"
+    assert (
+        f.loc["one matrix: sparse kernel first faster, batch 64", "context"]
+        == "W 4x8, timed from 0 to 0.99"
+    )
     assert f["context"].str.len().max() <= CONTEXT_WIDTH  # pandas shows every context in full
     long_format = "times smaller: pruned, CSR npz (uint16 indices)"  # the notebook's longest name
     assert max(f.index.str.len().max(), len(long_format)) <= CONTEXT_WIDTH
@@ -324,8 +422,10 @@ def test_pruning_summary_states_this_runs_facts():
     assert v["spread of the fine-tuned global runs"] == 0.6
     assert v["run chosen on validation"] == "gradual/global"
     assert v["chosen run: accuracy change vs dense"] == 0.2
-    assert f.loc["chosen run: accuracy change vs dense", "context"] == \
-        "95% CI [-0.18, +0.50], McNemar p = 0.36"
+    assert (
+        f.loc["chosen run: accuracy change vs dense", "context"]
+        == "95% CI [-0.18, +0.50], McNemar p = 0.36"
+    )
     assert v["chosen run: verdict vs dense"] == "within noise"
     reason = f.loc["chosen run: verdict vs dense", "context"]
     assert reason == "the paired 95% interval contains zero"
@@ -342,8 +442,17 @@ def test_pruning_summary_without_optional_runs():
     at_target, comparison, storage, kern, layers = pruning_tables()
     at_target = at_target.loc[[P.NAIVE_RUN, P.LAYER_NO_FINETUNE_RUN, "one-shot/global"]]
     at_target.loc["one-shot/global", "test_accuracy"] = 0.4  # fine-tuning lost to the naive mask
-    f = P.summary(at_target, comparison, storage, kern, layers, pruned="pruned", csr="csr",
-                  best_run="one-shot/global", naive_equals_global=False)
+    f = P.summary(
+        at_target,
+        comparison,
+        storage,
+        kern,
+        layers,
+        pruned="pruned",
+        csr="csr",
+        best_run="one-shot/global",
+        naive_equals_global=False,
+    )
     assert f.loc["fine-tuning beats the naive threshold", "value"] is False
     assert "one-shot: global minus layer-wise" not in f.index
     assert "spread of the fine-tuned global runs" not in f.index  # a single global run
@@ -361,20 +470,40 @@ def test_fact_table_and_helpers():
     assert above_chance({"accuracy_low": 0.11}) and not above_chance({"accuracy_low": 0.1})
     assert above_chance({"accuracy_low": 0.3}, n_classes=4)
     assert not above_chance({"accuracy_low": 0.2}, n_classes=4)
-    text = interval_text({"delta_low_points": -1.234, "delta_high_points": 0.5,
-                          "p_mcnemar": 0.0123})
+    text = interval_text(
+        {"delta_low_points": -1.234, "delta_high_points": 0.5, "p_mcnemar": 0.0123}
+    )
     assert text == "95% CI [-1.23, +0.50], McNemar p = 0.012"
-    reasons = [verdict_reason({"delta_low_points": lo, "delta_high_points": hi})
-               for lo, hi in [(0.1, 2.0), (-2.0, -0.1), (-0.1, 0.1), (0.0, 1.0)]]
-    assert reasons == ["the paired 95% interval " + w for w in
-                       ("lies above zero", "lies below zero", "contains zero", "contains zero")]
+    reasons = [
+        verdict_reason({"delta_low_points": lo, "delta_high_points": hi})
+        for lo, hi in [(0.1, 2.0), (-2.0, -0.1), (-0.1, 0.1), (0.0, 1.0)]
+    ]
+    assert reasons == [
+        "the paired 95% interval " + w
+        for w in ("lies above zero", "lies below zero", "contains zero", "contains zero")
+    ]
 
 
 def test_baseline_summary():
-    table = compare_rows({
-        "mlp": row(0.9444, 266610, 266610, 1069077, 0.07, 1.8, acc_lo=0.9397),
-        "lenet5": row(0.9705, 61706, 61706, 250309, 0.28, 13.5, delta=2.61, lo=2.2, hi=3.0, p=1e-20,
-                      verdict="better", acc_lo=0.05)})
+    table = compare_rows(
+        {
+            "mlp": row(0.9444, 266610, 266610, 1069077, 0.07, 1.8, acc_lo=0.9397),
+            "lenet5": row(
+                0.9705,
+                61706,
+                61706,
+                250309,
+                0.28,
+                13.5,
+                delta=2.61,
+                lo=2.2,
+                hi=3.0,
+                p=1e-20,
+                verdict="better",
+                acc_lo=0.05,
+            ),
+        }
+    )
     f = baseline_summary(table, {"mlp": 266200, "lenet5": 416520}, n_test=10000)
     v = f["value"]
     assert v["parameters, mlp / lenet5"] == 4.32

@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.quantization: from-scratch affine quantization, torch int8, ONNX Runtime."""
+"""Unit tests of nbhelpers.quantization: from-scratch affine quantization, torch int8, ONNX
+Runtime."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def weights(seed: int = 0, shape=(32, 50)) -> torch.Tensor:
     """Gaussian weights whose output rows have very different scales (as in trained layers)."""
     g = torch.Generator().manual_seed(seed)
     scales = torch.exp(torch.randn(shape[0], *([1] * (len(shape) - 1)), generator=g))
-    return torch.randn(*shape, generator=g) * scales + 0.1 * torch.randn(shape[0], *([1] * (len(shape) - 1)), generator=g)
+    return torch.randn(*shape, generator=g) * scales + 0.1 * torch.randn(
+        shape[0], *([1] * (len(shape) - 1)), generator=g
+    )
 
 
 def test_qrange():
@@ -66,7 +69,9 @@ def test_error_at_most_half_a_step(bits, sym, per_channel):
         w_hat = Q.dequantize(Q.quantize(w, s, z, bits, sym), s, z)
         err = (w - w_hat).abs()
         step = s.expand_as(w) if per_channel else s
-        rounding = 4 * torch.finfo(torch.float32).eps * w.abs()  # float32 arithmetic, visible at 16 bits
+        rounding = (
+            4 * torch.finfo(torch.float32).eps * w.abs()
+        )  # float32 arithmetic, visible at 16 bits
         assert bool((err <= step / 2 + rounding).all()), float((err - step / 2).max())
 
 
@@ -151,7 +156,9 @@ def test_int8_artifact_at_most_a_3_5th_of_fp32():
     torch.manual_seed(0)
     model = MLP(784).eval()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # quiet_ao must silence torch.ao's warnings
+        warnings.simplefilter(
+            "error", DeprecationWarning
+        )  # quiet_ao must silence torch.ao's warnings
         q = Q.dynamic_int8(model, "x86")
     assert measure.serialized_bytes(q) <= measure.serialized_bytes(model) / 3.5
     x = torch.rand(16, 1, 28, 28)
@@ -262,8 +269,10 @@ def test_mlp_int8_agrees_with_torch_on_this_cpu(tmp_path):
         ref = model(x)
     fp32 = Q.export_onnx(model, tmp_path / "m.onnx", x)
     loader = [(x[:100], None), (x[100:], None)]
-    for path in (Q.ort_quantize(fp32, tmp_path / "dyn.onnx"),
-                 Q.ort_quantize(fp32, tmp_path / "static.onnx", loader, 2)):
+    for path in (
+        Q.ort_quantize(fp32, tmp_path / "dyn.onnx"),
+        Q.ort_quantize(fp32, tmp_path / "static.onnx", loader, 2),
+    ):
         agree = Q.output_agreement(ref, Q.OrtModel(path)(x))
         assert agree["top1_agreement"] >= 0.9, agree
 
@@ -282,8 +291,10 @@ def test_ort_quantize_bad_input(tmp_path):
 def test_same_runtime_speedups():
     import pandas as pd
 
-    t = pd.DataFrame({"accuracy": [0.9, 0.895], "bytes": [400, 100], "latency_ms_b8": [2.0, 0.5]},
-                     index=pd.Index(["a", "b"], name="model"))
+    t = pd.DataFrame(
+        {"accuracy": [0.9, 0.895], "bytes": [400, 100], "latency_ms_b8": [2.0, 0.5]},
+        index=pd.Index(["a", "b"], name="model"),
+    )
     out = Q.same_runtime_speedups(t, [("a", "b")], [8])
     assert out.loc["b", "speedup_b8"] == 4.0 and out.loc["b", "size_ratio"] == 4.0
     assert out.loc["b", "accuracy_delta_points"] == pytest.approx(-0.5)
@@ -306,8 +317,12 @@ def test_reduce_range_study_rows(tmp_path):
     with torch.no_grad():
         ref = model(x)
     src = Q.export_onnx(model, tmp_path / "m.onnx", x)
-    study = Q.reduce_range_study({"mlp": src}, [(x[:60], y[:60]), (x[60:], y[60:])], 2, x, y, {"mlp": ref})
-    assert list(study.index) == [("mlp", k, rr) for k in ("dynamic", "static") for rr in (False, True)]
+    study = Q.reduce_range_study(
+        {"mlp": src}, [(x[:60], y[:60]), (x[60:], y[60:])], 2, x, y, {"mlp": ref}
+    )
+    assert list(study.index) == [
+        ("mlp", k, rr) for k in ("dynamic", "static") for rr in (False, True)
+    ]
     assert ((study.top1_agreement > 0) & (study.top1_agreement <= 1)).all()
     want = float((ref.argmax(1) == y).float().mean())  # agreement 1 would give fp32's accuracy
     full = study[study.top1_agreement == 1.0]

@@ -14,8 +14,9 @@ from nbhelpers.record import MIME_TYPE, is_timing, read, read_notebook, to_jsona
 def test_to_jsonable():
     df = pd.DataFrame({"a": [1, 2]}, index=pd.Index(["x", "y"], name="model"))
     assert to_jsonable(df) == [{"model": "x", "a": 1}, {"model": "y", "a": 2}]
-    assert to_jsonable({"n": np.int64(3), "f": np.float32(0.5), "arr": np.arange(3), "nan": math.nan}) == {
-        "n": 3, "f": 0.5, "arr": [0, 1, 2], "nan": None}
+    assert to_jsonable(
+        {"n": np.int64(3), "f": np.float32(0.5), "arr": np.arange(3), "nan": math.nan}
+    ) == {"n": 3, "f": 0.5, "arr": [0, 1, 2], "nan": None}
     assert to_jsonable(pd.Series({"a": 1.5})) == {"a": 1.5}
     with pytest.raises(TypeError, match="cannot record"):
         to_jsonable(object())
@@ -23,8 +24,12 @@ def test_to_jsonable():
 
 def test_round_trip_through_a_kernel(tmp_path):
     values = {"acc": 0.93, "sizes": {"train": 7}, "names": ["a", "b"], "flag": True, "none": None}
-    src = "from nbhelpers.record import record\n" + "\n".join(f"record({k!r}, {v!r})" for k, v in values.items())
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src), nbformat.v4.new_code_cell("record('acc', 0.5)")])
+    src = "from nbhelpers.record import record\n" + "\n".join(
+        f"record({k!r}, {v!r})" for k, v in values.items()
+    )
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(src), nbformat.v4.new_code_cell("record('acc', 0.5)")]
+    )
     NotebookClient(nb, kernel_name="python3", timeout=60).execute()
     path = tmp_path / "x.ipynb"
     nbformat.write(nb, str(path))
@@ -45,5 +50,9 @@ def test_is_timing():
 
 
 def test_without_timings_is_recursive():
-    recs = {"acc": 1, "train_seconds": 2, "table": [{"model": "a", "latency_ms_b1": 3, "speedup_b1": 1, "bytes": 4}]}
+    recs = {
+        "acc": 1,
+        "train_seconds": 2,
+        "table": [{"model": "a", "latency_ms_b1": 3, "speedup_b1": 1, "bytes": 4}],
+    }
     assert without_timings(recs) == {"acc": 1, "table": [{"model": "a", "bytes": 4}]}

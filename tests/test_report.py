@@ -5,16 +5,21 @@ import json
 import nbformat
 import pytest
 
-from nbhelpers.report import list_notebooks, load_parameters, main
 from nbhelpers.record import read
+from nbhelpers.report import list_notebooks, load_parameters, main
 
 
 def _notebook(path, body: str):
     params = nbformat.v4.new_code_cell("VALUE: int = 1  # a parameter")
     params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(
-        "from nbhelpers.record import record\n" + body)])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = nbformat.v4.new_notebook(
+        cells=[params, nbformat.v4.new_code_cell("from nbhelpers.record import record\n" + body)]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     nbformat.write(nb, str(path))
 
@@ -27,8 +32,21 @@ def test_failure_shown_and_last_good_kept(tmp_path):
     _notebook(src / "bad.ipynb", "record('before', 1)\nraise RuntimeError('deliberate failure')")
     (tmp_path / "p.yaml").write_text("good: {VALUE: 4}\n")
 
-    assert main(["--notebooks-dir", str(src), "--out", str(out), "--params", str(tmp_path / "p.yaml"),
-                 "--jobs", "2"]) == 1
+    assert (
+        main(
+            [
+                "--notebooks-dir",
+                str(src),
+                "--out",
+                str(out),
+                "--params",
+                str(tmp_path / "p.yaml"),
+                "--jobs",
+                "2",
+            ]
+        )
+        == 1
+    )
     index = (out / "index.html").read_text()
     assert "RuntimeError: deliberate failure" in index and index.count('class="failed"') == 1
     assert read(out / "good.ipynb") == {"value": 40} and (out / "good.html").exists()
@@ -40,7 +58,9 @@ def test_failure_shown_and_last_good_kept(tmp_path):
     good_html = (out / "good.html").read_bytes()
     _notebook(src / "good.ipynb", "raise ValueError('broken now')")
     assert main(["good", "--notebooks-dir", str(src), "--out", str(out)]) == 1
-    assert read(out / "good.ipynb") == {"value": 40} and (out / "good.html").read_bytes() == good_html
+    assert (
+        read(out / "good.ipynb") == {"value": 40} and (out / "good.html").read_bytes() == good_html
+    )
     index = (out / "index.html").read_text()
     assert "ValueError: broken now" in index and "last good run" in index and "value" in index
 
@@ -73,16 +93,24 @@ def test_html_hides_plumbing_input_and_loads_mathjax_locally(tmp_path):
 
     from nbhelpers.report import HIDE_INPUT_TAG, render_html
 
-    plumbing = new_code_cell("PLUMBING_SOURCE = 1", metadata={"tags": [HIDE_INPUT_TAG]},
-                             outputs=[new_output("stream", name="stdout", text="plumbing output\n")])
+    plumbing = new_code_cell(
+        "PLUMBING_SOURCE = 1",
+        metadata={"tags": [HIDE_INPUT_TAG]},
+        outputs=[new_output("stream", name="stdout", text="plumbing output\n")],
+    )
     lesson = new_code_cell("LESSON_SOURCE = 2")
-    nb = new_notebook(cells=[new_markdown_cell("# T\n\n$y = W x + b$"), plumbing, lesson],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                               "language": "python"}})
+    nb = new_notebook(
+        cells=[new_markdown_cell("# T\n\n$y = W x + b$"), plumbing, lesson],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
     nbformat.write(nb, str(tmp_path / "t.ipynb"))
     render_html(tmp_path / "t.ipynb", tmp_path / "t.html")
     page = (tmp_path / "t.html").read_text()
     assert "PLUMBING_SOURCE" not in page and "plumbing output" in page and "LESSON_SOURCE" in page
     assert 'src="mathjax/MathJax.js?config=' in page
-    assert '<script src="http' not in page  # nothing loads from the network (mermaid only on demand)
+    assert (
+        '<script src="http' not in page
+    )  # nothing loads from the network (mermaid only on demand)
     assert (tmp_path / "mathjax" / "MathJax.js").exists()

@@ -1,6 +1,8 @@
-"""Unit tests of nbhelpers.schedules: each schedule's learning rates step by step, names, range test.
+"""Unit tests of nbhelpers.schedules: each schedule's learning rates step by step, names, range
+test.
 
-Constant, step, exponential and plateau are compared with ``==``: torch multiplies ``group["lr"]`` by
+Constant, step, exponential and plateau are compared with ``==``: torch multiplies ``group["lr"]``
+by
 the factor exactly as the hand-written loops here do. Cosine and one-cycle are compared with their
 closed-form formulas to 1e-12 relative: torch evaluates cosine annealing recursively (a ratio of
 cosines times the previous rate), which differs from the closed form in the last bits of a double.
@@ -26,7 +28,9 @@ EPOCHS, STEPS, LR = 4, 3, 0.1
 
 def seq(name: str, metrics=None, epochs: int = EPOCHS, steps: int = STEPS, **kw) -> list[float]:
     """The learning rate of every step of a named schedule."""
-    return schedules.lr_sequence(schedules.make_schedule(name, epochs, steps, LR, **kw), epochs, steps, LR, metrics)
+    return schedules.lr_sequence(
+        schedules.make_schedule(name, epochs, steps, LR, **kw), epochs, steps, LR, metrics
+    )
 
 
 def per_epoch(values: list[float], steps: int = STEPS) -> list[float]:
@@ -62,7 +66,9 @@ def test_cosine_with_warmup():
     warm = 1 * STEPS
     total = EPOCHS * STEPS
     expected = [LR * (0.1 + 0.9 * t / warm) for t in range(warm)]
-    expected += [LR / 2 * (1 + math.cos(math.pi * (t - warm) / (total - warm))) for t in range(warm, total)]
+    expected += [
+        LR / 2 * (1 + math.cos(math.pi * (t - warm) / (total - warm))) for t in range(warm, total)
+    ]
     got = seq("cosine_warmup", warmup_epochs=1)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert got[warm] == LR  # the warm-up hands over at exactly the base rate
@@ -82,8 +88,10 @@ def test_onecycle():
     def cos(a, b, frac):
         return b + (a - b) / 2 * (1 + math.cos(math.pi * frac))
 
-    expected = [cos(start, peak, t / up) if t <= up else cos(peak, end, (t - up) / (total - 1 - up))
-                for t in range(total)]
+    expected = [
+        cos(start, peak, t / up) if t <= up else cos(peak, end, (t - up) / (total - 1 - up))
+        for t in range(total)
+    ]
     got = seq("onecycle", max_lr=peak, pct_start=pct)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert max(got) == pytest.approx(peak) and got[-1] == pytest.approx(end)
@@ -92,7 +100,8 @@ def test_onecycle():
 def test_plateau_on_validation_loss():
     losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95]
     got = seq("plateau", metrics=losses, epochs=6, plateau_factor=0.5, plateau_patience=1)
-    # best 0.9 after epoch 2; epochs 3 and 4 do not improve -> halve after epoch 4; again after epoch 6
+    # best 0.9 after epoch 2; epochs 3 and 4 do not improve -> halve after epoch 4; again after
+    # epoch 6
     assert got == per_epoch([LR, LR, LR, LR, LR * 0.5, LR * 0.5])
 
 
@@ -114,11 +123,16 @@ def test_check_schedules_rejects(values):
 
 
 def test_check_schedules_accepts():
-    assert schedules.check_schedules("SCHEDULES", ("onecycle", "constant")) == ["onecycle", "constant"]
+    assert schedules.check_schedules("SCHEDULES", ("onecycle", "constant")) == [
+        "onecycle",
+        "constant",
+    ]
 
 
-@pytest.mark.parametrize("kw,name", [({"epochs": 0}, "epochs"), ({"base_lr": 0.0}, "base_lr"),
-                                     ({"base_lr": -1.0}, "base_lr")])
+@pytest.mark.parametrize(
+    "kw,name",
+    [({"epochs": 0}, "epochs"), ({"base_lr": 0.0}, "base_lr"), ({"base_lr": -1.0}, "base_lr")],
+)
 def test_bad_budget_or_rate(kw, name):
     args = {"epochs": EPOCHS, "steps_per_epoch": STEPS, "base_lr": LR, **kw}
     with pytest.raises(ParameterError, match=name):
@@ -156,8 +170,12 @@ def test_range_test_and_suggestion():
     df = schedules.lr_range_test(model, dl, lr_min=1e-3, lr_max=1.0, steps=10, stop_factor=1e9)
     assert list(df.columns) == ["step", "lr", "loss", "smoothed_loss"] and len(df) == 10
     assert df["lr"].iloc[0] == 1e-3 and df["lr"].iloc[-1] == pytest.approx(1.0)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is left as it was
-    fake = pd.DataFrame({"lr": [0.01, 0.1, 1.0, 10.0], "loss": 0.0, "smoothed_loss": [2.0, 1.0, 0.5, 3.0]})
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, model.parameters())
+    )  # the model is left as it was
+    fake = pd.DataFrame(
+        {"lr": [0.01, 0.1, 1.0, 10.0], "loss": 0.0, "smoothed_loss": [2.0, 1.0, 0.5, 3.0]}
+    )
     s = schedules.suggest_max_lr(fake, divisor=4.0)
     assert s["lr_min_loss"] == 1.0 and s["max_lr"] == 0.25
 
@@ -166,24 +184,43 @@ def test_range_test_and_suggestion():
 
 
 def _history(val_acc: float, lr: float, loss: float, acc: float) -> pd.DataFrame:
-    return pd.DataFrame({"val_accuracy": [0.5, val_acc], "lr": [0.1, lr], "train_loss": [1.0, loss],
-                         "train_accuracy": [0.6, acc], "epoch_seconds": [1.5, 2.5],
-                         "val_loss": [0.9, 0.8]})
+    return pd.DataFrame(
+        {
+            "val_accuracy": [0.5, val_acc],
+            "lr": [0.1, lr],
+            "train_loss": [1.0, loss],
+            "train_accuracy": [0.6, acc],
+            "epoch_seconds": [1.5, 2.5],
+            "val_loss": [0.9, 0.8],
+        }
+    )
 
 
 def test_final_epoch_takes_the_last_row_and_sums_time():
     assert schedules.final_epoch(_history(0.9, 0.01, 0.05, 0.99)) == {
-        "val_accuracy": 0.9, "final_lr": 0.01, "train_loss": 0.05, "train_accuracy": 0.99,
-        "train_seconds": 4.0}
+        "val_accuracy": 0.9,
+        "final_lr": 0.01,
+        "train_loss": 0.05,
+        "train_accuracy": 0.99,
+        "train_seconds": 4.0,
+    }
 
 
 def _results() -> pd.DataFrame:
     """Two seeds of three schedules with known accuracies (test size 1,000: one error 0.1 point)."""
     acc = {"constant": (0.90, 0.92), "onecycle": (0.94, 0.95), "step": (0.91, 0.91)}
     val = {"constant": 0.90, "onecycle": 0.93, "step": 0.95}  # step best on validation
-    rows = [{"schedule": n, "seed": s, "epochs": 4, "test_accuracy": a[s],
-             **schedules.final_epoch(_history(val[n], 0.01, 0.01 * (i + 1), 0.99 - 0.01 * i))}
-            for i, (n, a) in enumerate(acc.items()) for s in (0, 1)]
+    rows = [
+        {
+            "schedule": n,
+            "seed": s,
+            "epochs": 4,
+            "test_accuracy": a[s],
+            **schedules.final_epoch(_history(val[n], 0.01, 0.01 * (i + 1), 0.99 - 0.01 * i)),
+        }
+        for i, (n, a) in enumerate(acc.items())
+        for s in (0, 1)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -199,15 +236,33 @@ def test_per_schedule_means_and_gain():
 
 def test_summary_facts_follow_the_tables():
     table = schedules.per_schedule(_results())
-    half = pd.DataFrame({"schedule": ["onecycle", "onecycle", "constant", "constant"],
-                         "seed": [0, 1, 0, 1], "epochs": 2,
-                         "test_accuracy": [0.90, 0.91, 0.85, 0.86]})
+    half = pd.DataFrame(
+        {
+            "schedule": ["onecycle", "onecycle", "constant", "constant"],
+            "seed": [0, 1, 0, 1],
+            "epochs": 2,
+            "test_accuracy": [0.90, 0.91, 0.85, 0.86],
+        }
+    )
     sweep = pd.DataFrame({"mean": [0.91, 0.93, 0.89]}, index=pd.Index([0.05, 0.1, 0.4], name="lr"))
-    traces = {"constant": [0.05] * 8, "onecycle": [0.016, 0.1, 0.4, 0.3, 0.2, 0.1, 0.01, 0.0],
-              "plateau": [0.05] * 6 + [0.005] * 2}
+    traces = {
+        "constant": [0.05] * 8,
+        "onecycle": [0.016, 0.1, 0.4, 0.3, 0.2, 0.1, 0.01, 0.0],
+        "plateau": [0.05] * 6 + [0.005] * 2,
+    }
     suggestion = {"lr_min_loss": 0.8, "max_lr": 0.4}
-    f = schedules.summary(table, "onecycle", half, sweep, suggestion, traces, steps_per_epoch=2,
-                          base_lr=0.05, test_size=1000, target_points=1.0)
+    f = schedules.summary(
+        table,
+        "onecycle",
+        half,
+        sweep,
+        suggestion,
+        traces,
+        steps_per_epoch=2,
+        base_lr=0.05,
+        test_size=1000,
+        target_points=1.0,
+    )
     v = f["value"]
     assert list(f.columns) == ["value", "unit", "context"] and f.index.is_unique
     assert f["context"].str.len().max() <= 50  # pandas shows 50 characters of a cell
@@ -223,8 +278,9 @@ def test_summary_facts_follow_the_tables():
     assert v["best constant LR tried"] == 0.1
     assert v["best minus the best constant"] == pytest.approx(1.5)
     assert v["lowest final training accuracy"] == pytest.approx(97.0)
-    assert v["mean LR of onecycle / BASE_LR"] == pytest.approx(np.mean(traces["onecycle"]) / 0.05,
-                                                             rel=1e-3)
+    assert v["mean LR of onecycle / BASE_LR"] == pytest.approx(
+        np.mean(traces["onecycle"]) / 0.05, rel=1e-3
+    )
     assert v["plateau: epochs before the first cut"] == 3
     assert "mean LR of exponential / BASE_LR" not in f.index  # only schedules that ran
 
@@ -233,31 +289,51 @@ def test_summary_without_the_peak_in_the_sweep_says_nan():
     table = schedules.per_schedule(_results())
     half = pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"])
     sweep = pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr"))
-    f = schedules.summary(table, "step", half, sweep, {"lr_min_loss": 0.8, "max_lr": 0.4}, {},
-                          steps_per_epoch=2, base_lr=0.05, test_size=1000)
+    f = schedules.summary(
+        table,
+        "step",
+        half,
+        sweep,
+        {"lr_min_loss": 0.8, "max_lr": 0.4},
+        {},
+        steps_per_epoch=2,
+        base_lr=0.05,
+        test_size=1000,
+    )
     assert math.isnan(f.loc["constant at the peak minus constant at BASE_LR", "value"])
     assert math.isnan(f.loc["best at half budget minus constant at full", "value"])
     assert f.loc["half-budget target met", "value"] is False
 
 
 def test_plot_learning_curves_zooms_and_moves_the_legend():
-    h = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6],
-                      "train_accuracy": [0.9, 0.95], "val_accuracy": [0.88, 0.93]})
+    h = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "train_loss": [1.0, 0.5],
+            "val_loss": [1.1, 0.6],
+            "train_accuracy": [0.9, 0.95],
+            "val_accuracy": [0.88, 0.93],
+        }
+    )
     fig = schedules.plot_learning_curves({"constant": h, "onecycle": h}, accuracy_floor=0.8)
     assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_ylim()[0] == 0.8
     assert fig.axes[0].get_legend() is None and fig.axes[1].get_legend() is not None
 
 
-@pytest.mark.parametrize("override,name", [
-    ({"SCHEDULES": ["constant", "cosine"]}, "SCHEDULES"),
-    ({"SCHEDULES": []}, "SCHEDULES"),
-    ({"EPOCHS": 0}, "EPOCHS"),
-    ({"BASE_LR": 0.0}, "BASE_LR"),
-    ({"BASE_LR": -0.1}, "BASE_LR"),
-    ({"EPOCHS": 3, "WARMUP_EPOCHS": 4}, "WARMUP_EPOCHS"),
-])
+@pytest.mark.parametrize(
+    "override,name",
+    [
+        ({"SCHEDULES": ["constant", "cosine"]}, "SCHEDULES"),
+        ({"SCHEDULES": []}, "SCHEDULES"),
+        ({"EPOCHS": 0}, "EPOCHS"),
+        ({"BASE_LR": 0.0}, "BASE_LR"),
+        ({"BASE_LR": -0.1}, "BASE_LR"),
+        ({"EPOCHS": 3, "WARMUP_EPOCHS": 4}, "WARMUP_EPOCHS"),
+    ],
+)
 def test_notebook_bad_input(override, name, tmp_path):
-    """Bad input stops notebook 09 in its validation cell, before any training, naming the parameter."""
+    """Bad input stops notebook 09 in its validation cell, before any training, naming the
+    parameter."""
     from pathlib import Path
 
     from notebook_runner import assert_fails_in_validation

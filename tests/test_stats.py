@@ -83,8 +83,11 @@ def test_newcombe_exact_coverage_by_enumeration():
             if n00 < 0:
                 continue
             counts = np.array([n11, b01, b10, n00])
-            log_pmf = (math.lgamma(n + 1) - sum(math.lgamma(c + 1) for c in counts)
-                       + float(np.sum(counts * np.log(probs))))
+            log_pmf = (
+                math.lgamma(n + 1)
+                - sum(math.lgamma(c + 1) for c in counts)
+                + float(np.sum(counts * np.log(probs)))
+            )
             low, high = newcombe_interval(n11, b01, b10, n00)
             coverage += math.exp(log_pmf) * (low <= truth <= high)
         assert 0.95 < coverage < 0.975, (p11, p01, p10, coverage)
@@ -94,8 +97,9 @@ def test_bootstrap_matches_brute_force_resampling():
     # Five images; all 5**5 equally likely resamples give the exact bootstrap distribution.
     a = np.array([True, True, True, False, False])
     b = np.array([True, False, True, True, True])
-    diffs = np.array([b[list(i)].mean() - a[list(i)].mean()
-                      for i in itertools.product(range(5), repeat=5)])
+    diffs = np.array(
+        [b[list(i)].mean() - a[list(i)].mean() for i in itertools.product(range(5), repeat=5)]
+    )
     values, counts = np.unique(np.round(diffs, 12), return_counts=True)
     cdf = np.cumsum(counts) / counts.sum()
     exact_low = values[np.searchsorted(cdf, 0.05)]  # 90% percentile interval
@@ -120,8 +124,10 @@ def test_bootstrap_and_newcombe_agree_on_a_large_test_set():
     assert again == boot and (other["low"], other["high"]) != (boot["low"], boot["high"])
 
 
-@pytest.mark.parametrize("table", [(59, 6, 16, 80), (10, 0, 7, 3), (5, 3, 3, 9), (0, 12, 1, 0),
-                                   (100, 0, 0, 5), (1, 30, 29, 2)])
+@pytest.mark.parametrize(
+    "table",
+    [(59, 6, 16, 80), (10, 0, 7, 3), (5, 3, 3, 9), (0, 12, 1, 0), (100, 0, 0, 5), (1, 30, 29, 2)],
+)
 def test_mcnemar_matches_statsmodels(table):
     n11, b01, b10, n00 = table
     a, b = make_pair(*table)
@@ -129,8 +135,17 @@ def test_mcnemar_matches_statsmodels(table):
     assert mcnemar_exact(a, b) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("k,n,conf", [(7, 10, 0.95), (0, 10, 0.95), (10, 10, 0.95),
-                                      (9512, 10_000, 0.95), (3, 50, 0.9), (1, 1, 0.99)])
+@pytest.mark.parametrize(
+    "k,n,conf",
+    [
+        (7, 10, 0.95),
+        (0, 10, 0.95),
+        (10, 10, 0.95),
+        (9512, 10_000, 0.95),
+        (3, 50, 0.9),
+        (1, 1, 0.99),
+    ],
+)
 def test_wilson_matches_statsmodels(k, n, conf):
     expected = proportion_confint(k, n, alpha=1 - conf, method="wilson")
     assert wilson_interval(k, n, conf) == pytest.approx(expected, rel=1e-12, abs=1e-15)
@@ -198,15 +213,29 @@ def test_paired_table():
     t = paired_table(preds, "base")
     assert t["model"].tolist() == ["base", "better", "worse", "noise"]
     assert t["verdict"].tolist() == ["baseline", "better", "worse", "within noise"]
-    assert list(t.columns) == ["model", "n", "accuracy", "acc_low", "acc_high", "difference",
-                               "diff_low", "diff_high", "b01", "b10", "p_mcnemar", "verdict"]
+    assert list(t.columns) == [
+        "model",
+        "n",
+        "accuracy",
+        "acc_low",
+        "acc_high",
+        "difference",
+        "diff_low",
+        "diff_high",
+        "b01",
+        "b10",
+        "p_mcnemar",
+        "verdict",
+    ]
     row = t.set_index("model").loc["better"]
     assert (row["b01"], row["b10"], row["n"]) == (60, 10, 1000) and row["difference"] == 5.0
     k = int(preds["better"].sum())
     assert (row["acc_low"], row["acc_high"]) == pytest.approx(
-        tuple(100 * e for e in proportion_confint(k, 1000, method="wilson")), rel=1e-12)
+        tuple(100 * e for e in proportion_confint(k, 1000, method="wilson")), rel=1e-12
+    )
     assert row["p_mcnemar"] == pytest.approx(
-        mcnemar([[k - 60, 10], [60, 1000 - k - 10]], exact=True).pvalue, rel=1e-12)
+        mcnemar([[k - 60, 10], [60, 1000 - k - 10]], exact=True).pvalue, rel=1e-12
+    )
     d = paired_difference(base, preds["better"])
     assert (row["diff_low"], row["diff_high"]) == (d["low"], d["high"])
     first = t.iloc[0]
@@ -230,8 +259,11 @@ def test_seed_summary_bad_values(bad):
 
 def test_bad_inputs_name_the_argument():
     a = np.ones(5, bool)
-    with pytest.raises(ParameterError, match=r"correct_b=.*shape \(4,\).*same length as "
-                                             r"correct_a \(5\)"):
+    with pytest.raises(
+        ParameterError,
+        match=r"correct_b=.*shape \(4,\).*same length as "
+        r"correct_a \(5\)",
+    ):
         paired_difference(a, np.ones(4, bool))
     with pytest.raises(ParameterError, match=r"correct_a=.*dtype int64.*boolean"):
         paired_difference(np.ones(5, int), a)

@@ -18,10 +18,13 @@ def test_verdicts():
 
 
 def test_table():
-    df = targets_table([target("int8 loss", 0.2, "<=", 0.5, "points"), target("speed-up", 1.5, ">=", 2, "x")])
+    df = targets_table(
+        [target("int8 loss", 0.2, "<=", 0.5, "points"), target("speed-up", 1.5, ">=", 2, "x")]
+    )
     assert df.to_dict(orient="records") == [
         {"target": "int8 loss", "measured": "0.2 points", "goal": "<= 0.5 points", "met": "yes"},
-        {"target": "speed-up", "measured": "1.5 x", "goal": ">= 2 x", "met": "NO"}]
+        {"target": "speed-up", "measured": "1.5 x", "goal": ">= 2 x", "met": "NO"},
+    ]
 
 
 def test_interval_decides_or_not():
@@ -33,8 +36,11 @@ def test_interval_decides_or_not():
     assert not missed["met"] and missed["decided"] is True  # the whole interval is below the goal
     assert target("x", 1.0, ">=", 0.5)["decided"] is None
     df = targets_table([sure, unsure, missed])
-    assert df["measured"].tolist() == ["0.3 [0.1, 0.45] points", "0.3 [0.05, 0.62] points",
-                                       "0.2 [-0.3, 0.7] points"]
+    assert df["measured"].tolist() == [
+        "0.3 [0.1, 0.45] points",
+        "0.3 [0.05, 0.62] points",
+        "0.2 [-0.3, 0.7] points",
+    ]
     assert df["met"].tolist() == ["yes", "yes (within noise)", "NO"]
     with pytest.raises(ValueError, match="ordered"):
         target("x", 1.0, ">=", 0.5, interval=(2.0, 1.0))
@@ -43,8 +49,9 @@ def test_interval_decides_or_not():
 def test_points_lost_flips_the_interval():
     from nbhelpers.targets import points_lost
 
-    loss, (lo, hi) = points_lost({"accuracy_delta_points": -0.3, "delta_low_points": -0.5,
-                                  "delta_high_points": -0.1})
+    loss, (lo, hi) = points_lost(
+        {"accuracy_delta_points": -0.3, "delta_low_points": -0.5, "delta_high_points": -0.1}
+    )
     assert (loss, lo, hi) == (0.3, 0.1, 0.5)
 
 
@@ -57,10 +64,15 @@ def test_text_of_a_target_read_back_from_json():
     back = json.loads(json.dumps(target("size", 4.0, ">=", 3.9, "x")).replace("NaN", "null"))
     assert back["low"] is None and measured_text(back) == "4 x" and verdict_text(back) == "yes"
     old = {"name": "x", "measured": 1.0, "op": ">=", "threshold": 2.0, "unit": "", "met": False}
-    assert measured_text(old) == "1" and verdict_text(old) == "NO"  # recorded before intervals existed
+    assert (
+        measured_text(old) == "1" and verdict_text(old) == "NO"
+    )  # recorded before intervals existed
 
 
 def test_no_negative_zero():
     from nbhelpers.targets import measured_text
 
-    assert measured_text(target("loss", -0.0, "<=", 1, "points", interval=(-0.4, 0.4))) == "0 [-0.4, 0.4] points"
+    assert (
+        measured_text(target("loss", -0.0, "<=", 1, "points", interval=(-0.4, 0.4)))
+        == "0 [-0.4, 0.4] points"
+    )

@@ -31,27 +31,54 @@ def test_fit_is_reproducible_and_learns(split):
     m1, h1 = _fit(split, epochs=5)
     dl = loaders(split, batch_size=64, flat=True)
     m2, h2 = _fit(split, epochs=5)
-    assert list(h1.columns) == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                                "epoch_seconds"]
+    assert list(h1.columns) == [
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "epoch_seconds",
+    ]
     assert h1.drop(columns="epoch_seconds").equals(h2.drop(columns="epoch_seconds"))
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
-    assert h1["val_accuracy"].iloc[-1] > 0.8 and h1["train_loss"].iloc[-1] < h1["train_loss"].iloc[0]
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values())
+    )
+    assert (
+        h1["val_accuracy"].iloc[-1] > 0.8 and h1["train_loss"].iloc[-1] < h1["train_loss"].iloc[0]
+    )
     assert evaluate(m1, dl["val"])["accuracy"] == pytest.approx(h1["val_accuracy"].iloc[-1])
 
 
 def test_epoch_and_batch_schedulers(split):
-    _, h = _fit(split, epochs=3, lr=0.1, optimizer="sgd",
-                scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))
+    _, h = _fit(
+        split,
+        epochs=3,
+        lr=0.1,
+        optimizer="sgd",
+        scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5),
+    )
     assert h["lr"].tolist() == [0.1, 0.05, 0.025]
     steps = len(loaders(split, batch_size=64)["train"])
-    _, h = _fit(split, epochs=2, lr=1.0, optimizer="sgd", scheduler_step="batch",
-                scheduler=lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9))
+    _, h = _fit(
+        split,
+        epochs=2,
+        lr=1.0,
+        optimizer="sgd",
+        scheduler_step="batch",
+        scheduler=lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9),
+    )
     assert h["lr"].tolist() == pytest.approx([1.0, 0.9**steps])
 
 
 def test_plateau_steps_on_validation_loss(split):
-    _, h = _fit(split, epochs=3, lr=1e-6, optimizer="sgd",
-                scheduler=lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.1, patience=0))
+    _, h = _fit(
+        split,
+        epochs=3,
+        lr=1e-6,
+        optimizer="sgd",
+        scheduler=lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.1, patience=0),
+    )
     assert h["lr"].iloc[-1] < 1e-6  # no progress at a tiny lr: the plateau rule cut it
 
 
@@ -107,7 +134,10 @@ class _Recorder(nn.Module):
 
 def test_predict_and_evaluate_run_where_the_model_is():
     model, loader = _Recorder(), [(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))]
-    assert evaluate(model, loader, device="meta") == {"loss": pytest.approx(math.log(2)), "accuracy": 1.0}
+    assert evaluate(model, loader, device="meta") == {
+        "loss": pytest.approx(math.log(2)),
+        "accuracy": 1.0,
+    }
     assert module_device(model) == torch.device("meta")  # an explicit device moves the model
     logits, labels = predict(model, loader)  # no device: where the model is
     assert model.seen == ["meta", "meta"] and logits.shape == (4, 2) and labels.device.type == "cpu"
@@ -152,7 +182,9 @@ def test_anneal_is_none_or_a_cosine_to_zero():
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
         sched.step()
-    assert lrs == pytest.approx([0.4, 0.4 * (1 + math.cos(math.pi / 4)) / 2, 0.2, 0.4 * (1 + math.cos(3 * math.pi / 4)) / 2])
+    assert lrs == pytest.approx(
+        [0.4, 0.4 * (1 + math.cos(math.pi / 4)) / 2, 0.2, 0.4 * (1 + math.cos(3 * math.pi / 4)) / 2]
+    )
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ParameterError, match="schedule"):
         anneal("step", 4)

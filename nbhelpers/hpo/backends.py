@@ -132,13 +132,17 @@ def connect(name: str, address: str, timeout: float = 3.0, default: bool = True)
         raise _unreachable(name, address, host, port, t0, err) from None
 
 
-def _unreachable(name: str, address: str, host: str, port: int, t0: float,
-                 err: BaseException) -> ParameterError:
+def _unreachable(
+    name: str, address: str, host: str, port: int, t0: float, err: BaseException
+) -> ParameterError:
     """The error for a scheduler that did not answer: parameter, address, time taken, cause."""
     return ParameterError(
-        name, address, f"a reachable Dask scheduler: connecting to {host}:{port} failed after "
+        name,
+        address,
+        f"a reachable Dask scheduler: connecting to {host}:{port} failed after "
         f"{time.perf_counter() - t0:.1f} s ({err.__class__.__name__}: {str(err)[:120]}); "
-        "leave it '' for a local cluster")
+        "leave it '' for a local cluster",
+    )
 
 
 def check_scheduler(name: str, address: str, timeout: float = 3.0) -> str:
@@ -164,8 +168,9 @@ def check_scheduler(name: str, address: str, timeout: float = 3.0) -> str:
 
 
 @contextmanager
-def backend(name: str = "loky", n_jobs: int = 1, scheduler: str = "",
-            timeout: float = 3.0) -> Iterator[dict]:
+def backend(
+    name: str = "loky", n_jobs: int = 1, scheduler: str = "", timeout: float = 3.0
+) -> Iterator[dict]:
     """Run the scikit-learn searches inside on loky processes or on a Dask cluster (joblib backend).
 
     With ``dask`` and an empty ``scheduler`` a light in-process ``LocalCluster`` is started
@@ -195,9 +200,13 @@ def backend(name: str = "loky", n_jobs: int = 1, scheduler: str = "",
     if scheduler:
         client = connect(SCHEDULER_PARAM, scheduler, timeout)
     else:
-        cluster = LocalCluster(n_workers=1, threads_per_worker=n_jobs, processes=False,
-                               dashboard_address=None,  # no dashboard; its HTTP server on
-                               scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})  # any port
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=n_jobs,
+            processes=False,
+            dashboard_address=None,  # no dashboard; its HTTP server on
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )  # any port
         client = Client(cluster)
     try:
         with joblib.parallel_backend("dask", n_jobs=n_jobs):

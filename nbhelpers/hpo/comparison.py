@@ -55,8 +55,9 @@ def trials_to_target(scores: Sequence[float], target: float) -> int | None:
     return int(hits[0]) + 1 if len(hits) else None
 
 
-def trials_to_target_table(histories: Histories, target: float,
-                           limits: Mapping[str, float] | None = None) -> pd.DataFrame:
+def trials_to_target_table(
+    histories: Histories, target: float, limits: Mapping[str, float] | None = None
+) -> pd.DataFrame:
     """Trials each method needs to reach ``target``, over seeds.
 
     A seed that never reaches the target counts as its budget + 1 (so the mean is then a lower
@@ -73,13 +74,20 @@ def trials_to_target_table(histories: Histories, target: float,
     rows = []
     for method, runs in histories.items():
         counts = [trials_to_target(r, target) for r in runs]
-        filled = np.array([len(r) + 1 if c is None else c for c, r in zip(counts, runs)],
-                          dtype=float)
-        row = {"method": method, "seeds": len(runs), "reached": sum(c is not None for c in counts),
-               "mean_trials": filled.mean(),
-               "std_trials": filled.std(ddof=1) if len(filled) > 1 else 0.0,
-               "median_trials": float(np.median(filled)), "min_trials": filled.min(),
-               "max_trials": filled.max(), "per_seed": counts}
+        filled = np.array(
+            [len(r) + 1 if c is None else c for c, r in zip(counts, runs)], dtype=float
+        )
+        row = {
+            "method": method,
+            "seeds": len(runs),
+            "reached": sum(c is not None for c in counts),
+            "mean_trials": filled.mean(),
+            "std_trials": filled.std(ddof=1) if len(filled) > 1 else 0.0,
+            "median_trials": float(np.median(filled)),
+            "min_trials": filled.min(),
+            "max_trials": filled.max(),
+            "per_seed": counts,
+        }
         if limits is not None and method in limits:
             row["limit"] = float(limits[method])
             within = row["mean_trials"] <= limits[method]
@@ -98,11 +106,13 @@ def budget_table(histories: Histories) -> pd.DataFrame:
         One row per method, columns "best after budget (mean)", "(min)" and "(max)".
     """
     finals = {m: np.array([max(r) for r in runs], dtype=float) for m, runs in histories.items()}
-    return pd.DataFrame({
-        "best after budget (mean)": {m: float(v.mean()) for m, v in finals.items()},
-        "best after budget (min)": {m: float(v.min()) for m, v in finals.items()},
-        "best after budget (max)": {m: float(v.max()) for m, v in finals.items()},
-    })
+    return pd.DataFrame(
+        {
+            "best after budget (mean)": {m: float(v.mean()) for m, v in finals.items()},
+            "best after budget (min)": {m: float(v.min()) for m, v in finals.items()},
+            "best after budget (max)": {m: float(v.max()) for m, v in finals.items()},
+        }
+    )
 
 
 def curves_frame(histories: Histories) -> pd.DataFrame:
@@ -114,9 +124,12 @@ def curves_frame(histories: Histories) -> pd.DataFrame:
     Returns:
         Columns method, seed, trial (from 1), best.
     """
-    rows = [{"method": m, "seed": s, "trial": t + 1, "best": b}
-            for m, runs in histories.items() for s, r in enumerate(runs)
-            for t, b in enumerate(best_so_far(r))]
+    rows = [
+        {"method": m, "seed": s, "trial": t + 1, "best": b}
+        for m, runs in histories.items()
+        for s, r in enumerate(runs)
+        for t, b in enumerate(best_so_far(r))
+    ]
     return pd.DataFrame(rows)
 
 
@@ -140,13 +153,19 @@ class LookupObjective:
             raise ValueError(f"scores of shape {self.scores.shape} do not match the axes")
 
     @classmethod
-    def from_results(cls, space: Mapping[str, dict], axes: Mapping[str, Sequence],
-                     results: pd.DataFrame, value: str = "mean_cv") -> LookupObjective:
+    def from_results(
+        cls,
+        space: Mapping[str, dict],
+        axes: Mapping[str, Sequence],
+        results: pd.DataFrame,
+        value: str = "mean_cv",
+    ) -> LookupObjective:
         """Build from a ``results_table`` of an exhaustive grid over ``axes``."""
         scores = np.full(tuple(len(v) for v in axes.values()), np.nan)
         for _, row in results.iterrows():
-            idx = tuple(int(np.argmin(np.abs(np.asarray(v, dtype=float) - row[k])))
-                        for k, v in axes.items())
+            idx = tuple(
+                int(np.argmin(np.abs(np.asarray(v, dtype=float) - row[k]))) for k, v in axes.items()
+            )
             scores[idx] = row[value]
         if np.isnan(scores).any():
             raise ValueError("the results do not cover every cell of the axes")
@@ -188,13 +207,19 @@ def random_history(obj: LookupObjective, trials: int, seed: int) -> tuple[list[f
     """
     dists = to_distributions(obj.space, rename=False)
     rng = np.random.RandomState(seed)
-    points = [{k: (d.rvs(random_state=rng) if hasattr(d, "rvs") else d[rng.randint(len(d))])
-               for k, d in dists.items()} for _ in range(trials)]
+    points = [
+        {
+            k: (d.rvs(random_state=rng) if hasattr(d, "rvs") else d[rng.randint(len(d))])
+            for k, d in dists.items()
+        }
+        for _ in range(trials)
+    ]
     return [obj(p) for p in points], points
 
 
-def grid_history(obj: LookupObjective, points: int | Mapping[str, int],
-                 seed: int) -> tuple[list[float], list[dict]]:
+def grid_history(
+    obj: LookupObjective, points: int | Mapping[str, int], seed: int
+) -> tuple[list[float], list[dict]]:
     """Grid search on a lookup objective: a coarse ``to_grid`` of its space, in a seeded order.
 
     Args:
@@ -213,8 +238,9 @@ def grid_history(obj: LookupObjective, points: int | Mapping[str, int],
     return [obj(p) for p in chosen], chosen
 
 
-def gp_history(obj: LookupObjective, trials: int, seed: int,
-               initial: int = 5) -> tuple[list[float], Any]:
+def gp_history(
+    obj: LookupObjective, trials: int, seed: int, initial: int = 5
+) -> tuple[list[float], Any]:
     """Gaussian-process Bayesian optimisation (``skopt.gp_minimize``, EI) on a lookup objective.
 
     Args:
@@ -230,8 +256,14 @@ def gp_history(obj: LookupObjective, trials: int, seed: int,
 
     dims = list(to_skopt(obj.space, rename=False).values())
     names = list(obj.space)
-    res = gp_minimize(lambda x: -obj(dict(zip(names, x))), dims, n_calls=trials,
-                      n_initial_points=min(initial, trials), acq_func="EI", random_state=seed)
+    res = gp_minimize(
+        lambda x: -obj(dict(zip(names, x))),
+        dims,
+        n_calls=trials,
+        n_initial_points=min(initial, trials),
+        acq_func="EI",
+        random_state=seed,
+    )
     return [-v for v in res.func_vals], res
 
 
@@ -272,8 +304,9 @@ def tpe_history(obj: LookupObjective, trials: int, seed: int, initial: int = 5) 
     return [t.value for t in study.trials]
 
 
-def shifted_grids(obj: LookupObjective, points: int, columns: Sequence[int],
-                  target: float) -> pd.DataFrame:
+def shifted_grids(
+    obj: LookupObjective, points: int, columns: Sequence[int], target: float
+) -> pd.DataFrame:
     """A ``points``-value grid along the first axis placed at every offset (same spacing).
 
     The spacing is ``len(axis) // points`` cells; every placement that fits on the axis is scored
@@ -295,8 +328,14 @@ def shifted_grids(obj: LookupObjective, points: int, columns: Sequence[int],
     for offset in range(len(axis) - (points - 1) * step):
         cells = [offset + k * step for k in range(points)]
         best = float(obj.scores[np.ix_(cells, list(columns))].max())
-        rows.append({"offset": offset, f"{name} values": [float(f"{axis[c]:.3g}") for c in cells],
-                     "best after budget": best, "reaches target": bool(best >= target)})
+        rows.append(
+            {
+                "offset": offset,
+                f"{name} values": [float(f"{axis[c]:.3g}") for c in cells],
+                "best after budget": best,
+                "reaches target": bool(best >= target),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -305,8 +344,9 @@ def shifted_grids(obj: LookupObjective, points: int, columns: Sequence[int],
 # ---------------------------------------------------------------------------------------------
 
 
-def table_config(dataset: str, seed: int, subset: int, epochs: int, folds: int,
-                 device: str) -> dict[str, Any]:
+def table_config(
+    dataset: str, seed: int, subset: int, epochs: int, folds: int, device: str
+) -> dict[str, Any]:
     """What the exhaustive grid's scores depend on (the cache key notebooks 02 and 03 share).
 
     Args:
@@ -320,12 +360,21 @@ def table_config(dataset: str, seed: int, subset: int, epochs: int, folds: int,
     Returns:
         The configuration (the grid and the runtime are added by ``grid_table``).
     """
-    return {"dataset": dataset, "seed": seed, "subset": subset, "epochs": epochs,
-            "folds": folds, "device": device, "defaults": DEFAULTS, "version": 1}
+    return {
+        "dataset": dataset,
+        "seed": seed,
+        "subset": subset,
+        "epochs": epochs,
+        "folds": folds,
+        "device": device,
+        "defaults": DEFAULTS,
+        "version": 1,
+    }
 
 
-def cached_results(config: Mapping[str, Any],
-                   compute: Callable[[], pd.DataFrame]) -> tuple[pd.DataFrame, bool]:
+def cached_results(
+    config: Mapping[str, Any], compute: Callable[[], pd.DataFrame]
+) -> tuple[pd.DataFrame, bool]:
     """A results table from the cache for this configuration, or ``compute()`` and store it.
 
     Args:
@@ -339,9 +388,15 @@ def cached_results(config: Mapping[str, Any],
     return pd.DataFrame(columns), hit
 
 
-def grid_table(estimator: Any, X: np.ndarray, y: np.ndarray, space: Mapping[str, dict],
-               points: Mapping[str, int], cv: Any, cache_config: Mapping[str, Any] | None = None,
-               ) -> tuple[pd.DataFrame, LookupObjective, bool]:
+def grid_table(
+    estimator: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    space: Mapping[str, dict],
+    points: Mapping[str, int],
+    cv: Any,
+    cache_config: Mapping[str, Any] | None = None,
+) -> tuple[pd.DataFrame, LookupObjective, bool]:
     """An exhaustive grid search over some dimensions of a space, kept as a ``LookupObjective``.
 
     Args:
@@ -379,9 +434,12 @@ def grid_table(estimator: Any, X: np.ndarray, y: np.ndarray, space: Mapping[str,
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_best_so_far(histories: Histories, target: float | None = None,
-                     title: str = "Best score so far",
-                     ylim: tuple[float, float] | None = None) -> Figure:
+def plot_best_so_far(
+    histories: Histories,
+    target: float | None = None,
+    title: str = "Best score so far",
+    ylim: tuple[float, float] | None = None,
+) -> Figure:
     """Mean best-so-far score against trials per method, shaded from the worst to the best seed.
 
     Args:
@@ -398,8 +456,9 @@ def plot_best_so_far(histories: Histories, target: float | None = None,
 
     df = curves_frame(histories)
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(df, x="trial", y="best", hue="method", errorbar=("pi", 100), estimator="mean",
-                 ax=ax)
+    sns.lineplot(
+        df, x="trial", y="best", hue="method", errorbar=("pi", 100), estimator="mean", ax=ax
+    )
     if target is not None:
         ax.axhline(target, color="k", ls="--", lw=1, label="target")
         ax.legend()
@@ -410,8 +469,14 @@ def plot_best_so_far(histories: Histories, target: float | None = None,
     return fig
 
 
-def heatmap(results: pd.DataFrame, x: str, y: str, value: str = "mean_cv", agg: str = "max",
-            title: str | None = None) -> Figure:
+def heatmap(
+    results: pd.DataFrame,
+    x: str,
+    y: str,
+    value: str = "mean_cv",
+    agg: str = "max",
+    title: str | None = None,
+) -> Figure:
     """Seaborn heatmap of a score over two hyperparameters (the others aggregated by ``agg``).
 
     Args:
@@ -435,10 +500,16 @@ def heatmap(results: pd.DataFrame, x: str, y: str, value: str = "mean_cv", agg: 
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * table.shape[1], 1.0 + 0.5 * table.shape[0]))
-    sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax,
-                xticklabels=[fmt(v) for v in table.columns],
-                yticklabels=[fmt(v) for v in table.index],
-                cbar_kws={"label": f"{value} ({agg} over the others)"})
+    sns.heatmap(
+        table,
+        annot=True,
+        fmt=".3f",
+        cmap="viridis",
+        ax=ax,
+        xticklabels=[fmt(v) for v in table.columns],
+        yticklabels=[fmt(v) for v in table.index],
+        cbar_kws={"label": f"{value} ({agg} over the others)"},
+    )
     ax.set_title(title or f"{value} over {x} and {y}")
     fig.tight_layout()
     return fig
@@ -461,15 +532,27 @@ def plot_grid_cost(trials: pd.DataFrame, seconds_per_trial: float) -> Figure:
         ax.plot(trials.index, trials[column] * seconds_per_trial, marker="o", label=column)
     ax.axhline(3600, color="k", ls=":", lw=1)
     ax.text(trials.index[0], 3600 * 1.3, "1 hour", fontsize=8)
-    ax.set(yscale="log", xlabel="hyperparameters d", ylabel="seconds (measured cost per trial)",
-           title="Grid cost grows exponentially with the dimensions")
+    ax.set(
+        yscale="log",
+        xlabel="hyperparameters d",
+        ylabel="seconds (measured cost per trial)",
+        title="Grid cost grows exponentially with the dimensions",
+    )
     ax.legend(loc="lower right", title="values per axis")
     fig.tight_layout()
     return fig
 
 
-def plot_surrogate(x: np.ndarray, loss: np.ndarray, seen: Sequence[int], fine: np.ndarray,
-                   mu: np.ndarray, sigma: np.ndarray, ei: np.ndarray, xlabel: str) -> Figure:
+def plot_surrogate(
+    x: np.ndarray,
+    loss: np.ndarray,
+    seen: Sequence[int],
+    fine: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    ei: np.ndarray,
+    xlabel: str,
+) -> Figure:
     """A GP surrogate on a 1-D slice (mean, band, trials) above its expected improvement.
 
     Args:
@@ -490,11 +573,14 @@ def plot_surrogate(x: np.ndarray, loss: np.ndarray, seen: Sequence[int], fine: n
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=[2, 1])
     ax1.plot(x, loss, "k.:", lw=1, label="grid (not seen by the GP)")
     ax1.plot(fine, mu, label="GP mean $\\mu_n$")
-    ax1.fill_between(fine, mu - 2 * sigma, mu + 2 * sigma, alpha=0.25,
-                     label="$\\mu_n \\pm 2\\sigma_n$")
+    ax1.fill_between(
+        fine, mu - 2 * sigma, mu + 2 * sigma, alpha=0.25, label="$\\mu_n \\pm 2\\sigma_n$"
+    )
     ax1.plot(x[list(seen)], loss[list(seen)], "ro", label="trials so far")
-    ax1.set(ylabel="loss = - mean CV accuracy",
-            title=f"Gaussian-process surrogate after {len(seen)} trials")
+    ax1.set(
+        ylabel="loss = - mean CV accuracy",
+        title=f"Gaussian-process surrogate after {len(seen)} trials",
+    )
     ax1.legend(fontsize=8)
     ax2.plot(fine, ei, color="C2")
     ax2.axvline(fine[int(np.argmax(ei))], color="C2", ls="--", lw=1)

@@ -22,8 +22,9 @@ from .space import DEFAULTS, PARAM_NAMES, friendly
 class WidthMLP(MLP):
     """The shared MLP with one width knob: hidden layers (width, width // 3), like 300-100."""
 
-    def __init__(self, in_features: int = 784, width: int = 300, n_classes: int = 10,
-                 dropout: float = 0.0):
+    def __init__(
+        self, in_features: int = 784, width: int = 300, n_classes: int = 10, dropout: float = 0.0
+    ):
         hidden = (int(width), max(1, int(width) // 3))
         super().__init__(in_features, hidden, n_classes, dropout=float(dropout))
 
@@ -41,8 +42,14 @@ class SeededNet(NeuralNetClassifier):
         return super().fit(X, y, **fit_params)
 
 
-def make_estimator(in_features: int, n_classes: int = 10, epochs: int = 5, seed: int = 0,
-                   device: str = "cpu", **params: Any) -> SeededNet:
+def make_estimator(
+    in_features: int,
+    n_classes: int = 10,
+    epochs: int = 5,
+    seed: int = 0,
+    device: str = "cpu",
+    **params: Any,
+) -> SeededNet:
     """A skorch estimator of the shared MLP (Adam, cross-entropy) for scikit-learn's search API.
 
     Args:
@@ -63,17 +70,27 @@ def make_estimator(in_features: int, n_classes: int = 10, epochs: int = 5, seed:
         raise ParameterError("params", sorted(unknown), allowed)
     hp = {**DEFAULTS, **params}
     return SeededNet(
-        WidthMLP, module__in_features=in_features, module__n_classes=n_classes,
-        module__width=int(hp["hidden"]), module__dropout=float(hp["dropout"]),
-        optimizer=torch.optim.Adam, lr=float(hp["lr"]),
-        optimizer__weight_decay=float(hp["weight_decay"]), batch_size=int(hp["batch_size"]),
-        max_epochs=int(params.get("epochs", epochs)), iterator_train__shuffle=True,
-        train_split=None, verbose=0, device=device, random_state=seed,
+        WidthMLP,
+        module__in_features=in_features,
+        module__n_classes=n_classes,
+        module__width=int(hp["hidden"]),
+        module__dropout=float(hp["dropout"]),
+        optimizer=torch.optim.Adam,
+        lr=float(hp["lr"]),
+        optimizer__weight_decay=float(hp["weight_decay"]),
+        batch_size=int(hp["batch_size"]),
+        max_epochs=int(params.get("epochs", epochs)),
+        iterator_train__shuffle=True,
+        train_split=None,
+        verbose=0,
+        device=device,
+        random_state=seed,
     )
 
 
-def flat_subset(X: np.ndarray, y: np.ndarray, n: int,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def flat_subset(
+    X: np.ndarray, y: np.ndarray, n: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """A stratified subset of ``n`` samples (all when ``n`` is 0 or too large), images flattened.
 
     Args:
@@ -111,4 +128,3 @@ def results_table(search: Any) -> pd.DataFrame:
     df["fit_seconds"] = np.asarray(cv["mean_fit_time"], dtype=float)
     df.insert(0, "trial", np.arange(1, len(df) + 1))
     return df
-

@@ -39,8 +39,10 @@ MLP_SPACE: dict[str, dict] = {
 #: Values of the hyperparameters a search leaves out (the shared baseline's recipe).
 DEFAULTS = {"lr": 1e-3, "hidden": 300, "dropout": 0.0, "weight_decay": 0.0, "batch_size": 64}
 
-_ALLOWED = ("a non-empty dict {hyperparameter: {'low': a, 'high': b, 'log': bool, 'int': bool} or "
-            "{'values': [...]}} with hyperparameters among " + ", ".join(PARAM_NAMES))
+_ALLOWED = (
+    "a non-empty dict {hyperparameter: {'low': a, 'high': b, 'log': bool, 'int': bool} or "
+    "{'values': [...]}} with hyperparameters among " + ", ".join(PARAM_NAMES)
+)
 
 
 def _check_values(name: str, space: Any, dim: Mapping, where: str) -> dict:
@@ -55,15 +57,19 @@ def _check_values(name: str, space: Any, dim: Mapping, where: str) -> dict:
 def _check_range(name: str, space: Any, dim: Mapping, where: str) -> dict:
     """Check a numeric dimension ``{"low", "high"[, "log"][, "int"]}``; return it with all four."""
     if not {"low", "high"} <= set(dim) or not set(dim) <= {"low", "high", "log", "int"}:
-        raise ParameterError(name, space,
-                             where + ": give 'low' and 'high' (and optionally 'log', 'int')")
+        raise ParameterError(
+            name, space, where + ": give 'low' and 'high' (and optionally 'log', 'int')"
+        )
     low, high = dim["low"], dim["high"]
     log, is_int = bool(dim.get("log", False)), bool(dim.get("int", False))
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  for v in (low, high))
+    numbers = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in (low, high)
+    )
     if not numbers or not low < high or (log and low <= 0):
-        raise ParameterError(name, space,
-                             where + ": need numbers low < high (low > 0 on a log scale)")
+        raise ParameterError(
+            name, space, where + ": need numbers low < high (low > 0 on a log scale)"
+        )
     if is_int and not (float(low).is_integer() and float(high).is_integer()):
         raise ParameterError(name, space, where + ": integer bounds for 'int'")
     cast = int if is_int else float
@@ -92,8 +98,9 @@ def check_space(name: str, space: Any) -> dict[str, dict]:
     return out
 
 
-def merge_space(base: Mapping[str, dict], overrides: Mapping[str, Any],
-                name: str = "SPACE") -> dict[str, dict]:
+def merge_space(
+    base: Mapping[str, dict], overrides: Mapping[str, Any], name: str = "SPACE"
+) -> dict[str, dict]:
     """A space with some dimensions replaced, added, or removed (an override of ``None`` removes).
 
     Args:
@@ -105,8 +112,9 @@ def merge_space(base: Mapping[str, dict], overrides: Mapping[str, Any],
         The checked, merged space.
     """
     if not isinstance(overrides, Mapping):
-        raise ParameterError(name, overrides,
-                             "a dict of dimensions to replace, add, or remove (None)")
+        raise ParameterError(
+            name, overrides, "a dict of dimensions to replace, add, or remove (None)"
+        )
     merged = {**base, **overrides}
     return check_space(name, {k: v for k, v in merged.items() if v is not None})
 
@@ -136,8 +144,9 @@ def _key(name: str, rename: bool) -> str:
     return PARAM_NAMES.get(name, name) if rename else name
 
 
-def to_grid(space: Mapping[str, dict], points: int | Mapping[str, int] = 3,
-            rename: bool = True) -> dict[str, list]:
+def to_grid(
+    space: Mapping[str, dict], points: int | Mapping[str, int] = 3, rename: bool = True
+) -> dict[str, list]:
     """The space as a ``GridSearchCV`` parameter grid.
 
     Args:
@@ -269,8 +278,9 @@ def check_table(dims: Any, points: Any, space: Mapping[str, dict]) -> tuple[list
     numeric = [k for k, d in space.items() if "values" not in d]
     check_list("TABLE_DIMS", dims, lambda n, v: check_choice(n, v, numeric), min_len=2)
     if len(dims) != 2 or dims[0] == dims[1]:
-        raise ParameterError("TABLE_DIMS", dims,
-                             "two different numeric hyperparameters of the space")
+        raise ParameterError(
+            "TABLE_DIMS", dims, "two different numeric hyperparameters of the space"
+        )
     check_list("TABLE_POINTS", points, lambda n, v: check_int(n, v, minimum=2), min_len=2)
     if len(points) != 2:
         raise ParameterError("TABLE_POINTS", points, "two integers >= 2, one per TABLE_DIMS axis")

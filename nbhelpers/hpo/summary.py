@@ -38,15 +38,26 @@ def target_cells(obj: LookupObjective, target: float) -> list[tuple[str, Any, st
     share = within / obj.size
     return [
         ("cells within the target", within, f"of {obj.size} cells of the exhaustive grid"),
-        ("share of cells within the target", share,
-         "what one draw spread evenly over the cells hits"),
-        ("expected trials at that share", 1 / share if share else math.inf,
-         "1 / share: mean draws until the first hit"),
+        (
+            "share of cells within the target",
+            share,
+            "what one draw spread evenly over the cells hits",
+        ),
+        (
+            "expected trials at that share",
+            1 / share if share else math.inf,
+            "1 / share: mean draws until the first hit",
+        ),
     ]
 
 
-def grid_summary(results: pd.DataFrame, test_accuracy: float, importance: pd.Series,
-                 seconds_per_trial: float, folds: int) -> pd.DataFrame:
+def grid_summary(
+    results: pd.DataFrame,
+    test_accuracy: float,
+    importance: pd.Series,
+    seconds_per_trial: float,
+    folds: int,
+) -> pd.DataFrame:
     """The facts of a grid search (notebook 01).
 
     Args:
@@ -64,31 +75,56 @@ def grid_summary(results: pd.DataFrame, test_accuracy: float, importance: pd.Ser
     gap = best - float(order["mean_cv"].iloc[1]) if len(order) > 1 else math.nan
     top, low = importance.idxmax(), importance.idxmin()
     n = len(results)
-    return facts_of([
-        ("configurations", n, f"trials, each cross-validated in {folds} folds"),
-        ("fits", n * folds + 1, f"{folds} per trial, plus the refit of the winner"),
-        ("winner's CV accuracy", best, "mean over the folds"),
-        ("winner's fold std", 100 * std, "points"),
-        ("gap to the runner-up", 100 * gap, "points of mean CV accuracy"),
-        ("tied with the winner", int((results["mean_cv"] >= best - std).sum()),
-         "within one fold std of the winner, itself too"),
-        ("test minus CV accuracy", 100 * (test_accuracy - best),
-         "points: the refit's test accuracy minus CV mean"),
-        ("most important", top, "hyperparameter with the largest range"),
-        ("range of the most important", 100 * float(importance[top]), "points"),
-        ("least important", low, "hyperparameter with the smallest range"),
-        ("range of the least important", 100 * float(importance[low]), "points"),
-        ("values of the most important", int(results[top].nunique()),
-         f"distinct values in {n} trials"),
-        ("seconds per trial", seconds_per_trial, f"measured: {folds} fits on the tuning subset"),
-        ("a grid of 10^6 trials", 1e6 * seconds_per_trial / 86400,
-         "days at this cost: 6 hyperparameters x 10 values"),
-    ])
+    return facts_of(
+        [
+            ("configurations", n, f"trials, each cross-validated in {folds} folds"),
+            ("fits", n * folds + 1, f"{folds} per trial, plus the refit of the winner"),
+            ("winner's CV accuracy", best, "mean over the folds"),
+            ("winner's fold std", 100 * std, "points"),
+            ("gap to the runner-up", 100 * gap, "points of mean CV accuracy"),
+            (
+                "tied with the winner",
+                int((results["mean_cv"] >= best - std).sum()),
+                "within one fold std of the winner, itself too",
+            ),
+            (
+                "test minus CV accuracy",
+                100 * (test_accuracy - best),
+                "points: the refit's test accuracy minus CV mean",
+            ),
+            ("most important", top, "hyperparameter with the largest range"),
+            ("range of the most important", 100 * float(importance[top]), "points"),
+            ("least important", low, "hyperparameter with the smallest range"),
+            ("range of the least important", 100 * float(importance[low]), "points"),
+            (
+                "values of the most important",
+                int(results[top].nunique()),
+                f"distinct values in {n} trials",
+            ),
+            (
+                "seconds per trial",
+                seconds_per_trial,
+                f"measured: {folds} fits on the tuning subset",
+            ),
+            (
+                "a grid of 10^6 trials",
+                1e6 * seconds_per_trial / 86400,
+                "days at this cost: 6 hyperparameters x 10 values",
+            ),
+        ]
+    )
 
 
-def random_summary(obj: LookupObjective, target: float, grid_runs: Sequence[Sequence[float]],
-                   random_runs: Sequence[Sequence[float]], placements: pd.DataFrame,
-                   ttt: pd.DataFrame, spread: pd.Series, met: bool) -> pd.DataFrame:
+def random_summary(
+    obj: LookupObjective,
+    target: float,
+    grid_runs: Sequence[Sequence[float]],
+    random_runs: Sequence[Sequence[float]],
+    placements: pd.DataFrame,
+    ttt: pd.DataFrame,
+    spread: pd.Series,
+    met: bool,
+) -> pd.DataFrame:
     """The facts of the random-against-grid comparison (notebook 02).
 
     Args:
@@ -108,35 +144,59 @@ def random_summary(obj: LookupObjective, target: float, grid_runs: Sequence[Sequ
     grid_best = float(np.mean([max(r) for r in grid_runs]))
     random_best = float(np.mean([max(r) for r in random_runs]))
     row, seeds = ttt.loc["random"], len(random_runs)
-    return facts_of([
-        *target_cells(obj, target),
-        (f"range along {imp}", 100 * r_imp, "points: best score per value, max minus min"),
-        (f"range along {unimp}", 100 * r_unimp, f"points, at the best {imp}"),
-        ("equal budget", len(random_runs[0]), "trials per method and seed"),
-        ("grid: best after the budget", grid_best, "mean CV accuracy, mean over seeds"),
-        ("random: best after the budget", random_best, "mean CV accuracy, mean over seeds"),
-        ("grid minus random after the budget", 100 * (grid_best - random_best), "points"),
-        ("grid contains the table's best cell", bool(np.isclose(grid_best, obj.best)),
-         "its values happen to include a best-scoring cell"),
-        ("grid placements reaching the target", int(placements["reaches target"].sum()),
-         f"of {len(placements)} equally spaced placements of the same grid"),
-        ("random seeds reaching the target in the budget",
-         sum(max(r) >= target for r in random_runs),
-         f"of {seeds} seeds"),
-        ("random: mean trials to the target", row["mean_trials"],
-         "never reached: counted as budget + 1"),
-        ("random: median trials to the target", row["median_trials"], "trials"),
-        ("random: worst seed", row["max_trials"], "trials"),
-        ("random: seeds reaching the target", int(row["reached"]),
-         f"of {seeds}, within {obj.size} trials"),
-        ("target: at most", row["limit"], "mean trials, a quarter of the exhaustive grid"),
-        ("target met", bool(met), "all of >= 5 seeds reach it, mean within limit"),
-    ])
+    return facts_of(
+        [
+            *target_cells(obj, target),
+            (f"range along {imp}", 100 * r_imp, "points: best score per value, max minus min"),
+            (f"range along {unimp}", 100 * r_unimp, f"points, at the best {imp}"),
+            ("equal budget", len(random_runs[0]), "trials per method and seed"),
+            ("grid: best after the budget", grid_best, "mean CV accuracy, mean over seeds"),
+            ("random: best after the budget", random_best, "mean CV accuracy, mean over seeds"),
+            ("grid minus random after the budget", 100 * (grid_best - random_best), "points"),
+            (
+                "grid contains the table's best cell",
+                bool(np.isclose(grid_best, obj.best)),
+                "its values happen to include a best-scoring cell",
+            ),
+            (
+                "grid placements reaching the target",
+                int(placements["reaches target"].sum()),
+                f"of {len(placements)} equally spaced placements of the same grid",
+            ),
+            (
+                "random seeds reaching the target in the budget",
+                sum(max(r) >= target for r in random_runs),
+                f"of {seeds} seeds",
+            ),
+            (
+                "random: mean trials to the target",
+                row["mean_trials"],
+                "never reached: counted as budget + 1",
+            ),
+            ("random: median trials to the target", row["median_trials"], "trials"),
+            ("random: worst seed", row["max_trials"], "trials"),
+            (
+                "random: seeds reaching the target",
+                int(row["reached"]),
+                f"of {seeds}, within {obj.size} trials",
+            ),
+            ("target: at most", row["limit"], "mean trials, a quarter of the exhaustive grid"),
+            ("target met", bool(met), "all of >= 5 seeds reach it, mean within limit"),
+        ]
+    )
 
 
-def bayes_summary(obj: LookupObjective, target: float, runs: Histories, ttt: pd.DataFrame,
-                  seconds: Mapping[str, float], results: pd.DataFrame, met: Mapping[str, bool],
-                  model: str, baseline: str = "random") -> pd.DataFrame:
+def bayes_summary(
+    obj: LookupObjective,
+    target: float,
+    runs: Histories,
+    ttt: pd.DataFrame,
+    seconds: Mapping[str, float],
+    results: pd.DataFrame,
+    met: Mapping[str, bool],
+    model: str,
+    baseline: str = "random",
+) -> pd.DataFrame:
     """The facts of the Bayesian-optimization comparison (notebook 03).
 
     Args:
@@ -158,22 +218,45 @@ def bayes_summary(obj: LookupObjective, target: float, runs: Histories, ttt: pd.
     margin = obj.best - target
     rows = [
         *target_cells(obj, target),
-        (f"{model} needs fewer trials than {baseline}", bool(m["mean_trials"] < b["mean_trials"]),
-         "mean trials to the target over seeds"),
+        (
+            f"{model} needs fewer trials than {baseline}",
+            bool(m["mean_trials"] < b["mean_trials"]),
+            "mean trials to the target over seeds",
+        ),
         (f"{model} minus {baseline}: mean trials", m["mean_trials"] - b["mean_trials"], "trials"),
-        (f"{model} minus {baseline}: median trials", m["median_trials"] - b["median_trials"],
-         "trials"),
+        (
+            f"{model} minus {baseline}: median trials",
+            m["median_trials"] - b["median_trials"],
+            "trials",
+        ),
         (f"{model} minus {baseline}: worst seed", m["max_trials"] - b["max_trials"], "trials"),
     ]
-    rows += [(f"{k}: best after the budget", float(np.mean([max(r) for r in v])),
-              "mean CV accuracy, mean over seeds") for k, v in runs.items()]
-    rows += [(f"{k}: seconds per trial", v, "proposing a point and looking it up")
-             for k, v in seconds.items()]
-    rows += [(f"{k}: target met", bool(v), f"mean trials at most {ttt.loc[k, 'limit']:.4g}, "
-              "every seed reached") for k, v in met.items()]
+    rows += [
+        (
+            f"{k}: best after the budget",
+            float(np.mean([max(r) for r in v])),
+            "mean CV accuracy, mean over seeds",
+        )
+        for k, v in runs.items()
+    ]
+    rows += [
+        (f"{k}: seconds per trial", v, "proposing a point and looking it up")
+        for k, v in seconds.items()
+    ]
+    rows += [
+        (
+            f"{k}: target met",
+            bool(v),
+            f"mean trials at most {ttt.loc[k, 'limit']:.4g}, every seed reached",
+        )
+        for k, v in met.items()
+    ]
     rows += [
         ("BayesSearchCV winner's fold std", 100 * float(winner["std_cv"]), "points"),
-        ("fold std above the target margin", bool(winner["std_cv"] > margin),
-         f"the margin is {100 * margin:.4g} points"),
+        (
+            "fold std above the target margin",
+            bool(winner["std_cv"] > margin),
+            f"the margin is {100 * margin:.4g} points",
+        ),
     ]
     return facts_of(rows)
