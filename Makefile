@@ -19,8 +19,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 report: install
 	$(BIN)/python -m nbhelpers.report $(NB) --jobs $(JOBS)
 
-## Unit tests and every notebook through papermill with tests/params/<stem>.yaml
+## ruff check (modules, tests and notebooks), then unit tests and every notebook through papermill with tests/params/<stem>.yaml
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 ## Execute every notebook at its defaults, one at a time, from an empty model cache, and write docs/benchmarks.md
