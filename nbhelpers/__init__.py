@@ -34,7 +34,6 @@ Reporting (never imports torch at module level):
     paper          the papers' MNIST tables beside ours -> docs/papers.md (CLI)
 
 Importing the package imports none of them, so ``import nbhelpers`` is cheap and free of side
-effects.
-"""
+effects. """
 
 __version__ = "0.1.0"

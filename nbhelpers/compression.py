@@ -6,8 +6,7 @@ are a bitmap (one bit per weight, cheaper than indices above about 6% density), 
 the int8 weights of a ``torch.ao`` dynamic-int8 model, and the entropy coder is LZMA.
 
 Eager int8 runs on the CPU only: the arrays are read on the CPU and the unpacked models are CPU
-models.
-"""
+models. """
 
 from __future__ import annotations
 

@@ -552,8 +552,7 @@ def hint_stage(
 
     A linear regressor maps the student's last hidden layer to the teacher's; the student's layers
     below it and the regressor minimise ``MSE(regressor(h_s(x)), h_t(x))`` over ``epochs``. Stage 2
-    is
-    ordinary distillation of the whole student, starting from these layers.
+    is ordinary distillation of the whole student, starting from these layers.
 
     Args:
         student: the student (``nn.Sequential``), trained in place.
@@ -619,8 +618,7 @@ class StudentLab:
         Args:
             image_shape: (C, H, W) of one image.
             sets: name -> (images (n, C, H, W), labels (n,)); "images" is required (the budget's
-                unit),
-                and every set's size must be a whole multiple of its size.
+                unit), and every set's size must be a whole multiple of its size.
             teacher: the trained teacher (its logits are computed once per set).
             epochs: the budget, in passes over the "images" set.
             val_loader, test_loader: flat-or-image loaders for scoring (MLP students flatten).

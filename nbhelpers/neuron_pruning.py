@@ -221,10 +221,8 @@ def select_keep(
     """Which units to keep: drop the lowest-scored ones.
 
     ``"layer"`` removes ``n_removed(n, fraction)`` units of every layer. ``"global"`` ranks all
-    units
-    together, each score divided by its layer's mean score (layers differ in scale), removes the
-    same
-    total number, and always keeps each layer's best unit. Ties go to the lower index.
+    units together, each score divided by its layer's mean score (layers differ in scale), removes
+    the same total number, and always keeps each layer's best unit. Ties go to the lower index.
 
     Args:
         scores: layer position -> scores.

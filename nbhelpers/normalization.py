@@ -4,9 +4,8 @@ diagnostics.
 In training, a batch of pre-activations :math:`x` is normalized per feature (per channel for images)
 with its own mean and variance, then scaled and shifted by learned :math:`\\gamma, \\beta`:
 :math:`y = \\gamma (x - \\mu_B) / \\sqrt{\\sigma_B^2 + \\epsilon} + \\beta`. Running averages of
-:math:`\\mu_B` and the unbiased :math:`\\sigma_B^2` replace them in evaluation, which makes the
-    layer
-an affine map that can be folded into the linear or convolutional layer before it.
+:math:`\\mu_B` and the unbiased :math:`\\sigma_B^2` replace them in evaluation, which makes
+the layer an affine map that can be folded into the linear or convolutional layer before it.
 """
 
 from __future__ import annotations
@@ -39,8 +38,7 @@ class BatchNorm(nn.Module):
     ``nn.BatchNorm1d/2d``).
 
     The buffers have torch's names (``running_mean``, ``running_var``, ``num_batches_tracked``), so
-    a
-    ``state_dict`` moves between this layer and torch's in both directions.
+    a ``state_dict`` moves between this layer and torch's in both directions.
     """
 
     def __init__(
@@ -169,8 +167,7 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
 
     Args:
         model: an ``nn.Sequential`` (e.g. the shared MLP or LeNet-5) in which each batch norm
-            directly
-            follows an ``nn.Linear`` or ``nn.Conv2d``.
+            directly follows an ``nn.Linear`` or ``nn.Conv2d``.
 
     Returns:
         The folded copy (same class, in evaluation mode), with no batch norm layers left.
@@ -199,8 +196,7 @@ class ActivationStats:
     for a sigmoid network), named by type and position: "relu 1", "relu 2", ... or "sigmoid 3".
     Only forward passes in training mode are recorded (the evaluation passes of ``fit`` are
     skipped), every ``every``-th step, on the device of the activations. Use ``frame()`` for the
-    rows
-    and ``remove()`` to detach the hooks.
+    rows and ``remove()`` to detach the hooks.
     """
 
     def __init__(
@@ -260,8 +256,8 @@ def bn_activation_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tenso
 
     Returns:
         One row per batch norm: the mean over features of the per-feature mean and standard
-        deviation
-        of its input and output, and the RMS of the gradient with respect to its input and output.
+        deviation of its input and output, and the RMS of the gradient with respect to its input and
+        output.
     """
     model = copy.deepcopy(model).train()
     seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
@@ -309,9 +305,8 @@ def scale_invariance(
     """Scale the weights of layer ``index`` (followed by a batch norm) and see what changes.
 
     In training mode the batch norm cancels the scale (up to its small epsilon): outputs and loss
-    stay
-    the same, while the gradient with respect to the scaled weights shrinks as 1/scale. Normalized
-    activations, not normalized gradients.
+    stay the same, while the gradient with respect to the scaled weights shrinks as 1/scale.
+    Normalized activations, not normalized gradients.
 
     Args:
         model: a sequential model whose layer ``index`` is a Linear or Conv2d followed by a batch

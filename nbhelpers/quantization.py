@@ -529,9 +529,9 @@ def int8_error_bound(
 
     Weights: symmetric, :math:`s_w = \\max|W| / q_w` with q_w = 127 (64 with ``reduce_range``;
     per-channel scales are never larger). Inputs: uint8 over their range, :math:`s_x = (\\max(x, 0)
-    -
-    \\min(x, 0)) / q_x`, q_x = 255 (127 for static ``reduce_range``). Then :math:`|\\hat w - w| \\le
-    s_w/2` and :math:`|\\hat x - x| \\le s_x` (half a step, plus half for the rounded zero point):
+    - \\min(x, 0)) / q_x`, q_x = 255 (127 for static ``reduce_range``). Then :math:`|\\hat w - w|
+    \\le s_w/2` and :math:`|\\hat x - x| \\le s_x` (half a step, plus half for the rounded zero
+    point):
 
     .. math:: |\\hat y_j - y_j| \\le \\sum_i s_x (|w_{ji}| + s_w/2) + |x_i|\\, s_w/2
               \\; [+\\, s_y + s_x s_w / 2 \\text{ static}]

@@ -2,11 +2,10 @@
 test.
 
 Constant, step, exponential and plateau are compared with ``==``: torch multiplies ``group["lr"]``
-by
-the factor exactly as the hand-written loops here do. Cosine and one-cycle are compared with their
-closed-form formulas to 1e-12 relative: torch evaluates cosine annealing recursively (a ratio of
-cosines times the previous rate), which differs from the closed form in the last bits of a double.
-"""
+by the factor exactly as the hand-written loops here do. Cosine and one-cycle are compared with
+their closed-form formulas to 1e-12 relative: torch evaluates cosine annealing recursively (a ratio
+of cosines times the previous rate), which differs from the closed form in the last bits of a
+double. """
 
 from __future__ import annotations
 
