@@ -32,7 +32,10 @@ from .measure import count_macs
 from .params import ParameterError, check_choice, check_choices, check_fraction
 from .train import module_device
 
-CRITERIA = ("l1", "l2", "mean_activation", "apoz", "random")
+CRITERIA = ("l1", "l2", "mean_activation", "apoz", "random", "inverted_l1")
+#: Criteria that are controls, never chosen as "the best": random scores, and the common mistake of
+#: an inverted comparison (``inverted_l1`` removes the units of *largest* L1 norm).
+CONTROLS = ("random", "inverted_l1")
 SCOPES = ("layer", "global")
 WEIGHTED = (nn.Linear, nn.Conv2d)
 _LINEAR = (nn.Linear, nnq.Linear)  # nnq.dynamic.Linear is a subclass of nnq.Linear
@@ -193,7 +196,7 @@ def unit_scores(
     Args:
         model: the Sequential model.
         criterion: one of ``CRITERIA``: "l1", "l2", "mean_activation", "apoz" (scored as 1 - APoZ),
-            "random".
+            "random", "inverted_l1" (minus the L1 norm: the units that matter most go first).
         loader: data for the activation criteria.
         max_batches: batches of ``loader`` used.
         seed: seed of the random scores (drawn on the CPU: the same scores on every device).
@@ -204,6 +207,8 @@ def unit_scores(
     check_choice("criterion", criterion, CRITERIA)
     if criterion in ("l1", "l2"):
         return weight_norm_scores(model, 1 if criterion == "l1" else 2)
+    if criterion == "inverted_l1":  # the mistake: keep the least important units
+        return {i: -s for i, s in weight_norm_scores(model, 1).items()}
     if criterion == "random":
         g, device = torch.Generator().manual_seed(seed), module_device(model)
         return {i: torch.rand(n, generator=g).to(device) for i, n in widths(model).items()}
@@ -527,22 +532,25 @@ def shrinkage(
     }
 
 
-def best_criterion(sweep: pd.DataFrame, fraction: float, control: str = "random") -> dict[str, str]:
+def best_criterion(
+    sweep: pd.DataFrame, fraction: float, controls: Sequence[str] = CONTROLS
+) -> dict[str, str]:
     """Per model, the criterion with the highest validation accuracy at one fraction.
 
-    The control is chosen only where it is the only criterion. Ties go to the first in the sweep.
+    A control is chosen only where there are only controls. Ties go to the first in the sweep.
 
     Args:
         sweep: rows with model, criterion, fraction and val_accuracy.
         fraction: the fraction removed.
-        control: the criterion that is only a control (random scores).
+        controls: the criteria that are only controls (random scores, the inverted comparison).
 
     Returns:
         model -> criterion, in the sweep's order of models.
     """
     out = {}
     for model, rows in sweep[sweep.fraction == fraction].groupby("model", sort=False):
-        cand = rows[rows.criterion != control] if (rows.criterion != control).any() else rows
+        real = ~rows.criterion.isin(list(controls))
+        cand = rows[real] if real.any() else rows
         out[model] = cand.sort_values(
             "val_accuracy", ascending=False, kind="stable"
         ).criterion.iloc[0]
@@ -575,7 +583,7 @@ def _spread(acc: pd.Series) -> float:
 def _criteria_facts(sweep: pd.DataFrame, fraction: float, control: str = "random") -> list[tuple]:
     """Facts about the criteria per model: one-shot range, spread after fine-tuning, the control."""
     rows = []
-    best = best_criterion(sweep, fraction, control)
+    best = best_criterion(sweep, fraction)
     top = sweep.fraction.max()
     for arch, s in sweep.groupby("model", sort=False):
         at, at_top = s[s.fraction == fraction].set_index("criterion"), s[s.fraction == top]
@@ -611,8 +619,21 @@ def _criteria_facts(sweep: pd.DataFrame, fraction: float, control: str = "random
                 f"max - min test accuracy at fraction {top:g}",
             ),
         ]
-        if control in at.index and len(at) > 1:
-            gain = 100 * float(at.accuracy.drop(control).max() - at.accuracy[control])
+        if "inverted_l1" in at.index and control in at.index:
+            inv, ref = at.loc["inverted_l1"], at.loc[control]
+            one_shot = 100 * float(inv.one_shot_accuracy - ref.one_shot_accuracy)
+            rows.append(
+                (
+                    f"{arch}: inverted_l1 minus {control}",
+                    round(100 * float(inv.accuracy - ref.accuracy), 2),
+                    "points",
+                    f"fine-tuned, fraction {fraction:g}; before fine-tuning {one_shot:+.2f}",
+                )
+            )
+        if control in at.index and len(at.index.difference(CONTROLS)) > 0:
+            gain = 100 * float(
+                at.accuracy.drop(list(CONTROLS), errors="ignore").max() - at.accuracy[control]
+            )
             rows.append(
                 (
                     f"{arch}: best criterion minus {control}",

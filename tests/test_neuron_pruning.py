@@ -403,3 +403,26 @@ def test_summary_facts_on_known_tables():
         "torch-pruning: max |logit difference|" not in no_tp.index
         and "targets met" not in no_tp.index
     )
+
+
+def test_inverted_l1_removes_the_units_l1_keeps():
+    m = MLP(16, (8,)).eval()
+    good = NP.unit_scores(m, "l1")
+    bad = NP.unit_scores(m, "inverted_l1")
+    keep_good = NP.select_keep(good, 0.5)
+    keep_bad = NP.select_keep(bad, 0.5)
+    assert set(keep_good[1].tolist()).isdisjoint(keep_bad[1].tolist())  # the opposite halves
+    assert len(keep_bad[1]) == 4
+
+
+def test_best_criterion_never_picks_a_control():
+    sweep = pd.DataFrame(
+        {
+            "model": ["a"] * 3,
+            "fraction": [0.5] * 3,
+            "criterion": ["l1", "random", "inverted_l1"],
+            "val_accuracy": [0.5, 0.9, 0.95],
+        }
+    )
+    assert NP.best_criterion(sweep, 0.5) == {"a": "l1"}
+    assert "inverted_l1" in NP.CRITERIA and set(NP.CONTROLS) <= set(NP.CRITERIA)
