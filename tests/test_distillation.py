@@ -339,3 +339,38 @@ def test_student_lab_hint_epochs_inside_the_budget():
     assert plain["hint_passes"] == 0 and len(lab._done) == 2  # a hinted run is another run
     with pytest.raises(ParameterError, match="HINT_EPOCHS"):
         lab.train("too long", [3], "images", "hinton", 4.0, 0.9, seed=0, hint_epochs=4)
+
+
+@pytest.mark.notebook
+def test_notebook_hinton_profile_switches(tmp_path):
+    """The switches the paper profile uses (an MLP teacher with dropout, no view, small, hint or
+    random-input students, one seed) run and leave only Hinton's comparison."""
+    from pathlib import Path
+
+    from notebook_runner import run
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "07_knowledge_distillation.ipynb"
+    r = run(
+        nb,
+        tmp_path,
+        TEACHER="mlp",
+        TEACHER_FC=[32, 32],
+        TEACHER_DROPOUT=0.5,
+        SEEDS=1,
+        SMALL_HIDDEN=[],
+        SHORT_EPOCHS=0,
+        HINT_EPOCHS=0,
+        VIEW_STUDENTS=False,
+        RANDOM_CONTROL=False,
+        SWEEP_TEMPERATURES=[20.0],
+        SWEEP_LOGITS=False,
+    )
+    assert r.status == "ok", r.error
+    rec = r.records
+    assert [s["student"] for s in rec["main_summary"]] == ["plain", "distilled", "teacher"]
+    assert len(rec["comparisons"]) == 1 and rec["chosen_setting"]["T"] == 20.0
+    assert (
+        rec["split_sizes"]["views"] == 2 * rec["split_sizes"]["train"]
+        and not rec["control_summary"]
+    )
+    assert rec["params"]["teacher"] == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
