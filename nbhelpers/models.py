@@ -9,6 +9,7 @@ both take images of shape (N, 1, H, W) or already flat vectors, for 8x8 and 28x2
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -164,3 +165,28 @@ def build_model(
         n = int(torch.tensor(image_shape).prod())
         return MLP(n, n_classes=n_classes, batchnorm=batchnorm, **kwargs)
     return LeNet5(image_shape, n_classes=n_classes, batchnorm=batchnorm, **kwargs)
+
+
+def reinitialized(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of a model with the same architecture and fresh initial weights.
+
+    Every submodule with a ``reset_parameters`` (Linear, Conv2d, norms) draws new weights under
+    ``seed``: the control of Liu et al. (2019), a pruned architecture trained from scratch.
+
+    Args:
+        model: the model whose shapes are kept (it is not changed).
+        seed: seed of the new weights.
+
+    Returns:
+        The re-initialized copy, in training mode, on the model's device.
+    """
+    new = copy.deepcopy(model)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for m in new.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return new.train()

@@ -89,3 +89,14 @@ def test_norm_errors():
         MLP(64, norm="instance")
     with pytest.raises(ParameterError, match="norm"):
         MLP(64, batchnorm=True, norm="layer")
+
+
+def test_reinitialized_keeps_shapes_and_draws_new_weights():
+    from nbhelpers.models import reinitialized
+
+    m = MLP(16, (6, 4))
+    a, b = reinitialized(m, 1), reinitialized(m, 1)
+    assert [p.shape for p in a.parameters()] == [p.shape for p in m.parameters()]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # seeded
+    assert not torch.equal(a[1].weight, m[1].weight)  # fresh, and the original is untouched
+    assert not torch.equal(reinitialized(m, 2)[1].weight, a[1].weight)
