@@ -358,23 +358,6 @@ def gap_interval(
     return (low / 100 / gap, high / 100 / gap) if gap > 0 else None
 
 
-def summarize(runs: pd.DataFrame, by: Sequence[str], value: str = "test_accuracy") -> pd.DataFrame:
-    """Mean, standard deviation, min, max and count of ``value`` over seeds, per setting.
-
-    Args:
-        runs: one row per (setting, seed).
-        by: the columns that define a setting.
-        value: the measured column.
-
-    Returns:
-        One row per setting with mean, std, min, max, n.
-    """
-    g = runs.groupby(list(by), sort=True)[value]
-    return (
-        g.agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()
-    )
-
-
 def teacher_table(
     logits: torch.Tensor, y: torch.Tensor, temperatures: Sequence[float]
 ) -> pd.DataFrame:
