@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 from .cache import cached_model, runtime_key
 from .data import loader
 from .facts import fact_table
+from .measure import accuracy as measure_accuracy
+from .measure import correct as measure_correct
 from .models import build_model
 from .params import ParameterError, check_choice, check_float, check_int
 from .stats import seed_summary, seeds_paired_difference
@@ -631,7 +633,6 @@ class StudentLab:
             self.logits["images"].logits.shape[1]
         )  # students predict the teacher's classes
         self.val_loader, self.test_loader = val_loader, test_loader
-        self.y_test = torch.cat([y for _, y in test_loader])
         self.rows: list[dict] = []
         self._done: dict[tuple, tuple[nn.Module, dict, np.ndarray]] = {}
         self._names: dict[tuple[str, int], tuple] = {}
@@ -732,8 +733,7 @@ class StudentLab:
             model, hist = train_student(
                 build, seed, self.loaders[data], None, passes - hint, loss_fn, self.lr, self.device
             )
-            pred = torch.cat([model(x).argmax(1) for x, _ in self.test_loader])
-            correct = (pred == self.y_test).numpy()
+            correct = measure_correct(model, self.test_loader)
             row = {
                 "hidden": str(list(hidden)),
                 "data": data,
@@ -743,7 +743,7 @@ class StudentLab:
                 "seed": int(seed),
                 "passes": passes,
                 "hint_passes": hint,
-                "val_accuracy": _accuracy(model, self.val_loader),
+                "val_accuracy": measure_accuracy(model, self.val_loader),
                 "test_accuracy": float(correct.mean()),
                 "train_seconds": float(hist["epoch_seconds"].sum()),
             }
@@ -828,12 +828,6 @@ class StudentLab:
                 }
             )
         return pd.DataFrame(rows).set_index("comparison")
-
-
-def _accuracy(model: nn.Module, dl: DataLoader) -> float:
-    with torch.no_grad():
-        hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in dl)
-    return hits / len(dl.dataset)
 
 
 def check_budget(epochs: int, views: int, name: str = "EPOCHS") -> int:
