@@ -275,7 +275,8 @@ def paired_difference(
 
     Returns:
         A dict with ``difference``, ``low``, ``high`` (percentage points, B - A), ``n``,
-        ``b01`` (A wrong, B right), ``b10`` (A right, B wrong), ``method`` and ``confidence``.
+        ``b01`` (A wrong, B right), ``b10`` (A right, B wrong), ``method``, ``confidence`` and
+        ``verdict`` ("better", "worse" or "within noise" for B against A).
     """
     t = discordant_counts(correct_a, correct_b)
     confidence = check_fraction("confidence", confidence)
@@ -293,6 +294,7 @@ def paired_difference(
         "b10": t["b10"],
         "method": method,
         "confidence": confidence,
+        "verdict": verdict(100.0 * low, 100.0 * high),
     }
 
 
@@ -392,7 +394,7 @@ def paired_table(
                 b01=d["b01"],
                 b10=d["b10"],
                 p_mcnemar=_mcnemar_p(d["b01"], d["b10"]),
-                verdict=verdict(d["low"], d["high"]),
+                verdict=d["verdict"],
             )
         rows.append(row)
     return pd.DataFrame(rows)

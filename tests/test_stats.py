@@ -345,3 +345,11 @@ def test_seeds_paired_difference_rejects_bad_input():
         seeds_paired_difference(np.zeros((2, 5), bool), np.zeros((3, 5), bool))
     with pytest.raises(ParameterError, match="correct_a"):
         seeds_paired_difference(np.zeros((2, 5)), np.zeros((2, 5), bool))
+
+
+def test_paired_difference_says_its_verdict():
+    a = np.array([False] * 60 + [True] * 940)
+    b = np.array([True] * 60 + [True] * 940)
+    assert paired_difference(a, b)["verdict"] == "better"
+    assert paired_difference(b, a)["verdict"] == "worse"
+    assert paired_difference(a, a.copy())["verdict"] == "within noise"
