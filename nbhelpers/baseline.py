@@ -19,7 +19,7 @@ from .train import SCHEDULES, anneal, fit, seed_everything
 
 #: The recipe of the shared baselines: Adam at 1e-3, batches of 64, no weight decay.
 RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0}
-EPOCHS = {"mlp": 15, "lenet5": 12}
+EPOCHS = {"mlp": 15, "lenet5": 12, "lenet5_caffe": 12}
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """The shared model family: an MLP like LeNet-300-100 and a LeNet-5 CNN, BatchNorm optional.
 
+``"lenet5_caffe"`` is the LeNet-5 of Caffe's MNIST example that Han et al. (2015, 2016) prune and
+compress: conv 20, pool, conv 50, pool, fc 500, fc 10, no padding and no nonlinearity after the
+convolutions (431,080 parameters for 28x28 inputs).
+
 The MLP also takes a sigmoid in place of the ReLU (Ioffe and Szegedy's MNIST setting) and a layer or
 group normalization in place of the batch norm; the defaults build the same model as before.
 
@@ -17,7 +21,12 @@ from torch import nn
 
 from .params import ParameterError, check_choice
 
-ARCHS = ("mlp", "lenet5")
+ARCHS = ("mlp", "lenet5", "lenet5_caffe")
+#: Names of the architectures for titles and tables.
+LABELS = {"mlp": "MLP", "lenet5": "LeNet-5", "lenet5_caffe": "LeNet-5 (Caffe)"}
+#: Caffe's LeNet-5 (Han et al.): its widths; ``LeNet5(..., caffe=True)`` drops the padding and
+#: the ReLUs after the convolutions, as Caffe's ``lenet_train_test.prototxt``.
+CAFFE_LENET5 = {"channels": (20, 50), "fc": (500,)}
 #: Hidden-layer nonlinearities of the MLP, by name.
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 #: Normalizations of the MLP's hidden layers: per batch, per example (layer) or per group of units.
@@ -100,6 +109,15 @@ class LeNet5(nn.Sequential):
 
     For 28x28 inputs the first convolution pads by 2 (the classic 32x32 input); for small inputs
     such as 8x8 both convolutions pad by 2 so that the feature maps do not vanish.
+
+    Args:
+        in_shape: (channels, height, width) of one input.
+        n_classes: outputs.
+        batchnorm: a batch norm after each convolution and hidden linear layer.
+        channels: output channels of the two convolutions.
+        fc: widths of the hidden linear layers.
+        caffe: Caffe's variant: no padding on 28x28 inputs and no ReLU after a convolution (the
+            pooling follows it directly), as the model Han et al. prune.
     """
 
     def __init__(
@@ -109,17 +127,20 @@ class LeNet5(nn.Sequential):
         batchnorm: bool = False,
         channels: Sequence[int] = (6, 16),
         fc: Sequence[int] = (120, 84),
+        caffe: bool = False,
     ):
         c, h, w = in_shape
         pad2 = 0 if min(h, w) >= 16 else 2
+        pad1 = pad2 if caffe else 2
+        conv_act = [] if caffe else [nn.ReLU()]
         c1, c2 = int(channels[0]), int(channels[1])
-        layers: list[nn.Module] = [nn.Conv2d(c, c1, 5, padding=2)]
+        layers: list[nn.Module] = [nn.Conv2d(c, c1, 5, padding=pad1)]
         if batchnorm:
             layers.append(nn.BatchNorm2d(c1))
-        layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(c1, c2, 5, padding=pad2)]
+        layers += [*conv_act, nn.MaxPool2d(2), nn.Conv2d(c1, c2, 5, padding=pad2)]
         if batchnorm:
             layers.append(nn.BatchNorm2d(c2))
-        layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()]
+        layers += [*conv_act, nn.MaxPool2d(2), nn.Flatten()]
         with torch.no_grad():
             n_flat = nn.Sequential(*layers).eval()(torch.zeros(1, c, h, w)).shape[1]
         width = n_flat
@@ -150,7 +171,7 @@ def build_model(
     """Build a member of the shared family for an input shape.
 
     Args:
-        arch: "mlp" or "lenet5".
+        arch: "mlp", "lenet5" or "lenet5_caffe" (Caffe's 20-50-500 LeNet-5 of Han et al.).
         image_shape: (channels, height, width) of one input.
         n_classes: number of classes.
         batchnorm: insert BatchNorm after each hidden layer.
@@ -164,6 +185,8 @@ def build_model(
     if arch == "mlp":
         n = int(torch.tensor(image_shape).prod())
         return MLP(n, n_classes=n_classes, batchnorm=batchnorm, **kwargs)
+    if arch == "lenet5_caffe":
+        kwargs = {**CAFFE_LENET5, **kwargs, "caffe": True}
     return LeNet5(image_shape, n_classes=n_classes, batchnorm=batchnorm, **kwargs)
 
 

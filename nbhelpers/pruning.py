@@ -46,6 +46,21 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
+def largest_linear(model: nn.Module) -> str:
+    """The name of the ``nn.Linear`` with the most weights (the layer sparse kernels matter for).
+
+    Args:
+        model: any model with at least one Linear layer.
+
+    Returns:
+        Its name in ``model.named_modules()`` ("1" for the MLP, "5" for Caffe's LeNet-5).
+    """
+    linears = [(m.weight.numel(), n) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer")
+    return max(linears, key=lambda t: t[0])[1]
+
+
 def _masked(m: nn.Module) -> int:
     """Weights a module's pruning mask already removes (0 without a mask)."""
     mask = getattr(m, "weight_mask", None)

@@ -10,7 +10,7 @@ from nbhelpers.params import ParameterError
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8)])
-@pytest.mark.parametrize("arch", ["mlp", "lenet5"])
+@pytest.mark.parametrize("arch", ["mlp", "lenet5", "lenet5_caffe"])
 @pytest.mark.parametrize("bn", [False, True])
 def test_output_shapes(shape, arch, bn):
     m = build_model(arch, shape, batchnorm=bn).eval()
@@ -29,6 +29,27 @@ def test_parameter_counts():
         (1 * 6 * 25 + 6) + (6 * 16 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
     )
     assert count_parameters(LeNet5())["params"] == expected == 61706
+
+
+def test_caffe_lenet5_of_han_et_al():
+    """Caffe's MNIST LeNet-5: conv 20 (no padding), pool, conv 50, pool, ip 500, ReLU, ip 10."""
+    m = build_model("lenet5_caffe")
+    kinds = [type(layer).__name__ for layer in m]
+    assert kinds == [
+        "Conv2d",
+        "MaxPool2d",
+        "Conv2d",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]  # no ReLU after a convolution, as lenet_train_test.prototxt
+    assert m[0].padding == (0, 0) and m[0].out_channels == 20 and m[2].out_channels == 50
+    assert m[5].in_features == 50 * 4 * 4 and m[5].out_features == 500
+    expected = (1 * 20 * 25 + 20) + (20 * 50 * 25 + 50) + (800 * 500 + 500) + (500 * 10 + 10)
+    assert count_parameters(m)["params"] == expected == 431080
+    assert build_model("lenet5_caffe", batchnorm=True)[1].num_features == 20
 
 
 def test_mlp_options():

@@ -519,3 +519,44 @@ def test_baseline_summary():
     assert f["context"].str.len().max() <= CONTEXT_WIDTH
     assert f.index.str.len().max() <= CONTEXT_WIDTH
     assert v["standard error of mlp's accuracy"] == 0.23  # sqrt(0.9444 * 0.0556 / 10000) = 0.229%
+
+
+def test_largest_linear_names_the_layer_with_most_weights():
+    from nbhelpers.models import build_model
+
+    assert P.largest_linear(build_model("mlp")) == "1"  # 784 x 300
+    assert P.largest_linear(build_model("lenet5_caffe")) == "5"  # 800 x 500
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        P.largest_linear(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
+
+
+@pytest.mark.notebook
+def test_notebook_prunes_caffe_lenet5(tmp_path):
+    """04 with MODEL="lenet5_caffe" (Han et al.'s LeNet-5): convolutions pruned too, saved and
+    reloaded, timed on the 800 x 500 layer."""
+    from pathlib import Path
+
+    from notebook_runner import run
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "04_weight_pruning.ipynb"
+    r = run(
+        nb,
+        tmp_path,
+        MODEL="lenet5_caffe",
+        BASELINE_EPOCHS=1,
+        SWEEP_RUNS=["one-shot/global"],
+        SENSITIVITY_SPARSITIES=[0.5],
+        FINETUNE_EPOCHS=1,
+        ITERATIVE_ROUNDS=1,
+    )
+    assert r.status == "ok", r.error
+    rec = r.records
+    assert rec["pruned_model"] == "lenet5_caffe pruned 90%"
+    assert rec["comparison_baseline"] == "lenet5_caffe fp32"
+    assert all(rec["permanent_checks"].values())
+    layers = rec["chosen_layer_sparsity"]
+    assert set(layers) >= {"0", "2", "5", "7"} and layers["0"] > 0 and layers["2"] > 0
+    weights = 20 * 25 + 20 * 50 * 25 + 800 * 500 + 500 * 10
+    assert rec["pruned_nonzero_weights"] == pytest.approx(weights * 0.1, abs=1)
+    assert rec["targets"][0]["name"] == "LeNet-5 (Caffe) weights removed"
+    assert "the 580 biases are kept" in rec["targets"][0]["note"]
