@@ -3,28 +3,35 @@ docs/papers.md.
 
 Usage::
 
-    python -m nbhelpers.paper            # every notebook with docs/paper/<stem>.yaml, one at a time
-    python -m nbhelpers.paper 04         # only some (stems or prefixes)
+    python -m nbhelpers.paper            # every run of docs/paper/, one at a time
+    python -m nbhelpers.paper 04         # only some (run names or prefixes); the others are
+                                         # taken from the run log of earlier invocations
 
-Each notebook runs with the parameters of ``docs/paper/<stem>.yaml`` (the full official MNIST and
-the paper's model and budget) and records what it always records; this module reads the published
-figure of each claim from ``CLAIMS``, our figure from the notebook's records, and writes one table
-with our 95% interval, the profile's targets and the run time.
+A *run* is a parameter file: ``docs/paper/<stem>.yaml`` runs notebook ``<stem>`` with the full
+official MNIST and the paper's model and budget; ``docs/paper/<stem>.<variant>.yaml`` runs the same
+notebook again with other parameters (another paper's model), its outputs in
+``reports/paper/<variant>/``. Each run records what the notebook always records; this module reads
+the published figure of each claim from ``CLAIMS``, our figure from the run's records, and writes
+one table with our 95% interval, the profile's targets and each run's time, finish time and commit
+(``reports/paper/paper_runs.json`` keeps the latest result of every run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from .bench import markdown_table
 from .report import DEFAULT_NOTEBOOKS, REPO_DIR, RunResult, list_notebooks, run_all
@@ -33,6 +40,8 @@ from .targets import measured_text, target, verdict_text
 
 PARAMS_DIR = REPO_DIR / "docs" / "paper"
 DEFAULT_OUT = REPO_DIR / "reports" / "paper"
+LOG_NAME = "paper_runs.json"
+CAFFE = "04_weight_pruning.lenet5_caffe"  # Han et al.'s LeNet-5 through notebook 04
 
 Figure = tuple[float, float, float]  # (value, low, high); low/high NaN without an interval
 
@@ -207,19 +216,29 @@ CLAIMS = [
         "LeNet-5 (Caffe, 20-50-500) dense",
         "test error (%)",
         0.80,
-        "",
-        None,
-        "not run yet: the notebooks have no Caffe LeNet-5 (431K parameters)",
+        CAFFE,
+        lambda r: error_of(r, _baseline(r)),
+        "0.80% is also Deep Compression's reference row, " + DC_TABLE,
     ),
     Claim(
         HAN15,
         "Table 1",
-        "LeNet-5 (Caffe) pruned at 12x",
+        "LeNet-5 (Caffe) pruned",
         "test error (%)",
         0.77,
-        "",
-        None,
-        "not run yet: the notebooks have no Caffe LeNet-5",
+        CAFFE,
+        lambda r: error_of(r, r["pruned_model"]),
+        UNCHECKED,
+    ),
+    Claim(
+        HAN15,
+        "Table 1",
+        "LeNet-5 (Caffe) pruned",
+        "fewer parameters (x)",
+        12.0,
+        CAFFE,
+        lambda r: params_ratio(r, r["pruned_model"]),
+        "431K to 36K; " + UNCHECKED,
     ),
     Claim(
         DC16,
@@ -229,7 +248,8 @@ CLAIMS = [
         0.74,
         "",
         None,
-        "not run yet: the notebooks have no Caffe LeNet-5",
+        "1720 KB to 44 KB, " + DC_TABLE + "; not run yet: notebook 10's artifact holds the "
+        "Linear layers of an MLP student, not convolutions",
     ),
     Claim(
         HINTON,
@@ -317,6 +337,45 @@ def claims_table(
     return pd.DataFrame(rows)
 
 
+def _pruning_targets(p: Mapping[str, Any], label: str, dense_error: float) -> list[dict]:
+    """Han et al.'s three targets for one model pruned by notebook 04: the dense error within 0.15
+    points of the paper's, 12x fewer parameters, no significant loss."""
+    dense = error_of(p, _baseline(p))
+    row = _rows(p).loc[p["pruned_model"]]
+    loss, lo, hi = (
+        -float(row["accuracy_delta_points"]),
+        -float(row["delta_high_points"]),
+        -float(row["delta_low_points"]),
+    )
+    return [
+        target(
+            f"{label} dense error within 0.15 points of {dense_error:.2f}%",
+            abs(dense[0] - dense_error),
+            "<=",
+            0.15,
+            "points",
+            "|ours - published|",
+        ),
+        target(
+            f"{label} pruned: fewer parameters",
+            params_ratio(p, p["pruned_model"])[0],
+            ">=",
+            12,
+            "x",
+        ),
+        target(
+            f"{label} pruned at 12x: no significant loss (lower end of the loss's paired 95% "
+            "interval)",
+            lo,
+            "<=",
+            0.0,
+            "points",
+            f"loss {loss:+.2f} [{lo:+.2f}, {hi:+.2f}] points, McNemar p "
+            f"{float(row['p_mcnemar']):.3g}",
+        ),
+    ]
+
+
 def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
     """The paper profile's targets, from the records of 04, 07, 08 and 10 (absent ones are skipped).
 
@@ -327,45 +386,13 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
         ``nbhelpers.targets.target`` dicts.
     """
     out = []
-    p = records.get("04_weight_pruning")
-    if p and "pruned_model" in p:
-        dense = error_of(p, _baseline(p))
-        out.append(
-            target(
-                "LeNet-300-100 dense error within 0.15 points of 1.64%",
-                abs(dense[0] - 1.64),
-                "<=",
-                0.15,
-                "points",
-                "|ours - published|",
-            )
-        )
-        row = _rows(p).loc[p["pruned_model"]]
-        out.append(
-            target(
-                "LeNet-300-100 pruned: fewer parameters",
-                params_ratio(p, p["pruned_model"])[0],
-                ">=",
-                12,
-                "x",
-            )
-        )
-        loss, (lo, hi) = (
-            -float(row["accuracy_delta_points"]),
-            (-float(row["delta_high_points"]), -float(row["delta_low_points"])),
-        )
-        out.append(
-            target(
-                "LeNet-300-100 pruned at 12x: no significant loss (lower end of the loss's "
-                "paired 95% interval)",
-                lo,
-                "<=",
-                0.0,
-                "points",
-                f"loss {loss:+.2f} [{lo:+.2f}, {hi:+.2f}] points, McNemar p "
-                f"{float(row['p_mcnemar']):.3g}",
-            )
-        )
+    for key, label, dense_error in (
+        ("04_weight_pruning", "LeNet-300-100", 1.64),
+        (CAFFE, "LeNet-5 (Caffe)", 0.80),
+    ):
+        p = records.get(key)
+        if p and "pruned_model" in p:
+            out += _pruning_targets(p, label, dense_error)
     k = records.get(DISTIL)
     if k and "targets" in k:
         g = k["targets"][0]
@@ -426,19 +453,26 @@ def _fmt(v: float, low: float = math.nan, high: float = math.nan) -> str:
     return text if not math.isfinite(low) else f"{text} [{low:.3g}, {high:.3g}]"
 
 
-def markdown(results: list[RunResult], wall_seconds: float, info: Mapping[str, str]) -> str:
+def markdown(
+    runs: Mapping[str, RunResult],
+    wall_seconds: float,
+    info: Mapping[str, str],
+    commits: Mapping[str, str] | None = None,
+) -> str:
     """The text of ``docs/papers.md``.
 
     Args:
-        results: the notebook runs of the profile.
-        wall_seconds: wall time of the whole profile.
-        info: the machine (``nbhelpers.bench.machine_info``).
+        runs: run name (``<stem>`` or ``<stem>.<variant>``) -> its latest result.
+        wall_seconds: wall time of this invocation.
+        info: the machine (``nbhelpers.bench.machine_info``) and the current commit.
+        commits: run name -> the commit it ran at (default: the current one for every run).
 
     Returns:
         Markdown.
     """
-    ok = {r.stem: r.records for r in results if r.status == "ok"}
-    table = claims_table(ok, {r.stem: r.seconds for r in results})
+    commits = commits or {}
+    ok = {k: r.records for k, r in runs.items() if r.status == "ok"}
+    table = claims_table(ok, {k: r.seconds for k, r in runs.items()})
     shown = pd.DataFrame(
         {
             "paper": table["paper"],
@@ -452,7 +486,7 @@ def markdown(results: list[RunResult], wall_seconds: float, info: Mapping[str, s
             "ours - published": table["difference"].map(
                 lambda v: "" if not math.isfinite(v) else f"{v:+.3g}"
             ),
-            "notebook (s)": [
+            "run (s)": [
                 f"{n} ({s:.0f} s)" if math.isfinite(s) else n
                 for n, s in zip(table["notebook"], table["seconds"])
             ],
@@ -471,27 +505,31 @@ def markdown(results: list[RunResult], wall_seconds: float, info: Mapping[str, s
         ],
         columns=["target", "measured", "goal", "met"],
     )
-    runs = pd.DataFrame(
+    at = info.get("commit", "?")
+    table_runs = pd.DataFrame(
         [
             {
-                "notebook": r.stem,
+                "run": k,
                 "status": r.status,
                 "seconds": f"{r.seconds:.0f}",
+                "finished (UTC)": r.finished_at[:16].replace("T", " "),
+                "commit": commits.get(k, at),
                 "error": r.error[:160],
             }
-            for r in results
+            for k, r in sorted(runs.items())
         ]
     )
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = "".join(f"| {k} | {v} |\n" for k, v in info.items())
-    at = info.get("commit", "?")
+    total = sum(r.seconds for r in runs.values())
     return f"""# The papers' MNIST tables, reproduced
 
-Written by `make paper` (`python -m nbhelpers.paper`) on {date}, at commit {at}.
-Each notebook ran with `docs/paper/<stem>.yaml`: the full official MNIST (all 54,000 training
-images less validation, the official 10,000 test images) and the paper's model. Errors carry the
-Wilson 95% interval over the 10,000 test images; a difference of two models on the same images is
-judged by McNemar's exact test. Rows marked "not run" are not reproduced yet and say why.
+Written by `make paper` (`python -m nbhelpers.paper`) on {date}, at commit {at}; each run's own
+commit and finish time are in the runs table. Each run is a notebook with `docs/paper/<run>.yaml`:
+the full official MNIST (all 54,000 training images less validation, the official 10,000 test
+images) and the paper's model. Errors carry the Wilson 95% interval over the 10,000 test images; a
+difference of two models on the same images is judged by McNemar's exact test. Rows marked "not
+run" are not reproduced yet and say why.
 
 ## Published against ours
 
@@ -501,9 +539,10 @@ judged by McNemar's exact test. Rows marked "not run" are not reproduced yet and
 {markdown_table(ts)}
 ## Runs
 
-Whole profile: {wall_seconds:.0f} s wall, one notebook at a time.
+Every run, one at a time: {total:.0f} s in all ({total / 3600:.2f} h); this invocation:
+{wall_seconds:.0f} s wall.
 
-{markdown_table(runs)}
+{markdown_table(table_runs)}
 ## Machine
 
 | fact | value |
@@ -511,32 +550,99 @@ Whole profile: {wall_seconds:.0f} s wall, one notebook at a time.
 {machine}"""
 
 
+def profile_runs(params_dir: Path = PARAMS_DIR) -> dict[str, Path]:
+    """The runs of the profile: run name -> its parameter file, sorted by name.
+
+    ``<stem>.yaml`` is run ``<stem>``; ``<stem>.<variant>.yaml`` is run ``<stem>.<variant>`` of the
+    same notebook.
+
+    Args:
+        params_dir: the folder of parameter files.
+
+    Returns:
+        The mapping.
+    """
+    return {f.stem: f for f in sorted(Path(params_dir).glob("*.yaml"), key=lambda f: f.stem)}
+
+
+def select_runs(names: list[str], wanted: list[str] | None) -> list[str]:
+    """The runs to execute: all, or those whose name starts with one of ``wanted``.
+
+    Args:
+        names: every run name.
+        wanted: run names or prefixes ("04" selects both runs of notebook 04); None or empty: all.
+
+    Returns:
+        The selected names, in order.
+
+    Raises:
+        ValueError: a wanted name matches no run (it names the runs there are).
+    """
+    if not wanted:
+        return list(names)
+    unknown = [w for w in wanted if not any(n.startswith(w) for n in names)]
+    if unknown:
+        raise ValueError(f"no run named {unknown}; the runs are {list(names)}")
+    return [n for n in names if any(n.startswith(w) for w in wanted)]
+
+
+def load_log(out_dir: Path) -> dict[str, dict]:
+    """The run log: run name -> {"result": a ``RunResult`` as a dict, "commit": str}."""
+    try:
+        return json.loads((Path(out_dir) / LOG_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_log(out_dir: Path, log: Mapping[str, dict]) -> None:
+    """Write the run log atomically (a half-written log never replaces a good one)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_dir) / f".{LOG_NAME}.tmp"
+    tmp.write_text(json.dumps(log, indent=1, default=str))
+    os.replace(tmp, Path(out_dir) / LOG_NAME)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 1 if any notebook failed."""
+    """Command-line entry point; returns 1 if any run failed."""
     from .bench import commit, machine_info
 
     ap = argparse.ArgumentParser(
         prog="python -m nbhelpers.paper", description=__doc__.split("\n")[0]
     )
     ap.add_argument(
-        "notebooks", nargs="*", help="stems or prefixes (default: every docs/paper/<stem>.yaml)"
+        "runs", nargs="*", help="run names or prefixes (default: every docs/paper/*.yaml)"
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "papers.md")
     args = ap.parse_args(argv)
-    stems = sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
-    nbs = [
-        nb for nb in list_notebooks(DEFAULT_NOTEBOOKS, args.notebooks or None) if nb.stem in stems
-    ]
-    if not nbs:
-        ap.error(f"no notebook has parameters in {PARAMS_DIR} among {args.notebooks or 'all'}")
-    t0 = time.perf_counter()
-    results = run_all(nbs, args.out, params_dir=PARAMS_DIR, jobs=1)
+    files = profile_runs()
+    try:
+        chosen = select_runs(list(files), args.runs)
+    except ValueError as err:
+        ap.error(str(err))
+    notebooks = {nb.stem: nb for nb in list_notebooks(DEFAULT_NOTEBOOKS)}
+    missing = sorted({k.split(".")[0] for k in chosen} - set(notebooks))
+    if missing:
+        ap.error(f"docs/paper names notebooks that do not exist: {missing}")
+    log, at, t0 = load_log(args.out), commit(), time.perf_counter()
+    for key in chosen:
+        stem, _, variant = key.partition(".")
+        params = dict(yaml.safe_load(files[key].read_text()) or {})
+        (result,) = run_all(
+            [notebooks[stem]],
+            args.out / variant if variant else args.out,
+            jobs=1,
+            parameters={stem: params},
+        )
+        log[key] = {"result": asdict(result), "commit": at}
+        save_log(args.out, log)
     wall = time.perf_counter() - t0
-    info = {**machine_info(), "commit": commit()}
-    args.doc.write_text(markdown(results, wall, info), encoding="utf-8")
+    runs = {k: RunResult(**v["result"]) for k, v in log.items() if k in files}
+    commits = {k: v["commit"] for k, v in log.items() if k in files}
+    info = {**machine_info(), "commit": at}
+    args.doc.write_text(markdown(runs, wall, info, commits), encoding="utf-8")
     print(f"wrote {args.doc}")
-    return 1 if any(r.status != "ok" for r in results) else 0
+    return 1 if any(runs[k].status != "ok" for k in chosen) else 0
 
 
 if __name__ == "__main__":

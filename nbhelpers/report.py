@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -348,6 +349,7 @@ def run_all(
     jobs: int = 1,
     timeout: int | None = None,
     kernel: str = "python3",
+    parameters: Mapping[str, dict] | None = None,
 ) -> list[RunResult]:
     """Run notebooks (``jobs`` at a time), log each run, and rewrite the index after each.
 
@@ -359,6 +361,7 @@ def run_all(
         jobs: notebooks run at once.
         timeout: seconds allowed per cell.
         kernel: Jupyter kernel name.
+        parameters: notebook stem -> parameters, given directly (instead of the files).
 
     Returns:
         The results, in the order of ``notebooks``.
@@ -372,7 +375,12 @@ def run_all(
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     # no progress bars in reports: a widget cannot show in static HTML, text bars only add noise
     os.environ.setdefault("TQDM_DISABLE", "1")
-    params = {nb.stem: load_parameters(nb.stem, params_file, params_dir) for nb in notebooks}
+    params = {
+        nb.stem: dict(parameters[nb.stem])
+        if parameters is not None and nb.stem in parameters
+        else load_parameters(nb.stem, params_file, params_dir)
+        for nb in notebooks
+    }
     results: dict[str, RunResult] = {}
     with (
         ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,

@@ -132,24 +132,94 @@ def test_a_significant_gain_is_not_a_loss():
 
 
 def test_markdown_has_every_claim_and_the_machine():
-    runs = [
-        RunResult("04_weight_pruning", "ok", 100.0, records=PRUNING),
-        RunResult("10_compression_pipeline", "failed", 5.0, error="RuntimeError: x"),
-    ]
-    text = paper.markdown(runs, 105.0, {"cpu": "Test CPU", "commit": "abc123"})
+    runs = {
+        "04_weight_pruning": RunResult(
+            "04_weight_pruning", "ok", 100.0, records=PRUNING, finished_at="2026-11-24T01:02:03"
+        ),
+        "10_compression_pipeline": RunResult(
+            "10_compression_pipeline", "failed", 5.0, error="RuntimeError: x"
+        ),
+    }
+    text = paper.markdown(
+        runs, 105.0, {"cpu": "Test CPU", "commit": "abc123"}, {"04_weight_pruning": "old999"}
+    )
     assert (
         "| Han, Pool, Tran, Dally 2015 | Table 1 | LeNet-300-100 dense | test error (%) | 1.64 "
         "| 1.64 [1.41, 1.9] |" in text
     )
     assert text.count("not run") >= 5 and "Test CPU" in text and "abc123" in text
-    assert "| 10_compression_pipeline | failed | 5 | RuntimeError: x |" in text
+    assert "| 04_weight_pruning | ok | 100 | 2026-11-24 01:02 | old999 |  |" in text
+    assert "| 10_compression_pipeline | failed | 5 |  | abc123 | RuntimeError: x |" in text
+    assert "105 s in all (0.03 h)" in text
+
+
+def test_runs_are_parameter_files_and_variants(tmp_path):
+    for name in ("04_weight_pruning.yaml", "04_weight_pruning.lenet5_caffe.yaml", "08_bn.yaml"):
+        (tmp_path / name).write_text("SEED: 0\n")
+    names = list(paper.profile_runs(tmp_path))
+    assert names == ["04_weight_pruning", "04_weight_pruning.lenet5_caffe", "08_bn"]
+    assert paper.select_runs(names, None) == names
+    assert paper.select_runs(names, ["04"]) == names[:2]
+    assert paper.select_runs(names, ["04_weight_pruning.lenet5_caffe", "08"]) == names[1:]
+    with pytest.raises(ValueError, match=r"no run named \['09'\]; the runs are"):
+        paper.select_runs(names, ["09"])
+
+
+def test_run_log_round_trip_keeps_earlier_runs(tmp_path):
+    assert paper.load_log(tmp_path) == {}
+    r = RunResult("04_weight_pruning", "ok", 12.5, {"MODEL": "lenet5_caffe"}, "", {"a": 1}, "t")
+    from dataclasses import asdict
+
+    paper.save_log(
+        tmp_path, {"04_weight_pruning.lenet5_caffe": {"result": asdict(r), "commit": "c"}}
+    )
+    back = paper.load_log(tmp_path)["04_weight_pruning.lenet5_caffe"]
+    assert RunResult(**back["result"]) == r and back["commit"] == "c"
+    (tmp_path / paper.LOG_NAME).write_text("{broken")
+    assert paper.load_log(tmp_path) == {}
+
+
+def test_caffe_lenet5_rows_and_targets():
+    """The Caffe LeNet-5 run of 04 fills Han et al.'s LeNet-5 rows and its three targets."""
+    caffe = {
+        "comparison_baseline": "dense",
+        "pruned_model": "pruned",
+        "comparison": [
+            _row("dense", 0.9920, 0.9901, 0.9936, params=431080, nonzero=431080),
+            _row(
+                "pruned",
+                0.9915,
+                0.9895,
+                0.9932,
+                params=431080,
+                nonzero=35450,
+                accuracy_delta_points=-0.05,
+                delta_low_points=-0.15,
+                delta_high_points=0.05,
+                p_mcnemar=0.5,
+            ),
+        ],
+    }
+    t = paper.claims_table({paper.CAFFE: caffe}, {}).set_index(["setting", "metric"])
+    dense = t.loc[("LeNet-5 (Caffe, 20-50-500) dense", "test error (%)")]
+    assert dense.ours == pytest.approx(0.80) and dense.published == 0.80
+    assert t.loc[("LeNet-5 (Caffe) pruned", "test error (%)")].ours == pytest.approx(0.85)
+    assert t.loc[("LeNet-5 (Caffe) pruned", "fewer parameters (x)")].ours == pytest.approx(
+        431080 / 35450
+    )
+    assert math.isnan(t.loc[("LeNet-5 (Caffe) compressed 39x", "test error (%)")].ours)
+    ts = {x["name"]: x for x in paper.profile_targets({paper.CAFFE: caffe})}
+    assert ts["LeNet-5 (Caffe) dense error within 0.15 points of 0.80%"]["met"]
+    assert ts["LeNet-5 (Caffe) pruned: fewer parameters"]["met"]
+    no_loss = next(v for k, v in ts.items() if k.startswith("LeNet-5 (Caffe) pruned at 12x"))
+    assert no_loss["met"] and no_loss["measured"] == pytest.approx(-0.05)  # loss interval's low end
 
 
 @pytest.mark.parametrize(
     "params", sorted((ROOT / "docs" / "paper").glob("*.yaml")), ids=lambda p: p.stem
 )
 def test_paper_parameters_are_parameters_of_their_notebook(params: Path):
-    _, names = parameters_cell(ROOT / "notebooks" / f"{params.stem}.ipynb")
+    _, names = parameters_cell(ROOT / "notebooks" / f"{params.stem.split('.')[0]}.ipynb")
     assert set(yaml.safe_load(params.read_text())) <= set(names)
 
 
