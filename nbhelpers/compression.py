@@ -1,15 +1,18 @@
-"""The deployable artifact of a compressed MLP: sparse int8 weights, optionally entropy-coded.
+"""The deployable artifact of a compressed model: sparse int8 weights, optionally entropy-coded.
 
 Deep Compression (Han et al. 2016) stores a pruned, quantized network as its non-zero quantized
 weights, their positions and one scale per layer, then entropy-codes the lot. Here the positions
 are a bitmap (one bit per weight, cheaper than indices above about 6% density), the values are
 the int8 weights of a ``torch.ao`` dynamic-int8 model, and the entropy coder is LZMA.
+Convolutions (Caffe's LeNet-5 of Deep Compression) are quantized weight-only: their weights are
+rounded to int8 with one scale per layer and stored the same way; they still compute in float.
 
 Eager int8 runs on the CPU only: the arrays are read on the CPU and the unpacked models are CPU
-models. """
+models."""
 
 from __future__ import annotations
 
+import copy
 import heapq
 import io
 import lzma
@@ -24,6 +27,42 @@ import torch
 from torch import nn
 
 from .models import MLP
+from .params import ParameterError, check_choice
+
+#: Dense models the pipeline compresses: the shared MLP, or Caffe's LeNet-5 of Deep Compression.
+PIPELINE_MODELS = ("mlp", "lenet5_caffe")
+
+
+def check_pipeline(model: str, distill_epochs: int, struct_fraction: float) -> str:
+    """Check the pipeline's model against the stages that need an MLP student.
+
+    Args:
+        model: the dense model compressed (``PIPELINE_MODELS``).
+        distill_epochs: epochs of the distillation stage (0 skips it).
+        struct_fraction: fraction of hidden units removed (0 skips the stage).
+
+    Returns:
+        ``model``.
+
+    Raises:
+        ParameterError: an unknown model, or a convolutional model with distillation into an MLP
+            student or with the MLP's structured pruning (both stages build MLPs).
+    """
+    check_choice("MODEL", model, PIPELINE_MODELS)
+    if model != "mlp" and distill_epochs != 0:
+        raise ParameterError(
+            "DISTILL_EPOCHS",
+            distill_epochs,
+            f"0 when MODEL={model!r} "
+            "(the student is an MLP; Deep Compression's LeNet-5 is not distilled)",
+        )
+    if model != "mlp" and struct_fraction != 0:
+        raise ParameterError(
+            "STRUCT_FRACTION",
+            struct_fraction,
+            f"0 when MODEL={model!r} (structured pruning removes the hidden units of an MLP)",
+        )
+    return model
 
 
 def int8_linears(model: nn.Module) -> list[nn.Module]:
@@ -38,30 +77,95 @@ def int8_linears(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def int8_conv_weights(model: nn.Module) -> nn.Module:
+    """A copy whose ``Conv2d`` weights are rounded to int8 with one symmetric scale per layer.
+
+    Weight-only quantization: ``q = round(w / s)`` with ``s = max|w| / 127`` (float32), the weight
+    becomes ``q * s`` and the convolution still computes in float. Zeros stay zero. Each layer
+    keeps its scale as the attribute ``int8_scale`` for ``pack_int8_sparse``.
+
+    Args:
+        model: the float model (not changed).
+
+    Returns:
+        The copy, on the CPU in eval mode (other layers unchanged).
+    """
+    out = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        for m in out.modules():
+            if isinstance(m, nn.Conv2d):
+                amax = float(m.weight.abs().max())
+                scale = torch.tensor(amax / 127 if amax > 0 else 1.0, dtype=torch.float32)
+                q = torch.clamp(torch.round(m.weight / scale), -127, 127)
+                m.weight.copy_(q * scale)
+                m.int8_scale = float(scale)
+    return out
+
+
+def int8_model(model: nn.Module, engine: str = "x86") -> nn.Module:
+    """Stage 4 of the pipeline: dynamic int8 Linear layers, weight-only int8 convolutions.
+
+    For a model without convolutions (the MLP) this is ``quantization.dynamic_int8``.
+
+    Args:
+        model: the float model (copied).
+        engine: quantized engine.
+
+    Returns:
+        The quantized copy on the CPU.
+    """
+    from .quantization import dynamic_int8
+
+    return dynamic_int8(int8_conv_weights(model), engine)
+
+
+def _convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def _pack(out: dict[str, np.ndarray], key: str, q: np.ndarray, scale: float, bias: Any) -> None:
+    nz = q != 0
+    out[f"{key}.shape"] = np.asarray(q.shape, dtype=np.int32)
+    out[f"{key}.mask"] = np.packbits(nz.ravel())
+    out[f"{key}.values"] = q[nz].astype(np.int8)
+    out[f"{key}.scale"] = np.asarray([scale], dtype=np.float64)
+    out[f"{key}.bias"] = (
+        np.zeros(0, np.float32) if bias is None else bias.detach().cpu().numpy().astype(np.float32)
+    )
+
+
+def _unpack(arrays: Mapping[str, np.ndarray], key: str, dtype: Any = np.int8) -> np.ndarray:
+    shape = tuple(int(s) for s in arrays[f"{key}.shape"])
+    mask = np.unpackbits(arrays[f"{key}.mask"], count=int(np.prod(shape))).astype(bool)
+    q = np.zeros(int(np.prod(shape)), dtype=dtype)
+    q[mask] = arrays[f"{key}.values"]
+    return q.reshape(shape)
+
+
 def pack_int8_sparse(qmodel: nn.Module) -> dict[str, np.ndarray]:
     """The arrays of the artifact: per layer a bitmap of non-zeros, the non-zero int8 values,
     scale, bias.
 
     Args:
-        qmodel: a dynamic-int8 MLP (per-tensor symmetric int8 weights, as ``quantize_dynamic``
-            makes).
+        qmodel: a dynamic-int8 model (per-tensor symmetric int8 weights, as ``quantize_dynamic``
+            makes), its convolutions rounded by ``int8_conv_weights`` (``int8_model`` does both).
 
     Returns:
         Array name -> array, in layer order (``l0.mask``, ``l0.values``, ``l0.scale``, ``l0.bias``,
-        ...).
+        ... for the Linear layers, ``c0.*`` ... for weight-only int8 convolutions).
     """
     out: dict[str, np.ndarray] = {}
     for i, m in enumerate(int8_linears(qmodel)):
         w = m.weight()
         if w.qscheme() != torch.per_tensor_affine or w.q_zero_point() != 0:
             raise ValueError("expected per-tensor symmetric int8 weights (zero point 0)")
-        q = w.int_repr().cpu().numpy()
-        nz = q != 0
-        out[f"l{i}.shape"] = np.asarray(q.shape, dtype=np.int32)
-        out[f"l{i}.mask"] = np.packbits(nz.ravel())
-        out[f"l{i}.values"] = q[nz].astype(np.int8)
-        out[f"l{i}.scale"] = np.asarray([w.q_scale()], dtype=np.float64)
-        out[f"l{i}.bias"] = m.bias().detach().cpu().numpy().astype(np.float32)
+        _pack(out, f"l{i}", w.int_repr().cpu().numpy(), w.q_scale(), m.bias())
+    for j, m in enumerate(_convs(qmodel)):
+        scale = getattr(m, "int8_scale", None)
+        if scale is None:
+            raise ValueError("a float convolution: quantize the model with int8_model first")
+        q = torch.round(m.weight.detach() / torch.tensor(scale, dtype=torch.float32))
+        _pack(out, f"c{j}", q.to(torch.int8).cpu().numpy(), scale, m.bias)
     return out
 
 
@@ -112,6 +216,8 @@ def unpack_float_mlp(arrays: dict[str, np.ndarray]) -> MLP:
     Returns:
         The MLP on the CPU in eval mode (float weights equal to the int8 ones times their scale).
     """
+    if any(k.startswith("c") for k in arrays):
+        raise ValueError("the artifact holds convolutions: read it with unpack_int8(arrays, model)")
     n = len({k.split(".")[0] for k in arrays})
     shapes = [tuple(int(s) for s in arrays[f"l{i}.shape"]) for i in range(n)]
     model = MLP(shapes[0][1], hidden=[s[0] for s in shapes[:-1]], n_classes=shapes[-1][0]).eval()
@@ -148,14 +254,59 @@ def unpack_int8_mlp(arrays: dict[str, np.ndarray], engine: str = "x86") -> nn.Mo
 
 def _set_int8_weights(qmodel: nn.Module, arrays: dict[str, np.ndarray]) -> None:
     for i, m in enumerate(int8_linears(qmodel)):
-        shape = tuple(int(s) for s in arrays[f"l{i}.shape"])
-        mask = np.unpackbits(arrays[f"l{i}.mask"], count=int(np.prod(shape))).astype(bool)
-        q = np.zeros(int(np.prod(shape)), dtype=np.int8)
-        q[mask] = arrays[f"l{i}.values"]
         qw = torch._make_per_tensor_quantized_tensor(
-            torch.from_numpy(q.reshape(shape)), float(arrays[f"l{i}.scale"][0]), 0
+            torch.from_numpy(_unpack(arrays, f"l{i}")), float(arrays[f"l{i}.scale"][0]), 0
         )
         m.set_weight_bias(qw, torch.from_numpy(arrays[f"l{i}.bias"]))
+
+
+def unpack_int8(arrays: dict[str, np.ndarray], model: nn.Module, engine: str = "x86") -> nn.Module:
+    """The int8 model of an artifact on a given architecture, with exactly the stored weights.
+
+    Args:
+        arrays: from ``load_artifact``.
+        model: a model of the same architecture (an untrained one will do: every weight and
+            bias it has in its Linear and Conv2d layers is replaced; it is not changed).
+        engine: quantized engine of the model.
+
+    Returns:
+        ``int8_model`` of the architecture with the stored int8 weights, scales and biases.
+
+    Raises:
+        ValueError: the architecture's Linear or Conv2d layers do not match the artifact's.
+    """
+    convs = _convs(model)
+    layers = {k.split(".")[0] for k in arrays}
+    n_lin = sum(isinstance(m, nn.Linear) for m in model.modules())
+    if layers != {f"l{i}" for i in range(n_lin)} | {f"c{j}" for j in range(len(convs))}:
+        raise ValueError(
+            f"the artifact holds layers {sorted(layers)}; the model has {n_lin} Linear and "
+            f"{len(convs)} Conv2d layers"
+        )
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for i, m in enumerate(linears):
+        if tuple(int(v) for v in arrays[f"l{i}.shape"]) != tuple(m.weight.shape):
+            stored = tuple(int(v) for v in arrays[f"l{i}.shape"])
+            raise ValueError(f"Linear {i}: artifact {stored}, model {tuple(m.weight.shape)}")
+    float_model = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        for j, m in enumerate(_convs(float_model)):
+            q = torch.from_numpy(_unpack(arrays, f"c{j}")).float()
+            if q.shape != m.weight.shape:
+                raise ValueError(
+                    f"convolution {j}: artifact {tuple(q.shape)}, model {tuple(m.weight.shape)}"
+                )
+            scale = torch.tensor(float(arrays[f"c{j}.scale"][0]), dtype=torch.float32)
+            m.weight.copy_(q * scale)
+            if m.bias is not None:
+                m.bias.copy_(torch.from_numpy(arrays[f"c{j}.bias"]))
+            m.int8_scale = float(scale)
+    from .quantization import dynamic_int8, quiet_ao
+
+    qmodel = dynamic_int8(float_model, engine)
+    with quiet_ao():
+        _set_int8_weights(qmodel, arrays)
+    return qmodel
 
 
 def huffman_bits(symbols: np.ndarray) -> int:

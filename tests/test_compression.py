@@ -17,7 +17,9 @@ from nbhelpers.compression import (
     entropy_bits,
     executed_records,
     huffman_bits,
+    int8_conv_weights,
     int8_linears,
+    int8_model,
     load_artifact,
     nonzero_values,
     pack_int8_sparse,
@@ -27,6 +29,7 @@ from nbhelpers.compression import (
     stage_steps,
     summary,
     unpack_float_mlp,
+    unpack_int8,
     unpack_int8_mlp,
     with_entropy_stage,
 )
@@ -81,6 +84,63 @@ def test_entropy_coding_makes_it_smaller(sparse_int8, tmp_path):
     assert nnz <= sum(
         int((layer.weight != 0).sum()) for layer in sparse_int8[0] if isinstance(layer, nn.Linear)
     )
+
+
+def _sparse_caffe_lenet5() -> nn.Module:
+    from nbhelpers.models import build_model
+
+    torch.manual_seed(1)
+    m = build_model("lenet5_caffe")
+    with torch.no_grad():
+        for layer in m:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                layer.weight[torch.rand_like(layer.weight) < 0.9] = 0
+    return m.eval()
+
+
+def test_conv_weights_are_rounded_to_int8_with_one_scale():
+    m = _sparse_caffe_lenet5()
+    r = int8_conv_weights(m)
+    for a, b in ((m[0], r[0]), (m[2], r[2])):
+        s = b.int8_scale
+        assert s == pytest.approx(float(a.weight.detach().abs().max()) / 127, rel=1e-6)
+        q = b.weight / s
+        assert torch.allclose(q, q.round(), atol=1e-3) and float(q.abs().max()) <= 127.0001
+        assert not b.weight[a.weight == 0].any()  # zeros stay zero (tiny weights may join them)
+        assert float((b.weight - a.weight).abs().max()) <= s / 2 + 1e-7  # round to nearest
+    assert torch.equal(r[5].weight, m[5].weight) and not hasattr(m[0], "int8_scale")
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_conv_artifact_round_trip_on_a_fresh_model(tmp_path, entropy):
+    """Caffe's LeNet-5, int8: the artifact read back into an untrained model of the same
+    architecture gives the identical outputs."""
+    from nbhelpers.models import build_model
+
+    q = int8_model(_sparse_caffe_lenet5())
+    arrays = pack_int8_sparse(q)
+    assert sorted({k.split(".")[0] for k in arrays}) == ["c0", "c1", "l0", "l1"]
+    nnz = sum(len(arrays[k]) for k in arrays if k.endswith(".values"))
+    assert nnz <= 0.11 * (500 + 25000 + 400000 + 5000)  # about 10% of the weights, not all
+    save_artifact(arrays, tmp_path / "a", entropy_coding=entropy)
+    back = unpack_int8(load_artifact(tmp_path / "a"), build_model("lenet5_caffe"))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(q(x), back(x))
+    with pytest.raises(ValueError, match="holds convolutions"):
+        unpack_float_mlp(arrays)
+    with pytest.raises(ValueError, match=r"1 Linear and 0 Conv2d"):
+        unpack_int8(arrays, nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+    wrong = build_model("lenet5_caffe", fc=[400])
+    with pytest.raises(ValueError, match=r"Linear 0: artifact \(500, 800\), model \(400, 800\)"):
+        unpack_int8(arrays, wrong)
+    with pytest.raises(ValueError, match="int8_model first"):
+        pack_int8_sparse(_dynamic(_sparse_caffe_lenet5()))
+
+
+def test_int8_model_of_an_mlp_is_dynamic_int8(sparse_int8):
+    m, q = sparse_int8
+    x = torch.randn(3, 64)
+    assert torch.equal(int8_model(m)(x), q(x))
 
 
 def test_rejects_float_model():
@@ -265,3 +325,52 @@ def test_pipeline_summary(reports):
     assert f.loc["single-technique models on the picture", "context"] == "from 2 notebooks"
     assert v["pipeline stages on the Pareto front"] == 2
     assert f.loc["pipeline stages on the Pareto front", "context"] == "of 3 Pareto-optimal points"
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        ({"MODEL": "lenet5"}, "MODEL"),
+        ({"MODEL": "lenet5_caffe", "STRUCT_FRACTION": 0.0}, "DISTILL_EPOCHS"),
+        ({"MODEL": "lenet5_caffe", "DISTILL_EPOCHS": 0}, "STRUCT_FRACTION"),
+    ],
+)
+def test_pipeline_bad_model_fails_in_validation(override, name, tmp_path):
+    from pathlib import Path
+
+    from notebook_runner import assert_fails_in_validation
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "10_compression_pipeline.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, **override)
+
+
+@pytest.mark.notebook
+def test_pipeline_runs_deep_compressions_lenet5(tmp_path):
+    """10 with MODEL="lenet5_caffe": no distillation, no structured stage, the convolutions pruned
+    and quantized weight-only, the artifact read back into a fresh LeNet-5 gives the same model."""
+    from pathlib import Path
+
+    from notebook_runner import run
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "10_compression_pipeline.ipynb"
+    r = run(
+        nb,
+        tmp_path,
+        MODEL="lenet5_caffe",
+        DISTILL_EPOCHS=0,
+        STRUCT_FRACTION=0.0,
+        BASELINE_EPOCHS=1,
+        PRUNE_EPOCHS=1,
+        SPARSITY=0.9,
+    )
+    assert r.status == "ok", r.error
+    rec = r.records
+    assert rec["model"] == "lenet5_caffe" and rec["artifact_round_trip_identical"]
+    stages = [row["model"] for row in rec["stages"]]
+    assert stages[:2] == ["baseline fp32", "1 no distillation"] and stages[-1] == rec["final_stage"]
+    rows = {row["model"]: row for row in rec["stages"]}
+    assert rows["1 no distillation"]["accuracy"] == rows["baseline fp32"]["accuracy"]
+    assert rows["baseline fp32"]["params"] == 431080
+    assert rec["final_sparsity"] == pytest.approx(0.9, abs=0.002)
+    # int8 values of all four layers, convolutions included: about a tenth of 430,500 weights
+    assert 0.08 * 430500 < rec["final_nonzero_int8_weights"] <= 0.1 * 430500 + 1

@@ -207,7 +207,7 @@ def test_caffe_lenet5_rows_and_targets():
     assert t.loc[("LeNet-5 (Caffe) pruned", "fewer parameters (x)")].ours == pytest.approx(
         431080 / 35450
     )
-    assert math.isnan(t.loc[("LeNet-5 (Caffe) compressed 39x", "test error (%)")].ours)
+    assert math.isnan(t.loc[("LeNet-5 (Caffe) compressed", "test error (%)")].ours)  # 10's run
     ts = {x["name"]: x for x in paper.profile_targets({paper.CAFFE: caffe})}
     assert ts["LeNet-5 (Caffe) dense error within 0.15 points of 0.80%"]["met"]
     assert ts["LeNet-5 (Caffe) pruned: fewer parameters"]["met"]
@@ -275,3 +275,19 @@ def test_hinton_and_ioffe_rows():
     assert gap["met"] and gap["decided"] and (gap["low"], gap["high"]) == (0.55, 0.95)
     bn = next(x for n, x in ts.items() if n.startswith("Ioffe"))
     assert not bn["met"] and bn["measured"] == pytest.approx(2 / 3)
+
+
+def test_deep_compression_lenet5_rows_and_targets():
+    """The Caffe LeNet-5 run of 10 fills Deep Compression's LeNet-5 rows and its two targets."""
+    t = paper.claims_table({paper.DC_CAFFE: PIPELINE}, {}).set_index(["paper", "setting", "metric"])
+    dc = "Han, Mao, Dally 2016 (Deep Compression)"
+    assert t.loc[(dc, "LeNet-5 (Caffe) dense", "test error (%)")].ours == pytest.approx(2.0)
+    compressed = t.loc[(dc, "LeNet-5 (Caffe) compressed", "test error (%)")]
+    assert compressed.ours == pytest.approx(2.1) and compressed.published == 0.74
+    size = t.loc[(dc, "LeNet-5 (Caffe) compressed", "smaller on disk (x)")]
+    assert size.ours == pytest.approx(41.5) and size.published == 39
+    ts = {x["name"]: x for x in paper.profile_targets({paper.DC_CAFFE: PIPELINE})}
+    assert ts["Deep Compression pipeline, LeNet-5 (Caffe): smaller on disk"]["met"]  # 41.5 >= 39
+    loss = ts["Deep Compression pipeline, LeNet-5 (Caffe): loss against its dense model"]
+    assert loss["measured"] == pytest.approx(0.1) and loss["met"]
+    assert "Deep Compression pipeline: smaller on disk" not in ts  # the MLP run did not run
