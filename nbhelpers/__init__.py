@@ -2,9 +2,9 @@
 
 Core (data to measurement):
     params         ParameterError and the checks every notebook's validation cell uses
-    paths          where data, the model cache and reports live
+    paths          where data, the model cache and reports live (working directory or environment)
     data           datasets that ship (official MNIST, mnist5k, digits), stratified splits, loaders
-    models         the shared model family: MLP (LeNet-300-100 shape) and LeNet-5, BN on or off
+    models         the shared model family: MLP (LeNet-300-100 shape), LeNet-5, Caffe's LeNet-5
     train          seeding, device choice, fit/evaluate/predict with a history DataFrame
     measure        accuracy, correctness per image, parameters, MACs, bytes, latency, kernel and
                    per-layer timings, ``compare`` tables
@@ -34,6 +34,6 @@ Reporting (never imports torch at module level):
     paper          the papers' MNIST tables beside ours -> docs/papers.md (CLI)
 
 Importing the package imports none of them, so ``import nbhelpers`` is cheap and free of side
-effects. """
+effects."""
 
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import leaderboard
 from .paths import cache_dir
-from .report import DEFAULT_NOTEBOOKS, DEFAULT_OUT, REPO_DIR, RunResult, list_notebooks, run_all
+from .report import DEFAULT_NOTEBOOKS, DEFAULT_OUT, PROJECT_DIR, RunResult, list_notebooks, run_all
 from .targets import measured_text, verdict_text
 
 
@@ -50,7 +50,7 @@ def commit() -> str:
 
         def run(*a: str) -> str:
             return subprocess.run(
-                ["git", *a], cwd=REPO_DIR, capture_output=True, text=True, timeout=10, check=True
+                ["git", *a], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=10, check=True
             ).stdout.strip()
 
         return run("rev-parse", "--short", "HEAD") + (
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("notebooks", nargs="*", help="stems (default: every notebook)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "benchmarks.md")
+    ap.add_argument("--doc", type=Path, default=PROJECT_DIR / "docs" / "benchmarks.md")
     ap.add_argument(
         "--empty-cache",
         action="store_true",

@@ -3,7 +3,7 @@
 Entries are keyed by a hash of their configuration, written atomically (temporary file, then
 rename), guarded by a file lock so that two notebooks asking for the same entry compute it once,
 and rebuilt when unreadable or inconsistent rather than trusted. Models are read with
-``weights_only=True``. """
+``weights_only=True``."""
 
 from __future__ import annotations
 

@@ -34,12 +34,12 @@ import pandas as pd
 import yaml
 
 from .bench import markdown_table
-from .report import DEFAULT_NOTEBOOKS, REPO_DIR, RunResult, list_notebooks, run_all
+from .report import DEFAULT_NOTEBOOKS, PROJECT_DIR, RunResult, list_notebooks, run_all
 from .stats import wilson_interval
 from .targets import measured_text, target, verdict_text
 
-PARAMS_DIR = REPO_DIR / "docs" / "paper"
-DEFAULT_OUT = REPO_DIR / "reports" / "paper"
+PARAMS_DIR = PROJECT_DIR / "docs" / "paper"
+DEFAULT_OUT = PROJECT_DIR / "reports" / "paper"
 LOG_NAME = "paper_runs.json"
 CAFFE = "04_weight_pruning.lenet5_caffe"  # Han et al.'s LeNet-5 through notebook 04
 DC_CAFFE = "10_compression_pipeline.lenet5_caffe"  # Deep Compression's LeNet-5 through 10
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs", nargs="*", help="run names or prefixes (default: every docs/paper/*.yaml)"
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "papers.md")
+    ap.add_argument("--doc", type=Path, default=PROJECT_DIR / "docs" / "papers.md")
     args = ap.parse_args(argv)
     files = profile_runs()
     try:

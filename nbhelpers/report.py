@@ -31,10 +31,11 @@ import yaml
 
 from . import record as rec
 from .leaderboard import headline
-from .paths import REPO_DIR
+from .paths import project_dir, reports_dir
 
-DEFAULT_NOTEBOOKS = REPO_DIR / "notebooks"
-DEFAULT_OUT = REPO_DIR / "reports"
+PROJECT_DIR = project_dir()  # resolved once, from the working directory (see nbhelpers.paths)
+DEFAULT_NOTEBOOKS = PROJECT_DIR / "notebooks"
+DEFAULT_OUT = reports_dir()
 
 
 @dataclass
