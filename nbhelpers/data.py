@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from .params import ParameterError, check_choice, check_fraction, check_int, check_seed
 from .paths import data_dir
@@ -467,7 +473,12 @@ def loader(
         Xt = Xt.reshape(len(Xt), -1)
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     dataset = TensorDataset(Xt, torch.from_numpy(y))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen)
+    order = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+    # One indexing operation per batch instead of batch_size single items and a stack: the same
+    # batches in the same order as DataLoader(batch_size=..., shuffle=...), since the loader still
+    # draws its per-epoch seed from the same generator before the sampler does.
+    batches = BatchSampler(order, batch_size, drop_last=False)
+    return DataLoader(dataset, batch_size=None, sampler=batches, generator=gen)
 
 
 def loaders(

