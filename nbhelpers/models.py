@@ -132,15 +132,18 @@ class LeNet5(nn.Sequential):
         c, h, w = in_shape
         pad2 = 0 if min(h, w) >= 16 else 2
         pad1 = pad2 if caffe else 2
-        conv_act = [] if caffe else [nn.ReLU()]
+
+        def conv_act() -> list[nn.Module]:  # a new ReLU each time (hooks tell layers apart)
+            return [] if caffe else [nn.ReLU()]
+
         c1, c2 = int(channels[0]), int(channels[1])
         layers: list[nn.Module] = [nn.Conv2d(c, c1, 5, padding=pad1)]
         if batchnorm:
             layers.append(nn.BatchNorm2d(c1))
-        layers += [*conv_act, nn.MaxPool2d(2), nn.Conv2d(c1, c2, 5, padding=pad2)]
+        layers += [*conv_act(), nn.MaxPool2d(2), nn.Conv2d(c1, c2, 5, padding=pad2)]
         if batchnorm:
             layers.append(nn.BatchNorm2d(c2))
-        layers += [*conv_act, nn.MaxPool2d(2), nn.Flatten()]
+        layers += [*conv_act(), nn.MaxPool2d(2), nn.Flatten()]
         with torch.no_grad():
             n_flat = nn.Sequential(*layers).eval()(torch.zeros(1, c, h, w)).shape[1]
         width = n_flat

@@ -31,6 +31,13 @@ def test_parameter_counts():
     assert count_parameters(LeNet5())["params"] == expected == 61706
 
 
+@pytest.mark.parametrize("arch", ["mlp", "lenet5", "lenet5_caffe"])
+def test_every_layer_is_its_own_module(arch):
+    """No module object appears twice (a shared ReLU would fire every hook on it at two places)."""
+    m = build_model(arch)
+    assert len({id(layer) for layer in m}) == len(m)
+
+
 def test_caffe_lenet5_of_han_et_al():
     """Caffe's MNIST LeNet-5: conv 20 (no padding), pool, conv 50, pool, ip 500, ReLU, ip 10."""
     m = build_model("lenet5_caffe")
