@@ -8,6 +8,9 @@ Scores follow one convention: **higher means more important**; the lowest-scored
 * weight norms: :math:`s_j = \\lVert W_{j,:} \\rVert_p` (p = 1 or 2) of the unit's incoming weights;
 * activations on training data, after the unit's ReLU: the mean activation, and
   :math:`1 - \\mathrm{APoZ}_j` where APoZ is the average percentage of zeros (Hu et al. 2016);
+* the first-order Taylor estimate of the loss change when the unit is removed (Molchanov et al.
+  2017): :math:`|\\frac{1}{M}\\sum_m a_{j,m}\\, \\partial L / \\partial a_{j,m}|` per example,
+  averaged over the examples;
 * random scores, the control.
 
 ``remove_units`` builds the smaller model by hand: the pruned layer keeps the rows (filters) of the
@@ -32,7 +35,7 @@ from .measure import count_macs
 from .params import ParameterError, check_choice, check_choices, check_fraction
 from .train import module_device
 
-CRITERIA = ("l1", "l2", "mean_activation", "apoz", "random", "inverted_l1")
+CRITERIA = ("l1", "l2", "mean_activation", "apoz", "taylor", "random", "inverted_l1")
 #: Criteria that are controls, never chosen as "the best": random scores, and the common mistake of
 #: an inverted comparison (``inverted_l1`` removes the units of *largest* L1 norm).
 CONTROLS = ("random", "inverted_l1")
@@ -184,6 +187,65 @@ def activation_stats(
     }
 
 
+def taylor_scores(
+    model: nn.Sequential, loader: DataLoader, max_batches: int | None = None
+) -> dict[int, torch.Tensor]:
+    """First-order Taylor importance of every prunable unit (Molchanov et al. 2017).
+
+    Removing unit ``j`` sets its activation ``a_j`` to zero; to first order the loss changes by
+    ``a_j * dL/da_j``. Per example the score is ``|mean over positions m of a_{j,m} dL/da_{j,m}|``
+    (one position for a neuron, H x W for a channel), averaged over the examples; ``L`` is the
+    cross-entropy of each example (the batch mean times the batch size), taken after the unit's
+    ReLU, in eval mode. The model's weights are not changed and its gradients are left as found.
+
+    Args:
+        model: the Sequential model (on its device).
+        loader: yields (x, y) batches of training data.
+        max_batches: use at most this many batches (None: all).
+
+    Returns:
+        layer position -> one non-negative score per unit, on the model's device.
+    """
+    model.eval()
+    device = module_device(model)
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    outs: dict[int, torch.Tensor] = {}
+
+    def hook_for(i: int):
+        def hook(_m, _inp, out):
+            out.retain_grad()
+            outs[i] = out
+
+        return hook
+
+    hooks = [
+        model[_activation_of(model, i)].register_forward_hook(hook_for(i))
+        for i in prunable_layers(model)
+    ]
+    saved = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    try:
+        for b, (x, y) in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                break
+            logits = model(x.to(device))
+            loss = nn.functional.cross_entropy(logits, y.to(device), reduction="sum")
+            loss.backward()
+            for i, a in outs.items():
+                per = (
+                    (a.detach() * a.grad).flatten(2).mean(2) if a.dim() > 2 else a.detach() * a.grad
+                )
+                sums[i] = sums.get(i, 0) + per.abs().sum(0)
+                counts[i] = counts.get(i, 0) + per.shape[0]
+            outs.clear()
+    finally:
+        for h in hooks:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.grad = saved[n]
+    return {i: sums[i] / counts[i] for i in sums}
+
+
 def unit_scores(
     model: nn.Sequential,
     criterion: str,
@@ -196,8 +258,9 @@ def unit_scores(
     Args:
         model: the Sequential model.
         criterion: one of ``CRITERIA``: "l1", "l2", "mean_activation", "apoz" (scored as 1 - APoZ),
-            "random", "inverted_l1" (minus the L1 norm: the units that matter most go first).
-        loader: data for the activation criteria.
+            "taylor" (``taylor_scores``), "random", "inverted_l1" (minus the L1 norm: the units
+            that matter most go first).
+        loader: data for the activation and Taylor criteria.
         max_batches: batches of ``loader`` used.
         seed: seed of the random scores (drawn on the CPU: the same scores on every device).
 
@@ -214,6 +277,8 @@ def unit_scores(
         return {i: torch.rand(n, generator=g).to(device) for i, n in widths(model).items()}
     if loader is None:
         raise ValueError(f"criterion {criterion!r} needs a data loader")
+    if criterion == "taylor":
+        return taylor_scores(model, loader, max_batches)
     stats = activation_stats(model, loader, max_batches)
     if criterion == "mean_activation":
         return {i: s["mean_activation"] for i, s in stats.items()}

@@ -90,6 +90,34 @@ def test_conv_activation_stats_pool_over_positions():
     assert torch.allclose(stats["apoz"], torch.tensor([0.5, 0.75]))
 
 
+def test_taylor_scores_by_hand():
+    """|a_j dL/da_j| per example, averaged: dL/da = W2^T (softmax(z) - onehot(y)) for a ReLU MLP."""
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    m[2].weight.grad = torch.ones_like(m[2].weight)  # a gradient already there stays as it was
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    got = NP.unit_scores(m, "taylor", [(x[:2], y[:2]), (x[2:], y[2:])])[0]
+    with torch.no_grad():
+        a = torch.relu(m[0](x))
+        delta = torch.softmax(m[2](a), 1) - nn.functional.one_hot(y, 2).float()
+        want = (a * (delta @ m[2].weight)).abs().mean(0)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(m[2].weight.grad, torch.ones_like(m[2].weight)) and m[0].weight.grad is None
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_taylor_scores_of_a_channel_average_over_positions_first():
+    m = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    torch.manual_seed(4)
+    x, y = torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 0])
+    got = NP.taylor_scores(m, [(x, y)])[0]
+    a = torch.relu(m[0](x)).detach().requires_grad_(True)
+    nn.functional.cross_entropy(m[3](m[2](a)), y, reduction="sum").backward()
+    want = (a * a.grad).flatten(2).mean(2).abs().mean(0)  # mean over positions, then |.|
+    assert torch.allclose(got, want.detach(), atol=1e-6) and got.shape == (2,)
+
+
 def test_random_scores_repeat_with_seed():
     m = MLP(64, (32, 16))
     a, b, c = (NP.unit_scores(m, "random", seed=s) for s in (1, 1, 2))
@@ -136,10 +164,12 @@ def test_fraction_that_empties_a_layer_raises():
 
 def test_bad_criterion_and_scope_raise():
     with pytest.raises(ParameterError, match="CRITERIA"):
-        NP.check_criteria("CRITERIA", ["l1", "taylor"])
+        NP.check_criteria("CRITERIA", ["l1", "hessian"])
     with pytest.raises(ParameterError, match="CRITERIA"):
         NP.check_criteria("CRITERIA", ["l1", "l1"])
     with pytest.raises(ParameterError, match="criterion"):
+        NP.unit_scores(MLP(64, (8,)), "hessian")
+    with pytest.raises(ValueError, match="'taylor' needs a data loader"):
         NP.unit_scores(MLP(64, (8,)), "taylor")
     with pytest.raises(ParameterError, match="scope"):
         NP.select_keep({0: torch.ones(4)}, 0.5, scope="model")
