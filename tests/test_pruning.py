@@ -548,6 +548,7 @@ def test_notebook_prunes_caffe_lenet5(tmp_path):
         SENSITIVITY_SPARSITIES=[0.5],
         FINETUNE_EPOCHS=1,
         ITERATIVE_ROUNDS=1,
+        LOTTERY_SEEDS=[],
     )
     assert r.status == "ok", r.error
     rec = r.records
@@ -560,3 +561,71 @@ def test_notebook_prunes_caffe_lenet5(tmp_path):
     assert rec["pruned_nonzero_weights"] == pytest.approx(weights * 0.1, abs=1)
     assert rec["targets"][0]["name"] == "LeNet-5 (Caffe) weights removed"
     assert "the 580 biases are kept" in rec["targets"][0]["note"]
+
+
+def _lottery_setup():
+    torch.manual_seed(0)
+    x = torch.randn(96, 12)
+    y = (x[:, :3].sum(1) > 0).long() + 2 * (x[:, 3] > 0).long()
+    data = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    return (lambda: MLP(12, hidden=[16], n_classes=4)), data
+
+
+def test_lottery_ticket_rewinds_the_dense_runs_weights_under_its_own_mask():
+    build, data = _lottery_setup()
+    runs = P.lottery_ticket(build, data, epochs=3, sparsity=0.75, rewind=[0, 1], seed=4)
+    assert list(runs) == ["dense", "rewound to epoch 0", "rewound to epoch 1", "fresh weights"]
+    dense = runs["dense"]
+    expected = P.masks(P.magnitude_prune(copy.deepcopy(dense), 0.75, "global"))
+    for name in ("rewound to epoch 0", "rewound to epoch 1", "fresh weights"):
+        m = runs[name]
+        assert not P.is_pruned(m) and P.sparsity(m) == pytest.approx(0.75, abs=0.01)
+        for layer, mask in expected.items():  # the same mask: zeros exactly where it says
+            w = m.get_submodule(layer).weight
+            assert torch.equal(w[mask == 0], torch.zeros_like(w[mask == 0]))
+    torch.manual_seed(4)
+    init = build()  # the dense run's initialisation (the same seed)
+    fresh0 = runs["fresh weights"][1].weight
+    assert not torch.allclose(fresh0, init[1].weight * expected["1"])
+    again = P.lottery_ticket(build, _lottery_setup()[1], 3, 0.75, [0, 1], seed=4)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            runs["rewound to epoch 1"].state_dict().values(),
+            again["rewound to epoch 1"].state_dict().values(),
+        )
+    )
+
+
+def test_lottery_ticket_bad_rewind():
+    build, data = _lottery_setup()
+    for bad in ([3], [-1], []):
+        with pytest.raises(ParameterError, match="rewind"):
+            P.lottery_ticket(build, data, epochs=3, sparsity=0.5, rewind=bad, seed=0)
+    with pytest.raises(ParameterError, match="layer_masks"):
+        P.apply_masks(build(), {"9": torch.ones(1)})
+
+
+def test_lottery_table_compares_with_the_control_over_seeds():
+    control = [np.array([1, 1, 0, 0, 1, 0, 1, 0]), np.array([1, 0, 0, 0, 1, 0, 1, 0])]
+    ticket = [np.array([1, 1, 1, 0, 1, 0, 1, 0]), np.array([1, 1, 1, 0, 1, 0, 1, 0])]
+    t = P.lottery_table({"ticket": ticket, "fresh weights": control})
+    assert t.loc["ticket", "test_mean"] == pytest.approx(5 / 8)
+    assert t.loc["fresh weights", "test_mean"] == pytest.approx((4 / 8 + 3 / 8) / 2)
+    # per image, mean over the two seeds: +0.5 (image 2) twice... (1/8 + 2/8) / 2 = 0.1875
+    assert t.loc["ticket", "vs fresh weights (points)"] == pytest.approx(18.75)
+    assert t.loc["fresh weights", "verdict"] == "control" and t.loc["ticket", "seeds"] == 2
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [({"LOTTERY_REWIND": [15]}, "LOTTERY_REWIND"), ({"LOTTERY_SEEDS": [0, -1]}, "LOTTERY_SEEDS")],
+)
+def test_notebook_bad_lottery_parameters_fail_in_validation(override, name, tmp_path):
+    from pathlib import Path
+
+    from notebook_runner import assert_fails_in_validation
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "04_weight_pruning.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, BASELINE_EPOCHS=15, **override)
