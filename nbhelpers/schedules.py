@@ -32,21 +32,36 @@ from .plots import learning_curves
 from .train import Device, module_device
 
 #: Schedule names the factory knows, with the torch classes behind them.
-SCHEDULE_NAMES = ("constant", "step", "exponential", "cosine_warmup", "onecycle", "plateau")
+SCHEDULE_NAMES = (
+    "constant",
+    "step",
+    "exponential",
+    "cosine_warmup",
+    "cosine_restarts",
+    "onecycle",
+    "plateau",
+)
 CLASSES = {
     "constant": "LambdaLR (factor 1)",
     "step": "StepLR",
     "exponential": "ExponentialLR",
     "cosine_warmup": "LinearLR then CosineAnnealingLR (SequentialLR)",
+    "cosine_restarts": "CosineAnnealingWarmRestarts (T_mult 2)",
     "onecycle": "OneCycleLR",
     "plateau": "ReduceLROnPlateau (validation loss)",
 }
+#: Optimizers ``make_optimizer`` builds by name.
+OPTIMIZERS = ("sgd", "adamw")
+#: Keys of the range test's parameter and of AdamW's.
+RANGE_TEST_KEYS = ("steps", "lr_min", "lr_max", "divisor")
+ADAMW_KEYS = ("lr", "weight_decay", "schedules")
 #: Whether each schedule steps after every epoch or after every batch in ``train.fit``.
 STEP_UNIT = {
     "constant": "epoch",
     "step": "epoch",
     "exponential": "epoch",
     "cosine_warmup": "batch",
+    "cosine_restarts": "batch",
     "onecycle": "batch",
     "plateau": "epoch",
 }
@@ -91,6 +106,73 @@ def check_warmup(name: str, warmup_epochs: object, epochs: int) -> int:
     return value
 
 
+def make_optimizer(
+    name: str, params: object, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW by name.
+
+    Args:
+        name: "sgd" or "adamw" (Adam with decoupled weight decay, Loshchilov and Hutter 2019).
+        params: the parameters to optimize.
+        lr: the learning rate.
+        momentum: SGD's momentum (AdamW uses its default betas).
+        weight_decay: the weight decay: added to the gradient for SGD, decoupled for AdamW.
+
+    Returns:
+        The optimizer.
+    """
+    check_choices("optimizer", [name], OPTIMIZERS)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _check_keys(name: str, value: object, keys: Sequence[str]) -> dict:
+    if not isinstance(value, Mapping) or set(value) != set(keys):
+        raise ParameterError(name, value, "a dict with exactly the keys " + ", ".join(keys))
+    return dict(value)
+
+
+def check_range_test(name: str, value: object) -> dict:
+    """Check the LR range test's parameter: {"steps", "lr_min", "lr_max", "divisor"}.
+
+    Args:
+        name: parameter name, e.g. "RANGE_TEST".
+        value: the given dict.
+
+    Returns:
+        The dict: steps >= 10, 0 < lr_min < lr_max, divisor >= 1.
+    """
+    out = _check_keys(name, value, RANGE_TEST_KEYS)
+    check_int(f'{name}["steps"]', out["steps"], minimum=10)
+    check_positive(f'{name}["lr_min"]', out["lr_min"])
+    check_float(f'{name}["lr_max"]', out["lr_max"], out["lr_min"], None, low_inclusive=False)
+    check_float(f'{name}["divisor"]', out["divisor"], 1.0, None)
+    return out
+
+
+def check_adamw(name: str, value: object) -> dict:
+    """Check AdamW's parameter: {"lr", "weight_decay", "schedules"}.
+
+    Args:
+        name: parameter name, e.g. "ADAMW".
+        value: the given dict.
+
+    Returns:
+        The dict: lr > 0, weight_decay >= 0, schedules distinct names of ``SCHEDULE_NAMES``
+        (empty: no AdamW runs; "constant" is added first when missing: it is the reference).
+    """
+    out = _check_keys(name, value, ADAMW_KEYS)
+    check_positive(f'{name}["lr"]', out["lr"])
+    check_float(f'{name}["weight_decay"]', out["weight_decay"], 0.0, None)
+    names = out["schedules"]
+    if names:
+        names = check_schedules(f'{name}["schedules"]', names)
+        names = ["constant"] + [n for n in names if n != "constant"]
+    out["schedules"] = list(names)
+    return out
+
+
 def make_schedule(
     name: str,
     epochs: int,
@@ -104,6 +186,7 @@ def make_schedule(
     pct_start: float = 0.3,
     plateau_factor: float = 0.1,
     plateau_patience: int = 2,
+    cycles: int = 2,
 ) -> dict[str, Callable[[torch.optim.Optimizer], object] | str]:
     """Build a schedule by name for ``train.fit``.
 
@@ -120,6 +203,9 @@ def make_schedule(
         pct_start: "onecycle": share of the steps spent rising to ``max_lr``.
         plateau_factor: "plateau": factor applied when the validation loss stalls.
         plateau_patience: "plateau": epochs without improvement before a decay.
+        cycles: "cosine_restarts": cosine cycles in the budget, each twice as long as the one
+            before (SGDR with ``T_mult = 2``): the first lasts ``ceil(T / (2^cycles - 1))`` steps,
+            so the last ends at (or a few steps after) the end of training, never restarting.
 
     Returns:
         {"scheduler": f(optimizer) -> scheduler, "scheduler_step": "epoch" or "batch"}.
@@ -153,6 +239,12 @@ def make_schedule(
                 return cosine
             warmup = lrs.LinearLR(opt, start_factor=0.1, end_factor=1.0, total_iters=warm)
             return lrs.SequentialLR(opt, [warmup, cosine], milestones=[warm])
+    elif name == "cosine_restarts":
+        n = check_int("cycles", cycles, minimum=1)
+        first = max(1, math.ceil(total / (2**n - 1)))
+
+        def build(opt):
+            return lrs.CosineAnnealingWarmRestarts(opt, T_0=first, T_mult=2)
     elif name == "onecycle":
         peak = check_positive("max_lr", base_lr if max_lr is None else max_lr)
         check_float("pct_start", pct_start, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
@@ -221,10 +313,12 @@ def lr_range_test(
     smoothing: float = 0.9,
     stop_factor: float = 4.0,
     device: Device | None = None,
+    optimizer: str = "sgd",
+    weight_decay: float = 0.0,
 ) -> pd.DataFrame:
     """Smith's LR range test: raise the learning rate exponentially each batch and record the loss.
 
-    The model is trained on a copy (the given one is left unchanged) with SGD; the learning rate of
+    The model is trained on a copy (the given one is left unchanged) with SGD or AdamW; the rate of
     step ``i`` is ``lr_min * (lr_max / lr_min) ** (i / (steps - 1))`` (an ``ExponentialLR`` stepped
     per batch). The test stops early when the smoothed loss exceeds ``stop_factor`` times its
     minimum.
@@ -239,6 +333,8 @@ def lr_range_test(
         smoothing: factor of the exponential moving average of the loss (bias-corrected).
         stop_factor: stop when the smoothed loss exceeds this multiple of its minimum.
         device: where to train the copy; None trains it where the model is. Batches are moved there.
+        optimizer: "sgd" (with ``momentum``) or "adamw" (with ``weight_decay``).
+        weight_decay: AdamW's decoupled weight decay.
 
     Returns:
         One row per step: step, lr, loss, smoothed_loss.
@@ -249,7 +345,7 @@ def lr_range_test(
     net = copy.deepcopy(model).train()
     device = module_device(net) if device is None else torch.device(device)
     net.to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=lr_min, momentum=momentum)
+    opt = make_optimizer(optimizer, net.parameters(), lr_min, momentum, weight_decay)
     sched = lrs.ExponentialLR(opt, gamma=(lr_max / lr_min) ** (1.0 / (steps - 1)))
     rows, avg, best = [], 0.0, math.inf
     batches = iter(())
@@ -439,6 +535,79 @@ def per_schedule(results: pd.DataFrame) -> pd.DataFrame:
     )
     constant = table.loc["constant", "test_mean"]
     table["gain_vs_constant_points"] = 100 * (table["test_mean"] - constant)
+    return table
+
+
+def versus_constant(
+    results: pd.DataFrame, correct: Mapping[tuple[str, int], object], seeds: Sequence[int]
+) -> pd.DataFrame:
+    """``per_schedule`` plus each schedule's gain over "constant" with its paired interval.
+
+    Args:
+        results: one row per run (schedule, seed, test_accuracy, the ``final_epoch`` values);
+            empty for no runs.
+        correct: (schedule, seed) -> right or wrong on each test image.
+        seeds: the seeds, in the same order for every schedule.
+
+    Returns:
+        One row per schedule: ``per_schedule``'s columns and ``gain_low``, ``gain_high`` (points,
+        ``stats.seeds_paired_difference`` against "constant") and ``verdict``; empty when no run.
+    """
+    from .stats import seeds_paired_difference
+
+    if results.empty:
+        return pd.DataFrame()
+    table = per_schedule(results)
+    base = np.stack([np.asarray(correct["constant", s], bool) for s in seeds])
+    for name in table.index:
+        runs = np.stack([np.asarray(correct[name, s], bool) for s in seeds])
+        d = seeds_paired_difference(base, runs) if name != "constant" else {}
+        table.loc[name, "gain_low"] = d.get("low", np.nan)
+        table.loc[name, "gain_high"] = d.get("high", np.nan)
+        table.loc[name, "verdict"] = d.get("verdict", "reference")
+    return table
+
+
+def scaling_table(
+    results: pd.DataFrame,
+    correct: Mapping[tuple[tuple[int, str], int], object],
+    reference: Mapping[int, object],
+    seeds: Sequence[int],
+) -> pd.DataFrame:
+    """The linear scaling rule's runs against the small-batch reference, over seeds.
+
+    Args:
+        results: one row per run: k, batch, rule, lr, seed, test_accuracy (empty: no runs).
+        correct: ((k, rule), seed) -> right or wrong on each test image.
+        reference: seed -> right or wrong on each test image of the reference run (the same
+            schedule at the small batch); empty: no comparison.
+        seeds: the seeds, in the same order everywhere.
+
+    Returns:
+        One row per (k, rule): batch, lr, seeds, test mean and sd, and against the reference the
+        mean difference in points with its paired 95% interval and verdict (NaN without one).
+    """
+    from .stats import seeds_paired_difference
+
+    if results.empty:
+        return pd.DataFrame()
+    table = results.groupby(["k", "rule"], sort=False).agg(
+        batch=("batch", "first"),
+        lr=("lr", "first"),
+        seeds=("seed", "nunique"),
+        test_mean=("test_accuracy", "mean"),
+        test_sd=("test_accuracy", "std"),
+    )
+    ref = np.stack([np.asarray(reference[s], bool) for s in seeds]) if reference else None
+    for key in table.index:
+        d = {}
+        if ref is not None:
+            runs = np.stack([np.asarray(correct[key, s], bool) for s in seeds])
+            d = seeds_paired_difference(ref, runs)
+        table.loc[key, "vs_reference_points"] = d.get("difference", np.nan)
+        table.loc[key, "low"] = d.get("low", np.nan)
+        table.loc[key, "high"] = d.get("high", np.nan)
+        table.loc[key, "verdict"] = d.get("verdict", "no reference")
     return table
 
 

@@ -5,11 +5,12 @@ Constant, step, exponential and plateau are compared with ``==``: torch multipli
 by the factor exactly as the hand-written loops here do. Cosine and one-cycle are compared with
 their closed-form formulas to 1e-12 relative: torch evaluates cosine annealing recursively (a ratio
 of cosines times the previous rate), which differs from the closed form in the last bits of a
-double. """
+double."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -339,3 +340,87 @@ def test_notebook_bad_input(override, name, tmp_path):
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "09_learning_rate_schedules.ipynb"
     assert_fails_in_validation(nb, tmp_path, name, **override)
+
+
+def test_cosine_restarts_cycles_double_and_end_with_training():
+    sched = schedules.make_schedule("cosine_restarts", 20, 79, 0.05, cycles=2)
+    trace = schedules.lr_sequence(sched, 20, 79, 0.05)
+    restarts = [i for i in range(1, len(trace)) if trace[i] > trace[i - 1]]
+    first = math.ceil(20 * 79 / 3)  # T_0 = ceil(T / (2^2 - 1)) = 527
+    assert restarts == [first] and trace[0] == trace[first] == 0.05
+    assert trace[-1] < 1e-5  # the second cycle (2 T_0 = 1054 steps) ends with training
+    three = schedules.lr_sequence(
+        schedules.make_schedule("cosine_restarts", 20, 79, 0.05, cycles=3), 20, 79, 0.05
+    )
+    assert [i for i in range(1, len(three)) if three[i] > three[i - 1]] == [226, 678]
+    with pytest.raises(ParameterError, match="cycles"):
+        schedules.make_schedule("cosine_restarts", 20, 79, 0.05, cycles=0)
+
+
+def test_make_optimizer_by_name():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    sgd, adamw = (
+        schedules.make_optimizer("sgd", p, 0.1, 0.8),
+        schedules.make_optimizer("adamw", p, 0.01, 0.8, 0.02),
+    )
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.02
+    with pytest.raises(ParameterError, match="optimizer"):
+        schedules.make_optimizer("lamb", p, 0.1)
+
+
+def test_range_test_and_adamw_parameters():
+    good = {"steps": 50, "lr_min": 1e-4, "lr_max": 1.0, "divisor": 2.0}
+    assert schedules.check_range_test("RANGE_TEST", good) == good
+    for bad, where in [({**good, "lr_max": 1e-5}, 'RANGE_TEST["lr_max"]'),
+                       ({**good, "steps": 5}, 'RANGE_TEST["steps"]'),
+                       ({"steps": 50}, "RANGE_TEST")]:  # fmt: skip
+        with pytest.raises(ParameterError, match=re.escape(where)):
+            schedules.check_range_test("RANGE_TEST", bad)
+    a = schedules.check_adamw("ADAMW", {"lr": 1e-3, "weight_decay": 0.0, "schedules": ["onecycle"]})
+    assert a["schedules"] == ["constant", "onecycle"]  # the reference comes first
+    assert (
+        schedules.check_adamw("ADAMW", {"lr": 1e-3, "weight_decay": 0.1, "schedules": []})[
+            "schedules"
+        ]
+        == []
+    )
+    with pytest.raises(ParameterError, match=re.escape('ADAMW["schedules"]')):
+        schedules.check_adamw("ADAMW", {"lr": 1e-3, "weight_decay": 0.0, "schedules": ["warm"]})
+    with pytest.raises(ParameterError, match=re.escape('ADAMW["weight_decay"]')):
+        schedules.check_adamw("ADAMW", {"lr": 1e-3, "weight_decay": -1, "schedules": []})
+
+
+def test_adamw_range_test_runs_and_leaves_the_model():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    before = [p.clone() for p in m.parameters()]
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))] * 3
+    t = schedules.lr_range_test(m, data, 1e-4, 1.0, 12, optimizer="adamw", weight_decay=0.01)
+    assert len(t) >= 2 and t["lr"].iloc[0] == pytest.approx(1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_versus_constant_and_scaling_tables():
+    seeds = [0, 1]
+    right = {
+        ("constant", 0): [1, 0, 0, 1], ("constant", 1): [1, 0, 0, 1],
+        ("onecycle", 0): [1, 1, 0, 1], ("onecycle", 1): [1, 1, 1, 1],
+    }  # fmt: skip
+    res = pd.DataFrame([{"schedule": n, "seed": s, "test_accuracy": np.mean(v),
+                         "val_accuracy": 0.5, "train_loss": 0.1, "train_accuracy": 0.9,
+                         "train_seconds": 1.0} for (n, s), v in right.items()])  # fmt: skip
+    t = schedules.versus_constant(res, right, seeds)
+    assert t.loc["onecycle", "gain_vs_constant_points"] == pytest.approx(37.5)
+    assert t.loc["constant", "verdict"] == "reference" and t.loc["onecycle", "gain_high"] >= 37.5
+    assert schedules.versus_constant(pd.DataFrame(), {}, seeds).empty
+    runs = {((4, "lr x k"), s): right["onecycle", s] for s in seeds}
+    runs.update({((4, "same lr"), s): [0, 0, 0, 1] for s in seeds})
+    rows = pd.DataFrame([{"k": k, "rule": r, "batch": 256, "lr": 0.2 if r == "lr x k" else 0.05,
+                          "seed": s, "test_accuracy": np.mean(v)}
+                         for ((k, r), s), v in runs.items()])  # fmt: skip
+    sc = schedules.scaling_table(rows, runs, {s: right["constant", s] for s in seeds}, seeds)
+    assert sc.loc[(4, "lr x k"), "vs_reference_points"] == pytest.approx(37.5)
+    assert sc.loc[(4, "same lr"), "vs_reference_points"] == pytest.approx(-25.0)
+    assert sc.loc[(4, "lr x k"), "seeds"] == 2
+    assert (schedules.scaling_table(rows, runs, {}, seeds)["verdict"] == "no reference").all()
