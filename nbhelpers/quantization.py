@@ -456,6 +456,21 @@ def calibration_reader(loader: DataLoader, batches: int, input_name: str = "x"):
     return Reader()
 
 
+def weighted_nodes(path: str | Path) -> list[str]:
+    """Names of an ONNX graph's weighted nodes (Conv, Gemm, MatMul), in graph order.
+
+    Args:
+        path: the .onnx file.
+
+    Returns:
+        The node names (the first is the layer that sees the input).
+    """
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+
+
 def ort_quantize(
     src: str | Path,
     dst: str | Path,
@@ -464,6 +479,7 @@ def ort_quantize(
     fmt: str = "QDQ",
     per_channel: bool = True,
     reduce_range: bool | None = None,
+    keep_float: int = 0,
 ) -> Path:
     """Quantize an ONNX model with ONNX Runtime: dynamic without a loader, static with calibration.
 
@@ -479,6 +495,8 @@ def ort_quantize(
         fmt: static format, "QDQ" (Quantize/DequantizeLinear pairs) or "QOperator" (QLinear* ops).
         per_channel: per-channel weight scales (static only).
         reduce_range: 7-bit weights; None: ``machine.int8_precaution`` of this CPU decides.
+        keep_float: mixed precision: the first ``keep_float`` weighted nodes (Conv, Gemm, MatMul,
+            in graph order) stay in float (``nodes_to_exclude``); 0 quantizes every one.
 
     Returns:
         The path of the int8 model.
@@ -494,15 +512,22 @@ def ort_quantize(
     check_bool("REDUCE_RANGE", reduce_range)
     if loader is not None and batches < 1:
         raise ParameterError("CALIBRATION_BATCHES", batches, "an integer >= 1")
+    if not isinstance(keep_float, int) or keep_float < 0:
+        raise ParameterError("keep_float", keep_float, "an integer >= 0 (weighted nodes in float)")
     src, dst = Path(src), Path(dst)
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre))
+    exclude = weighted_nodes(pre)[:keep_float]
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
     try:
         if loader is None:
             quantize_dynamic(
-                str(pre), str(dst), weight_type=QuantType.QInt8, reduce_range=reduce_range
+                str(pre),
+                str(dst),
+                weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
+                nodes_to_exclude=exclude,
             )
         else:
             reader = calibration_reader(loader, batches)
@@ -515,6 +540,7 @@ def ort_quantize(
                 reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
             )
     finally:
         logging.getLogger().setLevel(level)

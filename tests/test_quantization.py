@@ -529,3 +529,29 @@ def test_summary_facts_on_known_tables():
     assert f["one test image"] == 0.1 and f["standard error of mlp fp32's accuracy"] == 0.69
     skipped = Q.summary(sweep, naive, table, same, scan.iloc[:0], (prof8, prof32), cpu, n_test=1000)
     assert skipped.loc["width scan", "value"] == "skipped"
+
+
+def test_mixed_precision_keeps_the_first_convolution_in_float(tmp_path):
+    """keep_float=1: the first Conv stays a float Conv, the second becomes a QLinearConv; the
+    outputs stay close to the fully quantized model's and the float model's."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = LeNet5((1, 8, 8)).eval()
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    fp32 = Q.export_onnx(model, tmp_path / "m.onnx", x)
+    assert len(Q.weighted_nodes(fp32)) == 5  # two convolutions, three Linear layers
+    loader = [(x[:32], None), (x[32:], None)]
+
+    def ops(path):
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    full = Q.ort_quantize(fp32, tmp_path / "full.onnx", loader, 2, fmt="QOperator")
+    mixed = Q.ort_quantize(fp32, tmp_path / "mixed.onnx", loader, 2, fmt="QOperator", keep_float=1)
+    assert ops(full).count("QLinearConv") == 2 and "Conv" not in ops(full)
+    assert ops(mixed).count("QLinearConv") == 1 and ops(mixed).count("Conv") == 1
+    with torch.no_grad():
+        ref = model(x)
+    assert Q.output_agreement(ref, Q.OrtModel(mixed)(x))["top1_agreement"] >= 0.9
+    with pytest.raises(ParameterError, match="keep_float"):
+        Q.ort_quantize(fp32, tmp_path / "bad.onnx", loader, 2, keep_float=-1)
