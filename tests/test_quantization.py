@@ -555,3 +555,34 @@ def test_mixed_precision_keeps_the_first_convolution_in_float(tmp_path):
     assert Q.output_agreement(ref, Q.OrtModel(mixed)(x))["top1_agreement"] >= 0.9
     with pytest.raises(ParameterError, match="keep_float"):
         Q.ort_quantize(fp32, tmp_path / "bad.onnx", loader, 2, keep_float=-1)
+
+
+def test_kmeans_weights_share_two_to_the_bits_values_per_layer():
+    torch.manual_seed(0)
+    model = MLP(64, (32,)).eval()
+    with torch.no_grad():  # trained-like weights: crowded near zero, a few large
+        model[1].weight.copy_(torch.randn(32, 64) * 0.05)
+    shared, table = Q.kmeans_weights(model, 2)
+    for layer in (shared[1], shared[3]):
+        assert len(torch.unique(layer.weight)) <= 4
+    assert list(table["distinct values"]) == [4, 4] and list(table["weights"]) == [2048, 320]
+    assert torch.equal(shared[1].bias, model[1].bias)  # biases stay float
+    w = model[1].weight.detach()
+    uniform = Q.fake_quantize(w, 2, symmetric=False, per_channel=False)
+    assert Q.sqnr_db(w, shared[1].weight.detach()) > Q.sqnr_db(w, uniform) + 3  # bell-shaped
+    again, _ = Q.kmeans_weights(model, 2)
+    assert torch.equal(again[1].weight, shared[1].weight)
+    with pytest.raises(ParameterError, match="bits"):
+        Q.kmeans_weights(model, 9)
+
+
+def test_kmeans_vs_uniform_rows():
+    torch.manual_seed(0)
+    model = MLP(64, (16,)).eval()
+    x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    t = Q.kmeans_vs_uniform(model, [(x, y)], [4, 2])
+    assert list(t["bits"]) == [4, 2]
+    assert {"k-means sqnr_db", "uniform sqnr_db", "k-means accuracy", "uniform accuracy"} <= set(t)
+    diff = (t["k-means accuracy"] - t["uniform accuracy"]) * 100
+    assert np.allclose(t["k-means minus uniform (points)"], diff)
+    assert (t["low"] <= t["k-means minus uniform (points)"]).all()
