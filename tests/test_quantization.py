@@ -586,3 +586,17 @@ def test_kmeans_vs_uniform_rows():
     diff = (t["k-means accuracy"] - t["uniform accuracy"]) * 100
     assert np.allclose(t["k-means minus uniform (points)"], diff)
     assert (t["low"] <= t["k-means minus uniform (points)"]).all()
+
+
+def test_calibration_methods_give_a_paired_table(tmp_path):
+    torch.manual_seed(0)
+    model = MLP(64, (16,)).eval()
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1).detach()  # the float model is right on every image
+    fp32 = Q.export_onnx(model, tmp_path / "m.onnx", x)
+    calib = [(x[:20], None), (x[20:], None)]
+    t = Q.calibration_table({"mlp": fp32}, tmp_path, calib, 2, [(x, y)], ["MinMax", "Percentile"])
+    assert list(t["calibration"]) == ["MinMax", "Percentile"] and (t["model"] == "mlp").all()
+    assert np.allclose(t["delta_points"], (t["accuracy"] - 1.0) * 100)
+    with pytest.raises(ParameterError, match="CALIBRATIONS"):
+        Q.ort_quantize(fp32, tmp_path / "bad.onnx", calib, 2, calibration="Histogram")
