@@ -230,6 +230,82 @@ def weight_error(
     return {"mse": mse(w, w_hat), "sqnr_db": sqnr_db(w, w_hat)}
 
 
+def activation_ranges(
+    model: nn.Module, loader: DataLoader, batches: int
+) -> dict[str, torch.Tensor]:
+    """Calibration: the smallest and largest input each Linear/Conv2d layer sees on some batches.
+
+    Args:
+        model: the float model (run in eval mode, without gradients).
+        loader: calibration batches (training data).
+        batches: how many of them.
+
+    Returns:
+        Layer name -> tensor([min, max]) of its inputs over those batches.
+    """
+    check_int("batches", batches, minimum=1)
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_m, inputs):
+            x = inputs[0].detach()
+            lo, hi = float(x.min()), float(x.max())
+            if name in seen:
+                lo, hi = min(lo, float(seen[name][0])), max(hi, float(seen[name][1]))
+            seen[name] = torch.tensor([lo, hi])
+
+        return hook
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+    hooks = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for b, (x, _) in enumerate(loader):
+                if b >= batches:
+                    break
+                model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def quantize_activations(
+    model: nn.Module, bits: int, ranges: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """A copy whose Linear/Conv2d layers fake-quantize their inputs with calibrated ranges.
+
+    Static activation quantization from scratch: each layer's input is mapped to ``bits``-bit
+    unsigned integers with one scale and zero point from its calibrated [min, max] (asymmetric,
+    per tensor, the range widened to contain 0), clamped there, and dequantized. Values outside
+    the calibrated range saturate, as in a deployed integer model. Weights are left as they are:
+    combine with ``quantize_weights`` for both.
+
+    Args:
+        model: the float model (left unchanged).
+        bits: activation bit width.
+        ranges: from ``activation_ranges`` (layer name -> [min, max]).
+
+    Returns:
+        The copy in eval mode.
+    """
+    check_bits("bits", bits)
+    out = copy.deepcopy(model).eval()
+    for name, m in out.named_modules():
+        if isinstance(m, WEIGHT_LAYERS):
+            if name not in ranges:
+                raise ValueError(f"no calibrated range for layer {name!r}")
+            scale, zero = quant_params(torch.as_tensor(ranges[name]), bits, False, False)
+
+            def hook(_m, inputs, scale=scale, zero=zero):
+                x = inputs[0]
+                return (dequantize(quantize(x, scale, zero, bits), scale, zero).to(x.dtype),)
+
+            m.register_forward_pre_hook(hook)
+    return out
+
+
 def kmeans_weights(model: nn.Module, bits: int, seed: int = 0) -> tuple[nn.Module, pd.DataFrame]:
     """Deep Compression's weight sharing: each layer's weights snapped to 2^bits shared values.
 

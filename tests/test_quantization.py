@@ -600,3 +600,26 @@ def test_calibration_methods_give_a_paired_table(tmp_path):
     assert np.allclose(t["delta_points"], (t["accuracy"] - 1.0) * 100)
     with pytest.raises(ParameterError, match="CALIBRATIONS"):
         Q.ort_quantize(fp32, tmp_path / "bad.onnx", calib, 2, calibration="Histogram")
+
+
+def test_activation_ranges_and_static_activation_quantization():
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.ReLU(),
+                            torch.nn.Linear(2, 1, bias=False))  # fmt: skip
+    with torch.no_grad():
+        m[0].weight.copy_(torch.eye(2))
+        m[2].weight.copy_(torch.ones(1, 2))
+    a, b = torch.tensor([[0.0, 1.0]]), torch.tensor([[3.0, -1.0]])
+    r = Q.activation_ranges(m, [(a, None), (b, None), (torch.full((1, 2), 99.0), None)], 2)
+    assert r["0"].tolist() == [-1.0, 3.0] and r["2"].tolist() == [0.0, 3.0]  # 2 batches only
+    q = Q.quantize_activations(m, 2, r)
+    # layer 0 input: [-1, 3] on 2 bits, step s = 4/3 and zero point z = round(0.75) = 1, so the
+    # levels are s (q - z) = -4/3, 0, 4/3, 8/3 (zero exact); 0.4 rounds to 0 and 10, outside the
+    # calibrated range, saturates at 8/3. Layer 2 input: [0, 3], step 1: 8/3 rounds to 3.
+    x = torch.tensor([[0.4, 10.0]])
+    with torch.no_grad():
+        assert torch.allclose(q(x), torch.tensor([[3.0]]), atol=1e-6)
+        assert torch.allclose(m(x), torch.tensor([[10.4]]))
+        assert torch.allclose(q(torch.tensor([[1.2, 1.0]])), torch.tensor([[2.0]]), atol=1e-6)
+    assert not m[0]._forward_pre_hooks  # the original model is untouched
+    with pytest.raises(ValueError, match="no calibrated range"):
+        Q.quantize_activations(m, 4, {"0": r["0"]})
