@@ -628,6 +628,55 @@ def weighted_nodes(path: str | Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
 
 
+def nodes_of_layers(
+    path: str | Path, layers: Sequence[str], name: str = "MIXED_FLOAT"
+) -> list[str]:
+    """The weighted ONNX nodes that torch layers were exported to (``/0/Conv`` for layer "0").
+
+    Args:
+        path: the .onnx file (exported by ``export_onnx``).
+        layers: torch layer names, as in ``model.named_modules()``.
+        name: the parameter the names came from, for the error.
+
+    Returns:
+        The node names, in the order of ``layers``.
+
+    Raises:
+        ParameterError: a layer with no weighted node in the graph (it names the layers there).
+    """
+    nodes = weighted_nodes(path)
+    out = []
+    for layer in layers:
+        prefix = "/" + str(layer).replace(".", "/") + "/"
+        hit = [n for n in nodes if n.startswith(prefix)]
+        if not hit:
+            known = sorted({n.rsplit("/", 1)[0].lstrip("/").replace("/", ".") for n in nodes})
+            raise ParameterError(
+                name, list(layers), "weighted layers of the model: " + ", ".join(known)
+            )
+        out += hit
+    return out
+
+
+def check_layer_names(name: str, layers: object, model: nn.Module) -> list[str]:
+    """Check a list of a model's Linear/Conv2d layer names (e.g. the layers kept in float).
+
+    Args:
+        name: parameter name, e.g. "MIXED_FLOAT".
+        layers: the given list.
+        model: a model of the architecture.
+
+    Returns:
+        The names.
+    """
+    known = [n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+    if not isinstance(layers, list) or any(x not in known for x in layers):
+        raise ParameterError(
+            name, layers, "a list of weighted layers of the model: " + ", ".join(known)
+        )
+    return list(layers)
+
+
 def ort_quantize(
     src: str | Path,
     dst: str | Path,
@@ -636,7 +685,7 @@ def ort_quantize(
     fmt: str = "QDQ",
     per_channel: bool = True,
     reduce_range: bool | None = None,
-    keep_float: int = 0,
+    keep_float: Sequence[str] = (),
     calibration: str = "MinMax",
 ) -> Path:
     """Quantize an ONNX model with ONNX Runtime: dynamic without a loader, static with calibration.
@@ -653,8 +702,8 @@ def ort_quantize(
         fmt: static format, "QDQ" (Quantize/DequantizeLinear pairs) or "QOperator" (QLinear* ops).
         per_channel: per-channel weight scales (static only).
         reduce_range: 7-bit weights; None: ``machine.int8_precaution`` of this CPU decides.
-        keep_float: mixed precision: the first ``keep_float`` weighted nodes (Conv, Gemm, MatMul,
-            in graph order) stay in float (``nodes_to_exclude``); 0 quantizes every one.
+        keep_float: mixed precision: names of the torch layers (``"0"``, ``"features.3"``) whose
+            ONNX nodes stay in float (``nodes_to_exclude``); empty quantizes every layer.
         calibration: how static quantization sets each activation's range from the calibration
             data (``CALIBRATIONS``): "MinMax" (the observed extremes), "Percentile" (99.999th
             percentile of |x|), "Entropy" (the range that minimises the KL divergence between the
@@ -681,12 +730,10 @@ def ort_quantize(
     check_bool("REDUCE_RANGE", reduce_range)
     if loader is not None and batches < 1:
         raise ParameterError("CALIBRATION_BATCHES", batches, "an integer >= 1")
-    if not isinstance(keep_float, int) or keep_float < 0:
-        raise ParameterError("keep_float", keep_float, "an integer >= 0 (weighted nodes in float)")
     src, dst = Path(src), Path(dst)
     pre = dst.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre))
-    exclude = weighted_nodes(pre)[:keep_float]
+    exclude = nodes_of_layers(pre, keep_float)
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
     try:

@@ -532,7 +532,7 @@ def test_summary_facts_on_known_tables():
 
 
 def test_mixed_precision_keeps_the_first_convolution_in_float(tmp_path):
-    """keep_float=1: the first Conv stays a float Conv, the second becomes a QLinearConv; the
+    """keep_float=["0"]: the first Conv stays a float Conv, the second becomes a QLinearConv; the
     outputs stay close to the fully quantized model's and the float model's."""
     import onnx
 
@@ -547,14 +547,22 @@ def test_mixed_precision_keeps_the_first_convolution_in_float(tmp_path):
         return [n.op_type for n in onnx.load(str(path)).graph.node]
 
     full = Q.ort_quantize(fp32, tmp_path / "full.onnx", loader, 2, fmt="QOperator")
-    mixed = Q.ort_quantize(fp32, tmp_path / "mixed.onnx", loader, 2, fmt="QOperator", keep_float=1)
+    mixed = Q.ort_quantize(
+        fp32, tmp_path / "mixed.onnx", loader, 2, fmt="QOperator", keep_float=["0"]
+    )
     assert ops(full).count("QLinearConv") == 2 and "Conv" not in ops(full)
     assert ops(mixed).count("QLinearConv") == 1 and ops(mixed).count("Conv") == 1
     with torch.no_grad():
         ref = model(x)
     assert Q.output_agreement(ref, Q.OrtModel(mixed)(x))["top1_agreement"] >= 0.9
-    with pytest.raises(ParameterError, match="keep_float"):
-        Q.ort_quantize(fp32, tmp_path / "bad.onnx", loader, 2, keep_float=-1)
+    assert Q.nodes_of_layers(fp32, ["3", "0"]) == ["/3/Conv", "/0/Conv"]
+    with pytest.raises(
+        ParameterError, match=r"MIXED_FLOAT.*weighted layers of the model: 0, 11, 3"
+    ):
+        Q.ort_quantize(fp32, tmp_path / "bad.onnx", loader, 2, keep_float=["1"])
+    assert Q.check_layer_names("MIXED_FLOAT", ["0", "9"], model) == ["0", "9"]
+    with pytest.raises(ParameterError, match="MIXED_FLOAT"):
+        Q.check_layer_names("MIXED_FLOAT", ["conv1"], model)
 
 
 def test_kmeans_weights_share_two_to_the_bits_values_per_layer():
@@ -623,3 +631,21 @@ def test_activation_ranges_and_static_activation_quantization():
     assert not m[0]._forward_pre_hooks  # the original model is untouched
     with pytest.raises(ValueError, match="no calibrated range"):
         Q.quantize_activations(m, 4, {"0": r["0"]})
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        ({"MIXED_FLOAT": ["1"]}, "MIXED_FLOAT"),  # LeNet-5's weighted layers: 0, 3, 7, 9, 11
+        ({"CALIBRATIONS": ["Histogram"]}, "CALIBRATIONS"),
+        ({"ACT_BITS": [1]}, "ACT_BITS"),
+        ({"KMEANS_BITS": [9]}, "KMEANS_BITS"),
+    ],
+)
+def test_notebook_new_parameters_fail_in_validation(override, name, tmp_path):
+    from pathlib import Path
+
+    from notebook_runner import assert_fails_in_validation
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "06_quantization.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, **override)

@@ -424,3 +424,21 @@ def test_versus_constant_and_scaling_tables():
     assert sc.loc[(4, "same lr"), "vs_reference_points"] == pytest.approx(-25.0)
     assert sc.loc[(4, "lr x k"), "seeds"] == 2
     assert (schedules.scaling_table(rows, runs, {}, seeds)["verdict"] == "no reference").all()
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        ({"SCALE_FACTORS": [1]}, "SCALE_FACTORS"),
+        ({"ADAMW": {"lr": 0.001, "weight_decay": 0.0, "schedules": ["linear"]}}, "ADAMW"),
+        ({"RANGE_TEST": {"steps": 200}}, "RANGE_TEST"),
+        ({"RESTART_CYCLES": 0}, "RESTART_CYCLES"),
+    ],
+)
+def test_notebook_new_parameters_fail_in_validation(override, name, tmp_path):
+    from pathlib import Path
+
+    from notebook_runner import assert_fails_in_validation
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "09_learning_rate_schedules.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, **override)
