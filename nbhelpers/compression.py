@@ -16,6 +16,7 @@ import copy
 import heapq
 import io
 import lzma
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,13 +34,16 @@ from .params import ParameterError, check_choice
 PIPELINE_MODELS = ("mlp", "lenet5_caffe")
 
 
-def check_pipeline(model: str, distill_epochs: int, struct_fraction: float) -> str:
+def check_pipeline(
+    model: str, distill_epochs: int, struct_fraction: float, mo_trials: int = 0
+) -> str:
     """Check the pipeline's model against the stages that need an MLP student.
 
     Args:
         model: the dense model compressed (``PIPELINE_MODELS``).
         distill_epochs: epochs of the distillation stage (0 skips it).
         struct_fraction: fraction of hidden units removed (0 skips the stage).
+        mo_trials: trials of the multi-objective search over distilled MLP students (0: none).
 
     Returns:
         ``model``.
@@ -62,7 +66,224 @@ def check_pipeline(model: str, distill_epochs: int, struct_fraction: float) -> s
             struct_fraction,
             f"0 when MODEL={model!r} (structured pruning removes the hidden units of an MLP)",
         )
+    if not isinstance(mo_trials, int) or isinstance(mo_trials, bool) or mo_trials < 0:
+        raise ParameterError("MO_TRIALS", mo_trials, "an integer >= 0")
+    if mo_trials and (model != "mlp" or distill_epochs == 0):
+        raise ParameterError(
+            "MO_TRIALS",
+            mo_trials,
+            "0 unless MODEL='mlp' with DISTILL_EPOCHS > 0 (the search distils MLP students)",
+        )
     return model
+
+
+#: Knobs of the multi-objective search over the pipeline, and their kinds.
+MO_KNOBS = {"width": int, "sparsity": float, "bits": int}
+
+
+def check_mo_space(name: str, value: object) -> dict[str, list]:
+    """Check the multi-objective search's ranges: {"width", "sparsity", "bits"} -> [lo, hi].
+
+    Args:
+        name: parameter name, e.g. "MO_SPACE".
+        value: the given dict.
+
+    Returns:
+        The dict: integer widths 2 <= lo < hi, sparsities 0 <= lo < hi < 1, integer bits
+        2 <= lo < hi <= 8.
+    """
+    allowed = (
+        "a dict {'width': [lo, hi], 'sparsity': [lo, hi], 'bits': [lo, hi]} with lo < hi, "
+        "integer widths >= 2, sparsities in [0, 1), integer bits from 2 to 8"
+    )
+    if not isinstance(value, Mapping) or set(value) != set(MO_KNOBS):
+        raise ParameterError(name, value, allowed)
+    for knob, kind in MO_KNOBS.items():
+        r = value[knob]
+        ok = isinstance(r, list | tuple) and len(r) == 2
+        ok = ok and all(isinstance(v, int if kind is int else int | float) for v in r)
+        ok = ok and not any(isinstance(v, bool) for v in r) and r[0] < r[1]
+        if ok and knob == "width":
+            ok = r[0] >= 2
+        elif ok and knob == "sparsity":
+            ok = r[0] >= 0 and r[1] < 1
+        elif ok:
+            ok = r[0] >= 2 and r[1] <= 8
+        if not ok:
+            raise ParameterError(f"{name}[{knob!r}]", r, allowed)
+    return {k: list(value[k]) for k in MO_KNOBS}
+
+
+def weights_at_bits(model: nn.Module, bits: int) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """Every Linear/Conv2d weight on a symmetric ``bits``-bit grid, and the artifact that stores it.
+
+    One scale per layer, ``s = max|w| / (2^(bits-1) - 1)``; zeros stay zero, so a pruned layer
+    keeps its sparsity. The artifact has ``pack_int8_sparse``'s layout (bitmap, non-zero integers
+    in an int8 container, scale, float bias per layer); fewer bits leave fewer distinct values,
+    which the entropy coder then squeezes.
+
+    Args:
+        model: the float model (left unchanged).
+        bits: 2 to 8.
+
+    Returns:
+        (a float copy whose weights are the dequantized integers, the artifact arrays).
+    """
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ParameterError("bits", bits, "an integer from 2 to 8")
+    qmax = 2 ** (bits - 1) - 1
+    out, arrays = copy.deepcopy(model).cpu().eval(), {}
+    layers = [m for m in out.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    with torch.no_grad():
+        for i, m in enumerate(layers):
+            amax = float(m.weight.abs().max())
+            scale = torch.tensor(amax / qmax if amax > 0 else 1.0, dtype=torch.float32)
+            q = torch.clamp(torch.round(m.weight / scale), -qmax, qmax)
+            m.weight.copy_(q * scale)
+            _pack(arrays, f"l{i}", q.to(torch.int8).numpy(), float(scale), m.bias)
+    return out, arrays
+
+
+def pipeline_point(
+    knobs: Mapping[str, Any],
+    loaders: Mapping[str, Any],
+    n_in: int,
+    loss_fn: Any,
+    epochs: tuple[int, int],
+    lr: float,
+    seed: int,
+    device: Any = "cpu",
+) -> dict[str, Any]:
+    """One point of the pipeline's design space: distil, prune, quantize, entropy-code, measure.
+
+    A student MLP with one hidden layer of ``width`` units is distilled (``loss_fn``) for
+    ``epochs[0]`` epochs, pruned gradually to ``sparsity`` over ``epochs[1]`` epochs (the cubic
+    schedule on the first two thirds of the steps, as stage 3), its weights put on a ``bits``-bit
+    grid (``weights_at_bits``; activations stay float) and the artifact LZMA-coded.
+
+    Args:
+        knobs: {"width", "sparsity", "bits"}.
+        loaders: "train", "val" and "test" loaders (images; the MLP flattens them).
+        n_in: inputs per image.
+        loss_fn: the distillation loss (``distillation.make_loss_fn``).
+        epochs: (distillation epochs, pruning epochs).
+        lr: Adam learning rate.
+        seed: seed of the student's initialisation and shuffles.
+        device: where to train.
+
+    Returns:
+        {"model", "val_accuracy", "test_accuracy", "bytes", "correct"} (``correct``: right or
+        wrong on each test image).
+    """
+    from .measure import accuracy, correct
+    from .pruning import GradualPruner, make_permanent
+    from .train import fit, seed_everything
+
+    seed_everything(seed)
+    student = MLP(n_in, hidden=[int(knobs["width"])])
+    fit(student, loaders["train"], epochs=epochs[0], lr=lr, loss_fn=loss_fn, device=device,
+        progress=False)  # fmt: skip
+    steps = epochs[1] * len(loaders["train"])
+    pruner = GradualPruner(final=float(knobs["sparsity"]), begin=1, end=max(1, (2 * steps) // 3),
+                           every=max(1, len(loaders["train"]) // 2), scope="global")  # fmt: skip
+    fit(student, loaders["train"], epochs=epochs[1], lr=lr, loss_fn=loss_fn, after_step=pruner,
+        device=device, progress=False)  # fmt: skip
+    make_permanent(student.cpu().eval())
+    model, arrays = weights_at_bits(student, int(knobs["bits"]))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    size = len(lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+    hits = correct(model, loaders["test"])
+    return {"model": model, "val_accuracy": accuracy(model, loaders["val"]),
+            "test_accuracy": float(hits.mean()), "bytes": size, "correct": hits}  # fmt: skip
+
+
+def front_table(study: Any, final: Mapping[str, Any]) -> pd.DataFrame:
+    """The Pareto front of a two-objective Optuna study beside the hand-built final artifact.
+
+    Args:
+        study: an Optuna study of (validation accuracy: maximise, bytes: minimise), each trial
+            with the user attribute "test_accuracy".
+        final: the hand-built pipeline's final row (``accuracy``, ``bytes``).
+
+    Returns:
+        One row per front trial, smallest first: its knobs, validation and test accuracy, bytes,
+        and whether it is at least as small and at least as accurate on test as the final
+        artifact (``dominates_final``).
+    """
+    rows = [
+        {
+            "trial": t.number,
+            **t.params,
+            "val_accuracy": t.values[0],
+            "bytes": int(t.values[1]),
+            "test_accuracy": t.user_attrs["test_accuracy"],
+        }  # fmt: skip
+        for t in study.best_trials
+    ]
+    out = pd.DataFrame(rows).sort_values("bytes").reset_index(drop=True)
+    out["dominates_final"] = (out["bytes"] <= final["bytes"]) & (
+        out["test_accuracy"] >= final["accuracy"]
+    )
+    return out
+
+
+def plot_front(
+    points: Mapping[int, Mapping[str, Any]],
+    front: pd.DataFrame,
+    final: Mapping[str, Any],
+    name: str,
+) -> Any:
+    """Every trial of the search (test accuracy against bytes), its front, the hand-built artifact.
+
+    Args:
+        points: trial number -> ``pipeline_point`` result.
+        front: ``front_table``.
+        final: the hand-built final row (``accuracy``, ``bytes``).
+        name: its stage name.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    on_front = set(front["trial"])
+    trials = pd.DataFrame(
+        [{"bytes": p["bytes"], "test accuracy": p["test_accuracy"], "on the front": n in on_front}
+         for n, p in points.items()]
+    )  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.scatterplot(data=trials, x="bytes", y="test accuracy", hue="on the front", ax=ax)
+    ax.scatter(final["bytes"], final["accuracy"], marker="*", s=250, color="tab:red",
+               label=f"hand-built: {name}")  # fmt: skip
+    ax.set(xscale="log", title="The search's trials (test accuracy) and the hand-built artifact")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def front_target(front: pd.DataFrame, final: Mapping[str, Any]) -> tuple[float, str]:
+    """How far the front's best model no larger than the final artifact is from its accuracy.
+
+    Args:
+        front: ``front_table``.
+        final: the hand-built final row (``accuracy``, ``bytes``).
+
+    Returns:
+        (test accuracy of the most accurate front model with at most the final's bytes minus the
+        final's, in points; NaN when no front model is that small), and a note naming it.
+    """
+    small = front[front["bytes"] <= final["bytes"]]
+    if small.empty:
+        smallest = int(front["bytes"].min()) if len(front) else 0
+        return math.nan, f"no front model within {int(final['bytes'])} B (smallest: {smallest} B)"
+    best = small.loc[small["test_accuracy"].idxmax()]
+    note = (
+        f"trial {int(best['trial'])}: width {int(best['width'])}, sparsity "
+        f"{best['sparsity']:.2f}, {int(best['bits'])} bits, {int(best['bytes'])} B"
+    )
+    return 100 * (float(best["test_accuracy"]) - float(final["accuracy"])), note
 
 
 def int8_linears(model: nn.Module) -> list[nn.Module]:

@@ -2,6 +2,7 @@
 right; the pipeline's tables, the Pareto merge of executed reports and the facts of a run."""
 
 import math
+import re
 import warnings
 
 import nbformat
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from nbhelpers import leaderboard
+from nbhelpers import compression, leaderboard
 from nbhelpers.compression import (
     coding_table,
     entropy_bits,
@@ -35,6 +36,7 @@ from nbhelpers.compression import (
 )
 from nbhelpers.facts import CONTEXT_WIDTH
 from nbhelpers.models import MLP
+from nbhelpers.params import ParameterError
 from nbhelpers.record import MIME_TYPE
 from nbhelpers.targets import target
 
@@ -332,6 +334,8 @@ def test_pipeline_summary(reports):
     [
         ({"MODEL": "lenet5"}, "MODEL"),
         ({"MODEL": "lenet5_caffe", "STRUCT_FRACTION": 0.0}, "DISTILL_EPOCHS"),
+        ({"MODEL": "lenet5_caffe", "STRUCT_FRACTION": 0.0, "DISTILL_EPOCHS": 0}, "MO_TRIALS"),
+        ({"MO_SPACE": {"width": [16, 128], "sparsity": [0.5, 1.0], "bits": [2, 8]}}, "MO_SPACE"),
         ({"MODEL": "lenet5_caffe", "DISTILL_EPOCHS": 0}, "STRUCT_FRACTION"),
     ],
 )
@@ -362,6 +366,7 @@ def test_pipeline_runs_deep_compressions_lenet5(tmp_path):
         BASELINE_EPOCHS=1,
         PRUNE_EPOCHS=1,
         SPARSITY=0.9,
+        MO_TRIALS=0,
     )
     assert r.status == "ok", r.error
     rec = r.records
@@ -374,3 +379,50 @@ def test_pipeline_runs_deep_compressions_lenet5(tmp_path):
     assert rec["final_sparsity"] == pytest.approx(0.9, abs=0.002)
     # int8 values of all four layers, convolutions included: about a tenth of 430,500 weights
     assert 0.08 * 430500 < rec["final_nonzero_int8_weights"] <= 0.1 * 430500 + 1
+
+
+def test_mo_space_checks():
+    good = {"width": [16, 128], "sparsity": [0.5, 0.98], "bits": [2, 8]}
+    assert compression.check_mo_space("MO_SPACE", good) == good
+    for knob, bad in [("width", [1, 8]), ("width", [16.5, 32]), ("sparsity", [0.5, 1.0]),
+                      ("bits", [2, 9]), ("bits", [4, 4])]:  # fmt: skip
+        with pytest.raises(ParameterError, match=re.escape(f"MO_SPACE['{knob}']")):
+            compression.check_mo_space("MO_SPACE", {**good, knob: bad})
+    with pytest.raises(ParameterError, match="MO_SPACE"):
+        compression.check_mo_space("MO_SPACE", {"width": [16, 128]})
+
+
+def test_weights_at_bits_grid_and_artifact():
+    torch.manual_seed(0)
+    m = MLP(8, hidden=[4]).eval()
+    with torch.no_grad():
+        m[1].weight[0, :4] = 0.0
+    q, arrays = compression.weights_at_bits(m, 3)  # levels -3..3 times max|w| / 3
+    for i, layer in enumerate(x for x in q if isinstance(x, nn.Linear)):
+        s = float(arrays[f"l{i}.scale"][0])
+        k = layer.weight / s
+        assert torch.allclose(k, k.round(), atol=1e-5) and float(k.abs().max()) <= 3 + 1e-5
+        assert len(torch.unique(layer.weight)) <= 7
+    assert not q[1].weight[0, :4].any()  # zeros stay zero
+    nnz = sum(len(v) for k, v in arrays.items() if k.endswith(".values"))
+    assert nnz == sum(int((x.weight != 0).sum()) for x in q if isinstance(x, nn.Linear))
+    with pytest.raises(ParameterError, match="bits"):
+        compression.weights_at_bits(m, 9)
+
+
+def test_front_table_and_target():
+    class T:  # the parts of an Optuna FrozenTrial that front_table reads
+        def __init__(self, n, width, acc, size, test):
+            self.number, self.params, self.values = n, {"width": width, "sparsity": 0.9,
+                                                         "bits": 4}, [acc, size]  # fmt: skip
+            self.user_attrs = {"test_accuracy": test}
+
+    study = type("S", (), {"best_trials": [T(3, 64, 0.95, 9000, 0.951), T(1, 16, 0.9, 4000, 0.9)]})
+    front = compression.front_table(study, {"accuracy": 0.93, "bytes": 8000})
+    assert list(front["trial"]) == [1, 3] and list(front["dominates_final"]) == [False, False]
+    gap, note = compression.front_target(front, {"accuracy": 0.93, "bytes": 8000})
+    assert gap == pytest.approx(-3.0) and note.startswith("trial 1: width 16")
+    gap, note = compression.front_target(front, {"accuracy": 0.93, "bytes": 3000})
+    assert math.isnan(gap) and "smallest: 4000 B" in note
+    front = compression.front_table(study, {"accuracy": 0.95, "bytes": 9500})
+    assert bool(front.loc[1, "dominates_final"])
