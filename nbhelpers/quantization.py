@@ -1112,7 +1112,7 @@ TARGET_KINDS = {
 def int8_targets(
     same_runtime: pd.DataFrame, table: pd.DataFrame, four_bit: pd.DataFrame, batch: int
 ) -> tuple[list[dict], list[dict]]:
-    """The issue's targets for every int8 model, and for the 4-bit per-channel weights.
+    """The lesson's targets for every int8 model, and for the 4-bit per-channel weights.
 
     Args:
         same_runtime: ``same_runtime_speedups`` (index: int8 model; size_ratio, speedup_b<batch>).
