@@ -144,8 +144,8 @@ HINTON_TEXT = (
 )
 DC16 = "Han, Mao, Dally 2016 (Deep Compression)"
 UNCHECKED = (
-    "quoted from the issue; the paper's Table 1 is an image in every copy found here, "
-    "so not checked against its text"
+    "not checked against a text copy: the paper's Table 1 is an image in every copy found here "
+    "(the figure as widely quoted)"
 )
 DC_TABLE = "checked against the text of the paper's Table 1 (arXiv:1510.00149v5)"
 
