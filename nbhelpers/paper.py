@@ -6,6 +6,7 @@ Usage::
     python -m nbhelpers.paper            # every run of docs/paper/, one at a time
     python -m nbhelpers.paper 04         # only some (run names or prefixes); the others are
                                          # taken from the run log of earlier invocations
+    python -m nbhelpers.paper --render   # run nothing: rewrite docs/papers.md from the log
 
 A *run* is a parameter file: ``docs/paper/<stem>.yaml`` runs notebook ``<stem>`` with the full
 official MNIST and the paper's model and budget; ``docs/paper/<stem>.<variant>.yaml`` runs the same
@@ -632,10 +633,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--doc", type=Path, default=PROJECT_DIR / "docs" / "papers.md")
+    ap.add_argument(
+        "--render", action="store_true", help="run nothing; write the doc from the run log"
+    )
     args = ap.parse_args(argv)
     files = profile_runs()
     try:
-        chosen = select_runs(list(files), args.runs)
+        chosen = [] if args.render else select_runs(list(files), args.runs)
     except ValueError as err:
         ap.error(str(err))
     notebooks = {nb.stem: nb for nb in list_notebooks(DEFAULT_NOTEBOOKS)}

@@ -291,3 +291,16 @@ def test_deep_compression_lenet5_rows_and_targets():
     loss = ts["Deep Compression pipeline, LeNet-5 (Caffe): loss against its dense model"]
     assert loss["measured"] == pytest.approx(0.1) and loss["met"]
     assert "Deep Compression pipeline: smaller on disk" not in ts  # the MLP run did not run
+
+
+def test_render_writes_the_doc_from_the_log_without_running(tmp_path):
+    from dataclasses import asdict
+
+    r = RunResult("04_weight_pruning", "ok", 100.0, records=PRUNING, finished_at="2026-11-24T01:00")
+    paper.save_log(tmp_path, {"04_weight_pruning": {"result": asdict(r), "commit": "abc1234"}})
+    doc = tmp_path / "papers.md"
+    assert paper.main(["--render", "--out", str(tmp_path), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| 04_weight_pruning | ok | 100 | 2026-11-24 01:00 | abc1234 |  |" in text
+    assert "| LeNet-300-100 dense | test error (%) | 1.64 | 1.64 [1.41, 1.9] |" in text
+    assert list(tmp_path.glob("*.ipynb")) == []  # nothing ran
