@@ -187,7 +187,9 @@ def run_notebook(
     """
     import papermill as pm
 
-    src, out_dir = Path(src), Path(out_dir)
+    # absolute: papermill runs the kernel with cwd=the notebook folder and changes the working
+    # directory of this process meanwhile, so a relative path would land in the wrong folder
+    src, out_dir = Path(src).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = src.stem
     running = out_dir / f".{stem}.running.ipynb"
@@ -369,7 +371,7 @@ def run_all(
     """
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # kernels inherit the environment: share the cores between notebooks run at once, not
     # oversubscribe

@@ -1,6 +1,7 @@
 """nbhelpers.report: runs notebooks, keeps the last good report, shows failures in the index."""
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -114,3 +115,28 @@ def test_html_hides_plumbing_input_and_loads_mathjax_locally(tmp_path):
         '<script src="http' not in page
     )  # nothing loads from the network (mermaid only on demand)
     assert (tmp_path / "mathjax" / "MathJax.js").exists()
+
+
+def test_a_relative_reports_folder_is_the_one_asked_for(tmp_path, monkeypatch):
+    """papermill changes this process's working directory to the notebook's folder while it runs
+    (and two notebooks run at once leave it there); a relative out folder must still be the one
+    named when the command began. A stand-in for papermill does what it does with the paths."""
+    import os
+    import shutil
+
+    import papermill
+
+    from nbhelpers.report import run_notebook
+
+    def fake_execute(src, out, cwd=None, **_):
+        os.chdir(cwd)  # left changed, as when another thread's papermill restores it late
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, out)  # papermill writes the output path relative to its cwd
+
+    (tmp_path / "nbs").mkdir()
+    _notebook(tmp_path / "nbs" / "a.ipynb", "record('value', VALUE)")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    result = run_notebook(Path("nbs/a.ipynb"), Path("out"), html_out=False)
+    assert result.status == "ok", result.error
+    assert (tmp_path / "out" / "a.ipynb").exists() and not (tmp_path / "nbs" / "out").exists()
