@@ -6,6 +6,8 @@
 * ``backends``: where the searches run (loky processes or a Dask cluster, through joblib);
 * ``comparison``: search methods compared on a cached exhaustive grid (lookup objective,
   histories, best so far, trials to a target, plots);
+* ``early_stopping``: successive halving and Hyperband against full-budget search at equal
+  epochs, on cached learning curves of the grid;
 * ``summary``: each notebook's facts as a small table its discussion refers to.
 
 Everything public is re-exported here: ``from nbhelpers import hpo; hpo.MLP_SPACE``.
@@ -40,6 +42,18 @@ from .comparison import (
     trials_to_target,
     trials_to_target_table,
 )
+from .early_stopping import (
+    CurveObjective,
+    check_halving,
+    curve_table,
+    curves_at_budget,
+    epochs_table,
+    epochs_to_target,
+    full_budget_history,
+    halving_history,
+    hyperband_history,
+    plot_epochs,
+)
 from .estimator import SeededNet, WidthMLP, flat_subset, make_estimator, results_table
 from .space import (
     DEFAULTS,
@@ -59,6 +73,16 @@ from .space import (
 from .summary import bayes_summary, facts_of, grid_summary, random_summary, target_cells
 
 __all__ = [
+    "plot_epochs",
+    "CurveObjective",
+    "check_halving",
+    "curve_table",
+    "curves_at_budget",
+    "epochs_table",
+    "epochs_to_target",
+    "full_budget_history",
+    "halving_history",
+    "hyperband_history",
     "BACKENDS",
     "DEFAULTS",
     "MLP_SPACE",
