@@ -205,16 +205,31 @@ def random_history(obj: LookupObjective, trials: int, seed: int) -> tuple[list[f
     Returns:
         (scores, points) in trial order.
     """
-    dists = to_distributions(obj.space, rename=False)
-    rng = np.random.RandomState(seed)
-    points = [
+    points = random_points(obj.space, trials, np.random.RandomState(seed))
+    return [obj(p) for p in points], points
+
+
+def random_points(
+    space: Mapping[str, dict], n: int, rng: np.random.RandomState
+) -> list[dict[str, Any]]:
+    """``n`` points drawn from ``to_distributions`` of a space (random search's proposals).
+
+    Args:
+        space: the checked space.
+        n: how many.
+        rng: the random state (advanced by the draws).
+
+    Returns:
+        The points, {hyperparameter: value}.
+    """
+    dists = to_distributions(space, rename=False)
+    return [
         {
             k: (d.rvs(random_state=rng) if hasattr(d, "rvs") else d[rng.randint(len(d))])
             for k, d in dists.items()
         }
-        for _ in range(trials)
+        for _ in range(n)
     ]
-    return [obj(p) for p in points], points
 
 
 def grid_history(

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 from ..params import ParameterError, check_int
-from .comparison import cached_results
-from .space import dim_values, friendly, to_distributions, to_grid
+from .comparison import LookupObjective, cached_results, random_points
+from .space import dim_values, friendly, to_grid
 
 History = list[tuple[int, float]]
 
@@ -65,13 +65,7 @@ class CurveObjective:
         """Configurations in the grid."""
         return int(np.prod(self.curves.shape[:-1]))
 
-    def cell(self, point: Mapping[str, float]) -> tuple[int, ...]:
-        """Index of the grid cell nearest to a point (in log space on a log axis)."""
-        idx = []
-        for k, vals in self.axes.items():
-            f = np.log if self.space[k].get("log", False) else np.asarray
-            idx.append(int(np.argmin(np.abs(f(vals) - f(float(point[k]))))))
-        return tuple(idx)
+    cell = LookupObjective.cell  # the nearest grid cell, in log space on a log axis
 
     def at(self, cell: tuple[int, ...], epochs: int | None = None) -> float:
         """The score of a cell after ``epochs`` epochs (default: the full budget)."""
@@ -151,16 +145,7 @@ def curve_table(
 
 def _draw(obj: CurveObjective, n: int, rng: np.random.RandomState) -> list[tuple[int, ...]]:
     """``n`` random configurations from the space's distributions, as grid cells."""
-    dists = to_distributions(obj.space, rename=False)
-    return [
-        obj.cell(
-            {
-                k: (d.rvs(random_state=rng) if hasattr(d, "rvs") else d[rng.randint(len(d))])
-                for k, d in dists.items()
-            }
-        )
-        for _ in range(n)
-    ]
+    return [obj.cell(p) for p in random_points(obj.space, n, rng)]
 
 
 def check_halving(eta: Any, r_min: Any, epochs: int) -> tuple[int, int]:
