@@ -321,6 +321,63 @@ def apply_masks(model: nn.Module, layer_masks: Mapping[str, torch.Tensor]) -> nn
     return model
 
 
+def train_with_snapshots(
+    model: nn.Module,
+    train_loader: Any,
+    epochs: int,
+    at: Sequence[int],
+    lr: float = 1e-3,
+    device: Any = "cpu",
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Train (Adam, in place) and keep copies of the weights after the epochs in ``at``.
+
+    Args:
+        model: the model, trained in place.
+        train_loader: training batches.
+        epochs: epochs to train.
+        at: epochs after which to copy the state (0: before training).
+        lr: Adam learning rate.
+        device: where to train.
+
+    Returns:
+        epoch -> a CPU copy of the ``state_dict`` then (epoch 0 always included).
+    """
+    snaps = {0: {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    steps, done = max(1, len(train_loader)), [0]
+
+    def keep_snapshot(m: nn.Module) -> None:
+        done[0] += 1
+        if done[0] % steps == 0 and done[0] // steps in at:
+            snaps[done[0] // steps] = {
+                k: v.detach().cpu().clone() for k, v in m.state_dict().items()
+            }
+
+    fit(model, train_loader, epochs=epochs, lr=lr, after_step=keep_snapshot, device=device,
+        progress=False)  # fmt: skip
+    return snaps
+
+
+def rewound_ticket(
+    build: Callable[[], nn.Module],
+    state: Mapping[str, torch.Tensor],
+    layer_masks: Mapping[str, torch.Tensor],
+) -> nn.Module:
+    """A ticket before its training: a new model holding ``state`` under ``layer_masks``.
+
+    Args:
+        build: makes a model of the architecture.
+        state: the saved weights to rewind to (a ``state_dict``).
+        layer_masks: layer name -> mask (``masks``).
+
+    Returns:
+        The pruned model: each masked layer's ``weight_orig`` is the saved weight and its
+        ``weight`` the saved weight times the mask.
+    """
+    model = build()
+    model.load_state_dict(state)
+    return apply_masks(model, layer_masks)
+
+
 def lottery_ticket(
     build: Callable[[], nn.Module],
     train_loader: Any,
@@ -361,26 +418,13 @@ def lottery_ticket(
         raise ParameterError("rewind", list(rewind), f"epochs from 0 to {epochs - 1}")
     seed_everything(seed)
     dense = build()
-    snaps = {0: copy.deepcopy(dense.state_dict())}
-    steps, done = max(1, len(train_loader)), [0]
-
-    def keep_snapshot(model: nn.Module) -> None:
-        done[0] += 1
-        if done[0] % steps == 0 and done[0] // steps in rewind:
-            snaps[done[0] // steps] = {
-                k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            }
-
-    fit(dense, train_loader, epochs=epochs, lr=lr, after_step=keep_snapshot, device=device,
-        progress=False)  # fmt: skip
+    snaps = train_with_snapshots(dense, train_loader, epochs, rewind, lr, device)
     mask = masks(magnitude_prune(copy.deepcopy(dense), sparsity, "global"))
     out = {"dense": dense.cpu().eval()}
     starts = {f"rewound to epoch {k}": (snaps[k], epochs - k) for k in sorted(set(rewind))}
     starts["fresh weights"] = (reinitialized(build(), seed + 1).state_dict(), epochs)
     for name, (state, n_epochs) in starts.items():
-        model = build()
-        model.load_state_dict(state)
-        apply_masks(model, mask)
+        model = rewound_ticket(build, state, mask)
         seed_everything(seed)
         fit(model, train_loader, epochs=n_epochs, lr=lr, device=device, progress=False)
         out[name] = make_permanent(model.cpu().eval())

@@ -18,6 +18,7 @@ from nbhelpers.baseline import summary as baseline_summary
 from nbhelpers.facts import CONTEXT_WIDTH, fact_table
 from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
+from nbhelpers.train import fit, seed_everything
 
 
 def mlp() -> nn.Module:
@@ -629,3 +630,26 @@ def test_notebook_bad_lottery_parameters_fail_in_validation(override, name, tmp_
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "04_weight_pruning.ipynb"
     assert_fails_in_validation(nb, tmp_path, name, BASELINE_EPOCHS=15, **override)
+
+
+def test_snapshots_are_the_weights_of_those_epochs_and_rewinding_restores_them_exactly():
+    build, _ = _lottery_setup()
+
+    def loader():
+        return _lottery_setup()[1]  # the same batches in the same order each time
+
+    seed_everything(3)
+    model = build()
+    snaps = P.train_with_snapshots(model, loader(), epochs=3, at=[1, 2])
+    assert sorted(snaps) == [0, 1, 2]
+    seed_everything(3)
+    again = build()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in snaps[0].items())
+    fit(again, loader(), epochs=1, lr=1e-3, progress=False)  # one epoch alone: the same weights
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in snaps[1].items())
+    mask = P.masks(P.magnitude_prune(copy.deepcopy(model), 0.5, "global"))
+    ticket = P.rewound_ticket(build, snaps[1], mask)
+    for name, m in mask.items():
+        layer = ticket.get_submodule(name)
+        assert torch.equal(layer.weight_orig, snaps[1][f"{name}.weight"])
+        assert torch.equal(layer.weight, snaps[1][f"{name}.weight"] * m)
