@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from .facts import fact_table
 from .params import ParameterError, check_choices, check_float, check_int, check_positive
 from .plots import learning_curves
-from .train import Device, module_device
+from .train import Device, make_optimizer, module_device
 
 #: Schedule names the factory knows, with the torch classes behind them.
 SCHEDULE_NAMES = (
@@ -50,8 +50,6 @@ CLASSES = {
     "onecycle": "OneCycleLR",
     "plateau": "ReduceLROnPlateau (validation loss)",
 }
-#: Optimizers ``make_optimizer`` builds by name.
-OPTIMIZERS = ("sgd", "adamw")
 #: Keys of the range test's parameter and of AdamW's.
 RANGE_TEST_KEYS = ("steps", "lr_min", "lr_max", "divisor")
 ADAMW_KEYS = ("lr", "weight_decay", "schedules")
@@ -104,27 +102,6 @@ def check_warmup(name: str, warmup_epochs: object, epochs: int) -> int:
             "as long as training leaves nothing to anneal",
         )
     return value
-
-
-def make_optimizer(
-    name: str, params: object, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """SGD with momentum or AdamW by name.
-
-    Args:
-        name: "sgd" or "adamw" (Adam with decoupled weight decay, Loshchilov and Hutter 2019).
-        params: the parameters to optimize.
-        lr: the learning rate.
-        momentum: SGD's momentum (AdamW uses its default betas).
-        weight_decay: the weight decay: added to the gradient for SGD, decoupled for AdamW.
-
-    Returns:
-        The optimizer.
-    """
-    check_choices("optimizer", [name], OPTIMIZERS)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def _check_keys(name: str, value: object, keys: Sequence[str]) -> dict:
@@ -333,7 +310,8 @@ def lr_range_test(
         smoothing: factor of the exponential moving average of the loss (bias-corrected).
         stop_factor: stop when the smoothed loss exceeds this multiple of its minimum.
         device: where to train the copy; None trains it where the model is. Batches are moved there.
-        optimizer: "sgd" (with ``momentum``) or "adamw" (with ``weight_decay``).
+        optimizer: a name ``train.make_optimizer`` knows: "sgd" (with ``momentum``), "adamw" or
+            "adam".
         weight_decay: AdamW's decoupled weight decay.
 
     Returns:
@@ -345,7 +323,7 @@ def lr_range_test(
     net = copy.deepcopy(model).train()
     device = module_device(net) if device is None else torch.device(device)
     net.to(device)
-    opt = make_optimizer(optimizer, net.parameters(), lr_min, momentum, weight_decay)
+    opt = make_optimizer(net, optimizer, lr_min, weight_decay, momentum)
     sched = lrs.ExponentialLR(opt, gamma=(lr_max / lr_min) ** (1.0 / (steps - 1)))
     rows, avg, best = [], 0.0, math.inf
     batches = iter(())

@@ -357,16 +357,17 @@ def test_cosine_restarts_cycles_double_and_end_with_training():
         schedules.make_schedule("cosine_restarts", 20, 79, 0.05, cycles=0)
 
 
-def test_make_optimizer_by_name():
-    p = [torch.nn.Parameter(torch.zeros(2))]
-    sgd, adamw = (
-        schedules.make_optimizer("sgd", p, 0.1, 0.8),
-        schedules.make_optimizer("adamw", p, 0.01, 0.8, 0.02),
-    )
+def test_the_optimizers_09_uses_by_name():
+    """09 builds SGD with momentum and AdamW with decoupled decay through train.make_optimizer."""
+    from nbhelpers.train import make_optimizer
+
+    model = nn.Linear(2, 1)
+    sgd = make_optimizer(model, "sgd", 0.1, momentum=0.8)
+    adamw = make_optimizer(model, "adamw", 0.01, weight_decay=0.02)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.8
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.02
     with pytest.raises(ParameterError, match="optimizer"):
-        schedules.make_optimizer("lamb", p, 0.1)
+        make_optimizer(model, "lamb", 0.1)
 
 
 def test_range_test_and_adamw_parameters():
