@@ -131,16 +131,12 @@ def weights_at_bits(model: nn.Module, bits: int) -> tuple[nn.Module, dict[str, n
     """
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ParameterError("bits", bits, "an integer from 2 to 8")
-    qmax = 2 ** (bits - 1) - 1
     out, arrays = copy.deepcopy(model).cpu().eval(), {}
     layers = [m for m in out.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     with torch.no_grad():
         for i, m in enumerate(layers):
-            amax = float(m.weight.abs().max())
-            scale = torch.tensor(amax / qmax if amax > 0 else 1.0, dtype=torch.float32)
-            q = torch.clamp(torch.round(m.weight / scale), -qmax, qmax)
-            m.weight.copy_(q * scale)
-            _pack(arrays, f"l{i}", q.to(torch.int8).numpy(), float(scale), m.bias)
+            q, scale = _on_grid(m, bits)
+            _pack(arrays, f"l{i}", q.to(torch.int8).numpy(), scale, m.bias)
     return out, arrays
 
 
@@ -298,6 +294,24 @@ def int8_linears(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def _on_grid(layer: nn.Module, bits: int) -> tuple[torch.Tensor, float]:
+    """Put a layer's weight (in place, without gradients) on the symmetric ``bits``-bit grid.
+
+    ``s = max|w| / (2^(bits-1) - 1)`` in float32 (1 for an all-zero weight), ``q = round(w / s)``
+    clamped to the grid, and the weight becomes ``q * s`` exactly, so ``round(weight / s)`` gives
+    ``q`` back. Zeros stay zero.
+
+    Returns:
+        (q as a float tensor, s as a Python float holding the float32 value).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    amax = float(layer.weight.abs().max())
+    scale = torch.tensor(amax / qmax if amax > 0 else 1.0, dtype=torch.float32)
+    q = torch.clamp(torch.round(layer.weight / scale), -qmax, qmax)
+    layer.weight.copy_(q * scale)
+    return q, float(scale)
+
+
 def int8_conv_weights(model: nn.Module) -> nn.Module:
     """A copy whose ``Conv2d`` weights are rounded to int8 with one symmetric scale per layer.
 
@@ -315,11 +329,8 @@ def int8_conv_weights(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for m in out.modules():
             if isinstance(m, nn.Conv2d):
-                amax = float(m.weight.abs().max())
-                scale = torch.tensor(amax / 127 if amax > 0 else 1.0, dtype=torch.float32)
-                q = torch.clamp(torch.round(m.weight / scale), -127, 127)
-                m.weight.copy_(q * scale)
-                m.int8_scale = float(scale)
+                q, scale = _on_grid(m, 8)
+                m.int8_scale = scale
     return out
 
 
