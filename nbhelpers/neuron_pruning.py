@@ -17,6 +17,10 @@ Scores follow one convention: **higher means more important**; the lowest-scored
 kept units, a BatchNorm after it keeps their statistics, and the next weighted layer keeps only the
 matching input columns (for a Linear after a Conv2d and a Flatten, each kept channel brings its
 H x W block of flattened features).
+
+For any other model (residual blocks, named submodules) ``prune_channels`` cuts the channels of
+layers given by name through torch-pruning's dependency graph, which finds the layers whose channels
+are coupled (both terms of a residual sum, the batch norms, the next layers' inputs).
 """
 
 from __future__ import annotations
@@ -895,3 +899,168 @@ def summary(
             )
         )
     return fact_table(rows)
+
+
+# ------------------------------------------------------------ any nn.Module: layers by name
+
+
+#: torch-pruning importance per criterion name for ``prune_channels`` (higher: kept).
+GRAPH_CRITERIA = ("l1", "l2", "random")
+
+
+def _importance(criterion: str):
+    import torch_pruning as tp
+
+    if criterion == "random":
+        return tp.importance.RandomImportance()
+    return tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2)
+
+
+def weighted_names(model: nn.Module) -> list[str]:
+    """Names (as in ``named_modules``) of a model's ``nn.Linear`` and ``nn.Conv2d`` layers."""
+    return [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)]
+
+
+@torch.no_grad()
+def output_layer(model: nn.Module, example: torch.Tensor) -> str:
+    """The name of the weighted layer that runs last in a forward pass (the classifier).
+
+    Args:
+        model: any model with at least one Linear or Conv2d layer.
+        example: an input batch (moved to the model's device).
+
+    Returns:
+        The layer's name.
+    """
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, WEIGHTED)
+    ]
+    was_training = model.training
+    try:
+        model.eval()(example[:1].to(module_device(model)))
+    except Exception as err:  # the model's own forward: say which input it refused
+        raise ValueError(
+            f"{type(model).__name__} fails on the example of shape {tuple(example.shape)}: {err}"
+        ) from err
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not order:
+        raise ValueError(f"{type(model).__name__} ran no nn.Linear or nn.Conv2d layer")
+    return order[-1]
+
+
+def check_prune_layers(
+    name: str, layers: Sequence[str] | None, model: nn.Module, example: torch.Tensor
+) -> list[str]:
+    """Check the names of the layers ``prune_channels`` should cut (one forward pass, no tracing).
+
+    Args:
+        name: parameter name, e.g. "PRUNE_LAYERS".
+        layers: names of Linear/Conv2d layers, or None for every one but the classifier.
+        model: a model of the architecture (an untrained one will do).
+        example: an input batch the model accepts.
+
+    Returns:
+        The names (every prunable layer for None).
+
+    Raises:
+        ParameterError: an unknown name, the classifier, or an empty list.
+    """
+    out_name = output_layer(model, example)
+    prunable = [n for n in weighted_names(model) if n != out_name]
+    chosen = prunable if layers is None else list(layers)
+    bad = [n for n in chosen if n not in prunable]
+    if bad or not chosen:
+        raise ParameterError(
+            name,
+            bad or chosen,
+            f"names of Linear/Conv2d layers of {type(model).__name__} "
+            f"except its classifier {out_name!r}: " + ", ".join(prunable),
+        )
+    return chosen
+
+
+def prune_channels(
+    model: nn.Module,
+    example: torch.Tensor,
+    fraction: float,
+    layers: Sequence[str] | None = None,
+    criterion: str = "l1",
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Remove a fraction of the output channels (units) of named layers of any model.
+
+    torch-pruning's dependency graph finds every layer whose channels are coupled to a named
+    one (the layers added by a residual connection must keep the same channels; a batch norm and
+    the next layer's inputs follow), and cuts them together, scored as a group by ``criterion``.
+    The classifier (``output_layer``) is never cut.
+
+    Args:
+        model: the trained model (a copy is pruned).
+        example: an input batch, to trace the graph.
+        fraction: fraction of each group's channels removed, in (0, 1).
+        layers: names of the Linear/Conv2d layers to cut (None: every one but the classifier);
+            the layers coupled to them are cut too and listed in the table.
+        criterion: one of ``GRAPH_CRITERIA`` (L1 or L2 norm of the group's weights, or random).
+
+    Returns:
+        (the pruned copy, a table per weighted layer: type, units before and after, named).
+
+    Raises:
+        ParameterError: a name that is not a prunable layer, a bad fraction or criterion.
+        ValueError: the model cannot be traced on ``example``, or a named layer is coupled to
+            the classifier.
+    """
+    import torch_pruning as tp
+
+    check_choice("CRITERION", criterion, GRAPH_CRITERIA)
+    check_fraction("PRUNE_FRACTION", fraction)
+    layers = check_prune_layers("LAYERS", layers, model, example)
+    out_name = output_layer(model, example)
+    new = copy.deepcopy(model).eval()
+    modules = dict(new.named_modules())
+    try:
+        dg = tp.DependencyGraph().build_dependency(
+            new, example_inputs=example[:1].to(module_device(new))
+        )
+    except Exception as err:  # torch-pruning raises many kinds; name the model and the cause
+        raise ValueError(f"torch-pruning cannot trace {type(model).__name__}: {err}") from err
+    names = {m: n for n, m in modules.items()}
+    cut: set[str] = set()
+    for n in layers:
+        m = modules[n]
+        fn = (
+            tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
+        )
+        for dep, _ in dg.get_pruning_group(m, fn, idxs=[0]):
+            if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names:
+                cut.add(names[dep.target.module])
+    if out_name in cut:
+        raise ValueError(f"the channels of {layers} are coupled to the classifier {out_name!r}")
+    weighted = weighted_names(new)
+    before = {n: n_units(modules[n]) for n in weighted}
+    tp.pruner.MetaPruner(
+        new,
+        example[:1].to(module_device(new)),
+        importance=_importance(criterion),
+        pruning_ratio=fraction,
+        ignored_layers=[modules[n] for n in weighted if n not in cut],
+    ).step()
+    table = pd.DataFrame(
+        [
+            {
+                "layer": n,
+                "type": type(modules[n]).__name__,
+                "units before": before[n],
+                "units after": n_units(modules[n]),
+                "named": n in layers,
+                "cut": n in cut,
+            }
+            for n in weighted
+        ]
+    ).set_index("layer")
+    return new.train(model.training), table

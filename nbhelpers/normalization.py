@@ -161,17 +161,27 @@ def fold_bn(layer: nn.Linear | nn.Conv2d, bn: nn.Module) -> nn.Linear | nn.Conv2
     return fused
 
 
-def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
-    """A copy of a sequential model with every batch norm folded into the layer before it and
-    removed.
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of a model with every batch norm folded into the layer before it and removed.
+
+    An ``nn.Sequential`` is folded layer by layer and stays a Sequential of the same class. Any
+    other module is traced with ``torch.fx`` and folded by torch's own pass
+    (``torch.fx.experimental.optimization.fuse``), which finds Conv-BN and Linear-BN pairs in the
+    graph whatever the module names; the result is a ``torch.fx.GraphModule``.
 
     Args:
-        model: an ``nn.Sequential`` (e.g. the shared MLP or LeNet-5) in which each batch norm
-            directly follows an ``nn.Linear`` or ``nn.Conv2d``.
+        model: the model; each batch norm must directly follow an ``nn.Linear`` or ``nn.Conv2d``
+            whose output feeds nothing else.
 
     Returns:
-        The folded copy (same class, in evaluation mode), with no batch norm layers left.
+        The folded copy, in evaluation mode, with no batch norm layers left.
+
+    Raises:
+        ValueError: a batch norm that cannot be folded (named), or a model ``torch.fx`` cannot
+            trace (the tracer's reason).
     """
+    if not isinstance(model, nn.Sequential):
+        return _fold_traced(model)
     folded = copy.deepcopy(model).eval()
     for i in reversed(range(len(folded))):
         if isinstance(folded[i], (BatchNorm, *BN_TYPES)):
@@ -182,6 +192,23 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
             folded[i - 1] = fold_bn(folded[i - 1], folded[i])
             del folded[i]
     return folded
+
+
+def _fold_traced(model: nn.Module) -> nn.Module:
+    """``fold_batchnorm`` for a model that is not a Sequential, through ``torch.fx``."""
+    from torch.fx.experimental.optimization import fuse
+
+    own = [n for n, m in model.named_modules() if isinstance(m, BatchNorm)]
+    if own:
+        raise ValueError(f"fold the from-scratch BatchNorm layers {own} with a Sequential model")
+    try:
+        folded = fuse(copy.deepcopy(model).eval())
+    except Exception as err:  # torch.fx's TraceError and the errors of the traced code
+        raise ValueError(f"torch.fx cannot trace {type(model).__name__}: {err}") from err
+    left = [n for n, m in folded.named_modules() if isinstance(m, BN_TYPES)]
+    if left:
+        raise ValueError(f"batch norm layers {left} do not directly follow a Linear or Conv2d")
+    return folded.eval()
 
 
 def count_batchnorm(model: nn.Module) -> int:

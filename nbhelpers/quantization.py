@@ -3,8 +3,10 @@
 From scratch, a float tensor :math:`x` is mapped to integers :math:`q \\in [q_{min}, q_{max}]` with
 a scale :math:`s` and a zero point :math:`z`: :math:`q = \\mathrm{clamp}(\\mathrm{round}(x/s) + z)`
 and back with :math:`\\hat x = s\\,(q - z)`. The PyTorch helpers wrap the eager
-``torch.ao.quantization`` path (deprecated in torch 2.13 but the int8 path with CPU kernels here);
-the ONNX helpers export, quantize and run models with ONNX Runtime.
+``torch.ao.quantization`` path (deprecated in torch 2.13 but the int8 path with CPU kernels here)
+for the shared Sequential models, and its FX graph mode (``static_int8_fx``) for any traceable
+model, residual sums included (the newer PT2E flow is not part of this torch build); the ONNX
+helpers export, quantize and run models with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -534,6 +536,79 @@ def dynamic_int8(model: nn.Module, engine: str = "x86") -> nn.Module:
 ORT_FORMATS = ("QDQ", "QOperator")
 #: ONNX Runtime's calibrators of activation ranges (``CalibrationMethod`` names).
 CALIBRATIONS = ("MinMax", "Percentile", "Entropy", "Distribution")
+
+
+# ---------------------------------------------------------------- any nn.Module: FX graph mode
+
+
+def static_int8_fx(
+    model: nn.Module,
+    example: torch.Tensor,
+    loader: DataLoader | None = None,
+    batches: int = 10,
+    engine: str = "x86",
+    keep_float: Sequence[str] = (),
+) -> nn.Module:
+    """Static int8 of any traceable model with ``torch.ao``'s FX graph mode.
+
+    ``prepare_fx`` traces the model, fuses Conv-BN-ReLU and Linear-ReLU patterns it finds in the
+    graph (whatever the layers are called), inserts observers, and quantizes a residual ``x + y``
+    as one int8 ``add`` (``add_relu`` when a ReLU follows); ``convert_fx`` swaps in the int8
+    kernels. Without a ``loader`` the model is only prepared and converted, to rebuild the
+    structure into which ``load_state_dict`` puts a saved int8 state (``load_static_int8``).
+
+    Args:
+        model: the float model (copied; run on the CPU, where the int8 kernels are).
+        example: an input batch, for tracing.
+        loader: yields (x, y) training batches for calibration (never the test set), or None.
+        batches: how many calibration batches.
+        engine: quantized engine whose default qconfig mapping is used.
+        keep_float: names of Linear/Conv2d layers left in float (``check_layer_names``).
+
+    Returns:
+        The int8 ``GraphModule`` on the CPU.
+
+    Raises:
+        ParameterError: a name in ``keep_float`` that is not a weighted layer of the model.
+        ValueError: ``torch.fx`` cannot trace the model (the tracer's reason).
+    """
+    import torch.ao.quantization as tq
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    check_layer_names("KEEP_FLOAT", list(keep_float), model)
+    set_engine(engine)
+    mapping = tq.get_default_qconfig_mapping(engine)
+    for name in keep_float:
+        mapping.set_module_name(name, None)
+    with quiet_ao():
+        try:
+            prepared = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (example[:1].cpu(),))
+        except Exception as err:  # torch.fx's TraceError and the errors of the traced code
+            raise ValueError(f"torch.fx cannot trace {type(model).__name__}: {err}") from err
+        if loader is not None:
+            calibrate(prepared, loader, batches)
+        return convert_fx(prepared)
+
+
+def load_static_int8(
+    model: nn.Module, example: torch.Tensor, state: Mapping[str, object], engine: str = "x86"
+) -> nn.Module:
+    """Rebuild a saved ``static_int8_fx`` model: the same architecture, the saved int8 state.
+
+    Args:
+        model: a float model of the architecture (its weights do not matter).
+        example: an input batch, for tracing.
+        state: the ``state_dict()`` of the int8 model (int8 weights, scales and zero points,
+            keyed by the model's own layer names).
+        engine: the engine the model was quantized with.
+
+    Returns:
+        The int8 model, equal to the saved one.
+    """
+    qmodel = static_int8_fx(model, example, None, 0, engine)
+    with quiet_ao():
+        qmodel.load_state_dict(state)  # keeps its _metadata: the int8 modules read a version
+    return qmodel
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int = 17) -> Path:
