@@ -3,8 +3,12 @@ objective and the search methods on it, the summaries, the estimator, the backen
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -482,15 +486,126 @@ def _tiny_search():
 
 
 def test_dask_local_cluster_matches_sequential():
+    """The local default: one worker process per job, one torch thread in each, same scores."""
+    from distributed import default_client
+
     search, X, y = _tiny_search()
     with hpo.backend("loky", 1) as where:
         seq = search.fit(X, y).cv_results_["mean_test_score"]
     assert where["backend"] == "loky"
     search, X, y = _tiny_search()
-    with hpo.backend("dask", 1) as where:
+    with hpo.backend("dask", 2) as where:
         dsk = search.fit(X, y).cv_results_["mean_test_score"]
-    assert where["backend"] == "dask" and where["scheduler"]
+        threads = default_client().run(_torch_threads)
+        pids = default_client().run(os.getpid)
+    assert where["backend"] == "dask" and where["scheduler"] and where["workers"] == 2
+    assert list(threads.values()) == [1, 1] and os.getpid() not in pids.values()
     assert np.array_equal(seq, dsk)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_search_on_separate_scheduler_and_workers(tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started as on a remote
+    cluster: the search runs there and finds what the local run finds for the same seed."""
+    search, X, y = _tiny_search()
+    with hpo.backend("loky", 1):
+        local = search.fit(X, y)
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    info = tmp_path / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [
+        subprocess.Popen(
+            [
+                dask_cli,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(info),
+            ],
+            **quiet,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        procs += [
+            subprocess.Popen(
+                [
+                    dask_cli,
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(tmp_path / f"w{i}"),
+                ],
+                **quiet,
+            )
+            for i in range(2)
+        ]
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+            assert os.getpid() not in c.run(os.getpid).values()
+        search, X, y = _tiny_search()
+        with hpo.backend("dask", 2, address, timeout=10.0) as where:
+            remote = search.fit(X, y)
+        assert where["scheduler"] == address and where["workers"] == 2
+        assert remote.best_params_ == local.best_params_
+        assert np.array_equal(
+            remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
+        )
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+class _FakeClient:
+    def __init__(self, workers: dict):
+        self.workers = workers
+
+    def run(self, fn):
+        return self.workers
+
+
+def test_check_versions_names_the_worker_and_the_package():
+    here = hpo.package_versions()
+    assert here["nbhelpers"] != "not installed" and here["torch"].startswith("2.")
+    assert hpo.check_versions(_FakeClient({"tcp://a:1": here})) == {"tcp://a:1": here}
+    old = {**here, "torch": "2.0.0", "nbhelpers": "not installed"}
+    with pytest.raises(ParameterError, match="DASK_SCHEDULER") as e:
+        hpo.check_versions(_FakeClient({"tcp://a:1": here, "tcp://b:2": old}), address="tcp://s:1")
+    msg = str(e.value)
+    assert "tcp://b:2 has torch 2.0.0" in msg and "nbhelpers not installed" in msg
+    assert "tcp://a:1" not in msg and "tcp://s:1" in msg
+    with pytest.raises(ParameterError, match="at least one worker"):
+        hpo.check_versions(_FakeClient({}))
+
+
+def test_package_versions_runs_without_nbhelpers():
+    """The probe shipped to workers is a copy with no reference to nbhelpers' modules."""
+    import cloudpickle
+
+    from nbhelpers.hpo.backends import _by_value
+
+    blob = cloudpickle.dumps(_by_value(hpo.package_versions))
+    assert b"nbhelpers.hpo" not in blob
+    assert cloudpickle.loads(blob)() == hpo.package_versions()
 
 
 @pytest.mark.parametrize("name,n_jobs,param", [("spark", 1, "BACKEND"), ("loky", 0, "N_JOBS")])

@@ -15,12 +15,16 @@ Everything public is re-exported here: ``from nbhelpers import hpo; hpo.MLP_SPAC
 
 from .backends import (
     BACKENDS,
+    VERSIONED,
     backend,
     check_backend,
     check_scheduler,
+    check_versions,
     client_answers,
     connect,
+    package_versions,
     parse_scheduler,
+    torch_threads_plugin,
 )
 from .comparison import (
     LookupObjective,
@@ -84,6 +88,10 @@ __all__ = [
     "halving_history",
     "hyperband_history",
     "BACKENDS",
+    "VERSIONED",
+    "check_versions",
+    "torch_threads_plugin",
+    "package_versions",
     "DEFAULTS",
     "MLP_SPACE",
     "PARAM_NAMES",

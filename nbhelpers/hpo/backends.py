@@ -7,6 +7,12 @@
 ``timeout`` covers reaching the address but not the handshake that follows, which waits forever
 on a server that accepts connections and never answers; so the first connection runs under a
 deadline, on its own event loop.)
+
+On a cluster the code reaches the workers as an installed package: ``nbhelpers`` and the libraries
+a fit needs must be installed in every worker's environment. ``check_versions`` asks every worker
+for its versions when the client connects and names the worker and the package that differ. Each
+worker sets torch's thread count to its own number of threads (``torch_threads_plugin``), and an
+estimator built with ``device="auto"`` picks the worker's own device when it fits.
 """
 
 from __future__ import annotations
@@ -24,6 +30,71 @@ from ..params import ParameterError, check_choice, check_int
 BACKENDS = ("loky", "dask")
 #: The notebook parameter that holds the scheduler address (named in errors).
 SCHEDULER_PARAM = "DASK_SCHEDULER"
+#: Packages whose versions must be the same on the client and on every worker.
+VERSIONED = ("nbhelpers", "torch", "scikit-learn", "skorch", "numpy", "dask", "distributed")
+
+
+def package_versions(packages: tuple[str, ...] = VERSIONED) -> dict[str, str]:
+    """Installed versions of ``packages`` in this process ("not installed" for a missing one).
+
+    Self-contained (imports inside), so Dask can ship it by value to a worker that lacks nbhelpers.
+    """
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+
+
+def check_versions(client: Any, name: str = SCHEDULER_PARAM, address: str = "") -> dict:
+    """Check that every worker of a Dask client runs this process's versions of ``VERSIONED``.
+
+    Args:
+        client: a connected ``distributed.Client`` (anything with ``run``).
+        name: parameter named in errors.
+        address: the scheduler address, for the error.
+
+    Returns:
+        worker address -> its versions (all equal to this process's).
+
+    Raises:
+        ParameterError: no worker, or a worker whose Python or a package differs (named, with both
+            versions).
+    """
+    here = package_versions()
+    # by value: a worker without nbhelpers can still answer (and be told what it lacks)
+    workers = client.run(_by_value(package_versions))
+    if not workers:
+        raise ParameterError(name, address, "a Dask scheduler with at least one worker")
+    diffs = [
+        f"{w} has {pkg} {v} (here {here[pkg]})"
+        for w, got in sorted(workers.items())
+        for pkg, v in got.items()
+        if here.get(pkg) != v
+    ]
+    if diffs:
+        raise ParameterError(
+            name,
+            address,
+            "workers with this client's packages; "
+            + "; ".join(diffs[:6])
+            + " (install the same versions, e.g. pip install -r requirements.txt, on every worker)",
+        )
+    return workers
+
+
+def _by_value(fn: Any) -> Any:
+    """A copy of a module-level function that cloudpickle serializes by value."""
+    import types
+
+    return types.FunctionType(
+        fn.__code__, {"__builtins__": __builtins__}, fn.__name__, fn.__defaults__, fn.__closure__
+    )
 
 
 def check_backend(backend: Any, scheduler: Any, n_jobs: Any) -> str:
@@ -167,24 +238,48 @@ def check_scheduler(name: str, address: str, timeout: float = 3.0) -> str:
     return address
 
 
+def torch_threads_plugin() -> Any:
+    """A Dask ``WorkerPlugin`` that sets torch's thread count in each worker to the worker's own.
+
+    Registered by ``backend``; a worker with one thread (the local default) runs its fits on one
+    core, so parallel fits do not oversubscribe the machine. (The class is built here so that
+    importing this module does not import ``distributed``.)
+
+    Returns:
+        The plugin instance (its ``name`` makes a second registration replace the first).
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "nbhelpers-torch-threads"
+
+        def setup(self, worker: Any) -> None:
+            import torch
+
+            torch.set_num_threads(max(1, int(worker.state.nthreads)))
+
+    return TorchThreads()
+
+
 @contextmanager
 def backend(
     name: str = "loky", n_jobs: int = 1, scheduler: str = "", timeout: float = 3.0
 ) -> Iterator[dict]:
     """Run the scikit-learn searches inside on loky processes or on a Dask cluster (joblib backend).
 
-    With ``dask`` and an empty ``scheduler`` a light in-process ``LocalCluster`` is started
-    (``n_jobs`` threads, one worker); fits on threads share torch's global seed, so only
-    ``n_jobs=1`` repeats exactly.
+    With ``dask`` and an empty ``scheduler`` a local cluster of ``n_jobs`` worker processes with one
+    thread each is started (each fit in its own process, as on a real cluster); with an address, the
+    client connects there, waits up to ``timeout`` seconds for a worker, and checks every worker's
+    versions (``check_versions``). Every worker sets torch's thread count to its own.
 
     Args:
         name: "loky" or "dask" (the ``BACKEND`` parameter).
         n_jobs: parallel fits (the ``N_JOBS`` parameter).
         scheduler: '' for a local cluster, else the address of a running Dask scheduler.
-        timeout: seconds allowed to reach the scheduler.
+        timeout: seconds allowed to reach the scheduler, and then to see its first worker.
 
     Yields:
-        {"backend", "n_jobs", "scheduler"}: what the searches run on.
+        {"backend", "n_jobs", "scheduler", "workers"}: what the searches run on.
     """
     import joblib
 
@@ -192,7 +287,7 @@ def backend(
     check_int("N_JOBS", n_jobs, minimum=1)
     if name == "loky":
         with joblib.parallel_backend("loky", n_jobs=n_jobs):
-            yield {"backend": "loky", "n_jobs": n_jobs, "scheduler": ""}
+            yield {"backend": "loky", "n_jobs": n_jobs, "scheduler": "", "workers": 0}
         return
     from distributed import Client, LocalCluster
 
@@ -201,17 +296,39 @@ def backend(
         client = connect(SCHEDULER_PARAM, scheduler, timeout)
     else:
         cluster = LocalCluster(
-            n_workers=1,
-            threads_per_worker=n_jobs,
-            processes=False,
-            dashboard_address=None,  # no dashboard; its HTTP server on
+            n_workers=n_jobs,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )  # any port
+        )
         client = Client(cluster)
     try:
+        if scheduler:
+            _wait_for_a_worker(client, scheduler, timeout)
+            check_versions(client, SCHEDULER_PARAM, scheduler)
+        plugin = torch_threads_plugin()
+        client.register_plugin(plugin, name=plugin.name)
+        workers = len(client.scheduler_info()["workers"])
         with joblib.parallel_backend("dask", n_jobs=n_jobs):
-            yield {"backend": "dask", "n_jobs": n_jobs, "scheduler": client.scheduler.address}
+            yield {
+                "backend": "dask",
+                "n_jobs": n_jobs,
+                "scheduler": client.scheduler.address,
+                "workers": workers,
+            }
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _wait_for_a_worker(client: Any, address: str, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for the scheduler to have a worker (ParameterError if not)."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except Exception:  # distributed raises TimeoutError; any failure means no worker to run on
+        raise ParameterError(
+            SCHEDULER_PARAM, address, f"a Dask scheduler with a worker (none within {timeout} s)"
+        ) from None

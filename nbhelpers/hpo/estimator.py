@@ -37,7 +37,13 @@ class SeededNet(NeuralNetClassifier):
         self.random_state = random_state
 
     def fit(self, X, y=None, **fit_params):
-        """Seed torch with ``random_state``, then fit as skorch does."""
+        """Seed torch with ``random_state``, then fit as skorch does.
+
+        ``device="auto"`` resolves here, in the process that fits (a Dask worker picks its own
+        GPU or its CPU).
+        """
+        if self.device == "auto":
+            self.set_params(device="cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(self.random_state)
         return super().fit(X, y, **fit_params)
 
@@ -57,7 +63,7 @@ def make_estimator(
         n_classes: number of classes.
         epochs: training epochs of every fit.
         seed: torch seed set before every fit (initialisation and shuffling).
-        device: where to train.
+        device: where to train ("auto": the fitting process's GPU if it has one, else its CPU).
         **params: hyperparameters by friendly name (``lr``, ``hidden``, ``weight_decay``,
             ``batch_size``, ``dropout``); the rest come from ``DEFAULTS``.
 
