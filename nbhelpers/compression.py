@@ -132,11 +132,11 @@ def weights_at_bits(model: nn.Module, bits: int) -> tuple[nn.Module, dict[str, n
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ParameterError("bits", bits, "an integer from 2 to 8")
     out, arrays = copy.deepcopy(model).cpu().eval(), {}
-    layers = [m for m in out.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    layers = [(n, m) for n, m in out.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     with torch.no_grad():
-        for i, m in enumerate(layers):
+        for name, m in layers:
             q, scale = _on_grid(m, bits)
-            _pack(arrays, f"l{i}", q.to(torch.int8).numpy(), scale, m.bias)
+            _pack(arrays, name, q.to(torch.int8).numpy(), scale, m.bias, _kind(m))
     return out, arrays
 
 
@@ -351,12 +351,34 @@ def int8_model(model: nn.Module, engine: str = "x86") -> nn.Module:
     return dynamic_int8(int8_conv_weights(model), engine)
 
 
-def _convs(model: nn.Module) -> list[nn.Conv2d]:
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+#: The arrays stored per layer, as ``<layer name>.<field>``.
+FIELDS = ("kind", "shape", "mask", "values", "scale", "bias")
 
 
-def _pack(out: dict[str, np.ndarray], key: str, q: np.ndarray, scale: float, bias: Any) -> None:
+def _kind(m: nn.Module) -> str:
+    return "conv" if isinstance(m, nn.Conv2d) else "linear"
+
+
+def _no_batchnorm(model: nn.Module) -> None:
+    """The artifact stores Linear and Conv2d layers only: batch norms must be folded into them."""
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    if norms:
+        raise ValueError(
+            f"batch norm layers {norms[:4]} are not stored in the artifact: fold them first "
+            "(normalization.fold_batchnorm), in the model that is packed and in the one unpacked"
+        )
+
+
+def layer_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The layers an artifact holds, by their names in the model (``named_modules``), in order."""
+    return list(dict.fromkeys(k.rsplit(".", 1)[0] for k in arrays))
+
+
+def _pack(
+    out: dict[str, np.ndarray], key: str, q: np.ndarray, scale: float, bias: Any, kind: str
+) -> None:
     nz = q != 0
+    out[f"{key}.kind"] = np.asarray(kind)
     out[f"{key}.shape"] = np.asarray(q.shape, dtype=np.int32)
     out[f"{key}.mask"] = np.packbits(nz.ravel())
     out[f"{key}.values"] = q[nz].astype(np.int8)
@@ -383,21 +405,26 @@ def pack_int8_sparse(qmodel: nn.Module) -> dict[str, np.ndarray]:
             makes), its convolutions rounded by ``int8_conv_weights`` (``int8_model`` does both).
 
     Returns:
-        Array name -> array, in layer order (``l0.mask``, ``l0.values``, ``l0.scale``, ``l0.bias``,
-        ... for the Linear layers, ``c0.*`` ... for weight-only int8 convolutions).
+        Array name -> array, keyed by each layer's name in the model (as in its ``state_dict``),
+        in the model's order: ``<name>.kind`` ("linear" or "conv"), ``.shape``, ``.mask``,
+        ``.values``, ``.scale``, ``.bias`` (e.g. ``1.values`` for the MLP's first Linear,
+        ``layer1.conv1.values`` in a model with named blocks).
     """
+    _no_batchnorm(qmodel)
+    linears = {id(m) for m in int8_linears(qmodel)}
     out: dict[str, np.ndarray] = {}
-    for i, m in enumerate(int8_linears(qmodel)):
-        w = m.weight()
-        if w.qscheme() != torch.per_tensor_affine or w.q_zero_point() != 0:
-            raise ValueError("expected per-tensor symmetric int8 weights (zero point 0)")
-        _pack(out, f"l{i}", w.int_repr().cpu().numpy(), w.q_scale(), m.bias())
-    for j, m in enumerate(_convs(qmodel)):
-        scale = getattr(m, "int8_scale", None)
-        if scale is None:
-            raise ValueError("a float convolution: quantize the model with int8_model first")
-        q = torch.round(m.weight.detach() / torch.tensor(scale, dtype=torch.float32))
-        _pack(out, f"c{j}", q.to(torch.int8).cpu().numpy(), scale, m.bias)
+    for name, m in qmodel.named_modules():
+        if id(m) in linears:
+            w = m.weight()
+            if w.qscheme() != torch.per_tensor_affine or w.q_zero_point() != 0:
+                raise ValueError("expected per-tensor symmetric int8 weights (zero point 0)")
+            _pack(out, name, w.int_repr().cpu().numpy(), w.q_scale(), m.bias(), "linear")
+        elif isinstance(m, nn.Conv2d):
+            scale = getattr(m, "int8_scale", None)
+            if scale is None:
+                raise ValueError("a float convolution: quantize the model with int8_model first")
+            q = torch.round(m.weight.detach() / torch.tensor(scale, dtype=torch.float32))
+            _pack(out, name, q.to(torch.int8).cpu().numpy(), scale, m.bias, "conv")
     return out
 
 
@@ -448,20 +475,17 @@ def unpack_float_mlp(arrays: dict[str, np.ndarray]) -> MLP:
     Returns:
         The MLP on the CPU in eval mode (float weights equal to the int8 ones times their scale).
     """
-    if any(k.startswith("c") for k in arrays):
+    names = layer_names(arrays)
+    if any(str(arrays[f"{n}.kind"]) == "conv" for n in names):
         raise ValueError("the artifact holds convolutions: read it with unpack_int8(arrays, model)")
-    n = len({k.split(".")[0] for k in arrays})
-    shapes = [tuple(int(s) for s in arrays[f"l{i}.shape"]) for i in range(n)]
+    shapes = [tuple(int(s) for s in arrays[f"{n}.shape"]) for n in names]
     model = MLP(shapes[0][1], hidden=[s[0] for s in shapes[:-1]], n_classes=shapes[-1][0]).eval()
     linears = [m for m in model if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        for i, lin in enumerate(linears):
-            mask = np.unpackbits(arrays[f"l{i}.mask"], count=int(np.prod(shapes[i]))).astype(bool)
-            q = np.zeros(int(np.prod(shapes[i])), dtype=np.float64)
-            q[mask] = arrays[f"l{i}.values"]
-            w = q.reshape(shapes[i]) * float(arrays[f"l{i}.scale"][0])
-            lin.weight.copy_(torch.from_numpy(w.astype(np.float32)))
-            lin.bias.copy_(torch.from_numpy(arrays[f"l{i}.bias"]))
+        for name, lin in zip(names, linears):
+            q = _unpack(arrays, name, np.float64) * float(arrays[f"{name}.scale"][0])
+            lin.weight.copy_(torch.from_numpy(q.astype(np.float32)))
+            lin.bias.copy_(torch.from_numpy(arrays[f"{name}.bias"]))
     return model
 
 
@@ -485,11 +509,13 @@ def unpack_int8_mlp(arrays: dict[str, np.ndarray], engine: str = "x86") -> nn.Mo
 
 
 def _set_int8_weights(qmodel: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    for i, m in enumerate(int8_linears(qmodel)):
+    """The artifact's Linear layers, in order, into the int8 Linear layers of ``qmodel``."""
+    names = [n for n in layer_names(arrays) if str(arrays[f"{n}.kind"]) == "linear"]
+    for name, m in zip(names, int8_linears(qmodel), strict=True):
         qw = torch._make_per_tensor_quantized_tensor(
-            torch.from_numpy(_unpack(arrays, f"l{i}")), float(arrays[f"l{i}.scale"][0]), 0
+            torch.from_numpy(_unpack(arrays, name)), float(arrays[f"{name}.scale"][0]), 0
         )
-        m.set_weight_bias(qw, torch.from_numpy(arrays[f"l{i}.bias"]))
+        m.set_weight_bias(qw, torch.from_numpy(arrays[f"{name}.bias"]))
 
 
 def unpack_int8(arrays: dict[str, np.ndarray], model: nn.Module, engine: str = "x86") -> nn.Module:
@@ -505,34 +531,32 @@ def unpack_int8(arrays: dict[str, np.ndarray], model: nn.Module, engine: str = "
         ``int8_model`` of the architecture with the stored int8 weights, scales and biases.
 
     Raises:
-        ValueError: the architecture's Linear or Conv2d layers do not match the artifact's.
+        ValueError: the model's Linear/Conv2d layers are not the artifact's (names listed), or a
+            layer's kind or shape differs (named).
     """
-    convs = _convs(model)
-    layers = {k.split(".")[0] for k in arrays}
-    n_lin = sum(isinstance(m, nn.Linear) for m in model.modules())
-    if layers != {f"l{i}" for i in range(n_lin)} | {f"c{j}" for j in range(len(convs))}:
+    _no_batchnorm(model)
+    names = layer_names(arrays)
+    weighted = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    if names != weighted:
         raise ValueError(
-            f"the artifact holds layers {sorted(layers)}; the model has {n_lin} Linear and "
-            f"{len(convs)} Conv2d layers"
+            f"the artifact holds layers {names}; the model's Linear/Conv2d layers are {weighted}"
         )
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    for i, m in enumerate(linears):
-        if tuple(int(v) for v in arrays[f"l{i}.shape"]) != tuple(m.weight.shape):
-            stored = tuple(int(v) for v in arrays[f"l{i}.shape"])
-            raise ValueError(f"Linear {i}: artifact {stored}, model {tuple(m.weight.shape)}")
     float_model = copy.deepcopy(model).cpu().eval()
+    modules = dict(float_model.named_modules())
     with torch.no_grad():
-        for j, m in enumerate(_convs(float_model)):
-            q = torch.from_numpy(_unpack(arrays, f"c{j}")).float()
-            if q.shape != m.weight.shape:
+        for name in names:
+            m, stored = modules[name], tuple(int(v) for v in arrays[f"{name}.shape"])
+            if str(arrays[f"{name}.kind"]) != _kind(m) or stored != tuple(m.weight.shape):
                 raise ValueError(
-                    f"convolution {j}: artifact {tuple(q.shape)}, model {tuple(m.weight.shape)}"
+                    f"layer {name!r}: artifact {arrays[f'{name}.kind']} {stored}, model "
+                    f"{_kind(m)} {tuple(m.weight.shape)}"
                 )
-            scale = torch.tensor(float(arrays[f"c{j}.scale"][0]), dtype=torch.float32)
-            m.weight.copy_(q * scale)
-            if m.bias is not None:
-                m.bias.copy_(torch.from_numpy(arrays[f"c{j}.bias"]))
-            m.int8_scale = float(scale)
+            if isinstance(m, nn.Conv2d):
+                scale = torch.tensor(float(arrays[f"{name}.scale"][0]), dtype=torch.float32)
+                m.weight.copy_(torch.from_numpy(_unpack(arrays, name)).float() * scale)
+                if m.bias is not None:
+                    m.bias.copy_(torch.from_numpy(arrays[f"{name}.bias"]))
+                m.int8_scale = float(scale)
     from .quantization import dynamic_int8, quiet_ao
 
     qmodel = dynamic_int8(float_model, engine)

@@ -156,3 +156,22 @@ def test_static_int8_fx_keeps_named_layers_in_float_and_checks_names():
         quantization.static_int8_fx(m, X, batches, 1, keep_float=["nope"])
     with pytest.raises(ValueError, match="torch.fx cannot trace Branchy"):
         quantization.static_int8_fx(Branchy(), X, batches, 1)
+
+
+def test_sparse_int8_artifact_is_keyed_by_layer_names_and_reloads_into_a_fresh_model(tmp_path):
+    from nbhelpers import compression
+
+    folded = normalization.fold_batchnorm(trained_like())
+    q = compression.int8_model(folded)
+    arrays = compression.pack_int8_sparse(q)
+    names = compression.layer_names(arrays)
+    assert names == [n for n, m in folded.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert "block2.skip.0" in names and str(arrays["head.2.kind"]) == "linear"
+    compression.save_artifact(arrays, tmp_path / "a.npz")
+    fresh = normalization.fold_batchnorm(TinyResNet().eval())  # untrained: only the shapes count
+    back = compression.unpack_int8(compression.load_artifact(tmp_path / "a.npz"), fresh)
+    assert torch.equal(back(X), q(X))
+    with pytest.raises(ValueError, match="fold them first"):
+        compression.pack_int8_sparse(compression.int8_model(trained_like()))
+    with pytest.raises(ValueError, match="fold them first"):
+        compression.unpack_int8(arrays, TinyResNet())

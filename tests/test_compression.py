@@ -121,7 +121,9 @@ def test_conv_artifact_round_trip_on_a_fresh_model(tmp_path, entropy):
 
     q = int8_model(_sparse_caffe_lenet5())
     arrays = pack_int8_sparse(q)
-    assert sorted({k.split(".")[0] for k in arrays}) == ["c0", "c1", "l0", "l1"]
+    # keyed by the layers' names in the model: Caffe's LeNet-5 is a Sequential
+    assert compression.layer_names(arrays) == ["0", "2", "5", "7"]
+    assert [str(arrays[f"{n}.kind"]) for n in ("0", "5")] == ["conv", "linear"]
     nnz = sum(len(arrays[k]) for k in arrays if k.endswith(".values"))
     assert nnz <= 0.11 * (500 + 25000 + 400000 + 5000)  # about 10% of the weights, not all
     save_artifact(arrays, tmp_path / "a", entropy_coding=entropy)
@@ -130,10 +132,10 @@ def test_conv_artifact_round_trip_on_a_fresh_model(tmp_path, entropy):
     assert torch.equal(q(x), back(x))
     with pytest.raises(ValueError, match="holds convolutions"):
         unpack_float_mlp(arrays)
-    with pytest.raises(ValueError, match=r"1 Linear and 0 Conv2d"):
+    with pytest.raises(ValueError, match=r"holds layers \['0', '2', '5', '7'\]; .* are \['1'\]"):
         unpack_int8(arrays, nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
     wrong = build_model("lenet5_caffe", fc=[400])
-    with pytest.raises(ValueError, match=r"Linear 0: artifact \(500, 800\), model \(400, 800\)"):
+    with pytest.raises(ValueError, match=r"'5': artifact linear \(500, 800\), model linear \(400"):
         unpack_int8(arrays, wrong)
     with pytest.raises(ValueError, match="int8_model first"):
         pack_int8_sparse(_dynamic(_sparse_caffe_lenet5()))
@@ -398,8 +400,9 @@ def test_weights_at_bits_grid_and_artifact():
     with torch.no_grad():
         m[1].weight[0, :4] = 0.0
     q, arrays = compression.weights_at_bits(m, 3)  # levels -3..3 times max|w| / 3
-    for i, layer in enumerate(x for x in q if isinstance(x, nn.Linear)):
-        s = float(arrays[f"l{i}.scale"][0])
+    assert compression.layer_names(arrays) == ["1", "3"]  # the MLP's Linear layers by name
+    for name, layer in ((n, x) for n, x in q.named_children() if isinstance(x, nn.Linear)):
+        s = float(arrays[f"{name}.scale"][0])
         k = layer.weight / s
         assert torch.allclose(k, k.round(), atol=1e-5) and float(k.abs().max()) <= 3 + 1e-5
         assert len(torch.unique(layer.weight)) <= 7
