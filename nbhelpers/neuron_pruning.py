@@ -1012,8 +1012,8 @@ def prune_channels(
 
     Raises:
         ParameterError: a name that is not a prunable layer, a bad fraction or criterion.
-        ValueError: the model cannot be traced on ``example``, or a named layer is coupled to
-            the classifier.
+        ValueError: the model cannot be traced on ``example``, a named layer is coupled to the
+            classifier, or the cut model no longer runs (a dependency the graph missed).
     """
     import torch_pruning as tp
 
@@ -1036,6 +1036,11 @@ def prune_channels(
         fn = (
             tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
         )
+        if m not in dg.module2node:
+            raise ValueError(
+                f"torch-pruning's graph of {type(model).__name__} does not reach layer {n!r}: its "
+                "output reaches the logits through no differentiable path (a detach or .data?)"
+            )
         for dep, _ in dg.get_pruning_group(m, fn, idxs=[0]):
             if dg.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names:
                 cut.add(names[dep.target.module])
@@ -1050,6 +1055,14 @@ def prune_channels(
         pruning_ratio=fraction,
         ignored_layers=[modules[n] for n in weighted if n not in cut],
     ).step()
+    try:
+        with torch.no_grad():
+            new(example[:1].to(module_device(new)))
+    except Exception as err:  # a dependency the graph did not see: the shapes no longer fit
+        raise ValueError(
+            f"torch-pruning did not see every dependency of {type(model).__name__} (a detach, "
+            f"a .data or a non-differentiable op between layers?); the cut model fails: {err}"
+        ) from err
     table = pd.DataFrame(
         [
             {

@@ -110,6 +110,16 @@ def test_prune_channels_rejects_an_input_the_model_refuses():
         neuron_pruning.prune_channels(trained_like(), torch.zeros(16, 3, 8, 8), 0.5)
 
 
+class Detached(TinyResNet):
+    def forward(self, x):  # the autograd graph torch-pruning traces is cut after the stem
+        return self.head(self.block2(self.block1(self.stem(x).detach())))
+
+
+def test_prune_channels_names_a_dependency_the_graph_cannot_see():
+    with pytest.raises(ValueError, match="graph of Detached does not reach layer 'stem.0'"):
+        neuron_pruning.prune_channels(Detached().eval(), X, 0.5, ["stem.0"])
+
+
 def test_fold_batchnorm_through_fx_keeps_the_outputs():
     m = trained_like()
     folded = normalization.fold_batchnorm(m)
