@@ -185,3 +185,19 @@ def test_sparse_int8_artifact_is_keyed_by_layer_names_and_reloads_into_a_fresh_m
         compression.pack_int8_sparse(compression.int8_model(trained_like()))
     with pytest.raises(ValueError, match="fold them first"):
         compression.unpack_int8(arrays, TinyResNet())
+
+
+def test_unstructured_pruning_and_distillation_take_the_residual_model_as_it_is():
+    from nbhelpers import distillation, pruning
+
+    m = trained_like()
+    pruning.magnitude_prune(m, 0.8, "global", only=["block1.conv1", "block2.skip.0"])
+    chosen = [m.block1.conv1, m.block2.skip[0]]
+    masked = sum(int((c.weight == 0).sum()) for c in chosen)
+    assert masked == round(0.8 * sum(c.weight.numel() for c in chosen))  # 144 + 32 weights
+    assert bool((m.block2.conv1.weight != 0).all())  # a layer not named is left alone
+    teacher, student = trained_like(), TinyResNet()
+    loss_fn = distillation.make_loss_fn(teacher, "hinton", 4.0, 0.5)
+    loss = loss_fn(student(X), torch.zeros(16, dtype=torch.long), X)
+    loss.backward()
+    assert loss.item() > 0 and student.stem[0].weight.grad.abs().sum() > 0
