@@ -37,10 +37,20 @@ class Baseline:
         """Whether the model takes flat vectors (the MLP) rather than images."""
         return self.config["arch"] == "mlp"
 
-    def loaders(self, batch_size: int | None = None) -> dict:
-        """Train/val/test loaders of the baseline's split, shaped for its model."""
+    def loaders(self, batch_size: int | None = None, seed: int | None = None) -> dict:
+        """Train/val/test loaders of the baseline's split, shaped for its model.
+
+        Args:
+            batch_size: training batch size (default: the shared recipe's).
+            seed: seed of the training shuffle (default: the baseline's seed).
+
+        Returns:
+            A dict with keys "train", "val", "test".
+        """
         bs = batch_size or RECIPE["batch_size"]
-        return loaders(self.split, bs, flat=self.flat, seed=self.config["seed"])
+        return loaders(
+            self.split, bs, flat=self.flat, seed=self.config["seed"] if seed is None else seed
+        )
 
 
 def get_baseline(

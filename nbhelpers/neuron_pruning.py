@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .measure import count_macs
+from .measure import correct, count_macs
 from .params import ParameterError, check_choice, check_choices, check_fraction
-from .train import module_device
+from .train import fit, module_device, seed_everything
 
 CRITERIA = ("l1", "l2", "mean_activation", "apoz", "taylor", "random", "inverted_l1")
 #: Criteria that are controls, never chosen as "the best": random scores, and the common mistake of
@@ -454,6 +455,50 @@ def prune(
     """
     keep = select_keep(unit_scores(model, criterion, loader, max_batches, seed), fraction, scope)
     return remove_units(model, keep), keep
+
+
+def correct_over_seeds(
+    model: nn.Sequential,
+    criterion: str,
+    scores: Mapping[int, torch.Tensor] | None,
+    fraction: float,
+    seeds: Sequence[int],
+    loaders_for: Callable[[int], Mapping[str, DataLoader]],
+    epochs: int,
+    lr: float,
+    scope: str = "layer",
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Per seed, cut a model by a criterion, fine-tune it, and mark which test images it gets right.
+
+    A seed sets the fine-tuning (its shuffle and its torch seed) and, for ``"random"``, the scores;
+    the other criteria keep their ``scores``. Rows of two criteria with the same seeds pair up for
+    ``stats.seeds_paired_difference``.
+
+    Args:
+        model: the dense Sequential model (not changed).
+        criterion: the criterion's name (``"random"`` draws new scores per seed).
+        scores: the criterion's scores (``unit_scores``); ignored for ``"random"``.
+        fraction: fraction of units removed per layer.
+        seeds: the seeds.
+        loaders_for: seed -> {"train", "val", "test"} loaders (training shuffled by that seed).
+        epochs: fine-tuning epochs.
+        lr: fine-tuning learning rate (Adam).
+        scope: "layer" or "global" (``select_keep``).
+        device: where fine-tuning runs.
+
+    Returns:
+        Boolean array (seeds, test images).
+    """
+    rows = []
+    for s in seeds:
+        sc = unit_scores(model, "random", seed=s) if criterion == "random" else scores
+        small = remove_units(model, select_keep(sc, fraction, scope))
+        dls = loaders_for(s)
+        seed_everything(s)
+        fit(small, dls["train"], dls["val"], epochs=epochs, lr=lr, device=device, progress=False)
+        rows.append(correct(small.cpu().eval(), dls["test"]))
+    return np.stack(rows)
 
 
 def dead_units(model: nn.Sequential) -> dict[int, torch.Tensor]:

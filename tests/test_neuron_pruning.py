@@ -456,3 +456,26 @@ def test_best_criterion_never_picks_a_control():
     )
     assert NP.best_criterion(sweep, 0.5) == {"a": "l1"}
     assert "inverted_l1" in NP.CRITERIA and set(NP.CONTROLS) <= set(NP.CRITERIA)
+
+
+def test_correct_over_seeds_one_row_per_seed_and_repeatable():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 6, generator=gen)
+    y = (x[:, 0] > 0.5).long()
+
+    def loaders_for(seed: int) -> dict:
+        shuffled = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        fixed = DataLoader(TensorDataset(x, y), batch_size=40)
+        return {"train": shuffled, "val": fixed, "test": fixed}
+
+    torch.manual_seed(0)
+    model = MLP(6, hidden=[8], n_classes=2).eval()
+    l1 = NP.unit_scores(model, "l1")
+    args = (0.5, [0, 1], loaders_for, 2, 1e-2)
+    a = NP.correct_over_seeds(model, "l1", l1, *args)
+    assert a.shape == (2, 40) and a.dtype == bool
+    assert (NP.correct_over_seeds(model, "l1", l1, *args) == a).all()  # seeded: repeats exactly
+    r = NP.correct_over_seeds(model, "random", None, *args)
+    assert r.shape == (2, 40) and (NP.correct_over_seeds(model, "random", None, *args) == r).all()
+    assert NP.widths(model) == {1: 8}  # the dense model is left as it was
