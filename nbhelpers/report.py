@@ -105,6 +105,11 @@ def load_parameters(
 HIDE_INPUT_TAG = "hide-input"
 #: MathJax configuration shipped by jupyter-server-mathjax (MathJax 2.7), for formulas offline.
 MATHJAX_QUERY = "?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+#: The only web font jupyter-server-mathjax ships is STIX-Web; MathJax 2 otherwise asks for its TeX
+#: fonts and fails on glyphs it must then load (a prime, W', shows "[Math Processing Error]").
+MATHJAX_FONTS = '"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web"},'
+#: Where the font setting goes in nbconvert's MathJax configuration block.
+MATHJAX_ANCHOR = "displayAlign: 'center',"
 
 
 def install_mathjax(out_dir: Path) -> Path:
@@ -149,6 +154,9 @@ def render_html(nb_path: Path, html_path: Path) -> None:
     body, _ = exporter.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
     # require.js (from a CDN) only serves widget state, which reports do not carry: offline, drop it
     body = body.replace(f'<script src="{exporter.require_js_url}"></script>', "")
+    if MATHJAX_ANCHOR not in body:
+        raise RuntimeError(f"nbconvert's MathJax configuration has no {MATHJAX_ANCHOR!r} to extend")
+    body = body.replace(MATHJAX_ANCHOR, f"{MATHJAX_ANCHOR} {MATHJAX_FONTS}", 1)
     html_path.write_text(body, encoding="utf-8")
 
 

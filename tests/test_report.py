@@ -111,6 +111,7 @@ def test_html_hides_plumbing_input_and_loads_mathjax_locally(tmp_path):
     page = (tmp_path / "t.html").read_text()
     assert "PLUMBING_SOURCE" not in page and "plumbing output" in page and "LESSON_SOURCE" in page
     assert 'src="mathjax/MathJax.js?config=' in page
+    assert 'webFont: "STIX-Web"' in page  # the font that ships; without it a prime fails to render
     assert (
         '<script src="http' not in page
     )  # nothing loads from the network (mermaid only on demand)
