@@ -591,7 +591,10 @@ def static_int8_fx(
 
 
 def load_static_int8(
-    model: nn.Module, example: torch.Tensor, state: Mapping[str, object], engine: str = "x86"
+    model: nn.Module,
+    example: torch.Tensor,
+    state: Mapping[str, object] | str | Path,
+    engine: str = "x86",
 ) -> nn.Module:
     """Rebuild a saved ``static_int8_fx`` model: the same architecture, the saved int8 state.
 
@@ -599,12 +602,17 @@ def load_static_int8(
         model: a float model of the architecture (its weights do not matter).
         example: an input batch, for tracing.
         state: the ``state_dict()`` of the int8 model (int8 weights, scales and zero points,
-            keyed by the model's own layer names).
+            keyed by the model's own layer names), or the file ``torch.save`` wrote it to (read
+            with ``weights_only=True``).
         engine: the engine the model was quantized with.
 
     Returns:
         The int8 model, equal to the saved one.
     """
+    if isinstance(state, str | Path):
+        with warnings.catch_warnings():  # torch 2.13 warns on reading quantized storages
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+            state = torch.load(state, weights_only=True)
     qmodel = static_int8_fx(model, example, None, 0, engine)
     with quiet_ao():
         qmodel.load_state_dict(state)  # keeps its _metadata: the int8 modules read a version

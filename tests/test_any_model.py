@@ -2,6 +2,7 @@
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -139,7 +140,7 @@ def test_fold_batchnorm_errors_name_the_cause():
         normalization.fold_batchnorm(odd.eval())
 
 
-def test_static_int8_fx_quantizes_the_residual_model_and_reloads_exactly():
+def test_static_int8_fx_quantizes_the_residual_model_and_reloads_exactly(tmp_path):
     m = trained_like()
     batches = [(X[i : i + 4], None) for i in range(0, 16, 4)]
     q = quantization.static_int8_fx(m, X, batches, batches=4)
@@ -153,6 +154,12 @@ def test_static_int8_fx_quantizes_the_residual_model_and_reloads_exactly():
     assert "block2.skip.0.weight" in state and state["block2.skip.0.weight"].dtype == torch.qint8
     back = quantization.load_static_int8(TinyResNet(), X, state)
     assert torch.equal(back(X), q(X))
+    path = tmp_path / "int8.pt"
+    torch.save(q.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reading the file warns of nothing
+        from_file = quantization.load_static_int8(TinyResNet(), X, path)
+    assert torch.equal(from_file(X), q(X))
     # the int8 logits stay near the float ones: error of a few quantization steps of the output
     assert (q(X) - m(X)).abs().max() < 0.25 * m(X).abs().max()
 
