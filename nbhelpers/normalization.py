@@ -20,13 +20,12 @@ import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.figure import Figure
-from scipy import stats as _st
 from torch import nn
 
 from .facts import fact_table
 from .measure import correct
 from .params import ParameterError
-from .stats import paired_difference, seed_summary, verdict
+from .stats import paired_difference, seed_interval, seed_summary, verdict
 from .targets import target
 from .train import module_device
 
@@ -503,23 +502,6 @@ def speed_table(curves: pd.DataFrame, arch: str, epochs: int) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of a mean over seeds: mean +- t(n - 1) sd / sqrt(n).
-
-    Args:
-        values: one value per seed.
-        confidence: the confidence level.
-
-    Returns:
-        (low, high); (NaN, NaN) for fewer than two seeds.
-    """
-    s = seed_summary(values)
-    if s.n < 2:
-        return math.nan, math.nan
-    half = float(_st.t.ppf(0.5 + confidence / 2, s.n - 1)) * s.std / math.sqrt(s.n)
-    return s.mean - half, s.mean + half
 
 
 def speed_with_interval(curves: pd.DataFrame, arch: str, lr: float, epochs: int) -> dict:

@@ -424,6 +424,36 @@ def seed_summary(values: Sequence[float] | np.ndarray) -> SeedSummary:
     return SeedSummary(float(arr.mean()), std, int(arr.size))
 
 
+#: The columns of ``seeds_paired_difference`` that a notebook's seeds table shows.
+SEED_COLUMNS = (
+    "difference",
+    "low",
+    "high",
+    "verdict",
+    "seed_std",
+    "seed_low",
+    "seed_high",
+    "seed_verdict",
+)
+
+
+def seed_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of a mean over seeds: mean +- t(n - 1) sd / sqrt(n).
+
+    Args:
+        values: one value per seed.
+        confidence: the confidence level.
+
+    Returns:
+        (low, high); (NaN, NaN) for fewer than two seeds.
+    """
+    s = seed_summary(values)
+    if s.n < 2:
+        return math.nan, math.nan
+    half = float(_st.t.ppf(0.5 + confidence / 2, s.n - 1)) * s.std / math.sqrt(s.n)
+    return s.mean - half, s.mean + half
+
+
 def _seed_matrix(name: str, correct: Any) -> np.ndarray:
     """``correct`` as a (seeds, images) boolean matrix; a 1-D array is one seed."""
     arr = np.asarray(correct)
@@ -460,7 +490,9 @@ def seeds_paired_difference(
     Returns:
         A dict with ``difference``, ``low``, ``high`` (percentage points, B - A), ``n`` (images),
         ``seeds``, ``seed_std`` (sample sd over seeds of each seed's difference, points; NaN for one
-        seed) and ``verdict`` ("better", "worse" or "within noise").
+        seed), ``verdict`` ("better", "worse" or "within noise"), and the Student-t interval of the
+        mean per-seed difference, ``seed_low``, ``seed_high`` with its ``seed_verdict``: whether
+        another draw of seeds would agree (NaN and "one seed" for a single seed).
     """
     a, b = _seed_matrix("correct_a", correct_a), _seed_matrix("correct_b", correct_b)
     if a.shape != b.shape:
@@ -477,6 +509,9 @@ def seeds_paired_difference(
     alpha = 1 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     per_seed = 100.0 * (b.mean(axis=1) - a.mean(axis=1))
+    seed_low, seed_high = (
+        seed_interval(per_seed, confidence) if len(per_seed) > 1 else (math.nan, math.nan)
+    )
     return {
         "difference": 100.0 * float(d.mean()),
         "low": 100.0 * float(low),
@@ -485,4 +520,7 @@ def seeds_paired_difference(
         "seeds": int(a.shape[0]),
         "seed_std": float(np.std(per_seed, ddof=1)) if a.shape[0] > 1 else math.nan,
         "verdict": verdict(100.0 * float(low), 100.0 * float(high)),
+        "seed_low": seed_low,
+        "seed_high": seed_high,
+        "seed_verdict": verdict(seed_low, seed_high) if len(per_seed) > 1 else "one seed",
     }

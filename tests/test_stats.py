@@ -309,6 +309,11 @@ def test_seeds_paired_difference_by_hand():
     assert r["seed_std"] == pytest.approx(np.std([25.0, 50.0], ddof=1))
     assert (r["n"], r["seeds"]) == (4, 2)
     assert 0.0 <= r["low"] <= 37.5 <= r["high"] <= 100.0
+    # over the seeds: mean 37.5, sd 17.68, t(1) = 12.706 -> 37.5 +- 12.706 * 17.68 / sqrt(2)
+    half = 12.7062 * np.std([25.0, 50.0], ddof=1) / np.sqrt(2)
+    assert r["seed_low"] == pytest.approx(37.5 - half, rel=1e-4)
+    assert r["seed_high"] == pytest.approx(37.5 + half, rel=1e-4)
+    assert r["seed_verdict"] == "within noise"  # two seeds this far apart settle little
 
 
 def test_seeds_paired_difference_constant_difference_has_no_spread():
@@ -316,6 +321,7 @@ def test_seeds_paired_difference_constant_difference_has_no_spread():
     r = seeds_paired_difference(a, ~a)
     assert r["low"] == r["high"] == r["difference"] == pytest.approx(100.0)
     assert r["verdict"] == "better" and r["seed_std"] == 0.0
+    assert r["seed_low"] == r["seed_high"] == 100.0 and r["seed_verdict"] == "better"
 
 
 def test_seeds_paired_difference_one_seed_agrees_with_newcombe():
@@ -326,6 +332,7 @@ def test_seeds_paired_difference_one_seed_agrees_with_newcombe():
     n = paired_difference(a, b)
     assert r["difference"] == pytest.approx(n["difference"])
     assert np.isnan(r["seed_std"]) and r["seeds"] == 1
+    assert np.isnan(r["seed_low"]) and r["seed_verdict"] == "one seed"
     # two valid 95% intervals of the same difference; each end within a tenth of the half-width
     half = (n["high"] - n["low"]) / 2
     assert abs(r["low"] - n["low"]) < 0.1 * half and abs(r["high"] - n["high"]) < 0.1 * half
