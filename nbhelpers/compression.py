@@ -29,6 +29,7 @@ from torch import nn
 
 from .models import MLP
 from .params import ParameterError, check_choice
+from .pruning import prunable
 
 #: Dense models the pipeline compresses: the shared MLP, or Caffe's LeNet-5 of Deep Compression.
 PIPELINE_MODELS = ("mlp", "lenet5_caffe")
@@ -132,7 +133,7 @@ def weights_at_bits(model: nn.Module, bits: int) -> tuple[nn.Module, dict[str, n
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ParameterError("bits", bits, "an integer from 2 to 8")
     out, arrays = copy.deepcopy(model).cpu().eval(), {}
-    layers = [(n, m) for n, m in out.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    layers = prunable(out)
     with torch.no_grad():
         for name, m in layers:
             q, scale = _on_grid(m, bits)
@@ -536,7 +537,7 @@ def unpack_int8(arrays: dict[str, np.ndarray], model: nn.Module, engine: str = "
     """
     _no_batchnorm(model)
     names = layer_names(arrays)
-    weighted = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    weighted = [n for n, _ in prunable(model)]
     if names != weighted:
         raise ValueError(
             f"the artifact holds layers {names}; the model's Linear/Conv2d layers are {weighted}"

@@ -36,6 +36,7 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.utils.data import DataLoader
 
+from . import pruning
 from .measure import correct, count_macs
 from .params import ParameterError, check_choice, check_choices, check_fraction
 from .train import fit, module_device, seed_everything
@@ -961,11 +962,6 @@ def _importance(criterion: str):
     return tp.importance.MagnitudeImportance(p=1 if criterion == "l1" else 2)
 
 
-def weighted_names(model: nn.Module) -> list[str]:
-    """Names (as in ``named_modules``) of a model's ``nn.Linear`` and ``nn.Conv2d`` layers."""
-    return [n for n, m in model.named_modules() if isinstance(m, WEIGHTED)]
-
-
 @torch.no_grad()
 def output_layer(model: nn.Module, example: torch.Tensor) -> str:
     """The name of the weighted layer that runs last in a forward pass (the classifier).
@@ -1017,7 +1013,7 @@ def check_prune_layers(
         ParameterError: an unknown name, the classifier, or an empty list.
     """
     out_name = output_layer(model, example)
-    prunable = [n for n in weighted_names(model) if n != out_name]
+    prunable = [n for n, _ in pruning.prunable(model) if n != out_name]
     chosen = prunable if layers is None else list(layers)
     bad = [n for n in chosen if n not in prunable]
     if bad or not chosen:
@@ -1091,7 +1087,7 @@ def prune_channels(
                 cut.add(names[dep.target.module])
     if out_name in cut:
         raise ValueError(f"the channels of {layers} are coupled to the classifier {out_name!r}")
-    weighted = weighted_names(new)
+    weighted = [n for n, _ in pruning.prunable(new)]
     before = {n: n_units(modules[n]) for n in weighted}
     tp.pruner.MetaPruner(
         new,
