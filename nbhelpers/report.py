@@ -36,6 +36,7 @@ from .paths import project_dir, reports_dir
 PROJECT_DIR = project_dir()  # resolved once, from the working directory (see nbhelpers.paths)
 DEFAULT_NOTEBOOKS = PROJECT_DIR / "notebooks"
 DEFAULT_OUT = reports_dir()
+BENCH_DOC = PROJECT_DIR / "docs" / "benchmarks.md"
 
 
 @dataclass
@@ -352,6 +353,55 @@ def write_index(out_dir: Path) -> Path:
     return path
 
 
+def expected_seconds(
+    stems: list[str], out_dir: Path = DEFAULT_OUT, bench_doc: Path = BENCH_DOC
+) -> dict[str, float]:
+    """How long each notebook took last time, to start the longest first.
+
+    Args:
+        stems: the notebooks' stems.
+        out_dir: a reports folder: its ``runs.json`` gives each notebook's last good run.
+        bench_doc: ``docs/benchmarks.md``: its "Run times" table answers for notebooks never run
+            in ``out_dir`` (a fresh clone).
+
+    Returns:
+        stem -> seconds (0.0 where neither source knows the notebook).
+    """
+    runs = load_runs(out_dir)
+    table: dict[str, float] = {}
+    try:
+        for line in Path(bench_doc).read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 3 and cells[1] == "ok":
+                try:
+                    table[cells[0]] = float(cells[2])
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    out = {}
+    for stem in stems:
+        good = (runs.get(stem) or {}).get("last_good") or {}
+        out[stem] = float(good.get("seconds") or table.get(stem) or 0.0)
+    return out
+
+
+def longest_first(notebooks: list[Path], seconds: Mapping[str, float]) -> list[Path]:
+    """The notebooks, longest expected run first (ties keep their order).
+
+    With ``jobs`` notebooks at a time, starting the longest first keeps one long notebook from
+    running alone at the end (the longest-processing-time rule).
+
+    Args:
+        notebooks: the notebooks.
+        seconds: stem -> expected seconds (``expected_seconds``).
+
+    Returns:
+        The same paths, reordered.
+    """
+    return sorted(notebooks, key=lambda nb: -seconds.get(nb.stem, 0.0))
+
+
 def run_all(
     notebooks: list[Path],
     out_dir: Path = DEFAULT_OUT,
@@ -362,7 +412,7 @@ def run_all(
     kernel: str = "python3",
     parameters: Mapping[str, dict] | None = None,
 ) -> list[RunResult]:
-    """Run notebooks (``jobs`` at a time), log each run, and rewrite the index after each.
+    """Run notebooks (``jobs`` at a time, longest first), log each run, rewrite the index.
 
     Args:
         notebooks: the notebooks.
@@ -397,9 +447,10 @@ def run_all(
         ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
         tqdm(total=len(notebooks), desc="notebooks", unit="nb") as bar,
     ):
+        started = longest_first(notebooks, expected_seconds([nb.stem for nb in notebooks], out_dir))
         futures = {
             pool.submit(run_notebook, nb, out_dir, params[nb.stem], kernel, timeout): nb
-            for nb in notebooks
+            for nb in started
         }
         for fut in as_completed(futures):
             r = fut.result()

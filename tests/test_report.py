@@ -7,7 +7,15 @@ import nbformat
 import pytest
 
 from nbhelpers.record import read
-from nbhelpers.report import list_notebooks, load_parameters, main
+from nbhelpers.report import (
+    RunResult,
+    expected_seconds,
+    list_notebooks,
+    load_parameters,
+    longest_first,
+    main,
+    save_run,
+)
 
 
 def _notebook(path, body: str):
@@ -81,6 +89,37 @@ def test_selection_and_parameters(tmp_path):
     (tmp_path / "00_a.yaml").write_text("X: 1\n")
     assert load_parameters("00_a", params_dir=tmp_path) == {"X": 1}
     assert load_parameters("01_b", params_dir=tmp_path) == {}
+
+
+def test_longest_notebook_starts_first(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(
+        "| notebook | target | measured |\n|---|---|---|\n| 00_a | a target | 5 |\n\n"
+        "## Run times\n\n| notebook | status | wall seconds | error |\n|---|---|---|---|\n"
+        "| 00_a | ok | 20.0 |  |\n| 01_b | ok | 300.5 |  |\n| 02_c | failed | 900 | boom |\n"
+    )
+    out = tmp_path / "reports"
+    out.mkdir()
+    stems = ["00_a", "01_b", "02_c", "03_d"]
+    # a fresh clone: the benchmark's table (failed runs and other tables are not run times)
+    assert expected_seconds(stems, out, doc) == {
+        "00_a": 20.0,
+        "01_b": 300.5,
+        "02_c": 0.0,
+        "03_d": 0.0,
+    }
+    # a run in this reports folder answers before the benchmark
+    save_run(out, RunResult("00_a", "ok", 400.0))
+    save_run(out, RunResult("03_d", "failed", 999.0))
+    seconds = expected_seconds(stems, out, doc)
+    assert seconds == {"00_a": 400.0, "01_b": 300.5, "02_c": 0.0, "03_d": 0.0}
+    order = longest_first([Path(f"{s}.ipynb") for s in stems], seconds)
+    assert [p.stem for p in order] == ["00_a", "01_b", "02_c", "03_d"]
+    assert [p.stem for p in longest_first([Path("x.ipynb"), Path("y.ipynb")], {"y": 1.0})] == [
+        "y",
+        "x",
+    ]
+    assert expected_seconds(["00_a"], tmp_path / "none", tmp_path / "missing.md") == {"00_a": 0.0}
 
 
 def test_cli_rejects_bad_jobs(tmp_path):
