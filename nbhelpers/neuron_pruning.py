@@ -497,7 +497,7 @@ def correct_over_seeds(
         small = remove_units(model, select_keep(sc, fraction, scope))
         dls = loaders_for(s)
         seed_everything(s)
-        fit(small, dls["train"], dls["val"], epochs=epochs, lr=lr, device=device, progress=False)
+        fit(small, dls["train"], epochs=epochs, lr=lr, device=device, progress=False)
         rows.append(correct(small.cpu().eval(), dls["test"]))
     return np.stack(rows)
 
