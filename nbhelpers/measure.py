@@ -286,6 +286,7 @@ def compare(
     counts: Mapping[str, Mapping[str, int]] | None = None,
     threads: int = 1,
     repeats: int = 30,
+    hits: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One table comparing models on accuracy, parameters, bytes and latency, with ratios to a
     baseline.
@@ -304,6 +305,8 @@ def compare(
         counts: name -> {"params", "nonzero"}, overriding the counted parameters.
         threads: threads used for timing.
         repeats: timing samples per round.
+        hits: name -> which test samples the model gets right (``correct`` on this loader),
+            already measured: used instead of running the model over the test set again.
 
     Returns:
         One row per model: accuracy with its Wilson 95% interval (accuracy_low, accuracy_high),
@@ -319,7 +322,14 @@ def compare(
         raise ValueError(
             "compare pairs the models image by image: give it a loader that does not shuffle"
         )
-    sizes, counts = dict(sizes or {}), dict(counts or {})
+    sizes, counts, known = dict(sizes or {}), dict(counts or {}), dict(hits or {})
+    n_test = sum(len(y) for _, y in loader)
+    for name, h in known.items():
+        if name not in models or np.shape(h) != (n_test,):
+            raise ValueError(
+                f"hits[{name!r}] must belong to a model in models and hold one entry per test "
+                f"sample ({n_test}); got {np.shape(h)}"
+            )
     example = torch.cat([x for x, _ in loader])[: max(batch_sizes)]
     lat = latency(models, example, batch_sizes, threads=threads, repeats=repeats)
     rows, hits = [], {}
@@ -327,7 +337,7 @@ def compare(
         c = counts.get(name) or (count_parameters(m) if isinstance(m, nn.Module) else {})
         if name not in sizes and not isinstance(m, nn.Module):
             raise KeyError(f"model {name!r} is a callable: give its bytes in sizes")
-        hits[name] = correct(m, loader)
+        hits[name] = np.asarray(known[name], bool) if name in known else correct(m, loader)
         row = {
             "model": name,
             "accuracy": float(hits[name].mean()),

@@ -4,6 +4,7 @@ tables."""
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -164,6 +165,29 @@ def test_compare_pairs_models_image_by_image():
     assert (df.loc["base", "accuracy_low"], df.loc["base", "accuracy_high"]) == pytest.approx(
         (lo, hi)
     )
+
+    # hits measured before are used as given: the predictor is not asked again
+    def refuse(batch: torch.Tensor) -> np.ndarray:
+        raise AssertionError("called for its accuracy although its hits were given")
+
+    timed_only = {**models, "worse": lambda b: refuse(b) if len(b) > 1 else models["worse"](b)}
+    again = measure.compare(
+        timed_only,
+        loader,
+        "base",
+        batch_sizes=(1,),
+        sizes={k: 1 for k in models},
+        repeats=1,
+        hits={"worse": worse},
+    )
+    cols = ["accuracy", "delta_low_points", "delta_high_points", "p_mcnemar", "verdict"]
+    pd.testing.assert_frame_equal(again[cols], df[cols])
+    with pytest.raises(ValueError, match=r"hits\['worse'\].*200"):
+        measure.compare(
+            models, loader, "base", (1,), {k: 1 for k in models}, hits={"worse": base[:9]}
+        )
+    with pytest.raises(ValueError, match=r"hits\['other'\]"):
+        measure.compare(models, loader, "base", (1,), {k: 1 for k in models}, hits={"other": base})
 
 
 def test_compare_refuses_a_shuffling_loader():
