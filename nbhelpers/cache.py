@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .paths import cache_dir
+from .train import torch_threads
 
 
 def runtime_key(device: str | torch.device = "cpu") -> dict[str, str]:
@@ -186,6 +187,13 @@ def _try_load(path: Path, config: Mapping[str, Any], model: nn.Module) -> dict |
         return None
 
 
+#: CPU threads every cached model is trained on, whoever asks first and whatever their own setting:
+#: float sums depend on how kernels split the work, so a baseline trained first by a notebook on one
+#: thread (``make report``, two notebooks at a time) and one trained on two (``make bench``) would
+#: differ slightly, and so would every figure built on them. Part of every entry's key.
+TRAIN_THREADS = 1
+
+
 def cached_model(
     config: Mapping[str, Any],
     build: Callable[[], nn.Module],
@@ -195,22 +203,26 @@ def cached_model(
     """Load a trained model from the cache, or build, train and store it.
 
     Args:
-        config: everything that determines the trained weights (dataset, arch, seed, epochs...).
+        config: everything that determines the trained weights (dataset, arch, seed, epochs...);
+            ``TRAIN_THREADS`` is added to it.
         build: makes the untrained model.
-        train: trains the model in place and returns JSON-able extras to keep (e.g. history).
+        train: trains the model in place (on ``TRAIN_THREADS`` CPU threads; the caller's count is
+            restored after) and returns JSON-able extras to keep (e.g. history).
         root: the cache folder.
 
     Returns:
         (model on the CPU, extras, hit) where ``hit`` tells whether it came from the cache.
     """
+    config = {**config, "train_threads": TRAIN_THREADS}
     path = cache_path(config, root)
     with _locked(path):
         model = build()
         blob = _try_load(path, config, model)
         if blob is not None:
             return model, json.loads(blob["extras"]), True
-        model = build()
-        extras = dict(train(model) or {})
+        with torch_threads(TRAIN_THREADS):
+            model = build()
+            extras = dict(train(model) or {})
         model.cpu()
         save_atomic(
             {

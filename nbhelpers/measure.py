@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .stats import paired_table
-from .train import Device, module_device
+from .train import Device, module_device, torch_threads
 
 Predictor = Callable[[torch.Tensor], object]
 
@@ -243,10 +243,8 @@ def latency(
     Returns:
         One row per (model, batch_size): median_ms, p25_ms, p75_ms, per_sample_us.
     """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         for bs in batch_sizes:
             idx = torch.arange(bs, device=example.device) % len(example)
             batch = example[idx].contiguous()
@@ -272,8 +270,6 @@ def latency(
                         "per_sample_us": statistics.median(s) * 1e6 / bs,
                     }
                 )
-    finally:
-        torch.set_num_threads(old)
     return pd.DataFrame(rows)
 
 
@@ -444,10 +440,8 @@ def layer_times(
     Returns:
         A Series indexed "position type" (e.g. "2 MaxPool2d") of median milliseconds.
     """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     out = {}
-    try:
+    with torch_threads(threads):
         model.eval()
         device = module_device(model)
         h = x.to(device)
@@ -455,8 +449,6 @@ def layer_times(
             s = sorted(time_call(lambda: layer(h), 2, repeats, device=device))
             out[f"{i} {type(layer).__name__}"] = s[len(s) // 2] * 1e3
             h = layer(h)
-    finally:
-        torch.set_num_threads(old)
     return pd.Series(out, name="ms")
 
 
@@ -485,10 +477,8 @@ def kernel_latency(
     w = weight.detach().contiguous()
     csr = sparse_csr(w)
     gen = torch.Generator().manual_seed(seed)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         with torch.inference_mode():
             for bs in batch_sizes:
                 x = torch.rand(bs, w.shape[1], generator=gen).to(w.device, w.dtype)
@@ -501,8 +491,6 @@ def kernel_latency(
                     rows.append(
                         {"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3}
                     )
-    finally:
-        torch.set_num_threads(old)
     df = pd.DataFrame(rows)
     df["sparsity"] = float(1 - torch.count_nonzero(w) / w.numel())
     df["shape"] = "x".join(map(str, w.shape))

@@ -6,7 +6,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,29 @@ def module_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with torch on ``threads`` CPU threads, restoring the previous count after.
+
+    Float sums depend on how a kernel splits its work between threads, so the same seeded run
+    gives slightly different weights at another thread count.
+
+    Args:
+        threads: ``torch.set_num_threads`` inside the block (at least 1).
+
+    Yields:
+        Nothing; the count is restored even when the block raises.
+    """
+    if int(threads) < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def seed_everything(seed: int) -> None:

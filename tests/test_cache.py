@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from nbhelpers.cache import cache_path, cached_model, config_key
+from nbhelpers.cache import TRAIN_THREADS, cache_path, cached_model, config_key
 from nbhelpers.models import MLP
 from nbhelpers.params import ParameterError
 
@@ -51,12 +51,30 @@ def test_hit_returns_identical_weights(tmp_path):
 def test_corrupt_file_is_rebuilt(tmp_path):
     calls = []
     cached_model(CONFIG, _build, _trainer(calls), tmp_path)
-    path = cache_path(CONFIG, tmp_path)
+    path = cache_path({**CONFIG, "train_threads": TRAIN_THREADS}, tmp_path)
     path.write_bytes(path.read_bytes()[:100])  # truncated
     _, _, hit = cached_model(CONFIG, _build, _trainer(calls), tmp_path)
     assert (hit, len(calls)) == (False, 2)
     _, _, hit = cached_model(CONFIG, _build, _trainer(calls), tmp_path)
     assert (hit, len(calls)) == (True, 2)
+
+
+def test_trained_on_the_same_threads_whoever_asks(tmp_path):
+    seen = []
+
+    def train(model):
+        seen.append(torch.get_num_threads())
+        return {}
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        cached_model(CONFIG, _build, train, tmp_path)
+        assert seen == [TRAIN_THREADS] and torch.get_num_threads() == 2  # the caller's, restored
+    finally:
+        torch.set_num_threads(before)
+    assert cache_path({**CONFIG, "train_threads": TRAIN_THREADS}, tmp_path).exists()
+    assert not cache_path(CONFIG, tmp_path).exists()  # the thread count is part of the key
 
 
 def test_file_of_another_shape_is_rebuilt(tmp_path):

@@ -188,3 +188,18 @@ def test_anneal_is_none_or_a_cosine_to_zero():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ParameterError, match="schedule"):
         anneal("step", 4)
+
+
+def test_torch_threads_restores_the_count_even_on_error():
+    from nbhelpers.train import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        with torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before
