@@ -3,6 +3,7 @@ installed into a fresh virtual environment outside the repository, used on a mod
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
 from nbhelpers import paths
 
@@ -95,10 +97,27 @@ print(paths.project_dir(), paths.cache_dir(), compression.__file__)
 """
 
 
+def _link_distribution(name: str, site: Path) -> None:
+    """Link an installed distribution's top-level files (from its RECORD) into ``site``."""
+    from importlib import metadata
+
+    dist = metadata.distribution(name)
+    for entry in dist.files or []:
+        top = Path(entry.parts[0])
+        if top.name in ("..", "__pycache__") or (site / top).exists():
+            continue
+        (site / top).symlink_to(Path(dist.locate_file(top)))
+
+
 @pytest.mark.package
 def test_wheel_in_a_fresh_venv_prunes_and_quantizes_a_model_of_ones_own(tmp_path):
-    """Build the wheel, install it (dependencies resolved within requirements.txt's lock) into a
-    new virtual environment outside the repository, and run a prune-and-quantize flow there."""
+    """Build the wheel, resolve its dependencies against requirements.txt's lock, install it into a
+    new virtual environment outside the repository, and run a prune-and-quantize flow there.
+
+    pip resolves the wheel's whole dependency tree within the lock (``--dry-run``: the same
+    resolution a real install does, without copying a gigabyte of torch); the new environment then
+    gets the wheel and, linked from this environment, exactly the distributions pip resolved: a
+    dependency the wheel forgets to declare is missing there, as after a real install."""
     dist, venv, work = tmp_path / "dist", tmp_path / "venv", tmp_path / "work"
     work.mkdir()
     subprocess.run(
@@ -108,16 +127,37 @@ def test_wheel_in_a_fresh_venv_prunes_and_quantizes_a_model_of_ones_own(tmp_path
     )  # fmt: skip
     (wheel,) = dist.glob("nbhelpers-*.whl")
     lock = tmp_path / "constraints.txt"  # pip constraints take no extras and no editable lines
-    lock.write_text(
-        "\n".join(
-            line.replace("[distributed]", "")
-            for line in (ROOT / "requirements.txt").read_text().splitlines()
-            if "==" in line
-        )
-    )
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(lock)]
-    subprocess.run([*pip, str(wheel)], check=True, cwd=work, capture_output=True)
+    locked = [
+        line.replace("[distributed]", "").split("#")[0].strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line
+    ]
+    lock.write_text("\n".join(locked))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
+    report = tmp_path / "resolved.json"
+    subprocess.run(
+        [*pip, "-c", str(lock), "--dry-run", "--ignore-installed", "--report", str(report),
+         str(wheel)],
+        check=True, cwd=work, capture_output=True,
+    )  # fmt: skip
+    resolved = {
+        i["metadata"]["name"].lower(): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
+    pins = {
+        line.split("==")[0].split("[")[0].strip().lower(): line.split("==")[1].strip()
+        for line in locked
+    }
+    assert {"torch", "torch-pruning", "scikit-learn", "pandas", "zarr"} <= set(resolved)
+    off_lock = {  # "==2.13.0" admits the local build "2.13.0+cpu", as pip's constraint did
+        n: v for n, v in resolved.items() if n in pins and v not in SpecifierSet(f"=={pins[n]}")
+    }
+    assert not off_lock, f"resolved outside requirements.txt's lock: {off_lock}"
+    subprocess.run([*pip, "--no-deps", str(wheel)], check=True, cwd=work, capture_output=True)
+    (site,) = (venv / "lib").glob("python*/site-packages")
+    for name in resolved.keys() - {"nbhelpers"}:
+        _link_distribution(name, site)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NBHELPERS_", "PYTHON"))}
     out = subprocess.run(
         [str(venv / "bin" / "python"), "-c", FLOW],
