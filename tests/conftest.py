@@ -17,6 +17,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+#: Markers of the tests that take seconds to tens of seconds (a kernel, processes, a wheel).
+SLOW = ("notebook", "package", "cluster")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Put the slow tests first, the last collected of them (notebook 11, the heaviest) first.
+
+    pytest-xdist hands tests out in this order, so the long ones start while the short ones fill
+    the gaps, instead of one long test running alone at the end of the session.
+    """
+    slow = [i for i in items if any(i.get_closest_marker(m) for m in SLOW)]
+    rest = [i for i in items if not any(i.get_closest_marker(m) for m in SLOW)]
+    items[:] = slow[::-1] + rest
+
+
 @pytest.fixture(scope="session")
 def session_root(tmp_path_factory) -> Path:
     """A folder shared by all pytest-xdist workers of this session."""

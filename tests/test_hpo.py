@@ -509,6 +509,7 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+@pytest.mark.cluster
 def test_search_on_separate_scheduler_and_workers(tmp_path):
     """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started as on a remote
     cluster: the search runs there and finds what the local run finds for the same seed."""
