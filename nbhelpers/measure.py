@@ -88,6 +88,59 @@ def accuracy(
     return float(correct(model, loader, device).mean())
 
 
+#: The columns of ``prediction_shift``.
+SHIFT_COLUMNS = (
+    "accuracy",
+    "agreement",
+    "worst_class_accuracy",
+    "top_class_share",
+    "logit_scale",
+    "logit_correlation",
+)
+
+
+def prediction_shift(
+    logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor
+) -> dict[str, float]:
+    """How a changed model's predictions differ from a reference model's on the same samples.
+
+    Accuracy alone cannot tell a model that lost a little everywhere from one that sends most
+    samples to a few classes; these measures can.
+
+    Args:
+        logits: (n, classes) logits of the changed model (e.g. right after pruning).
+        labels: (n,) true classes.
+        reference: (n, classes) logits of the reference model (e.g. the dense one), same samples.
+
+    Returns:
+        accuracy; agreement (share of samples whose predicted class is the reference's);
+        worst_class_accuracy (the lowest accuracy over the classes present in ``labels``);
+        top_class_share (share of samples given the single most predicted class: about 1/classes
+        for balanced predictions, 1 when every sample gets one class); logit_scale (Frobenius norm
+        of the logits over the reference's); logit_correlation (Pearson correlation of all logit
+        entries with the reference's).
+    """
+    logits, reference = logits.detach().double().cpu(), reference.detach().double().cpu()
+    labels = labels.cpu()
+    if logits.shape != reference.shape or logits.ndim != 2 or len(labels) != len(logits):
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and reference {tuple(reference.shape)} must be the same "
+            f"(n, classes), with n = len(labels) = {len(labels)}"
+        )
+    pred, ref_pred = logits.argmax(1), reference.argmax(1)
+    right = (pred == labels).double()
+    per_class = [float(right[labels == c].mean()) for c in labels.unique()]
+    flat, ref_flat = logits.flatten(), reference.flatten()
+    return {
+        "accuracy": float(right.mean()),
+        "agreement": float((pred == ref_pred).double().mean()),
+        "worst_class_accuracy": min(per_class),
+        "top_class_share": float(torch.bincount(pred).max()) / len(pred),
+        "logit_scale": float(flat.norm() / ref_flat.norm()),
+        "logit_correlation": float(torch.corrcoef(torch.stack([flat, ref_flat]))[0, 1]),
+    }
+
+
 def _weights_of(module: nn.Module) -> list[torch.Tensor]:
     """The effective weight tensors a module owns itself (pruning masks and int8 packing
     resolved)."""

@@ -734,6 +734,33 @@ def _criteria_facts(sweep: pd.DataFrame, fraction: float, control: str = "random
                 f"max - min test accuracy at fraction {top:g}",
             ),
         ]
+        if "one_shot_top_class_share" in at.columns:  # measure.prediction_shift right after the cut
+            share = at.one_shot_top_class_share
+            rows.append(
+                (
+                    f"{arch}: one-shot, share of the most predicted class, highest",
+                    round(float(share.max()), 4),
+                    "share of test images",
+                    f"{share.idxmax()}, fraction {fraction:g}, before fine-tuning",
+                )
+            )
+            if control in at.index:
+                ref = at.loc[control]
+                rows += [
+                    (
+                        f"{arch}: one-shot, {control}: share of the most predicted class",
+                        round(float(ref.one_shot_top_class_share), 4),
+                        "share of test images",
+                        f"fraction {fraction:g}, before fine-tuning",
+                    ),
+                    (
+                        f"{arch}: one-shot, {control}: logit scale",
+                        round(float(ref.one_shot_logit_scale), 4),
+                        "x the dense logits",
+                        f"fraction {fraction:g}; the lowest over the criteria is "
+                        f"{float(at.one_shot_logit_scale.min()):.4f}",
+                    ),
+                ]
         if "inverted_l1" in at.index and control in at.index:
             inv, ref = at.loc["inverted_l1"], at.loc[control]
             one_shot = 100 * float(inv.one_shot_accuracy - ref.one_shot_accuracy)
@@ -904,7 +931,8 @@ def summary(
 
     Args:
         sweep: one row per model, criterion and fraction (accuracy, one_shot_accuracy,
-            val_accuracy).
+            val_accuracy; optionally the other ``measure.prediction_shift`` columns, prefixed
+            ``one_shot_``).
         tables: family -> ``measure.compare`` table with a "macs" column.
         names: family -> {"dense", "structured", "unstructured"} -> row name in its table.
         dead_check: per family, the ``output_change`` of removing dead units.

@@ -18,6 +18,7 @@ import argparse
 import html
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -111,6 +112,15 @@ MATHJAX_QUERY = "?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 MATHJAX_FONTS = '"HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web"},'
 #: Where the font setting goes in nbconvert's MathJax configuration block.
 MATHJAX_ANCHOR = "displayAlign: 'center',"
+#: Header cells of output tables: DataFrame column names such as ``accuracy_delta_points`` have no
+#: spaces, so a wide table cannot wrap its headers and runs off the page; a break opportunity after
+#: each underscore lets it fit.
+_HEADER_CELL = re.compile(r"(<th[^>]*>)([^<]*_[^<]*)(</th>)")
+#: Output tables a little denser than JupyterLab's default, so more columns fit the page.
+TABLE_CSS = (
+    "<style>.jp-OutputArea-output table.dataframe th,"
+    ".jp-OutputArea-output table.dataframe td{padding:0.3em 0.4em;font-size:12px}</style>"
+)
 
 
 def install_mathjax(out_dir: Path) -> Path:
@@ -158,7 +168,22 @@ def render_html(nb_path: Path, html_path: Path) -> None:
     if MATHJAX_ANCHOR not in body:
         raise RuntimeError(f"nbconvert's MathJax configuration has no {MATHJAX_ANCHOR!r} to extend")
     body = body.replace(MATHJAX_ANCHOR, f"{MATHJAX_ANCHOR} {MATHJAX_FONTS}", 1)
+    body = wrappable_headers(body).replace("</head>", f"{TABLE_CSS}</head>", 1)
     html_path.write_text(body, encoding="utf-8")
+
+
+def wrappable_headers(html_text: str) -> str:
+    """Let table header cells wrap after underscores (``<wbr>``), so wide tables fit the page.
+
+    Args:
+        html_text: an HTML page.
+
+    Returns:
+        The page with ``<wbr>`` after every underscore inside ``<th>`` cells that hold plain text.
+    """
+    return _HEADER_CELL.sub(
+        lambda m: m.group(1) + m.group(2).replace("_", "_<wbr>") + m.group(3), html_text
+    )
 
 
 def _error_text(exc: BaseException) -> str:

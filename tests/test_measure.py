@@ -233,3 +233,35 @@ def test_kernel_latency_table():
     df = measure.kernel_latency(w, (1, 4), repeats=2)
     assert list(df.kernel) == ["dense", "sparse csr"] * 2 and (df.median_ms > 0).all()
     assert df.sparsity.iloc[0] == pytest.approx(0.9, abs=1e-3)
+
+
+def test_prediction_shift_on_hand_made_logits():
+    """Four samples of classes 0, 0, 1, 2; the reference is right on all of them."""
+    labels = torch.tensor([0, 0, 1, 2])
+    reference = torch.eye(3)[labels] * 2.0  # one-hot logits of size 2
+    same = measure.prediction_shift(reference / 2, labels, reference)
+    assert same == {
+        "accuracy": 1.0,
+        "agreement": 1.0,
+        "worst_class_accuracy": 1.0,
+        "top_class_share": 0.5,  # class 0 gets two of the four samples
+        "logit_scale": 0.5,
+        "logit_correlation": pytest.approx(1.0),
+    }
+    collapsed = torch.tensor([[1.0, 0, 0]] * 4)  # every sample to class 0
+    shift = measure.prediction_shift(collapsed, labels, reference)
+    assert shift["accuracy"] == 0.5 and shift["agreement"] == 0.5
+    assert shift["worst_class_accuracy"] == 0.0 and shift["top_class_share"] == 1.0
+    assert shift["logit_scale"] == pytest.approx(2.0 / (2.0 * 4**0.5))  # norm 2 over norm 4
+    # correlation of [1,0,0]x4 with the one-hot rows of [0,0,1,2] (times 2), by hand:
+    x = collapsed.flatten().double()
+    r = reference.flatten().double()
+    want = float(
+        ((x - x.mean()) * (r - r.mean())).sum() / ((x - x.mean()).norm() * (r - r.mean()).norm())
+    )
+    assert shift["logit_correlation"] == pytest.approx(want)
+    assert tuple(shift) == measure.SHIFT_COLUMNS
+    with pytest.raises(ValueError, match=r"logits \(4, 2\) and reference \(4, 3\)"):
+        measure.prediction_shift(collapsed[:, :2], labels, reference)
+    with pytest.raises(ValueError, match="len\\(labels\\) = 3"):
+        measure.prediction_shift(collapsed, labels[:3], reference)

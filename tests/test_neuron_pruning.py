@@ -419,6 +419,20 @@ def test_summary_facts_on_known_tables():
     assert f["lenet5 MaxPool2d: speedup"] == 2.0 and f["lenet5 first layer: speedup"] == 1.0
     assert f["one test image"] == 0.01 and f["standard error of mlp's accuracy"] == 0.22
     assert f["targets met"] == "1 of 2"
+    assert "mlp: one-shot, share of the most predicted class, highest" not in f.index
+    shifted = sweep.assign(
+        one_shot_top_class_share=[0.6, 0.15, 0.9, 0.2], one_shot_logit_scale=[0.4, 0.2, 0.3, 0.1]
+    )
+    g = NP.summary(
+        shifted, {"mlp": table}, {"mlp": names}, dead, tp, per_layer, fraction=0.5, n_test=10000
+    )
+    assert g.loc["mlp: one-shot, share of the most predicted class, highest", "value"] == 0.6
+    assert g.loc["mlp: one-shot, share of the most predicted class, highest", "context"] == (
+        "l1, fraction 0.5, before fine-tuning"
+    )
+    assert g.loc["mlp: one-shot, random: share of the most predicted class", "value"] == 0.15
+    assert g.loc["mlp: one-shot, random: logit scale", "value"] == 0.2
+    assert g.loc["mlp: one-shot, random: logit scale", "context"].endswith("is 0.2000")
     no_tp = NP.summary(
         sweep,
         {"mlp": table},

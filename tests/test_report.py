@@ -15,6 +15,7 @@ from nbhelpers.report import (
     longest_first,
     main,
     save_run,
+    wrappable_headers,
 )
 
 
@@ -180,3 +181,16 @@ def test_a_relative_reports_folder_is_the_one_asked_for(tmp_path, monkeypatch):
     result = run_notebook(Path("nbs/a.ipynb"), Path("out"), html_out=False)
     assert result.status == "ok", result.error
     assert (tmp_path / "out" / "a.ipynb").exists() and not (tmp_path / "nbs" / "out").exists()
+
+
+def test_wide_table_headers_can_wrap_at_underscores():
+    page = (
+        '<table class="dataframe"><thead><tr><th></th><th>accuracy_delta_points</th>'
+        '<th class="x">p_mcnemar</th><th>plain</th><th><b>a_b</b></th></tr></thead>'
+        "<tbody><tr><th>dense_fp32</th><td>a_b</td></tr></tbody></table>"
+    )
+    out = wrappable_headers(page)
+    assert "<th>accuracy_<wbr>delta_<wbr>points</th>" in out
+    assert '<th class="x">p_<wbr>mcnemar</th>' in out and "<th>plain</th>" in out
+    assert "<th>dense_<wbr>fp32</th>" in out
+    assert "<td>a_b</td>" in out and "<b>a_b</b>" in out  # data cells and markup untouched
