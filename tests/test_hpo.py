@@ -454,6 +454,35 @@ def test_cached_results(tmp_path: Path, monkeypatch):
     assert a.equals(compute()) and list(tmp_path.glob("hpo-*.json"))  # the project's cache files
 
 
+def test_grid_and_curves_share_one_set_of_fits(tmp_path: Path, monkeypatch):
+    """grid_table scores what GridSearchCV scores, exactly; curve_table's last epoch is the same
+    score from the same (cached) fits; the per-epoch held-out passes leave the training alone."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
+    rng = np.random.RandomState(0)
+    X = rng.rand(120, 16).astype(np.float32)
+    y = (X[:, 0] + 0.3 * rng.rand(120) > 0.6).astype(np.int64)
+    est = hpo.make_estimator(16, 2, epochs=4, seed=3, hidden=12, batch_size=16)
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    dims = {"lr": {"low": 1e-3, "high": 0.3, "log": True}, "weight_decay": {"values": [0, 0.1]}}
+    space = hpo.check_space("SPACE", dims)
+    points = {"lr": 3, "weight_decay": 2}
+    search = GridSearchCV(est, hpo.to_grid(space, points), cv=cv, scoring="accuracy", refit=False)
+    expected = hpo.results_table(search.fit(X, y))
+    with hpo.backend("loky", 1):
+        table, objective, hit = hpo.grid_table(est, X, y, space, points, cv, {"k": 1})
+        curves, curve_obj, curve_hit = hpo.curve_table(est, X, y, space, points, cv, {"k": 1})
+    assert (hit, curve_hit) == (False, True)  # one cache entry, one set of fits
+    cols = ["trial", "lr", "weight_decay", "mean_cv"]
+    assert table[cols].equals(expected[cols])
+    assert np.allclose(table["std_cv"], expected["std_cv"], rtol=0, atol=1e-12)
+    assert (table["fit_seconds"] > 0).all()
+    assert np.array_equal(curve_obj.curves[..., -1], objective.scores)
+    assert curves["epoch"].max() == 4 and len(curves) == 6 * 4
+    assert len(set(np.round(expected["mean_cv"], 6))) > 2  # the grid tells its cells apart
+
+
 def test_table_config_is_the_key_both_notebooks_share():
     key = hpo.table_config("mnist", 0, 1000, 5, 3, "cpu")
     assert key == {

@@ -1,8 +1,9 @@
 """Searches that stop bad trials early, compared at equal compute on cached learning curves.
 
-``curve_table`` trains every configuration of an exhaustive grid on every cross-validation fold
-once and keeps the held-out accuracy after *each* epoch, so a search that gives a configuration
-``r`` epochs can be scored exactly by looking up epoch ``r``. On that ``CurveObjective``:
+``curve_table`` reads the held-out accuracy after *each* epoch of every configuration of an
+exhaustive grid on every cross-validation fold (``fold_curves``: the same fits whose last epoch is
+``grid_table``'s score), so a search that gives a configuration ``r`` epochs can be scored exactly
+by looking up epoch ``r``. On that ``CurveObjective``:
 
 * ``halving_history``: successive halving (Jamieson and Talwalkar 2016), ``n`` random
   configurations trained ``r_min`` epochs, the best ``1/eta`` continue for ``eta`` times longer,
@@ -28,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ..params import ParameterError, check_int
-from .comparison import LookupObjective, cached_results, random_points
-from .space import dim_values, friendly, to_grid
+from .comparison import LookupObjective, fold_curves, random_points
+from .space import dim_values, to_grid
 
 History = list[tuple[int, float]]
 
@@ -86,10 +87,10 @@ def curve_table(
 ) -> tuple[pd.DataFrame, CurveObjective, bool]:
     """Learning curves of an exhaustive grid: held-out accuracy after every epoch, every fold.
 
-    Each configuration trains on each fold's training part with skorch's ``predefined_split``
-    on the held-out part, so the history holds the held-out accuracy after each epoch; the mean
-    over folds is the curve. The final epoch is a cross-validation score like ``grid_table``'s,
-    from other runs (the held-out passes draw from the random state between epochs).
+    The fits are ``fold_curves``'s: each configuration trains on each fold's training part and is
+    scored on the held-out part after each epoch; the mean over folds is the curve. Its last epoch
+    is the cross-validation score of ``grid_table``, from the same fits (one cache entry serves
+    both).
 
     Args:
         estimator: the skorch estimator (``make_estimator``; its ``max_epochs`` is the budget).
@@ -101,37 +102,25 @@ def curve_table(
         cache_config: everything the curves depend on; given, they are cached on disk.
 
     Returns:
-        (one row per configuration and epoch, the ``CurveObjective``, whether from the cache).
+        (one row per configuration and epoch: the hyperparameters, epoch, mean_val; the
+        ``CurveObjective``; whether from the cache).
     """
-    from sklearn.base import clone
-    from sklearn.model_selection import ParameterGrid
-    from skorch.dataset import Dataset
-    from skorch.helper import predefined_split
-
-    from ..cache import runtime_key
-
     sub = {k: space[k] for k in points}
-    grid = to_grid(sub, points)
-
-    def compute() -> pd.DataFrame:
-        rows = []
-        for params in ParameterGrid(grid):
-            folds = []
-            for train, held in cv.split(X, y):
-                net = clone(estimator).set_params(
-                    **params, train_split=predefined_split(Dataset(X[held], y[held]))
-                )
-                folds.append(net.fit(X[train], y[train]).history[:, "valid_acc"])
-            for e, v in enumerate(np.mean(folds, axis=0)):
-                rows.append({**friendly(params), "epoch": e + 1, "mean_val": float(v)})
-        return pd.DataFrame(rows)
-
-    if cache_config is None:
-        table, hit = compute(), False
-    else:
-        runtime = runtime_key(getattr(estimator, "device", "cpu") or "cpu")
-        key = {**cache_config, "kind": "curves", "grid": grid, **runtime}
-        table, hit = cached_results(key, compute)
+    folds, hit = fold_curves(estimator, X, y, to_grid(sub, points), cv, cache_config)
+    keys = [
+        c
+        for c in folds.columns
+        if c not in ("trial", "fold", "epoch", "held_out_accuracy", "fit_seconds")
+    ]
+    table = (  # numpy's mean over folds, the last epoch's as in grid_table
+        folds.groupby(["trial", "epoch"], sort=True)
+        .agg(
+            **{k: (k, "first") for k in keys},
+            mean_val=("held_out_accuracy", lambda v: float(np.mean(v.to_numpy()))),
+        )
+        .reset_index()
+        .drop(columns="trial")[[*keys, "epoch", "mean_val"]]
+    )
     axes = {k: dim_values(sub[k], n) for k, n in points.items()}
     epochs = int(table["epoch"].max())
     curves = np.full((*[len(v) for v in axes.values()], epochs), np.nan)
