@@ -57,6 +57,12 @@ MNIST_SHAPES = {
     "test_images": (10000, 28, 28),
     "test_labels": (10000,),
 }
+#: Batch size of the validation and test loaders. On a CPU a convolutional network scores 10,000
+#: images about twice as fast in batches of 256 as in batches of 1,000, whose activations no longer
+#: fit the caches (LeNet-5 at one thread: 0.34 s against 0.73 s); float outputs do not depend on it.
+#: Dynamically quantized layers do: they take each batch's activation range.
+EVAL_BATCH = 256
+
 _INSTALL = f"{SHIPPED_MNIST['distribution']}=={SHIPPED_MNIST['version']}"
 
 
@@ -488,7 +494,7 @@ def loaders(
 
     Args:
         split: the split.
-        batch_size: samples per training batch (evaluation uses 1,000).
+        batch_size: samples per training batch (evaluation uses ``EVAL_BATCH``).
         flat: flatten images for an MLP.
         seed: seed of the training shuffle.
 
@@ -497,6 +503,6 @@ def loaders(
     """
     return {
         "train": loader(split.X_train, split.y_train, batch_size, True, flat, seed),
-        "val": loader(split.X_val, split.y_val, 1000, False, flat),
-        "test": loader(split.X_test, split.y_test, 1000, False, flat),
+        "val": loader(split.X_val, split.y_val, EVAL_BATCH, False, flat),
+        "test": loader(split.X_test, split.y_test, EVAL_BATCH, False, flat),
     }

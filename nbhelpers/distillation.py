@@ -171,7 +171,7 @@ class TeacherLogits:
     returns the logits on the device of its batch.
     """
 
-    def __init__(self, teacher: nn.Module, X: torch.Tensor, batch_size: int = 1000, seed: int = 0):
+    def __init__(self, teacher: nn.Module, X: torch.Tensor, batch_size: int = 256, seed: int = 0):
         """Run the teacher once over ``X`` (n, ...) and index the rows.
 
         Args:

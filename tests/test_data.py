@@ -10,6 +10,7 @@ import pytest
 
 from nbhelpers import data
 from nbhelpers.data import (
+    EVAL_BATCH,
     MNIST_SHA256,
     DataError,
     load_arrays,
@@ -62,8 +63,9 @@ def test_digits_shapes_and_loaders():
     dl = loaders(s, batch_size=32, flat=True)
     x, y = next(iter(dl["train"]))
     assert x.shape == (32, 64) and y.shape == (32,)
-    x, _ = next(iter(loaders(s, batch_size=32)["test"]))
-    assert x.shape == (360, 1, 8, 8)
+    test = list(loaders(s, batch_size=32)["test"])  # 360 test images in batches of EVAL_BATCH
+    assert [len(x) for x, _ in test] == [256, 104] and test[0][0].shape[1:] == (1, 8, 8)
+    assert EVAL_BATCH == 256
 
 
 def test_limit_keeps_stratified_subset():
