@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .params import check_choice
+from .params import ParameterError, check_choice
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -214,6 +214,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     stop_on_nan: bool = True,
+    validate: str = "every",
 ) -> pd.DataFrame:
     """Train a model and return its per-epoch history.
 
@@ -234,12 +235,18 @@ def fit(
         progress: show a tqdm bar over epochs.
         desc: label of the progress bar.
         stop_on_nan: stop when the training loss becomes NaN or infinite (divergence).
+        validate: "every" scores ``val_loader`` after every epoch (learning curves); "last" only
+            after the last one (or the one that diverged), when only the final score is read: a
+            pass over the validation set can cost as much as a training epoch. The weights are
+            the same either way.
 
     Returns:
         A DataFrame with one row per epoch: epoch, lr, train_loss, train_accuracy, val_loss,
-        val_accuracy (NaN without a validation loader) and epoch_seconds.
+        val_accuracy (NaN without a validation loader, and before the last epoch with
+        ``validate="last"``) and epoch_seconds.
     """
     check_choice("scheduler_step", scheduler_step, ("epoch", "batch"))
+    check_choice("validate", validate, ("every", "last"))
     device = _place(model, device)
     opt = (
         optimizer
@@ -248,6 +255,9 @@ def fit(
     )
     sched = scheduler(opt) if scheduler is not None else None
     plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if plateau and val_loader is not None and validate == "last":
+        allowed = "'every' with ReduceLROnPlateau (it steps on every epoch's val loss)"
+        raise ParameterError("validate", validate, allowed)
     loss_fn = loss_fn or cross_entropy
     rows = []
     bar = tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False, mininterval=1.0)
@@ -280,7 +290,8 @@ def fit(
             "val_loss": math.nan,
             "val_accuracy": math.nan,
         }
-        if val_loader is not None:
+        diverged = stop_on_nan and not math.isfinite(row["train_loss"])
+        if val_loader is not None and (validate == "every" or epoch == epochs or diverged):
             ev = evaluate(model, val_loader, device)
             row["val_loss"], row["val_accuracy"] = ev["loss"], ev["accuracy"]
         if sched is not None:
@@ -291,6 +302,6 @@ def fit(
         row["epoch_seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}")
-        if stop_on_nan and not math.isfinite(row["train_loss"]):
+        if diverged:
             break
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ from torch import nn
 
 from nbhelpers.data import load_split, loaders
 from nbhelpers.models import MLP
+from nbhelpers.params import ParameterError
 from nbhelpers.train import evaluate, fit, make_optimizer, module_device, predict, seed_everything
 
 
@@ -80,6 +81,26 @@ def test_plateau_steps_on_validation_loss(split):
         scheduler=lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=0.1, patience=0),
     )
     assert h["lr"].iloc[-1] < 1e-6  # no progress at a tiny lr: the plateau rule cut it
+
+
+def test_validate_last_scores_once_and_trains_the_same(split):
+    m1, every = _fit(split, epochs=3)
+    m2, last = _fit(split, epochs=3, validate="last")
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values())
+    )
+    assert last["val_accuracy"].iloc[:2].isna().all() and every["val_accuracy"].notna().all()
+    tail = ["train_loss", "val_loss", "val_accuracy"]
+    assert last[tail].iloc[-1].tolist() == every[tail].iloc[-1].tolist()
+    _, diverged = _fit(
+        split, epochs=5, validate="last", loss_fn=lambda logits, y, x: logits.sum() * float("inf")
+    )
+    assert len(diverged) == 1 and diverged["val_accuracy"].notna().all()  # scored where it stopped
+    plateau = lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o)  # noqa: E731
+    with pytest.raises(ParameterError, match="validate"):
+        _fit(split, validate="last", scheduler=plateau)
+    with pytest.raises(ParameterError, match="validate"):
+        _fit(split, validate="first")
 
 
 def test_hooks_are_called(split):
