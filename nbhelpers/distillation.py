@@ -8,7 +8,8 @@ cross-entropy (no teacher), ``alpha = 1`` learns from the teacher alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -261,6 +262,7 @@ def train_student(
     loss_fn: LossFn | None = None,
     lr: float = 1e-3,
     device: Device = "cpu",
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Seed, build and train one student with ``train.fit`` (cross-entropy when ``loss_fn`` is
     None).
@@ -274,6 +276,7 @@ def train_student(
         loss_fn: ``f(logits, y, x)``; None is plain cross-entropy.
         lr: Adam learning rate.
         device: where to train.
+        after_step: ``f(model)`` after every optimizer step (``train.fit``'s hook).
 
     Returns:
         (trained student on the CPU in eval mode, its history).
@@ -289,6 +292,7 @@ def train_student(
         epochs=epochs,
         lr=lr,
         loss_fn=loss_fn,
+        after_step=after_step,
         device=device,
         progress=False,
     )
@@ -584,6 +588,10 @@ class StudentLab:
     ``k`` times larger is passed over ``epochs / k`` times, so students on the views or on random
     images take as many optimizer steps as those on the training images. Each run is keyed by
     (hidden, set, loss, T, alpha, seed); asking for the same run again under another name reuses it.
+
+    Every student learns at a constant rate, so a run with a shorter budget is the first part of a
+    longer run of the same student and seed: with ``snapshots`` the lab keeps each run's weights
+    after those budgets, and a later request for the shorter run is that state, not a new run.
     """
 
     def __init__(
@@ -597,6 +605,7 @@ class StudentLab:
         batch_size: int = 64,
         lr: float = 1e-3,
         device: Device = "cpu",
+        snapshots: Sequence[int] = (),
     ):
         """Prepare the training sets and run the teacher once over each.
 
@@ -610,6 +619,8 @@ class StudentLab:
             batch_size: training batch size.
             lr: Adam learning rate of every student.
             device: where students train.
+            snapshots: shorter budgets, in passes over the "images" set, whose states every longer
+                run keeps (bit for bit the weights a run with that budget ends with).
         """
         if "images" not in sets:
             raise ParameterError("sets", sorted(sets), "a mapping with an 'images' entry")
@@ -622,6 +633,8 @@ class StudentLab:
                 )
         self.epochs = epochs
         self.passes = {name: self.passes_for(name, epochs) for name in sets}
+        self.snapshots = sorted({check_int("snapshots", e, minimum=1) for e in snapshots})
+        self._snapped: dict[tuple, tuple[nn.Module, float]] = {}
         self.image_shape, self.lr, self.device = tuple(image_shape), lr, device
         self.loaders = {
             k: loader(X.numpy(), y.numpy(), batch_size, shuffle=True) for k, (X, y) in sets.items()
@@ -730,9 +743,10 @@ class StudentLab:
                     self.device,
                 )
                 build = lambda: first  # noqa: E731  (stage 2 starts from the hinted layers)
-            model, hist = train_student(
-                build, seed, self.loaders[data], None, passes - hint, loss_fn, self.lr, self.device
-            )
+            if key in self._snapped:  # the first part of a longer run, kept on the way
+                model, seconds = self._snapped.pop(key)
+            else:
+                model, seconds = self._run(key, build, loss_fn)
             correct = measure_correct(model, self.test_loader)
             row = {
                 "hidden": str(list(hidden)),
@@ -745,13 +759,50 @@ class StudentLab:
                 "hint_passes": hint,
                 "val_accuracy": measure_accuracy(model, self.val_loader),
                 "test_accuracy": float(correct.mean()),
-                "train_seconds": float(hist["epoch_seconds"].sum()),
+                "train_seconds": seconds,
             }
             self._done[key] = (model, row, correct)
         row = {"student": name, **self._done[key][1]}
         self.rows.append(row)
         self._names[(name, int(seed))] = key
         return row
+
+    def _run(self, key: tuple, build: Callable[[], nn.Module], loss_fn: LossFn | None) -> tuple:
+        """Train the run of ``key``, keeping the states of the shorter snapshot budgets on the way.
+
+        Returns:
+            (trained student, training seconds).
+        """
+        data, seed, passes, hint = key[1], key[5], key[6], key[7]
+        steps = len(self.loaders[data])
+        keep = {}  # optimizer steps -> key of the shorter run that ends there
+        ratio = self.sizes[data] // self.n_images  # the set's size in training-image sets
+        for e in [] if hint else self.snapshots:
+            short = (*key[:6], e // ratio, 0)
+            if e % ratio == 0 and e // ratio < passes and short not in self._done:
+                keep[e // ratio * steps] = short
+        states, count = {}, [0]
+
+        def after_step(model: nn.Module) -> None:
+            count[0] += 1
+            if count[0] in keep:
+                states[keep[count[0]]] = copy.deepcopy(model).cpu().eval()
+
+        model, hist = train_student(
+            build,
+            seed,
+            self.loaders[data],
+            None,
+            passes - hint,
+            loss_fn,
+            self.lr,
+            self.device,
+            after_step=after_step if keep else None,
+        )
+        seconds = hist["epoch_seconds"].to_numpy()
+        for k, m in states.items():
+            self._snapped[k] = (m, float(seconds[: k[6]].sum()))
+        return model, float(seconds.sum())
 
     @property
     def runs(self) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,19 +212,22 @@ def test_notebook_bad_input_fails_in_validation(override, name, tmp_path):
     assert_fails_in_validation(nb, tmp_path, name, **override)
 
 
-def _lab(epochs=4, n=40, views=2, seed=0):
+def _lab(epochs=4, n=40, views=2, seed=0, snapshots=()):
     g = torch.Generator().manual_seed(seed)
     X = torch.rand(n, 1, 4, 4, generator=g)
     y = (X.reshape(n, -1)[:, 0] > 0.5).long()
     Xv, yv = KD.shifted_copies(X, views - 1, 1, seed), y.repeat(views)
-    teacher = MLP(16, [8], n_classes=2)
+    with torch.random.fork_rng():  # the same teacher in every lab of this seed
+        torch.manual_seed(seed)
+        teacher = MLP(16, [8], n_classes=2)
     test = loader(X.numpy(), y.numpy(), 1000)
     sets = {
         "images": (X, y),
         "views": (Xv, yv),
         "random": (KD.random_images(n * views, (1, 4, 4)), y.repeat(views)),
     }
-    return KD.StudentLab((1, 4, 4), sets, teacher, epochs, test, test, batch_size=8), teacher
+    lab = KD.StudentLab((1, 4, 4), sets, teacher, epochs, test, test, 8, snapshots=snapshots)
+    return lab, teacher
 
 
 def test_student_lab_gives_every_set_the_same_images_seen():
@@ -235,6 +239,31 @@ def test_student_lab_gives_every_set_the_same_images_seen():
     assert lab.runs.iloc[-1]["passes"] == 1
     with pytest.raises(ParameterError, match="EPOCHS"):
         lab.train("odd", [3], "views", seed=0, epochs=1)
+
+
+def test_student_lab_snapshots_are_the_shorter_runs_bit_for_bit():
+    fresh, _ = _lab(epochs=8)
+    kept, _ = _lab(epochs=8, snapshots=[4, 3])  # 3 is no whole number of passes over the views
+    for lab in (kept, fresh):  # the long runs first, as in notebook 07
+        lab.train("long", [3], "views", "hinton", 4.0, 0.9, seed=1)
+        lab.train("long plain", [3], "images", seed=1)
+    assert len(kept._snapped) == 3  # views at 4 epochs; images at 4 and at 3
+    for lab in (kept, fresh):
+        lab.train("short", [3], "views", "hinton", 4.0, 0.9, seed=1, epochs=4)
+        lab.train("short plain", [3], "images", seed=1, epochs=3)
+    assert len(kept._snapped) == 1  # images at 4 epochs was never asked for
+    for name in ("short", "short plain"):
+        a, b = kept.model(name, 1).state_dict(), fresh.model(name, 1).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert np.array_equal(kept.correct(name), fresh.correct(name))
+    assert not all(
+        torch.equal(kept.model("short", 1).state_dict()[k], v)
+        for k, v in kept.model("long", 1).state_dict().items()
+    )
+    rows = kept.runs.set_index("student")
+    assert 0 < rows.loc["short", "train_seconds"] < rows.loc["long", "train_seconds"]
+    with pytest.raises(ParameterError, match="snapshots"):
+        _lab(snapshots=[0])
 
 
 def test_student_lab_reuses_identical_runs_and_scores_each_seed():
