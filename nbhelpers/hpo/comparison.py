@@ -485,6 +485,22 @@ def fold_curves(
     return cached_results({**cache_config, "kind": "fold_curves", "grid": grid, **runtime}, compute)
 
 
+#: The columns of a ``fold_curves`` table that are not hyperparameters.
+FOLD_COLUMNS = ("trial", "fold", "epoch", "held_out_accuracy", "fit_seconds")
+
+
+def fold_params(curves: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns of a ``fold_curves`` table, in its order.
+
+    Args:
+        curves: the table of ``fold_curves``.
+
+    Returns:
+        Column names.
+    """
+    return [c for c in curves.columns if c not in FOLD_COLUMNS]
+
+
 def fold_results(curves: pd.DataFrame) -> pd.DataFrame:
     """A ``results_table`` from ``fold_curves``: each configuration's last-epoch CV score.
 
@@ -496,9 +512,6 @@ def fold_results(curves: pd.DataFrame) -> pd.DataFrame:
         folds, as scikit-learn computes them) and fit_seconds (mean per fold).
     """
     last = curves[curves["epoch"] == curves["epoch"].max()]
-    keys = [
-        c for c in curves.columns if c not in ("fold", "epoch", "held_out_accuracy", "fit_seconds")
-    ]
     scores = last.pivot(index="trial", columns="fold", values="held_out_accuracy").sort_index()
     out = pd.DataFrame(  # numpy's mean and std over folds, as GridSearchCV takes them
         {
@@ -508,7 +521,7 @@ def fold_results(curves: pd.DataFrame) -> pd.DataFrame:
         },
         index=scores.index,
     )
-    params = last.drop_duplicates("trial").set_index("trial")[[k for k in keys if k != "trial"]]
+    params = last.drop_duplicates("trial").set_index("trial")[fold_params(curves)]
     return params.join(out).reset_index()
 
 

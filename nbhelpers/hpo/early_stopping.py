@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..params import ParameterError, check_int
-from .comparison import LookupObjective, fold_curves, random_points
+from .comparison import LookupObjective, fold_curves, fold_params, random_points
 from .space import dim_values, to_grid
 
 History = list[tuple[int, float]]
@@ -107,11 +107,7 @@ def curve_table(
     """
     sub = {k: space[k] for k in points}
     folds, hit = fold_curves(estimator, X, y, to_grid(sub, points), cv, cache_config)
-    keys = [
-        c
-        for c in folds.columns
-        if c not in ("trial", "fold", "epoch", "held_out_accuracy", "fit_seconds")
-    ]
+    keys = fold_params(folds)
     table = (  # numpy's mean over folds, the last epoch's as in grid_table
         folds.groupby(["trial", "epoch"], sort=True)
         .agg(
