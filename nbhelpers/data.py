@@ -453,6 +453,22 @@ def _check_train_size(train_size: int, y_train: np.ndarray, detail: str) -> None
         )
 
 
+class LastBatch(BatchSampler):
+    """A ``BatchSampler`` that remembers the indices of the batch it yielded last (``last``).
+
+    A lookup keyed by training row (``distillation.TeacherLogits``) reads ``last`` to find the
+    rows of the batch being trained on without searching for them.
+    """
+
+    last: list[int] | None = None
+
+    def __iter__(self):
+        """Yield the index lists of ``BatchSampler``, remembering each."""
+        for batch in super().__iter__():
+            self.last = batch
+            yield batch
+
+
 def loader(
     X: np.ndarray,
     y: np.ndarray,
@@ -472,7 +488,7 @@ def loader(
         seed: seed of the shuffle.
 
     Returns:
-        The DataLoader.
+        The DataLoader; its ``sampler`` is a ``LastBatch`` (the indices of the latest batch).
     """
     Xt = torch.from_numpy(np.ascontiguousarray(X))
     if flat:
@@ -483,7 +499,7 @@ def loader(
     # One indexing operation per batch instead of batch_size single items and a stack: the same
     # batches in the same order as DataLoader(batch_size=..., shuffle=...), since the loader still
     # draws its per-epoch seed from the same generator before the sampler does.
-    batches = BatchSampler(order, batch_size, drop_last=False)
+    batches = LastBatch(order, batch_size, drop_last=False)
     return DataLoader(dataset, batch_size=None, sampler=batches, generator=gen)
 
 

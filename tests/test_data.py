@@ -346,3 +346,5 @@ def test_batched_loader_gives_the_plain_dataloaders_batches(shuffle):
         assert torch.equal(after_fast, torch.rand(1))
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
         assert [len(b[1]) for b in got] == [16] * 6 + [7]
+    for xb, _ in fast:  # the sampler remembers the rows of the batch being used
+        assert torch.equal(xb, torch.from_numpy(X[fast.sampler.last]).reshape(len(xb), -1))

@@ -138,6 +138,24 @@ def test_teacher_logits_cache_equals_teacher():
     assert cache.misses == 2
 
 
+def test_teacher_logits_follows_its_loader_and_stays_exact():
+    torch.manual_seed(0)
+    teacher = MLP(16, [8]).eval()
+    X = torch.randn(50, 1, 4, 4)
+    y = torch.randint(0, 10, (50,))
+    train = loader(X.numpy(), y.numpy(), batch_size=8, shuffle=True, seed=3)
+    follow, search = KD.TeacherLogits(teacher, X, loader=train), KD.TeacherLogits(teacher, X)
+    for xb, _ in train:  # the loader's latest batch: one gather, the same logits as the search
+        assert torch.equal(follow(xb), search(xb))
+    assert (follow.followed, follow.hits, follow.misses) == (len(train), 50, 0)
+    assert search.followed == 0
+    other = X[torch.tensor([1, 2, 3, 4, 5, 6, 7, 0])]  # not the batch the loader last gave
+    assert torch.equal(follow(other), search(other))
+    assert follow.followed == len(train)  # found by the search instead
+    with pytest.raises(ParameterError, match="loader"):
+        KD.TeacherLogits(teacher, X, loader=torch.utils.data.DataLoader(X, batch_size=8))
+
+
 def test_make_loss_fn_with_cache_or_module_agree():
     torch.manual_seed(0)
     teacher = MLP(16, [8]).eval()
