@@ -6,6 +6,7 @@ Core (data to measurement):
     data           datasets that ship (official MNIST, mnist5k, digits), stratified splits, loaders
     models         the shared model family: MLP (LeNet-300-100 shape), LeNet-5, Caffe's LeNet-5
     train          seeding, device choice, fit/evaluate/predict with a history DataFrame
+    pooling        2x2 max pooling by strided views for CPU inference: PyTorch's results, faster
     measure        accuracy, correctness per image, parameters, MACs, bytes, latency, kernel and
                    per-layer timings, ``compare`` tables
     stats          paired intervals of accuracy differences, McNemar's exact test, Wilson intervals

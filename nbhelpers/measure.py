@@ -16,6 +16,7 @@ import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .pooling import fast_max_pool
 from .stats import paired_table
 from .train import Device, module_device, torch_threads
 
@@ -42,6 +43,7 @@ def input_device(model: nn.Module | Predictor) -> torch.device:
     return module_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
 
 
+@fast_max_pool()  # PyTorch's results, faster on the CPU (nbhelpers.pooling)
 def correct(
     model: nn.Module | Predictor, loader: DataLoader, device: Device | None = None
 ) -> np.ndarray:
