@@ -222,11 +222,11 @@ class TeacherLogits:
         flat = x.reshape(len(x), -1)
         last = None if self.sampler is None else self.sampler.last
         if last is not None and len(last) == len(flat) > 0:
-            idx = torch.as_tensor(last, device=self.X.device)
-            if idx.max() < len(self.X) and torch.equal(self.X[idx], flat):
+            idx = last.to(self.X.device)
+            if idx.max() < len(self.X) and torch.equal(self.X.index_select(0, idx), flat):
                 self.hits += len(idx)
                 self.followed += 1
-                return self.logits[idx].to(device)
+                return self.logits.index_select(0, idx).to(device)
         keys = flat.double() @ self.proj
         pos = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
         lower = (pos - 1).clamp(min=0)

@@ -347,4 +347,18 @@ def test_batched_loader_gives_the_plain_dataloaders_batches(shuffle):
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
         assert [len(b[1]) for b in got] == [16] * 6 + [7]
     for xb, _ in fast:  # the sampler remembers the rows of the batch being used
-        assert torch.equal(xb, torch.from_numpy(X[fast.sampler.last]).reshape(len(xb), -1))
+        assert fast.sampler.last.dtype == torch.long
+        assert torch.equal(xb, torch.from_numpy(X[fast.sampler.last.numpy()]).reshape(len(xb), -1))
+
+
+def test_rows_gathers_the_rows_tensor_dataset_gives():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    X, y = torch.randn(10, 3), torch.arange(10)
+    rows, plain = data.Rows(X, y), TensorDataset(X, y)
+    idx = torch.tensor([7, 0, 7, 3])
+    for a, b in zip(rows[idx], plain[idx]):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(rows[4], plain[4]))  # a single row as before
+    assert len(rows) == 10
