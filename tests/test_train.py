@@ -11,7 +11,15 @@ from torch import nn
 from nbhelpers.data import load_split, loaders
 from nbhelpers.models import MLP
 from nbhelpers.params import ParameterError
-from nbhelpers.train import evaluate, fit, make_optimizer, module_device, predict, seed_everything
+from nbhelpers.train import (
+    can_fuse,
+    evaluate,
+    fit,
+    make_optimizer,
+    module_device,
+    predict,
+    seed_everything,
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +134,35 @@ def test_hooks_are_called(split):
 def test_stops_on_divergence(split):
     _, h = _fit(split, epochs=5, loss_fn=lambda logits, y, x: logits.sum() * float("inf"))
     assert len(h) == 1 and not math.isfinite(h["train_loss"].iloc[0])
+
+
+def test_adam_and_adamw_use_the_fused_kernel_where_it_exists():
+    model = MLP(64, [8])
+    assert can_fuse(list(model.parameters())) and not can_fuse([])
+    assert not can_fuse(list(MLP(64, [8]).to("meta").parameters()))  # no fused kernel there
+    assert not can_fuse([torch.zeros(2, dtype=torch.long)])
+    for name in ("adam", "adamw"):
+        assert make_optimizer(model, name).defaults["fused"] is True
+    assert not make_optimizer(model, "sgd").defaults.get("fused")  # SGD keeps PyTorch's default
+    assert make_optimizer(model.to("meta"), "adam").defaults["fused"] is None
+
+
+def test_fused_adam_is_the_same_rule_as_the_for_loop_adam():
+    """One fused step equals the for-loop step to float rounding (the rule is unchanged)."""
+    torch.manual_seed(0)
+    a, b = MLP(64, [8]), MLP(64, [8])
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    fused = make_optimizer(a, "adamw", 0.01, weight_decay=0.1)
+    loop = torch.optim.AdamW(b.parameters(), lr=0.01, weight_decay=0.1, foreach=False)
+    for model, opt in ((a, fused), (b, loop)):
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        # three steps of at most lr each: float32 rounding of values below 1 is ~6e-8 per op
+        assert torch.allclose(p, q, rtol=0, atol=1e-6)
 
 
 def test_unknown_optimizer():

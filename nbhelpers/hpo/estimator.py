@@ -84,6 +84,8 @@ def make_estimator(
         optimizer=torch.optim.Adam,
         lr=float(hp["lr"]),
         optimizer__weight_decay=float(hp["weight_decay"]),
+        # PyTorch's one-kernel Adam where it exists (CPU, CUDA): the same rule, faster per step
+        optimizer__fused=str(device).split(":")[0] in ("auto", "cpu", "cuda") or None,
         batch_size=int(hp["batch_size"]),
         max_epochs=int(params.get("epochs", epochs)),
         iterator_train__shuffle=True,
