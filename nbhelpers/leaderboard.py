@@ -206,7 +206,8 @@ def headline(records: Mapping[str, Any]) -> str:
 
     Returns:
         e.g. "3 of 4 targets met; int8 dynamic: 3.9x smaller, 1.4x faster at batch 256, accuracy
-        -0.12 points [-0.31, +0.07] (within noise)"; "" when it recorded neither.
+        -0.12 points [-0.31, +0.07] (within noise)"; without either, its best hyperparameters
+        and their test accuracy (``best_params``, ``test_accuracy``); "" when it recorded none.
     """
     parts = []
     targets = [
@@ -234,6 +235,12 @@ def headline(records: Mapping[str, Any]) -> str:
                     f" ({r['verdict']})" if pd.notna(r.get("verdict")) else ""
                 )
             parts.append(text)
+    best, acc = records.get("best_params"), records.get("test_accuracy")
+    if not parts and isinstance(best, Mapping) and isinstance(acc, (int, float)):
+        setting = ", ".join(
+            f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items()
+        )
+        parts.append(f"best setting {setting}: test accuracy {acc:.4f}")
     return "; ".join(parts)
 
 

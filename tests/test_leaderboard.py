@@ -185,3 +185,12 @@ def test_headline_names_targets_and_the_most_compressed_model():
         "accuracy -0.10 [-0.30, +0.10] points (within noise)"
     )
     assert headline({}) == ""
+    search = {
+        "best_params": {"hidden": 81, "lr": 0.01, "weight_decay": 1e-06},
+        "test_accuracy": 0.8667,
+    }
+    assert (
+        headline(search)
+        == "best setting hidden 81, lr 0.01, weight_decay 1e-06: test accuracy 0.8667"
+    )
+    assert headline({**search, "targets": [{"met": True}]}) == "1 of 1 targets met"
