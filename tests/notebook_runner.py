@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,59 @@ def parameters_code_cell(nb_path: Path) -> int:
 def dump(records: dict) -> str:
     """Recorded values as readable JSON for assertion messages."""
     return json.dumps(records, indent=1, default=str)[:4000]
+
+
+#: A row of the facts table named in a Discussion: a single-asterisk italic phrase (bold ``**`` and
+#: escaped ``\*`` are not names).
+_ITALIC = re.compile(r"(?<![*\\\w])\*(?![*\s])([^*\n]+?)(?<![\s\\])\*(?![*\w])")
+
+
+def discussion_fact_names(nb_path: Path) -> list[str]:
+    """The facts-table rows a notebook's Discussion names, in order, each once.
+
+    The Discussion runs from the markdown heading ``## <n>. Discussion`` to the next ``## ``
+    heading; every ``*italic*`` phrase in it names a row of the facts table the notebook records
+    as ``facts`` (its ``fact`` column), so a claim that depends on the run points at the row that
+    decides it.
+
+    Args:
+        nb_path: the notebook.
+
+    Returns:
+        The names (empty when there is no Discussion).
+    """
+    nb = nbformat.read(str(nb_path), as_version=4)
+    names: list[str] = []
+    inside = False
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for line in cell.source.splitlines():
+            if line.startswith("## "):
+                inside = bool(re.match(r"## \d+\. Discussion", line))
+                continue
+            if inside:
+                names += [m.group(1) for m in _ITALIC.finditer(line)]
+    return list(dict.fromkeys(names))
+
+
+def fact_names(records: dict[str, Any]) -> set[str]:
+    """The row names of the ``facts`` table a run recorded (empty when it recorded none)."""
+    facts = records.get("facts") or []
+    return {row["fact"] for row in facts if isinstance(row, dict) and "fact" in row}
+
+
+def unmatched_fact_names(nb_path: Path, records: dict[str, Any]) -> list[str]:
+    """The Discussion's fact names that match no row of the run's facts table.
+
+    ``...`` or ``…`` in a name stands for any text (one name for a family of rows, such as
+    ``…: times smaller``); every other character must match exactly.
+    """
+    rows = fact_names(records)
+    missing = []
+    for name in discussion_fact_names(nb_path):
+        parts = re.split(r"\.\.\.|…", name)
+        pattern = re.compile(".+".join(re.escape(p) for p in parts) + r"\Z", re.S)
+        if not any(pattern.match(row) for row in rows):
+            missing.append(name)
+    return missing

@@ -13,12 +13,15 @@ from notebook_runner import (
     PARAMS_DIR,
     assert_fails_in_validation,
     check_expectations,
+    discussion_fact_names,
     dump,
     error_code_cell,
+    fact_names,
     parameters_cell,
     parameters_code_cell,
     run,
     small_params,
+    unmatched_fact_names,
     validation_error,
 )
 
@@ -72,6 +75,7 @@ def test_contract(nb: Path):
     md = "\n".join(c.source for c in book.cells if c.cell_type == "markdown")
     assert "Record results" in md and "References" in md
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
+    assert discussion_fact_names(nb), "the Discussion names no row of the facts table"
 
 
 def all_targets(records: dict) -> list[dict]:
@@ -93,6 +97,11 @@ def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
     for t in all_targets(result.records):  # a loss of accuracy is judged from its paired interval
         if t["unit"] == "points" and any(w in t["name"] for w in ("lost", "loss", "drop")):
             assert t.get("low") is not None and t["low"] <= t["measured"] <= t["high"], t
+    unmatched = unmatched_fact_names(nb, result.records)
+    assert not unmatched, (
+        f"the Discussion names rows its facts table lacks: {unmatched}; "
+        f"rows: {sorted(fact_names(result.records))}"
+    )
     problems = check_expectations(nb.stem, result.records)
     assert not problems, "\n".join(problems) + "\nrecorded:\n" + dump(result.records)
 

@@ -76,3 +76,29 @@ def test_no_negative_zero():
         measured_text(target("loss", -0.0, "<=", 1, "points", interval=(-0.4, 0.4)))
         == "0 [-0.4, 0.4] points"
     )
+
+
+def test_censored_count_is_met_only_when_every_seed_reached():
+    """A mean of trials to a goal with a seed that never reached it is a lower bound: not met, even
+    when the bound is under the threshold, and the row says how many seeds reached."""
+    t = target("GP trials", 18.4, "<=", 18.67, "trials", "a sixth", reached=8, seeds=10, cap=30)
+    assert t["met"] is False and t["censored"] is True
+    assert (t["reached"], t["seeds"], t["cap"]) == (8, 10, 30)
+    assert t["note"] == "8/10 seeds reached within 30; a sixth"
+    row = targets_table([t]).iloc[0]
+    assert row["measured"] == ">= 18.4 trials"
+    assert row["met"] == "NO (8/10 seeds reached)"
+
+
+def test_uncensored_count_is_judged_on_its_mean():
+    met = target("trials", 18.4, "<=", 18.67, "trials", reached=10, seeds=10, cap=30)
+    missed = target("trials", 19.0, "<=", 18.67, "trials", reached=10, seeds=10, cap=30)
+    assert met["met"] is True and met["censored"] is False
+    assert missed["met"] is False and targets_table([met]).iloc[0]["measured"] == "18.4 trials"
+
+
+def test_censored_target_refuses_partial_or_impossible_counts():
+    with pytest.raises(ValueError, match="together"):
+        target("trials", 3.0, "<=", 5.0, reached=2, seeds=3)
+    with pytest.raises(ValueError, match="reached <= seeds"):
+        target("trials", 3.0, "<=", 5.0, reached=4, seeds=3, cap=10)
