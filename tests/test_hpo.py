@@ -757,3 +757,89 @@ def test_check_backend_and_table():
         )  # categorical: not a table axis
     with pytest.raises(ParameterError, match="TABLE_POINTS"):
         hpo.check_table(["lr", "weight_decay"], [4, 1], hpo.MLP_SPACE)
+
+
+def test_random_summary_adds_the_test_comparison_and_coverage(lookup):
+    import pandas as pd
+
+    goal = lookup.best - 0.0025
+    ttt = hpo.trials_to_target_table({"random": [[goal]]}, goal, limits={"random": 28})
+    test = {
+        "difference": 0.4,
+        "low": -0.1,
+        "high": 0.9,
+        "verdict": "within noise",
+        "seed_verdict": "within noise",
+        "seeds": 3,
+    }
+    f = _values(
+        hpo.random_summary(
+            lookup,
+            goal,
+            [[goal]],
+            [[goal]],
+            pd.DataFrame({"reaches target": [True]}),
+            ttt,
+            pd.Series({"lr": 0.3, "weight_decay": 0.006}),
+            met=True,
+            test=test,
+            distinct={"grid": 4.0, "random": 15.2},
+        )
+    )
+    assert f["test: random winner minus grid winner"] == 0.4
+    assert (f["test: image interval, low"], f["test: image interval, high"]) == (-0.1, 0.9)
+    assert f["test: verdict over seeds"] == "within noise"
+    assert f["grid: distinct lr values tried"] == 4.0
+    assert f["random: distinct lr values tried"] == 15.2
+
+
+def test_winner_cell_is_the_first_best_trial(lookup):
+    points = [
+        {"lr": 1e-4, "weight_decay": 1e-6},
+        {"lr": 1e-2, "weight_decay": 1e-2},
+        {"lr": 1e-2, "weight_decay": 1e-6},
+    ]
+    assert hpo.winner_cell(lookup, [0.5, 0.9, 0.9], points) == lookup.cell(points[1])
+    with pytest.raises(ValueError, match="as many scores as points"):
+        hpo.winner_cell(lookup, [0.5], points)
+
+
+def test_cell_params_name_estimator_parameters_and_keep_integers():
+    space = hpo.check_space("S", {"lr": SPACE["lr"], "hidden": {"values": [32, 64]}})
+    axes = {"lr": hpo.dim_values(space["lr"], 3), "hidden": [32, 64]}
+    obj = hpo.LookupObjective(space, axes, np.zeros((3, 2)))
+    params = hpo.cell_params(obj, (2, 1))
+    assert params == {"lr": pytest.approx(axes["lr"][2]), "module__width": 64}
+    assert isinstance(params["module__width"], int)
+
+
+def test_cell_test_hits_fits_each_distinct_cell_once(lookup):
+    class Counting:
+        fits = 0
+
+        def __init__(self, lr=0.1, optimizer__weight_decay=0.0):
+            self.lr, self.optimizer__weight_decay = lr, optimizer__weight_decay
+
+        def get_params(self, deep=False):
+            return {"lr": self.lr, "optimizer__weight_decay": self.optimizer__weight_decay}
+
+        def set_params(self, **p):
+            self.__dict__.update(p)
+            return self
+
+        def fit(self, X, y):
+            Counting.fits += 1
+            return self
+
+        def predict(self, X):
+            return np.full(len(X), 1 if self.lr > 1e-3 else 0)
+
+    X, y_test = np.zeros((4, 2)), np.array([1, 1, 0, 1])
+    high, low = (
+        lookup.cell({"lr": 0.1, "weight_decay": 1e-6}),
+        lookup.cell({"lr": 1e-4, "weight_decay": 1e-6}),
+    )
+    hits = hpo.cell_test_hits(Counting(), X, y_test, X, y_test, lookup, [high, low, high])
+    assert Counting.fits == 2
+    assert hits[high].tolist() == [True, True, False, True]
+    assert hits[low].tolist() == [False, False, True, False]

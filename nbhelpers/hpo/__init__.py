@@ -8,7 +8,8 @@
   histories, best so far, trials to a target, plots);
 * ``early_stopping``: successive halving and Hyperband against full-budget search at equal
   epochs, on cached learning curves of the grid;
-* ``summary``: each notebook's facts as a small table its discussion refers to.
+* ``summary``: each notebook's facts as a small table its discussion refers to;
+* ``winners``: the configuration a search chose, refitted and scored on the test images.
 
 Everything public is re-exported here: ``from nbhelpers import hpo; hpo.MLP_SPACE``.
 """
@@ -77,8 +78,12 @@ from .space import (
     to_skopt,
 )
 from .summary import bayes_summary, facts_of, grid_summary, random_summary, target_cells
+from .winners import cell_params, cell_test_hits, winner_cell
 
 __all__ = [
+    "cell_params",
+    "cell_test_hits",
+    "winner_cell",
     "plot_epochs",
     "CurveObjective",
     "check_halving",

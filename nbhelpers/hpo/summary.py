@@ -124,6 +124,8 @@ def random_summary(
     ttt: pd.DataFrame,
     spread: pd.Series,
     met: bool,
+    test: Mapping[str, Any] | None = None,
+    distinct: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """The facts of the random-against-grid comparison (notebook 02).
 
@@ -136,11 +138,41 @@ def random_summary(
         ttt: ``trials_to_target_table`` with a ``random`` row (and its limit).
         spread: {important, unimportant hyperparameter: score range along it}.
         met: whether the notebook's target is met.
+        test: ``stats.seeds_paired_difference`` of the two winners' test hits (grid as A, random
+            as B), or None.
+        distinct: {"grid", "random": mean distinct values of the important hyperparameter
+            tried}, or None.
 
     Returns:
         The fact table.
     """
     (imp, r_imp), (unimp, r_unimp) = list(spread.items())
+    extra: list[tuple[str, Any, str]] = []
+    if distinct is not None:
+        extra += [
+            (
+                f"{m}: distinct {imp} values tried",
+                float(distinct[m]),
+                "table cells, mean over seeds",
+            )
+            for m in ("grid", "random")
+        ]
+    if test is not None:
+        extra += [
+            (
+                "test: random winner minus grid winner",
+                test["difference"],
+                "points, seed mean, refitted winners, same images",
+            ),
+            ("test: image interval, low", test["low"], "points, 95%, bootstrap over images"),
+            ("test: image interval, high", test["high"], "points, 95%, seeds held fixed"),
+            ("test: verdict over images", test["verdict"], "random against grid, these seeds"),
+            (
+                "test: verdict over seeds",
+                test["seed_verdict"],
+                f"Student-t over {test['seeds']} seeds' differences",
+            ),
+        ]
     grid_best = float(np.mean([max(r) for r in grid_runs]))
     random_best = float(np.mean([max(r) for r in random_runs]))
     row, seeds = ttt.loc["random"], len(random_runs)
@@ -182,6 +214,7 @@ def random_summary(
             ),
             ("target: at most", row["limit"], "mean trials, a quarter of the exhaustive grid"),
             ("target met", bool(met), "all of >= 5 seeds reach it, mean within limit"),
+            *extra,
         ]
     )
 
