@@ -194,7 +194,7 @@ def discussion_fact_names(nb_path: Path) -> list[str]:
         The names (empty when there is no Discussion).
     """
     nb = nbformat.read(str(nb_path), as_version=4)
-    names: list[str] = []
+    paragraphs: list[str] = []
     inside = False
     for cell in nb.cells:
         if cell.cell_type != "markdown":
@@ -202,9 +202,13 @@ def discussion_fact_names(nb_path: Path) -> list[str]:
         for line in cell.source.splitlines():
             if line.startswith("## "):
                 inside = bool(re.match(r"## \d+\. Discussion", line))
-                continue
-            if inside:
-                names += [m.group(1) for m in _ITALIC.finditer(line)]
+            elif inside:
+                paragraphs.append(line)
+        paragraphs.append("")  # a cell ends a paragraph
+    text = "\n".join(paragraphs)
+    # a name may wrap across lines of one paragraph: join them, one space for any run of spaces
+    blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n|\n(?=\s*[*-] )", text)]
+    names = [m.group(1) for b in blocks for m in _ITALIC.finditer(b)]
     return list(dict.fromkeys(names))
 
 
