@@ -229,6 +229,8 @@ def bayes_summary(
     met: Mapping[str, bool],
     model: str,
     baseline: str = "random",
+    early: pd.DataFrame | None = None,
+    early_baseline: str = "random (full budget)",
 ) -> pd.DataFrame:
     """The facts of the Bayesian-optimization comparison (notebook 03).
 
@@ -242,6 +244,9 @@ def bayes_summary(
         met: {method: whether its target is met}.
         model: the model-based method compared, e.g. "GP (gp_minimize)".
         baseline: the method it is compared with.
+        early: ``epochs_table`` of the methods that stop trials early, with an ``early_baseline``
+            row, or None.
+        early_baseline: the full-budget method the others are compared with.
 
     Returns:
         The fact table.
@@ -292,4 +297,20 @@ def bayes_summary(
             f"the margin is {100 * margin:.4g} points",
         ),
     ]
+    if early is not None:
+        base = early.loc[early_baseline, "mean_epochs"]
+        for k, e in early.iterrows():
+            rows += [
+                (f"{k}: seeds reaching the target", int(e["reached"]), f"of {int(e['seeds'])}"),
+                (
+                    f"{k}: mean epochs to the target",
+                    e["mean_epochs"],
+                    "over the seeds that reached",
+                ),
+                (f"{k}: final quality", e["final_quality"], "full-budget CV accuracy, seed mean"),
+            ]
+            if k != early_baseline:
+                rows.append(
+                    (f"{k}: epochs vs {early_baseline}", e["mean_epochs"] / base, "x, mean epochs")
+                )
     return facts_of(rows)
