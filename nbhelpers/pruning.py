@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -546,26 +547,46 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
         return dense_state({k: f[k] for k in f.files})
 
 
-def save_torch_sparse(state: Mapping[str, torch.Tensor], path: str | Path) -> int:
+def torch_sparse_state(
+    state: Mapping[str, torch.Tensor], compact: bool = False
+) -> dict[str, torch.Tensor | dict[str, Any]]:
+    """What ``save_torch_sparse`` writes: every weight matrix as a CSR tensor, the rest as is.
+
+    Args:
+        state: permanent state dict (conv weights are flattened to (out, -1); the shape is kept).
+        compact: CSR arrays in storages of their own size (``measure.sparse_csr``).
+
+    Returns:
+        Name -> tensor, or {"csr": sparse CSR tensor, "shape": the weight's shape}; on the CPU.
+    """
+    out: dict[str, torch.Tensor | dict[str, Any]] = {}
+    for k, v in state.items():
+        v = v.detach().cpu()  # the artifact does not depend on (or record) the model's device
+        if _is_matrix(k, v):
+            csr = sparse_csr(v.reshape(v.shape[0], -1), compact=compact)
+            out[k] = {"csr": csr, "shape": tuple(v.shape)}
+        else:
+            out[k] = v
+    return out
+
+
+def save_torch_sparse(
+    state: Mapping[str, torch.Tensor], path: str | Path, compact: bool = False
+) -> int:
     """``torch.save`` with every weight matrix as a torch sparse CSR tensor (int64 indices).
 
-    Tensors are saved from the CPU, whatever their device.
+    Tensors are saved from the CPU, whatever their device. By default the column indices are
+    torch's view into the COO index storage (16 bytes each on disk); ``compact`` writes 8.
 
     Args:
         state: permanent state dict (conv weights are flattened to (out, -1); the shape is kept).
         path: file to write.
+        compact: give the CSR arrays storages of their own size.
 
     Returns:
         Bytes on disk.
     """
-    out = {}
-    for k, v in state.items():
-        v = v.detach().cpu()  # the artifact does not depend on (or record) the model's device
-        if _is_matrix(k, v):
-            out[k] = {"csr": sparse_csr(v.reshape(v.shape[0], -1)), "shape": tuple(v.shape)}
-        else:
-            out[k] = v
-    torch.save(out, Path(path))
+    torch.save(torch_sparse_state(state, compact), Path(path))
     return file_bytes(path)
 
 
@@ -591,6 +612,149 @@ def gzip_file(path: str | Path) -> int:
     with open(path, "rb") as src, gzip.open(out, "wb", compresslevel=9) as dst:
         shutil.copyfileobj(src, dst)
     return file_bytes(out)
+
+
+# ---------------------------------------------------------------- predicted bytes
+
+#: Ways ``storage_prediction`` can predict a file: torch.save of the dense state dict, torch.save
+#: of torch's CSR tensors (as ``to_sparse_csr`` returns them, or compact), NumPy CSR arrays.
+LAYOUTS = ("torch dense", "torch csr", "torch csr compact", "npz csr")
+#: torch.save's zip records around the tensors' storages (name, bytes), in the order written.
+_TORCH_HEAD = (("data.pkl", 0), (".format_version", 1), (".storage_alignment", 2), ("byteorder", 6))
+_TORCH_TAIL = (("version", 2), (".data/serialization_id", 40))
+
+
+def torch_zip_bytes(storages: Sequence[int], archive: str, pickle: int = 0) -> int:
+    """Bytes of a ``torch.save`` file holding these storages and a pickle of ``pickle`` bytes.
+
+    The file is a zip: each record is a local header (30 bytes and its name), an extra field
+    (at least 4 bytes) that starts the data on a 64-byte boundary, the data and a 16-byte data
+    descriptor; then one central directory entry per record (46 bytes and the name), a zip64 end
+    record and locator (76) and the end record (22).
+
+    Args:
+        storages: bytes of each tensor storage, in the order written.
+        archive: the zip's folder name (torch uses the file name without its suffix).
+        pickle: bytes of the pickle that describes the tensors (0: not known; it is a few hundred
+            bytes to a few kB and shifts the padding of the records after it).
+
+    Returns:
+        Predicted bytes.
+    """
+    head = (("data.pkl", pickle), *_TORCH_HEAD[1:])
+    records = [*head, *((f"data/{i}", n) for i, n in enumerate(storages)), *_TORCH_TAIL]
+    offset = central = 0
+    for name, size in records:
+        header = 30 + len(f"{archive}/{name}")
+        pad = -(offset + header) % 64  # an extra field of 4 bytes at least: 0 to 3 take 64 more
+        offset += header + pad + (64 if pad < 4 else 0) + size + 16
+        central += 46 + len(f"{archive}/{name}")
+    return offset + central + 76 + 22
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Bytes of ``np.savez`` (uncompressed) of these arrays.
+
+    Each array is a zip record: local header (30 bytes, the name ``<key>.npy``, a 20-byte zip64
+    field), the ``.npy`` header (padded to a multiple of 64 bytes) and the data; then one central
+    directory entry (46 bytes and the name) per array and the end record (22).
+
+    Args:
+        arrays: name -> array.
+
+    Returns:
+        Predicted bytes on disk.
+    """
+    total = 22
+    for key, a in arrays.items():
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(a))
+        total += 30 + 20 + 46 + 2 * len(f"{key}.npy") + len(head.getvalue()) + a.nbytes
+    return total
+
+
+def predicted_bytes(
+    state: Mapping[str, torch.Tensor], layout: str, archive: str = "model", pickle: int = 0
+) -> dict[str, int]:
+    """Bytes a file should take, from the arrays it stores, their dtypes and the container.
+
+    Args:
+        state: permanent state dict.
+        layout: one of ``LAYOUTS``.
+        archive: for torch.save, the file name without its suffix (it names the zip's records).
+        pickle: for torch.save, the pickle's bytes if known (0: the prediction leaves it out).
+
+    Returns:
+        {"textbook", "values", "column indices", "row pointers", "other", "container",
+        "predicted"}: "textbook" is values and column indices alone (4 bytes per value, plus the
+        index dtype's width), "other" the biases (and npz's shapes), "container" the zip and
+        ``.npy`` headers and padding (and ``pickle``), "predicted" the sum.
+    """
+    check_choice("layout", layout, LAYOUTS)
+    parts = dict.fromkeys(["values", "column indices", "row pointers", "other"], 0)
+    if layout == "npz csr":
+        arrays = sparse_arrays(state)
+        for k, a in arrays.items():
+            kind = k.rsplit(".", 1)[1]
+            part = {"values": "values", "indices": "column indices", "indptr": "row pointers"}
+            parts[part.get(kind, "other")] += a.nbytes
+        container = npz_bytes(arrays) - sum(parts.values())
+        textbook = sum(a.nbytes + arrays[k.replace(".values", ".indices")].nbytes
+                       for k, a in arrays.items() if k.endswith(".values"))  # fmt: skip
+    else:
+        storages = []
+        saved = torch_sparse_state(state, layout == "torch csr compact")
+        textbook = 0
+        for k, v in saved.items():
+            if isinstance(v, dict) and layout != "torch dense":
+                csr = v["csr"]
+                named = zip(("row pointers", "column indices", "values"),
+                            (csr.crow_indices(), csr.col_indices(), csr.values()))  # fmt: skip
+                for part, t in named:
+                    storages.append(t.untyped_storage().nbytes())
+                    parts[part] += storages[-1]
+                textbook += csr.values().numel() * (4 + csr.col_indices().element_size())
+            else:
+                t = state[k].detach()
+                storages.append(t.numel() * t.element_size())
+                parts["values" if _is_matrix(k, t) else "other"] += storages[-1]
+                textbook += storages[-1] if _is_matrix(k, t) else 0
+        container = torch_zip_bytes(storages, archive, pickle) - sum(storages)
+    total = sum(parts.values()) + container
+    return {"textbook": int(textbook), **parts, "container": int(container), "predicted": total}
+
+
+def storage_prediction(
+    layouts: Mapping[str, tuple[str, Mapping[str, torch.Tensor], str]], storage: pd.DataFrame
+) -> pd.DataFrame:
+    """Predicted against measured bytes of each stored file.
+
+    Args:
+        layouts: format (a row of ``storage``) -> (layout of ``LAYOUTS``, the state dict stored,
+            the zip's folder name for torch.save: the file's stem, or "archive" when the file
+            was written from an in-memory buffer as ``measure.serialized_bytes`` does).
+        storage: ``storage_table`` (index: format; columns file, bytes).
+
+    Returns:
+        Index ``format``; the columns of ``predicted_bytes``, "measured", "prediction error %"
+        (predicted minus measured, over measured), "textbook error %", "bytes per non-zero
+        weight" (measured over the non-zero weights of the state's matrices) and "times smaller"
+        by the textbook, the prediction and the file (the first row of ``storage`` over each).
+    """
+    base = int(storage["bytes"].iloc[0])
+    rows = []
+    for fmt, (layout, state, archive) in layouts.items():
+        measured = int(storage.loc[fmt, "bytes"])
+        p = predicted_bytes(state, layout, archive)
+        nnz = sum(int((v != 0).sum()) for k, v in state.items() if _is_matrix(k, v))
+        rows.append({"format": fmt, "layout": layout, **p, "measured": measured,
+                     "prediction error %": 100 * (p["predicted"] - measured) / measured,
+                     "textbook error %": 100 * (p["textbook"] - measured) / measured,
+                     "bytes per non-zero weight": measured / nnz,
+                     "times smaller, textbook": base / p["textbook"],
+                     "times smaller, predicted": base / p["predicted"],
+                     "times smaller, measured": base / measured})  # fmt: skip
+    return pd.DataFrame(rows).set_index("format")
 
 
 # ---------------------------------------------------------------- sparse kernels
@@ -794,6 +958,7 @@ def summary(
     csr: str,
     best_run: str,
     naive_equals_global: bool,
+    prediction: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """This run's facts about weight pruning, from the notebook's tables.
 
@@ -808,6 +973,7 @@ def summary(
         csr: the same weights' row with sparse CSR kernels.
         best_run: the fine-tuned run chosen on validation.
         naive_equals_global: whether the naive threshold's weights equal global one-shot pruning's.
+        prediction: ``storage_prediction`` of the files (None: no rows about predicted bytes).
 
     Returns:
         A ``fact_table``.
@@ -899,6 +1065,7 @@ def summary(
         )
         for fmt, r in storage.iloc[1:].iterrows()
     ]
+    rows += [] if prediction is None else storage_facts(prediction)
     for col in [c for c in comparison.columns if c.startswith("speedup_b")]:
         bs = col.removeprefix("speedup_b")
         rows += [
@@ -933,3 +1100,31 @@ def summary(
             )
         )
     return fact_table(rows)
+
+
+def storage_facts(prediction: pd.DataFrame) -> list[tuple]:
+    """Fact rows of ``storage_prediction``: how far the prediction and the textbook missed.
+
+    Args:
+        prediction: ``storage_prediction`` (index: format).
+
+    Returns:
+        (fact, value, unit, context) rows: "prediction error: <format>" for every file,
+        "textbook error: <format>" for the sparse ones and, when torch's CSR file is in the
+        table, "torch CSR: bytes per column index on disk".
+    """
+    rows: list[tuple] = []
+    for fmt, r in prediction.iterrows():
+        rows.append((f"prediction error: {fmt}", round(float(r["prediction error %"]), 2), "%",
+                     f"{int(r['predicted']):,} B predicted, {int(r['measured']):,} B"))  # fmt: skip
+        if r["layout"] != "torch dense":
+            rows.append((f"textbook error: {fmt}", round(float(r["textbook error %"]), 1), "%",
+                         f"{int(r['textbook']):,} B: values and column indices"))  # fmt: skip
+    torch_csr = prediction[prediction["layout"] == "torch csr"]
+    if len(torch_csr):
+        r = torch_csr.iloc[0]
+        nnz = r["values"] / 4  # float32 values
+        rows.append(("torch CSR: bytes per column index on disk",
+                     round(float(r["column indices"] / nnz), 2), "bytes",
+                     "int64, in the storage torch.save writes"))  # fmt: skip
+    return rows

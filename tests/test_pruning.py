@@ -4,6 +4,7 @@ storage."""
 from __future__ import annotations
 
 import copy
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from nbhelpers import pruning as P
 from nbhelpers.baseline import above_chance, interval_text, verdict_reason
 from nbhelpers.baseline import summary as baseline_summary
 from nbhelpers.facts import CONTEXT_WIDTH, fact_table
+from nbhelpers.measure import serialized_bytes, sparse_csr
 from nbhelpers.models import MLP, LeNet5
 from nbhelpers.params import ParameterError
 from nbhelpers.train import fit, seed_everything
@@ -193,6 +195,78 @@ def test_sparse_storage_is_small_and_refuses_masks(tmp_path):
         payload == nnz * 6 + 4 * (300 + 100 + 10 + 3) + 8 * 2 * 3 + 4 * 410
     )  # values, indices, indptr, shape, biases
     assert P.save_sparse(state, tmp_path / "s.npz") < dense / 10
+
+
+def test_compact_csr_has_storages_of_its_own_size():
+    w = torch.zeros(6, 10)
+    w[0, 3], w[2, 7], w[5, 0] = 1.0, -2.0, 0.5
+    default, compact = sparse_csr(w), sparse_csr(w, compact=True)
+    assert torch.equal(default.to_dense(), w) and torch.equal(compact.to_dense(), w)
+    assert compact.col_indices().untyped_storage().nbytes() == 3 * 8
+    assert compact.crow_indices().untyped_storage().nbytes() == 7 * 8
+    assert compact.values().untyped_storage().nbytes() == 3 * 4
+    assert default.col_indices().untyped_storage().nbytes() >= 3 * 8  # 2 x 3 in torch 2.x
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_torch_sparse_bytes_predicted_to_the_pickle(tmp_path, compact):
+    state = P.make_permanent(P.magnitude_prune(MLP(), 0.95)).state_dict()
+    path = tmp_path / "m_csr.pt"
+    measured = P.save_torch_sparse(state, path, compact=compact)
+    assert all(torch.equal(P.load_torch_sparse(path)[k], v) for k, v in state.items())
+    with zipfile.ZipFile(path) as z:
+        pickle = z.getinfo("m_csr/data.pkl").file_size
+    layout = "torch csr compact" if compact else "torch csr"
+    p = P.predicted_bytes(state, layout, "m_csr", pickle)
+    assert p["predicted"] == measured  # to the byte, given the pickle's size
+    unknown = P.predicted_bytes(state, layout, "m_csr")["predicted"]
+    assert 0 < measured - unknown < pickle + 64  # without it: short by the pickle, and padding
+    nnz = round(0.05 * total(MLP()))
+    assert p["values"] == 4 * nnz and p["row pointers"] == 8 * (301 + 101 + 11)
+    assert p["column indices"] == (8 if compact else 16) * nnz
+    assert p["textbook"] == 12 * nnz and p["other"] == 4 * 410
+
+
+def test_dense_and_npz_bytes_predicted(tmp_path):
+    model = P.make_permanent(P.magnitude_prune(MLP(), 0.9))
+    state = model.state_dict()
+    measured = P.save_sparse(state, tmp_path / "s.npz")
+    p = P.predicted_bytes(state, "npz csr")
+    assert p["predicted"] == measured  # npz: exact
+    nnz = round(0.1 * total(model))
+    assert p["values"] == 4 * nnz and p["column indices"] == 2 * nnz
+    assert p["row pointers"] == 4 * (301 + 101 + 11) and p["textbook"] == 6 * nnz
+    torch.save(state, tmp_path / "d.pt")
+    with zipfile.ZipFile(tmp_path / "d.pt") as z:
+        pickle = z.getinfo("d/data.pkl").file_size
+    d = P.predicted_bytes(state, "torch dense", "d", pickle)
+    assert d["predicted"] == (tmp_path / "d.pt").stat().st_size
+    assert d["values"] == 4 * total(model) and d["other"] == 4 * 410
+    with pytest.raises(ParameterError, match="layout"):
+        P.predicted_bytes(state, "csv")
+
+
+def test_storage_prediction_and_its_facts(tmp_path):
+    state = P.make_permanent(P.magnitude_prune(MLP(), 0.95)).state_dict()
+    files = {
+        "dense": (tmp_path / "d.pt", serialized_bytes(state, tmp_path / "d.pt"), None),
+        "torch": (tmp_path / "t.pt", P.save_torch_sparse(state, tmp_path / "t.pt"), None),
+        "npz": (tmp_path / "s.npz", P.save_sparse(state, tmp_path / "s.npz"), None),
+    }
+    storage = P.storage_table(files, state, baseline="dense")
+    layouts = {"dense": ("torch dense", state, "archive"), "torch": ("torch csr", state, "t"),
+               "npz": ("npz csr", state, "")}  # fmt: skip
+    t = P.storage_prediction(layouts, storage)
+    assert t.loc["npz", "prediction error %"] == 0.0
+    torch_rows = t.loc[["dense", "torch"], "prediction error %"]
+    assert (torch_rows < 0).all() and (torch_rows > -1).all()  # short by the pickle alone
+    nnz = round(0.05 * total(MLP()))
+    assert t.loc["torch", "bytes per non-zero weight"] == files["torch"][1] / nnz
+    assert t.loc["torch", "times smaller, measured"] == storage.loc["torch", "times smaller"]
+    facts = fact_table(P.storage_facts(t)).value
+    assert facts["prediction error: npz"] == 0.0 and "textbook error: dense" not in facts
+    assert facts["textbook error: torch"] < -30  # 12 bytes per weight where the file spends 20
+    assert facts["torch CSR: bytes per column index on disk"] == 16.0
 
 
 def test_csr_model_matches_the_dense_model():
