@@ -173,19 +173,14 @@ def pipeline_point(
         wrong on each test image).
     """
     from .measure import accuracy, correct
-    from .pruning import GradualPruner, make_permanent
     from .train import fit, seed_everything
 
     seed_everything(seed)
     student = MLP(n_in, hidden=[int(knobs["width"])])
     fit(student, loaders["train"], epochs=epochs[0], lr=lr, loss_fn=loss_fn, device=device,
         progress=False)  # fmt: skip
-    steps = epochs[1] * len(loaders["train"])
-    pruner = GradualPruner(final=float(knobs["sparsity"]), begin=1, end=max(1, (2 * steps) // 3),
-                           every=max(1, len(loaders["train"]) // 2), scope="global")  # fmt: skip
-    fit(student, loaders["train"], epochs=epochs[1], lr=lr, loss_fn=loss_fn, after_step=pruner,
-        device=device, progress=False)  # fmt: skip
-    make_permanent(student.cpu().eval())
+    prune_gradually(student, loaders["train"], float(knobs["sparsity"]), epochs[1], lr, loss_fn,
+                    device=device)  # fmt: skip
     model, arrays = weights_at_bits(student, int(knobs["bits"]))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -193,6 +188,85 @@ def pipeline_point(
     hits = correct(model, loaders["test"])
     return {"model": model, "val_accuracy": accuracy(model, loaders["val"]),
             "test_accuracy": float(hits.mean()), "bytes": size, "correct": hits}  # fmt: skip
+
+
+def prune_gradually(
+    model: nn.Module,
+    train: Any,
+    sparsity: float,
+    epochs: int,
+    lr: float,
+    loss_fn: Any = None,
+    val: Any = None,
+    device: Any = "cpu",
+) -> tuple[list, Any]:
+    """Stage 3: gradual magnitude pruning with fine-tuning, the zeros then made permanent.
+
+    Zhu and Gupta's cubic schedule over the first two thirds of the steps, global magnitude
+    ranking, the mask updated twice per epoch. The caller seeds (``train.seed_everything``).
+
+    Args:
+        model: the model, pruned in place (it ends on the CPU in eval mode).
+        train: the training loader.
+        sparsity: the final fraction of zero weights, in (0, 1).
+        epochs: fine-tuning epochs.
+        lr: Adam learning rate.
+        loss_fn: the training loss (None: cross-entropy on the labels).
+        val: a validation loader for the history (None: no validation).
+        device: where to train.
+
+    Returns:
+        (the training history, the ``pruning.GradualPruner`` with its schedule in ``history``).
+    """
+    from .pruning import GradualPruner, make_permanent
+    from .train import fit
+
+    steps = epochs * len(train)
+    pruner = GradualPruner(final=sparsity, begin=1, end=max(1, (2 * steps) // 3),
+                           every=max(1, len(train) // 2), scope="global")  # fmt: skip
+    hist = fit(model, train, val, epochs=epochs, lr=lr, loss_fn=loss_fn, after_step=pruner,
+               device=device, progress=False)  # fmt: skip
+    make_permanent(model.cpu().eval())
+    return hist, pruner
+
+
+def deep_compression_recipe(
+    model: nn.Module,
+    train: Any,
+    sparsity: float,
+    epochs: int,
+    lr: float,
+    seed: int,
+    engine: str = "x86",
+    device: Any = "cpu",
+) -> nn.Module:
+    """Deep Compression's recipe on a model itself: prune with fine-tuning on the labels, int8.
+
+    The like-for-like row of the pipeline (Han et al. 2016 compress LeNet-300-100 itself): no
+    distillation and no structured pruning, only the pipeline's stages 3 and 4 with the same
+    helpers (``prune_gradually`` with cross-entropy on the labels, then ``int8_model``); its
+    artifact is written with ``pack_int8_sparse`` and ``save_artifact`` like the pipeline's.
+
+    Args:
+        model: the dense float model (not changed).
+        train: the training loader.
+        sparsity: the final fraction of zero weights (0: no pruning).
+        epochs: fine-tuning epochs of the pruning.
+        lr: Adam learning rate.
+        seed: seed of the shuffles.
+        engine: quantized engine of the int8 model.
+        device: where to train.
+
+    Returns:
+        The pruned int8 model on the CPU.
+    """
+    from .train import seed_everything
+
+    pruned = copy.deepcopy(model)
+    seed_everything(seed)
+    if sparsity > 0:
+        prune_gradually(pruned, train, sparsity, epochs, lr, device=device)
+    return int8_model(pruned.cpu().eval(), engine)
 
 
 def front_table(study: Any, final: Mapping[str, Any]) -> pd.DataFrame:
@@ -747,6 +821,9 @@ def summary(
     board: pd.DataFrame,
     *,
     notebook: str,
+    reference: Mapping[str, Any] | None = None,
+    reference_gap: Mapping[str, Any] | None = None,
+    control: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """This run's facts about the pipeline, from its stage table, targets and Pareto board.
 
@@ -756,12 +833,18 @@ def summary(
         targets: ``nbhelpers.targets.target`` dicts.
         board: ``pareto_board``.
         notebook: this notebook's stem on the board.
+        reference: the like-for-like row (``measure.compare`` against the same baseline, e.g.
+            ``deep_compression_recipe`` of the baseline itself), or None.
+        reference_gap: ``stats.paired_difference`` of the like-for-like model's hits against the
+            final stage's on the same test images (final minus it), with ``reference``.
+        control: the from-scratch control (``stats.seeds_paired_difference`` of the final stage
+            against it, with ``seeds`` and ``epochs``), or None.
 
     Returns:
         A ``fact_table``: the final model against the baseline, each stage's size and speed step,
-        the multiply-adds, each target's verdict and the Pareto picture's counts.
+        the multiply-adds, the like-for-like row and what the full stack adds to it, the
+        from-scratch control, each target's verdict and the Pareto picture's counts.
     """
-    from .baseline import interval_text, verdict_reason
     from .facts import fact_table
     from .leaderboard import pareto_front
     from .targets import measured_text
@@ -769,31 +852,10 @@ def summary(
     base, fin = stages.iloc[0], stages.iloc[-1]
     speed = [c for c in stages.columns if c.startswith("speedup_b")]
     big = max(speed, key=lambda c: int(c.removeprefix("speedup_b")))
-    rows = [
-        ("final stage", str(stages.index[-1]), "", f"after {len(stages) - 1} stages"),
-        (
-            "final: times smaller than the baseline",
-            round(float(fin["size_ratio"]), 2),
-            "x",
-            f"{int(base['bytes']):,} to {int(fin['bytes']):,} bytes",
-        ),
-        (
-            "final: accuracy change vs the baseline",
-            round(float(fin["accuracy_delta_points"]), 2),
-            "points",
-            interval_text(fin),
-        ),
-        ("final: verdict vs the baseline", str(fin["verdict"]), "", verdict_reason(fin)),
-    ]
-    rows += [
-        (
-            f"final: speed vs the baseline, batch {c.removeprefix('speedup_b')}",
-            round(float(fin[c]), 2),
-            "x",
-            "above 1: faster",
-        )
-        for c in speed
-    ]
+    rows = [("final stage", str(stages.index[-1]), "", f"after {len(stages) - 1} stages")]
+    rows += _vs_baseline_rows(
+        "final", fin, speed, f"{int(base['bytes']):,} to {int(fin['bytes']):,} bytes"
+    )
     rows.append(
         (
             "multiply-adds per image, baseline / final",
@@ -815,6 +877,10 @@ def summary(
     for name, r in stages.iloc[1:].iterrows():
         step = round(float(r[f"faster_than_previous_b{b}"]), 2)
         rows.append((f"{name}: times faster, b{b}", step, "x", f"than the stage before, batch {b}"))
+    if reference is not None:
+        rows += _reference_rows(reference, fin, reference_gap, speed)
+    if control is not None:
+        rows += _control_rows(control)
     rows += [
         (
             f"target met: {t['name']}",
@@ -841,3 +907,97 @@ def summary(
         ),
     ]
     return fact_table(rows)
+
+
+def _vs_baseline_rows(
+    label: str, row: Mapping[str, Any], speed: list[str], size_context: str
+) -> list[tuple]:
+    """Fact rows of one ``measure.compare`` row against the baseline: times smaller, accuracy
+    change with its paired interval, verdict, and speed at each timed batch size."""
+    from .baseline import interval_text, verdict_reason
+
+    rows = [
+        (
+            f"{label}: times smaller than the baseline",
+            round(float(row["size_ratio"]), 2),
+            "x",
+            size_context,
+        ),
+        (
+            f"{label}: accuracy change vs the baseline",
+            round(float(row["accuracy_delta_points"]), 2),
+            "points",
+            interval_text(row),
+        ),
+        (f"{label}: verdict vs the baseline", str(row["verdict"]), "", verdict_reason(row)),
+    ]
+    return rows + [
+        (
+            f"{label}: speed vs the baseline, batch {c.removeprefix('speedup_b')}",
+            round(float(row[c]), 2),
+            "x",
+            "above 1: faster",
+        )
+        for c in speed
+    ]
+
+
+def _reference_rows(
+    ref: Mapping[str, Any], fin: Mapping[str, Any], gap: Mapping[str, Any] | None, speed: list[str]
+) -> list[tuple]:
+    """Fact rows of the like-for-like model against the baseline, and of the full stack against
+    it (size and speed ratios above 1: the full stack is smaller, faster)."""
+    if gap is None:
+        raise ValueError("give reference_gap (final minus the like-for-like model) with reference")
+    size = f"{int(ref['bytes']):,} bytes; no distillation or slimming"
+    rows = _vs_baseline_rows("like-for-like", ref, speed, size)
+    rows += [
+        (
+            "stack over like-for-like: size ratio",
+            round(float(ref["bytes"]) / float(fin["bytes"]), 2),
+            "x",
+            "above 1: the full stack is smaller",
+        ),
+        (
+            "stack minus like-for-like: accuracy change",
+            round(float(gap["difference"]), 2),
+            "points",
+            f"paired 95% CI [{gap['low']:+.2f}, {gap['high']:+.2f}]",
+        ),
+        ("stack vs like-for-like: verdict", str(gap["verdict"]), "", "paired, same test images"),
+    ]
+    rows += [
+        (
+            f"stack over like-for-like: speed, batch {c.removeprefix('speedup_b')}",
+            round(float(fin[c]) / float(ref[c]), 2),
+            "x",
+            "above 1: the full stack is faster",
+        )
+        for c in speed
+    ]
+    return rows
+
+
+def _control_rows(control: Mapping[str, Any]) -> list[tuple]:
+    """Fact rows of the final stage against the from-scratch control (Liu et al. 2019)."""
+    seeds = int(control["seeds"])
+    return [
+        (
+            "from-scratch control: final minus it",
+            round(float(control["final stage minus it (points)"]), 2),
+            "points",
+            f"95% CI [{control['low']:+.2f}, {control['high']:+.2f}], {seeds} seeds",
+        ),
+        (
+            "from-scratch control: verdict",
+            str(control["verdict"]),
+            "",
+            f"over seeds: {control['seed_verdict']}",
+        ),
+        (
+            "from-scratch control: seed_std",
+            round(float(control["seed_std"]), 2),
+            "points",
+            "spread of one control seed's difference",
+        ),
+    ]

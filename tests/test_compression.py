@@ -331,6 +331,60 @@ def test_pipeline_summary(reports):
     assert f.loc["pipeline stages on the Pareto front", "context"] == "of 3 Pareto-optimal points"
 
 
+def test_pipeline_summary_like_for_like_and_control():
+    table = stage_steps(stage_table(), [1, 256])
+    like = stage_table().loc["2 + int8"].copy()  # the like-for-like row: 400 B, 0.8 ms at b256
+    like[["bytes", "size_ratio", "latency_ms_b256", "speedup_b256"]] = [400, 10.0, 0.8, 2.5]
+    like[["accuracy_delta_points", "delta_low_points", "delta_high_points"]] = [-1.0, -1.5, -0.5]
+    like["verdict"] = "worse"
+    gap = {"difference": 0.6, "low": 0.2, "high": 1.0, "verdict": "better"}
+    control = {"seeds": 3, "epochs": 9, "final stage minus it (points)": 0.25, "low": -0.1,
+               "high": 0.6, "verdict": "within noise", "seed_std": 0.3,
+               "seed_verdict": "within noise"}  # fmt: skip
+    f = summary(table, [], pd.DataFrame(columns=leaderboard.COLUMNS), notebook="10_pipe",
+                reference=like, reference_gap=gap, control=control)  # fmt: skip
+    v = f["value"]
+    like_size = "like-for-like: times smaller than the baseline"
+    assert v[like_size] == 10.0 and f.loc[like_size, "context"].startswith("400 bytes")
+    assert v["like-for-like: accuracy change vs the baseline"] == -1.0
+    assert v["like-for-like: verdict vs the baseline"] == "worse"
+    assert v["like-for-like: speed vs the baseline, batch 256"] == 2.5
+    assert v["stack over like-for-like: size ratio"] == 4.0  # 400 B against the final's 100 B
+    assert v["stack minus like-for-like: accuracy change"] == 0.6
+    assert f.loc["stack minus like-for-like: accuracy change", "context"] == (
+        "paired 95% CI [+0.20, +1.00]"
+    )
+    assert v["stack vs like-for-like: verdict"] == "better"
+    assert v["stack over like-for-like: speed, batch 256"] == 2.0  # 5x against 2.5x
+    assert v["from-scratch control: final minus it"] == 0.25
+    assert v["from-scratch control: verdict"] == "within noise"
+    assert v["from-scratch control: seed_std"] == 0.3
+    assert f["context"].str.len().max() <= CONTEXT_WIDTH
+    assert f.index.str.len().max() <= CONTEXT_WIDTH
+    with pytest.raises(ValueError, match="reference_gap"):
+        summary(table, [], pd.DataFrame(columns=leaderboard.COLUMNS), notebook="10_pipe",
+                reference=like)  # fmt: skip
+
+
+def test_deep_compression_recipe_prunes_and_quantizes_the_model_itself():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 10, (64,))
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    model = MLP(16, hidden=[12])
+    before = [p.detach().clone() for p in model.parameters()]
+    q = compression.deep_compression_recipe(model, train, 0.75, 2, 1e-2, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # not changed
+    weights = [m.weight() for m in int8_linears(q)]  # dynamic int8: the model itself, same shapes
+    assert [tuple(w.shape) for w in weights] == [(12, 16), (10, 12)]
+    zeros = sum(int((w.int_repr() == 0).sum()) for w in weights)
+    assert zeros >= round(0.75 * (16 * 12 + 12 * 10))  # global pruning to 75%, then int8
+    again = compression.deep_compression_recipe(model, train, 0.75, 2, 1e-2, seed=0)
+    assert all(torch.equal(a.int_repr(), b.weight().int_repr())
+               for a, b in zip(weights, int8_linears(again)))  # fmt: skip
+    dense = compression.deep_compression_recipe(model, train, 0.0, 2, 1e-2, seed=0)
+    assert not (int8_linears(dense)[0].weight().int_repr() == 0).all()
+
+
 @pytest.mark.parametrize(
     "override, name",
     [
