@@ -28,6 +28,7 @@ from .models import build_model
 from .params import ParameterError, check_choice, check_float, check_int
 from .pooling import fast_max_pool
 from .stats import seed_summary, seeds_paired_difference
+from .targets import verdict_text
 from .train import Device, LossFn, fit, module_device, seed_everything
 
 #: The distillation losses: Hinton et al. (2015) soft targets, Ba & Caruana (2014) logit matching.
@@ -953,7 +954,9 @@ def summary(
         n_test: test images (one image is ``100 / n_test`` points).
 
     Returns:
-        A ``facts.fact_table`` (value, unit, context), 4 significant digits.
+        A ``facts.fact_table`` (value, unit, context), 4 significant digits; "gap closed: target
+        met" is the target's verdict ("yes", "NO", with "(within noise)" when its interval spans
+        the goal).
     """
     rows = [
         ("teacher: test accuracy", teacher_accuracy, "", "one model"),
@@ -992,14 +995,20 @@ def summary(
             (name, r["difference"], "points", f"[{r['low']:.3g}, {r['high']:.3g}]: {r['verdict']}")
         )
     g = targets[0]
-    rows.append(
+    rows += [
         (
             "gap closed",
             g["measured"],
             "",
             f"[{g['low']:.3g}, {g['high']:.3g}]; goal >= {g['threshold']:g}",
-        )
-    )
+        ),
+        (
+            "gap closed: target met",
+            verdict_text(g),
+            "",
+            f"lesson's goal >= {g['threshold']:g}; interval: row gap closed",
+        ),
+    ]
     for plain, distilled in (("plain", "distilled on views"), ("small plain", "small distilled")):
         if plain in students.index and distilled in students.index:
             closed = gap_closed(
