@@ -30,6 +30,9 @@ from .targets import target
 from .train import module_device
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+#: Points below a model's own best mean validation accuracy that still count as near its best (the
+#: robustness target's goal).
+NEAR_BEST_POINTS = 1.0
 
 
 class BatchNorm(nn.Module):
@@ -571,6 +574,59 @@ def _grid_lr(lrs: Sequence[float], lr: float) -> float | None:
     return hits[0] if hits else None
 
 
+def lr_range(
+    final: pd.DataFrame,
+    arch: str,
+    stall: float,
+    val_correct: dict,
+    tolerance: float = NEAR_BEST_POINTS,
+) -> dict:
+    """How much of a learning-rate sweep BN opens: the rates that train and those near the best.
+
+    Only rates trained both with and without BN count, so the two sides see the same sweep. A
+    rate *trains* when the mean final validation accuracy over seeds is at least ``stall``; it is
+    *near the best* when that mean is at most ``tolerance`` points below the model's own best
+    mean over those rates.
+
+    Args:
+        final: one row per run: arch, bn, lr, seed, final_val_accuracy.
+        arch: the architecture.
+        stall: mean final validation accuracy below which a rate failed.
+        val_correct: (arch, bn, lr) -> per-seed boolean arrays on the validation images.
+        tolerance: points below the own best that still count as near it.
+
+    Returns:
+        ``rates`` (the common rates, ascending), ``tolerance``; per side ("bn", "no_bn"): the
+        rates that train (``trains_*``), the rates near the best (``near_*``), the largest of
+        them (``largest_near_*``, NaN when none) and its gap below the best in points with a
+        paired 95% interval over the pooled seeds and validation images (``gap_*``, ``low_*``,
+        ``high_*``); ``bn_only`` (rates where BN trains and no-BN fails) and ``near_extra``
+        (rates near the best with BN minus those without).
+    """
+    val = final[final.arch == arch].groupby(["bn", "lr"])["final_val_accuracy"].mean()
+    common = sorted(set(map(float, val.loc[False].index)) & set(map(float, val.loc[True].index)))
+    out: dict = {"rates": common, "tolerance": float(tolerance)}
+    for bn, side in ((True, "bn"), (False, "no_bn")):
+        means = {lr: float(val.loc[(bn, lr)]) for lr in common}
+        best_lr = max(means, key=means.get)
+        near = [lr for lr in common if 100 * (means[best_lr] - means[lr]) <= tolerance + 1e-9]
+        top = max(near)
+        gap, (low, high) = accuracy_gap(
+            val_correct[(arch, bn, best_lr)], val_correct[(arch, bn, top)]
+        )
+        out |= {
+            f"trains_{side}": [lr for lr in common if means[lr] >= stall],
+            f"near_{side}": near,
+            f"largest_near_{side}": top,
+            f"gap_{side}": gap,
+            f"low_{side}": low,
+            f"high_{side}": high,
+        }
+    out["bn_only"] = [lr for lr in out["trains_bn"] if lr not in out["trains_no_bn"]]
+    out["near_extra"] = len(out["near_bn"]) - len(out["near_no_bn"])
+    return out
+
+
 def lr_facts(
     final: pd.DataFrame,
     curves: pd.DataFrame,
@@ -594,8 +650,9 @@ def lr_facts(
     Returns:
         The chosen rates (``best_no_bn_lr``, ``bn_best_lr``), the speed figures of
         ``speed_with_interval`` at the best no-BN rate (``speed``), the failing rates, the rate of
-        the robustness target (``robust_lr``, NaN when there is none) and the BN model's gap there
-        below its best (``bn_gap_points`` with ``gap_low`` and ``gap_high``).
+        the robustness target (``robust_lr``, NaN when there is none), the BN model's gap there
+        below its best (``bn_gap_points`` with ``gap_low`` and ``gap_high``) and how much of the
+        sweep BN opens (``range``, ``lr_range``).
     """
     val = final[final.arch == arch].groupby(["bn", "lr"])["final_val_accuracy"].mean()
     plain, withbn = val.loc[False], val.loc[True]
@@ -627,6 +684,7 @@ def lr_facts(
         "bn_gap_points": gap,
         "gap_low": low,
         "gap_high": high,
+        "range": lr_range(final, arch, stall, val_correct),
     }
 
 
@@ -791,6 +849,38 @@ def compare_with_torch(kind: str, steps: int = 5, c: int = 8, seed: int = 0) -> 
     }
 
 
+def _range_rows(arch: str, r: dict) -> list[tuple]:
+    """The fact rows of one model's ``lr_range``: what the sweep shows BN opens."""
+    tol = r["tolerance"]
+    near = f"within {tol:g} point{'' if tol == 1 else 's'} of its best"
+    listed = ", ".join(f"{x:g}" for x in r["bn_only"]) or "none"
+    rows = [
+        (
+            f"{arch}: rates where BN trains and no-BN fails",
+            len(r["bn_only"]),
+            "rates",
+            f"{listed}; of {len(r['rates'])} rates with both",
+        ),
+        (
+            f"{arch}: rates {near}, BN minus no BN",
+            r["near_extra"],
+            "rates",
+            f"BN {len(r['near_bn'])}, no BN {len(r['near_no_bn'])}; mean val",
+        ),
+    ]
+    for side, label in (("bn", "BN"), ("no_bn", "no BN")):
+        rows.append(
+            (
+                f"{arch}: largest lr {near}, {label}",
+                r[f"largest_near_{side}"],
+                "",
+                f"{r[f'gap_{side}']:.2f} [{r[f'low_{side}']:.2f}, {r[f'high_{side}']:.2f}] "
+                "points below",
+            )
+        )
+    return rows
+
+
 def summary(
     facts: Sequence[dict],
     chosen: pd.DataFrame,
@@ -800,6 +890,8 @@ def summary(
     fold_max_diff: float,
     n_val: int,
     n_test: int,
+    scratch_error: float | None = None,
+    scale_grad_ratio: float | None = None,
 ) -> pd.DataFrame:
     """This run's facts for the discussion of notebook 08 to point at by name.
 
@@ -811,9 +903,14 @@ def summary(
         forgot_drop_points: eval-mode accuracy minus train-mode accuracy on label-sorted batches.
         fold_max_diff: largest logit difference between a BN model and its folded copy.
         n_val: validation images; n_test: test images.
+        scratch_error: largest error of the from-scratch layer against torch's (None: no row).
+        scale_grad_ratio: weight-gradient norm at scale 1 over that at the largest scale of
+            ``scale_invariance`` (None: no row).
 
     Returns:
-        A ``facts.fact_table`` (value, unit, context), 4 significant digits.
+        A ``facts.fact_table`` (value, unit, context), 4 significant digits; per model also what
+        the sweep shows BN opens (``lr_range``): the rates where BN trains and no-BN fails, the
+        rates near the best with BN minus without, and the largest near-best rate of each.
     """
     rows = []
     for f in facts:
@@ -854,6 +951,7 @@ def summary(
                 f"95% interval [{f['gap_low']:.3g}, {f['gap_high']:.3g}]; goal <= 1",
             ),
         ]
+        rows += _range_rows(a, f["range"])
         for _, r in chosen[(chosen.arch == a)].iterrows():
             rows.append(
                 (
@@ -900,6 +998,24 @@ def summary(
         ("one validation image", 100 / n_val, "points", f"{n_val:,} validation images"),
         ("one test image", 100 / n_test, "points", f"{n_test:,} test images"),
     ]
+    if scratch_error is not None:
+        rows.append(
+            (
+                "from-scratch BN: largest error",
+                scratch_error,
+                "",
+                "vs torch, train and eval; goal 1e-6",
+            )
+        )
+    if scale_grad_ratio is not None:
+        rows.append(
+            (
+                "weights scaled before BN: gradient shrink",
+                scale_grad_ratio,
+                "x",
+                "gradient norm at scale 1 / at the largest scale",
+            )
+        )
     return fact_table(rows, digits=4)
 
 

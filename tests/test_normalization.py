@@ -363,3 +363,35 @@ def test_drift_table_and_compare_with_torch():
     for kind in ("1d", "2d"):
         diffs = N.compare_with_torch(kind)
         assert max(v for k, v in diffs.items() if k != "input gradient error") < 1e-5
+
+
+def test_lr_range_counts_what_bn_opens():
+    """BN trains at both rates, no BN only at the small one; BN at the large rate is 5 points
+    below its best, so only the small rate is near the best on either side at 1 point."""
+    final, _, val = grid_fixture()
+    final.loc[final.bn & (final.lr == 0.5), "final_val_accuracy"] = 0.85  # as its validation hits
+    r = N.lr_range(final, "net", 0.5, val)
+    assert r["rates"] == [0.1, 0.5] and r["tolerance"] == N.NEAR_BEST_POINTS
+    assert r["trains_bn"] == [0.1, 0.5] and r["trains_no_bn"] == [0.1] and r["bn_only"] == [0.5]
+    assert r["near_bn"] == [0.1] and r["near_no_bn"] == [0.1] and r["near_extra"] == 0
+    assert r["largest_near_bn"] == 0.1 and r["gap_bn"] == 0.0
+    wide = N.lr_range(final, "net", 0.5, val, tolerance=5.0)  # 5 points below counts as near
+    assert wide["near_bn"] == [0.1, 0.5] and wide["largest_near_bn"] == 0.5
+    assert math.isclose(wide["gap_bn"], 5.0) and wide["low_bn"] < 5.0 < wide["high_bn"]
+    assert wide["near_extra"] == 1
+
+
+def test_summary_states_the_range_bn_opens():
+    final, curves, val = grid_fixture()
+    f = N.lr_facts(final, curves, "net", 3, 0.5, val)
+    models, loader_ = {}, [(torch.zeros(4, 3), torch.tensor([0, 1, 0, 1]))]
+    for _, r in final.iterrows():
+        models[(r.arch, r.bn, r.lr, r.seed)] = nn.Linear(3, 2)
+    chosen = N.chosen_test(final, models, loader_)
+    drift = pd.DataFrame(columns=["run", "layer", "median_range", "spread_range"])
+    small = pd.DataFrame([{"batch": b, "norm": "batch", "val_accuracy": 0.5} for b in (4, 64)])
+    t = N.summary([f], chosen, drift, small, 1.0, 0.0, 100, 100)
+    assert t.loc["net: rates where BN trains and no-BN fails", "value"] == 1
+    assert t.loc["net: rates within 1 point of its best, BN minus no BN", "value"] == 1
+    assert t.loc["net: largest lr within 1 point of its best, BN", "value"] == 0.5
+    assert t.loc["net: largest lr within 1 point of its best, no BN", "value"] == 0.1
