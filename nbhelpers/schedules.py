@@ -280,6 +280,33 @@ def lr_sequence(
     return out
 
 
+#: The shapes ``trace_shape`` tells apart.
+SHAPES = ("constant", "decays only", "rises only", "rises, then decays", "decays, then rises again")
+
+
+def trace_shape(trace: Sequence[float], rel_tol: float = 1e-9) -> str:
+    """What a learning-rate trace does over training: only a decay, or also a rise.
+
+    Args:
+        trace: the learning rate of every step (``lr_sequence``).
+        rel_tol: changes smaller than this share of the largest rate count as none.
+
+    Returns:
+        One of ``SHAPES``: "constant"; "decays only" (never rises: step, exponential, plateau);
+        "rises only"; "rises, then decays" (every rise before every fall: warm-up, one-cycle);
+        "decays, then rises again" (a rise after a fall: warm restarts).
+    """
+    lr = np.asarray(trace, dtype=float)
+    step = np.diff(lr)
+    tol = rel_tol * float(np.abs(lr).max()) if len(lr) else 0.0
+    rises, falls = np.flatnonzero(step > tol), np.flatnonzero(step < -tol)
+    if not len(rises):
+        return SHAPES[1] if len(falls) else SHAPES[0]
+    if not len(falls):
+        return SHAPES[2]
+    return SHAPES[3] if rises.max() < falls.min() else SHAPES[4]
+
+
 def lr_range_test(
     model: nn.Module,
     loader: DataLoader,
@@ -627,6 +654,9 @@ def summary(
     base_lr: float,
     test_size: int,
     target_points: float = 1.0,
+    adamw: pd.DataFrame | None = None,
+    scaling: pd.DataFrame | None = None,
+    sgd: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The facts of one run of notebook 09, for its discussion to refer to by name.
 
@@ -641,9 +671,15 @@ def summary(
         base_lr: the constant rate (``BASE_LR``).
         test_size: test images (one error is 100 / test_size points).
         target_points: the equal-budget target, in points.
+        adamw: ``versus_constant`` of the AdamW runs (None or empty: no rows).
+        scaling: ``scaling_table`` of the linear-scaling runs (None or empty: no rows).
+        sgd: ``versus_constant`` of the SGD runs of ``table`` (None or empty: no rows).
 
     Returns:
-        One row per fact: value and context.
+        One row per fact: value and context. Besides the SGD comparison: how many rules only
+        decay and how many raise the rate at some point (``trace_shape``), each SGD and AdamW
+        schedule's gain over the same optimizer at a constant rate, and each larger batch against
+        the small-batch reference, with paired intervals and verdicts.
     """
     gain = float(table.loc[best, "gain_vs_constant_points"])
     constant = float(table.loc["constant", "test_mean"])
@@ -700,4 +736,41 @@ def summary(
                 "at BASE_LR, first seed (all epochs: never cut)",
             )
         )
-    return fact_table(rows, digits=4)
+    shapes = {n: trace_shape(t) for n, t in traces.items() if n != "constant"}
+    decay = [n for n, sh in shapes.items() if sh == "decays only"]
+    rise = [n for n, sh in shapes.items() if sh not in ("constant", "decays only")]
+    rows += [
+        ("rules that only decay", len(decay), ", ".join(decay) or "none"),
+        ("rules that raise the rate at some point", len(rise), ", ".join(rise) or "none"),
+    ]
+    rows += _versus_rows(sgd, "SGD") + _versus_rows(adamw, "AdamW")
+    return fact_table(rows + _scaling_rows(scaling), digits=4)
+
+
+def _versus_rows(table: pd.DataFrame | None, optimizer: str) -> list:
+    """Fact rows of a ``versus_constant`` table: each schedule's gain with interval and verdict."""
+    if table is None or table.empty:
+        return []
+    return [
+        (
+            f"{optimizer} {name} minus {optimizer} constant",
+            float(r["gain_vs_constant_points"]),
+            f"points [{r['gain_low']:.3g}, {r['gain_high']:.3g}]: {r['verdict']}",
+        )
+        for name, r in table.drop(index="constant", errors="ignore").iterrows()
+    ]
+
+
+def _scaling_rows(scaling: pd.DataFrame | None) -> list:
+    """Fact rows of a ``scaling_table``: each larger batch against the reference, with interval."""
+    rows = []
+    if scaling is not None and not scaling.empty:
+        for (k, rule), r in scaling.iterrows():
+            rows.append(
+                (
+                    f"batch x{k}, {rule}: minus the small batch",
+                    float(r["vs_reference_points"]),
+                    f"points [{r['low']:.3g}, {r['high']:.3g}]: {r['verdict']}",
+                )
+            )
+    return rows

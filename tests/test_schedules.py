@@ -425,6 +425,55 @@ def test_versus_constant_and_scaling_tables():
     assert sc.loc[(4, "same lr"), "vs_reference_points"] == pytest.approx(-25.0)
     assert sc.loc[(4, "lr x k"), "seeds"] == 2
     assert (schedules.scaling_table(rows, runs, {}, seeds)["verdict"] == "no reference").all()
+    base = schedules.per_schedule(_results())
+    f = schedules.summary(
+        base, "onecycle", pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"]),
+        pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr")),
+        {"lr_min_loss": 0.8, "max_lr": 0.4}, {}, steps_per_epoch=2, base_lr=0.05,
+        test_size=1000, adamw=t, scaling=sc, sgd=t,
+    )  # fmt: skip
+    assert f.loc["AdamW onecycle minus AdamW constant", "value"] == pytest.approx(37.5)
+    assert f.loc["SGD onecycle minus SGD constant", "value"] == pytest.approx(37.5)
+    assert "AdamW constant minus AdamW constant" not in f.index
+    assert f.loc["batch x4, same lr: minus the small batch", "value"] == pytest.approx(-25.0)
+    assert f.loc["batch x4, lr x k: minus the small batch", "context"].endswith(
+        sc.loc[(4, "lr x k"), "verdict"]
+    )
+    assert f["context"].str.len().max() <= 50
+
+
+def test_trace_shape_tells_decay_from_warm_up_and_restarts():
+    assert schedules.trace_shape([0.1] * 4) == "constant"
+    assert schedules.trace_shape([0.1, 0.1, 0.01, 0.001]) == "decays only"  # step, plateau
+    assert schedules.trace_shape([0.01, 0.05, 0.1]) == "rises only"
+    assert schedules.trace_shape([0.01, 0.1, 0.05, 0.0]) == "rises, then decays"  # warm-up
+    assert schedules.trace_shape([0.1, 0.01, 0.1, 0.01]) == "decays, then rises again"  # SGDR
+    assert schedules.trace_shape([0.1, 0.1 * (1 + 1e-12), 0.1]) == "constant"  # rounding
+    assert set(schedules.SHAPES) == {
+        "constant", "decays only", "rises only", "rises, then decays", "decays, then rises again"
+    }  # fmt: skip
+
+
+def test_summary_counts_rules_that_only_decay():
+    traces = {
+        "constant": [0.05] * 4,
+        "step": [0.05, 0.05, 0.005, 0.005],
+        "onecycle": [0.01, 0.2, 0.1, 0.0],
+        "cosine_restarts": [0.05, 0.0, 0.05, 0.0],
+    }
+    f = schedules.summary(
+        schedules.per_schedule(_results()), "onecycle",
+        pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"]),
+        pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr")),
+        {"lr_min_loss": 0.8, "max_lr": 0.2}, traces, steps_per_epoch=1, base_lr=0.05,
+        test_size=1000,
+    )  # fmt: skip
+    assert f.loc["rules that only decay", "value"] == 1
+    assert f.loc["rules that only decay", "context"] == "step"
+    assert f.loc["rules that raise the rate at some point", "value"] == 2
+    assert (
+        f.loc["rules that raise the rate at some point", "context"] == "onecycle, cosine_restarts"
+    )
 
 
 @pytest.mark.parametrize(
