@@ -144,11 +144,17 @@ HINTON_TEXT = (
     "the distilled net saw no jittered images"
 )
 DC16 = "Han, Mao, Dally 2016 (Deep Compression)"
-UNCHECKED = (
-    "not checked against a text copy: the paper's Table 1 is an image in every copy found here "
-    "(the figure as widely quoted)"
-)
+#: Han, Pool, Tran, Dally, "Learning both weights and connections for efficient neural networks"
+#: (NeurIPS 2015) is arXiv:1506.02626; Deep Compression (Han, Mao, Dally, ICLR 2016) is
+#: arXiv:1510.00149.
+HAN15_TABLE = "Table 1 of arXiv:1506.02626"
+UNCHECKED = HAN15_TABLE + ", not checked against a text copy (the figure as widely quoted)"
 DC_TABLE = "checked against the text of the paper's Table 1 (arXiv:1510.00149v5)"
+#: A Han et al. 2015 reference row that Deep Compression's Table 1 repeats, checked there.
+DC_REFERENCE = (
+    HAN15_TABLE + "; the same figure is Deep Compression's reference row, checked against the "
+    "text of its Table 1 (arXiv:1510.00149v5)"
+)
 
 #: Published figures, and the functions that read ours from a notebook's records.
 CLAIMS = [
@@ -160,7 +166,7 @@ CLAIMS = [
         1.64,
         "04_weight_pruning",
         lambda r: error_of(r, _baseline(r)),
-        DC_TABLE + " (its reference row)",
+        DC_REFERENCE,
     ),
     Claim(
         HAN15,
@@ -220,7 +226,7 @@ CLAIMS = [
         0.80,
         CAFFE,
         lambda r: error_of(r, _baseline(r)),
-        "0.80% is also Deep Compression's reference row, " + DC_TABLE,
+        DC_REFERENCE,
     ),
     Claim(
         HAN15,
