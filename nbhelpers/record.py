@@ -125,10 +125,20 @@ def without_timings(records: Any) -> Any:
         records: name -> value, as ``read`` returns.
 
     Returns:
-        The same structure without the keys ``is_timing`` recognises.
+        The same structure without the keys ``is_timing`` recognises, and without the fact-table
+        rows (dicts with a ``fact`` key) that name a speed or timing or say they were timed.
     """
     if isinstance(records, dict):
         return {k: without_timings(v) for k, v in records.items() if not is_timing(str(k))}
     if isinstance(records, list):
-        return [without_timings(v) for v in records]
+        return [without_timings(v) for v in records if not _timed_row(v)]
     return records
+
+
+def _timed_row(row: Any) -> bool:
+    """Whether a table row (a dict in a recorded list) is a fact row holding a timing: its ``fact``
+    names a speed or timing, or its ``context`` says it was timed."""
+    if not isinstance(row, dict) or "fact" not in row:
+        return False
+    fact, context = str(row["fact"]).lower(), str(row.get("context", "")).lower()
+    return is_timing(fact) or "speed" in fact or "timed" in context

@@ -56,3 +56,13 @@ def test_without_timings_is_recursive():
         "table": [{"model": "a", "latency_ms_b1": 3, "speedup_b1": 1, "bytes": 4}],
     }
     assert without_timings(recs) == {"acc": 1, "table": [{"model": "a", "bytes": 4}]}
+
+
+def test_without_timings_drops_timed_fact_rows():
+    facts = [
+        {"fact": "speed of lenet5 / mlp, batch 64", "value": 0.2, "context": "timed side by side"},
+        {"fact": "fit", "value": 3.0, "context": "seconds, timed"},
+        {"fact": "latency_ms at batch 1", "value": 1.0, "context": ""},
+        {"fact": "mlp above chance", "value": True, "context": "95% interval"},
+    ]
+    assert without_timings({"facts": facts}) == {"facts": [facts[3]]}
