@@ -8,6 +8,8 @@
   histories, best so far, trials to a target, plots);
 * ``early_stopping``: successive halving and Hyperband against full-budget search at equal
   epochs, on cached learning curves of the grid;
+* ``selection``: choosing by test accuracy (a common mistake) against choosing by
+  cross-validation: the optimism of the test-selected score, on an untouched split;
 * ``summary``: each notebook's facts as a small table its discussion refers to;
 * ``winners``: the configuration a search chose, refitted and scored on the test images.
 
@@ -62,6 +64,12 @@ from .early_stopping import (
     plot_epochs,
 )
 from .estimator import SeededNet, WidthMLP, flat_subset, make_estimator, results_table
+from .selection import (
+    OPTIMISM_COLUMNS,
+    check_selection_sizes,
+    selection_optimism,
+    selection_summary,
+)
 from .space import (
     DEFAULTS,
     MLP_SPACE,
@@ -81,6 +89,10 @@ from .summary import bayes_summary, facts_of, grid_summary, random_summary, targ
 from .winners import cell_params, cell_test_hits, winner_cell
 
 __all__ = [
+    "OPTIMISM_COLUMNS",
+    "check_selection_sizes",
+    "selection_optimism",
+    "selection_summary",
     "cell_params",
     "cell_test_hits",
     "winner_cell",
