@@ -531,6 +531,197 @@ def dynamic_int8(model: nn.Module, engine: str = "x86") -> nn.Module:
         )
 
 
+def observer_ranges(prepared: nn.Module) -> pd.DataFrame:
+    """What each activation observer of a prepared model saw, and the int8 range it will use.
+
+    Args:
+        prepared: a model from ``prepare_static``, calibrated or not.
+
+    Returns:
+        One row per activation observer ("quant" is the input, "body.<i>" the output of layer
+        i): observed_min and observed_max (NaN when it saw no data), scale and zero_point that
+        ``convert`` will use, and range_low and range_high, the floats the integer grid covers.
+    """
+    rows = []
+    with quiet_ao():
+        for name, m in prepared.named_modules():
+            if not name.endswith("activation_post_process") or not hasattr(m, "min_val"):
+                continue
+            lo, hi = float(m.min_val), float(m.max_val)
+            scale, zero = (float(t) for t in m.calculate_qparams())
+            rows.append(
+                {
+                    "layer": name.removesuffix(".activation_post_process"),
+                    "observed_min": lo if math.isfinite(lo) else math.nan,
+                    "observed_max": hi if math.isfinite(hi) else math.nan,
+                    "scale": scale,
+                    "zero_point": int(zero),
+                    "range_low": scale * (m.quant_min - zero),
+                    "range_high": scale * (m.quant_max - zero),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def class_batch(
+    loader: DataLoader, label: int, size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch of the first ``size`` images of a single class in a loader.
+
+    Args:
+        loader: yields (x, y) batches.
+        label: the class.
+        size: how many images (fewer when the loader has fewer of that class).
+
+    Returns:
+        A one-batch list [(x, y)], usable wherever a calibration loader is.
+    """
+    check_int("size", size, minimum=1)
+    xs, ys, n = [], [], 0
+    for x, y in loader:
+        keep = y == label
+        xs.append(x[keep])
+        ys.append(y[keep])
+        n += int(keep.sum())
+        if n >= size:
+            break
+    if n == 0:
+        raise ValueError(f"no image of class {label} in the loader")
+    return [(torch.cat(xs)[:size], torch.cat(ys)[:size])]
+
+
+def _paired_row(base: np.ndarray, right: np.ndarray, hits: np.ndarray) -> dict:
+    """Accuracy of one model with its paired differences against fp32 and the right way."""
+    from .stats import paired_difference
+
+    row: dict = {"accuracy": float(hits.mean())}
+    for ref, against in (("fp32", base), ("calibrated", right)):
+        d = paired_difference(against, hits)
+        row |= {
+            f"vs_{ref}_points": d["difference"],
+            f"vs_{ref}_low": d["low"],
+            f"vs_{ref}_high": d["high"],
+            f"vs_{ref}_verdict": d["verdict"],
+        }
+    return row
+
+
+def calibration_mistakes(
+    model: nn.Sequential,
+    loader: DataLoader,
+    test_loader: DataLoader,
+    batches: int,
+    label: int,
+    engine: str = "x86",
+    scratch_bits: int = 8,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Static int8 calibrated the right way against two common mistakes, on the same test images.
+
+    The right way runs ``batches`` training batches through the observers. The mistakes: no
+    calibration at all (observers that saw no data fall back to scale 1 and zero point 0), and
+    calibration on one batch, or one image, of a single class ``label``. Each setting is run
+    twice: as PyTorch eager int8 (the engine's default observers, which search a clipping range
+    in a histogram) and from scratch with plain min/max ranges of every layer's input
+    (``activation_ranges``, ``quantize_activations`` at ``scratch_bits``; weights stay float).
+
+    Args:
+        model: the float ``nn.Sequential`` (not changed).
+        loader: training batches (calibration data).
+        test_loader: test batches, the same images for every model.
+        batches: calibration batches of the right way.
+        label: the single class of the mistaken calibration.
+        engine: quantized engine (its default qconfig).
+        scratch_bits: activation bits of the from-scratch path.
+
+    Returns:
+        (accuracy, ranges). accuracy: one row per (quantizer, setting) with calibration_images,
+        accuracy and, against the fp32 model and against the calibrated model of the same
+        quantizer, the paired difference in points with its 95% interval and verdict. ranges:
+        ``observer_ranges`` of each eager setting, one row per (setting, layer).
+    """
+    from .measure import correct
+
+    right = f"calibrated: {batches} batches"
+    one = class_batch(loader, label, 64)
+    settings = {
+        right: (loader, batches),
+        "no calibration": ([], 0),
+        f"one batch of class {label}": (one, 1),
+        f"one image of class {label}": ([(one[0][0][:1], one[0][1][:1])], 1),
+    }
+    base = correct(model, test_loader)
+    rows, ranges, hits = [], [], {}
+    for setting, (data, n) in settings.items():
+        prepared = prepare_static(model, engine)
+        images = calibrate(prepared, data, n) if n else 0
+        hits[("torch int8", setting)] = correct(convert(prepared), test_loader)
+        ranges.append(observer_ranges(prepared).assign(setting=setting))
+        rows.append({"quantizer": "torch int8", "setting": setting, "calibration_images": images})
+        if n:
+            quantizer = f"from scratch, min/max, {scratch_bits}-bit inputs"
+            r = activation_ranges(model, data, n)
+            hits[(quantizer, setting)] = correct(
+                quantize_activations(model, scratch_bits, r), test_loader
+            )
+            rows.append({"quantizer": quantizer, "setting": setting, "calibration_images": images})
+    for row in rows:
+        ok = hits[(row["quantizer"], row["setting"])]
+        row |= _paired_row(base, hits[(row["quantizer"], right)], ok)
+    accuracy = pd.DataFrame(rows).sort_values("quantizer", kind="stable", ignore_index=True)
+    return accuracy, pd.concat(ranges, ignore_index=True)[["setting", *ranges[0].columns[:-1]]]
+
+
+def _mistake_facts(accuracy: pd.DataFrame, ranges: pd.DataFrame) -> list[tuple]:
+    """Facts of ``calibration_mistakes`` tables of several models (each with a model column).
+
+    Args:
+        accuracy: the accuracy tables, concatenated, with a ``model`` column.
+        ranges: the ranges tables, concatenated, with a ``model`` column.
+
+    Returns:
+        Per model and quantizer: the calibrated model against fp32, every mistake against the
+        calibrated model (points and verdict, paired 95% interval); per model and eager setting,
+        the step of the input grid and the smallest ratio of a layer's range width to the
+        calibrated one (below 1: that layer's range is narrower).
+    """
+    rows = []
+    for r in accuracy.itertuples():
+        right = r.setting.startswith("calibrated")
+        ref = "fp32" if right else "calibrated"
+        name = f"{r.model} {r.quantizer}, {'calibrated' if right else r.setting}"
+        lo, hi = getattr(r, f"vs_{ref}_low"), getattr(r, f"vs_{ref}_high")
+        ctx = f"[{lo:+.2f}, {hi:+.2f}] points, paired 95%; {r.calibration_images} images"
+        rows += [
+            (f"{name}: change vs {ref}", round(getattr(r, f"vs_{ref}_points"), 2), "points", ctx),
+            (f"{name}: verdict vs {ref}", getattr(r, f"vs_{ref}_verdict"), "", ctx),
+        ]
+    width = ranges.assign(width=ranges.range_high - ranges.range_low)
+    for model, g in width.groupby("model", sort=False):
+        right = g[g.setting.str.startswith("calibrated")].set_index("layer").width
+        for setting, s in g.groupby("setting", sort=False):
+            s = s.set_index("layer")
+            label = "calibrated" if setting.startswith("calibrated") else setting
+            rows.append(
+                (
+                    f"{model} torch int8, {label}: input grid step",
+                    round(float(s.loc["quant", "scale"]), 4),
+                    "",
+                    "scale of the quantized input image (pixels in [0, 1])",
+                )
+            )
+            if not setting.startswith("calibrated"):
+                ratio = s.width / right
+                rows.append(
+                    (
+                        f"{model} torch int8, {setting}: range width vs calibrated, smallest",
+                        round(float(ratio.min()), 2),
+                        "x",
+                        f"layer {ratio.idxmin()}; widest: {ratio.max():.3g}x, {ratio.idxmax()}",
+                    )
+                )
+    return rows
+
+
 # ---------------------------------------------------------------- ONNX and ONNX Runtime
 
 ORT_FORMATS = ("QDQ", "QOperator")
@@ -1084,7 +1275,9 @@ def ort_profile(
         prefix: where the profiler writes its JSON (default: beside the model); the file is removed.
 
     Returns:
-        One row per node, slowest first: node, op, ms_per_run, share (of the summed kernel time).
+        One row per node, slowest first: node, op, input_type (element type of its first
+        input, e.g. "uint8"), order (position in execution order), ms_per_run, share (of the
+        summed kernel time).
     """
     import json
 
@@ -1102,14 +1295,76 @@ def ort_profile(
     trace = Path(sess.end_profiling())
     events = json.loads(trace.read_text())
     trace.unlink(missing_ok=True)
-    rows: dict[tuple[str, str], float] = {}
+    rows: dict[tuple[str, str], dict] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            key = (e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", ""))
-            rows[key] = rows.get(key, 0.0) + e["dur"] / 1e3 / (runs + 1)
-    df = pd.DataFrame([{"node": n, "op": op, "ms_per_run": v} for (n, op), v in rows.items()])
+            args = e.get("args", {})
+            key = (e["name"][: -len("_kernel_time")], args.get("op_name", ""))
+            first = (args.get("input_type_shape") or [{}])[0]
+            row = rows.setdefault(
+                key, {"order": len(rows), "input_type": next(iter(first), ""), "ms": 0.0}
+            )
+            row["ms"] += e["dur"] / 1e3 / (runs + 1)
+    df = pd.DataFrame(
+        [
+            {
+                "node": n,
+                "op": op,
+                "input_type": r["input_type"],
+                "order": r["order"],
+                "ms_per_run": r["ms"],
+            }
+            for (n, op), r in rows.items()
+        ]
+    )
     df["share"] = df["ms_per_run"] / df["ms_per_run"].sum()
     return df.sort_values("ms_per_run", ascending=False).reset_index(drop=True)
+
+
+#: Operator types of ONNX Runtime's CPU kernels, by what they do (``profile_by_op``).
+OP_GROUPS = {
+    "convolution": ("Conv", "ConvInteger", "QLinearConv", "FusedConv", "NhwcFusedConv"),
+    "matrix product": (
+        "Gemm",
+        "FusedGemm",
+        "QGemm",
+        "MatMul",
+        "FusedMatMul",
+        "MatMulInteger",
+        "QLinearMatMul",
+        "DynamicQuantizeMatMul",
+    ),
+    "quantize / dequantize": ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"),
+    "layout": ("Transpose", "ReorderInput", "ReorderOutput", "Flatten", "Reshape"),
+    "pooling": ("MaxPool", "NhwcMaxPool", "AveragePool", "QLinearAveragePool"),
+    "casts and element-wise": ("Cast", "Mul", "Add", "Relu", "Clip", "QLinearAdd", "QLinearMul"),
+}
+
+
+def op_group(op: str) -> str:
+    """The ``OP_GROUPS`` name of an ONNX Runtime operator type ("other" when it is in none)."""
+    return next((g for g, ops in OP_GROUPS.items() if op in ops), "other")
+
+
+def profile_by_op(profiles: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Share of each model's profiled time per operator type, every operator kept.
+
+    Args:
+        profiles: model name -> ``ort_profile`` of one model.
+
+    Returns:
+        Index (group, operator), the operator written with the element type of its first input
+        (e.g. "MaxPool (uint8)"); one column per model: its share of that model's summed kernel
+        time (0 where the model has no such operator); rows in ``OP_GROUPS`` order.
+    """
+    parts = []
+    for name, p in profiles.items():
+        op = p["op"] + " (" + p["input_type"].astype(str) + ")"
+        g = p.assign(group=p["op"].map(op_group), operator=op)
+        parts.append(g.groupby(["group", "operator"])["share"].sum().rename(name))
+    table = pd.concat(parts, axis=1).fillna(0.0)
+    order = {g: i for i, g in enumerate([*OP_GROUPS, "other"])}
+    return table.sort_index(key=lambda ix: ix.map(order) if ix.name == "group" else ix)
 
 
 # ---------------------------------------------------------------- targets and this run's facts
@@ -1256,6 +1511,7 @@ def _cpu_facts(cpu: dict) -> list[tuple]:
     return [
         ("CPU", str(cpu["cpu"]), "", "model name"),
         ("CPU has VNNI", bool(cpu["vnni"]), "", "avx512_vnni or avx_vnni (VPDPBUSD)"),
+        ("CPU has AMX int8", bool(cpu.get("amx", False)), "", "amx_int8 (tile matrix multiply)"),
         (
             "ONNX Runtime reduce_range chosen",
             bool(cpu["int8_reduce_range"]),
@@ -1425,27 +1681,81 @@ def _scan_facts(width_scan: pd.DataFrame) -> list[tuple]:
     ]
 
 
-def _profile_facts(int8: pd.DataFrame, fp32: pd.DataFrame) -> list[tuple]:
-    """Facts of ONNX Runtime's per-operator profiles of an int8 and an fp32 model."""
-    top = int8.iloc[0]
-    conv8 = float(int8[int8.op.str.contains("Conv")].ms_per_run.sum())
-    conv32 = float(fp32[fp32.op.str.contains("Conv")].ms_per_run.sum())
-    return [
-        (
-            "int8 profile: slowest operator",
-            f"{top['op']} {top['node']}",
-            "",
-            f"{top['ms_per_run']:.3g} of {int8.ms_per_run.sum():.3g} ms per call",
-        ),
-        (
-            "int8 profile: slowest is layer 0",
-            bool(str(top["node"]).startswith("/0/")),
-            "",
-            "node names start with the position in the Sequential",
-        ),
-        ("int8 convolutions: time per call", round(conv8, 3), "ms", "all Conv operators"),
-        ("fp32 convolutions: time per call", round(conv32, 3), "ms", "all Conv operators"),
+def _group_ms(profile: pd.DataFrame, group: str) -> float:
+    """Milliseconds per call a profile spends in one ``OP_GROUPS`` group."""
+    return float(profile.loc[profile["op"].map(op_group) == group, "ms_per_run"].sum())
+
+
+def _profile_facts(profiles: Mapping[str, pd.DataFrame], fp32: str) -> list[tuple]:
+    """Facts of ONNX Runtime's per-operator profiles: each int8 model against the fp32 one.
+
+    Args:
+        profiles: model name -> ``ort_profile`` (with its order and input_type columns).
+        fp32: the name of the float model's profile.
+
+    Returns:
+        Per int8 model: its time over fp32's, the shares of its first convolution, of all its
+        convolutions, of quantize/dequantize, layout and pooling operators, its convolution time
+        over fp32's, and its slowest operator.
+    """
+    ref = profiles[fp32]
+    total32, conv32 = float(ref.ms_per_run.sum()), _group_ms(ref, "convolution")
+    rows: list[tuple] = [
+        ("fp32 profile: time per call", round(total32, 3), "ms", f"{fp32}, summed kernel time"),
+        ("fp32 profile: layout share", round(_group_ms(ref, "layout") / total32, 3), "", fp32),
     ]
+    for name, p in profiles.items():
+        if name == fp32:
+            continue
+        total = float(p.ms_per_run.sum())
+        convs = p[p["op"].map(op_group) == "convolution"].sort_values("order")
+        first, top = convs.iloc[0], p.iloc[0]
+        share = {g: _group_ms(p, g) / total for g in OP_GROUPS}
+        pool = p[p["op"].map(op_group) == "pooling"].head(1)
+        pool_ctx = ", ".join(f"largest: {r.op} on {r.input_type}" for r in pool.itertuples())
+        conv8 = _group_ms(p, "convolution")
+        rows += [
+            (f"{name} profile: time over fp32", round(total / total32, 2), "x", f"{total:.3g} ms"),
+            (
+                f"{name} profile: first convolution share",
+                round(float(first["share"]), 3),
+                "",
+                f"{first['op']} on {first['input_type']}, node {first['node']}",
+            ),
+            (f"{name} profile: convolution share", round(share["convolution"], 3), "", ""),
+            (
+                f"{name} profile: most time in convolutions",
+                bool(share["convolution"] > 0.5),
+                "",
+                "convolution share above one half",
+            ),
+            (
+                f"{name} profile: quantize/dequantize share",
+                round(share["quantize / dequantize"], 3),
+                "",
+                ", ".join(OP_GROUPS["quantize / dequantize"]),
+            ),
+            (
+                f"{name} profile: layout share",
+                round(share["layout"], 3),
+                "",
+                ", ".join(OP_GROUPS["layout"]),
+            ),
+            (f"{name} profile: pooling share", round(share["pooling"], 3), "", pool_ctx),
+            (
+                f"{name} profile: convolutions over fp32's",
+                round(conv8 / conv32, 2),
+                "x",
+                f"{conv8:.3g} ms against {conv32:.3g} ms per call, every convolution",
+            ),
+            (
+                f"{name} profile: slowest operator",
+                f"{top['op']} on {top['input_type']}",
+                "",
+                f"node {top['node']}: {top['ms_per_run']:.3g} of {total:.3g} ms per call",
+            ),
+        ]
+    return rows
 
 
 def summary(
@@ -1454,10 +1764,12 @@ def summary(
     table: pd.DataFrame,
     same_runtime: pd.DataFrame,
     width_scan: pd.DataFrame,
-    profiles: Sequence[pd.DataFrame],
+    profiles: Mapping[str, pd.DataFrame],
     cpu: dict,
     *,
     n_test: int,
+    fp32_profile: str = "lenet5 fp32 ort",
+    mistakes: tuple[pd.DataFrame, pd.DataFrame] | None = None,
     qat: str = "lenet5 int8 qat",
     static: str = "lenet5 int8 static",
 ) -> pd.DataFrame:
@@ -1472,9 +1784,12 @@ def summary(
         same_runtime: ``same_runtime_speedups`` of the int8 models.
         width_scan: the width scan (channels, batch_size, fp32_ms, int8_ms, int8_speedup); may be
             empty.
-        profiles: (int8 profile, fp32 profile) of the same model (``ort_profile``).
+        profiles: model name -> ``ort_profile`` of the same architecture, fp32 and int8.
         cpu: ``machine.describe()`` of this run.
         n_test: number of test images.
+        fp32_profile: the name of the float model in ``profiles``.
+        mistakes: (accuracy, ranges) of ``calibration_mistakes``, each model's tables
+            concatenated with a ``model`` column (None leaves their facts out).
         qat: the QAT model's row in ``table``; it runs the same int8 kernels as ``static``, so
             its bytes and speed are left out.
         static: the static post-training model it is compared with.
@@ -1494,7 +1809,8 @@ def summary(
         + _size_speed_facts(kernels, table)
         + _runtime_facts(table)
         + _scan_facts(width_scan)
-        + _profile_facts(*profiles)
+        + _profile_facts(profiles, fp32_profile)
+        + (_mistake_facts(*mistakes) if mistakes is not None else [])
     )
     rows += [
         (

@@ -448,6 +448,13 @@ def test_int8_targets_and_targets_met():
     assert set(Q.TARGET_KINDS) == {t["name"].split()[0] for t in kept + speed}
 
 
+def _profile(rows: list[tuple]) -> pd.DataFrame:
+    """An ``ort_profile``-shaped table from (node, op, input_type, order, ms) rows."""
+    df = pd.DataFrame(rows, columns=["node", "op", "input_type", "order", "ms_per_run"])
+    df["share"] = df.ms_per_run / df.ms_per_run.sum()
+    return df.sort_values("ms_per_run", ascending=False, ignore_index=True)
+
+
 def test_summary_facts_on_known_tables():
     table = _compare_rows()
     table.loc["lenet5 int8 qat"] = table.loc["mlp int8 dynamic"].to_dict() | {"accuracy": 0.95}
@@ -476,18 +483,25 @@ def test_summary_facts_on_known_tables():
         }
     )
     scan["int8_speedup"] = scan.fp32_ms / scan.int8_ms
-    prof8 = pd.DataFrame(
-        {
-            "node": ["/0/Conv_token_1", "/3/Conv"],
-            "op": ["QLinearConv", "QLinearConv"],
-            "ms_per_run": [3.0, 1.0],
-        }
+    prof8 = _profile(
+        [
+            ("/3/Conv", "QLinearConv", "uint8", 2, 1.0),
+            ("/0/Conv_token_1", "QLinearConv", "uint8", 1, 2.0),
+        ]
+        + [("x_QuantizeLinear", "QuantizeLinear", "float", 0, 0.5)]
+        + [
+            ("Transpose", "Transpose", "uint8", 3, 0.25),
+            ("/2/MaxPool", "MaxPool", "uint8", 4, 0.25),
+        ]
     )
-    prof32 = pd.DataFrame(
-        {"node": ["/1/Relu", "x"], "op": ["Conv", "Reorder"], "ms_per_run": [0.5, 0.25]}
+    prof32 = _profile(
+        [("/1/Relu", "Conv", "float", 0, 0.5), ("x", "ReorderOutput", "float", 1, 0.5)]
     )
+    profiles = {"f32": prof32, "q8": prof8}
     cpu = {"cpu": "Test CPU", "vnni": False, "int8_reduce_range": True, "int8_reason": "no VNNI"}
-    f = Q.summary(sweep, naive, table, same, scan, (prof8, prof32), cpu, n_test=1000)["value"]
+    f = Q.summary(sweep, naive, table, same, scan, profiles, cpu, n_test=1000, fp32_profile="f32")[
+        "value"
+    ]
     assert (
         f["CPU"] == "Test CPU"
         and f["CPU has VNNI"] is False
@@ -519,15 +533,23 @@ def test_summary_facts_on_known_tables():
     )
     assert f["width scan: int8 faster at the widest"] is True
     assert f["width scan: fp32 time growth"] == 8.0 and f["width scan: int8 time growth"] == 1.0
-    assert f["int8 profile: slowest operator"] == "QLinearConv /0/Conv_token_1"
-    assert f["int8 profile: slowest is layer 0"] is True
+    assert f["CPU has AMX int8"] is False  # no "amx" key: not claimed
+    assert f["fp32 profile: time per call"] == 1.0 and f["fp32 profile: layout share"] == 0.5
+    assert f["q8 profile: time over fp32"] == 4.0
     assert (
-        f["int8 convolutions: time per call"] == 4.0
-        and f["fp32 convolutions: time per call"] == 0.5
-    )
+        f["q8 profile: first convolution share"] == 0.5
+    )  # /0/ runs first, not the slowest-first row
+    assert f["q8 profile: convolution share"] == 0.75
+    assert f["q8 profile: most time in convolutions"] is True
+    assert f["q8 profile: quantize/dequantize share"] == 0.125
+    assert f["q8 profile: layout share"] == 0.062 and f["q8 profile: pooling share"] == 0.062
+    assert f["q8 profile: convolutions over fp32's"] == 6.0
+    assert f["q8 profile: slowest operator"] == "QLinearConv on uint8"
     assert f["largest int8 accuracy drop"] == 1.0 and f["QAT minus static PTQ"] == 1.0
     assert f["one test image"] == 0.1 and f["standard error of mlp fp32's accuracy"] == 0.69
-    skipped = Q.summary(sweep, naive, table, same, scan.iloc[:0], (prof8, prof32), cpu, n_test=1000)
+    skipped = Q.summary(
+        sweep, naive, table, same, scan.iloc[:0], profiles, cpu, n_test=1000, fp32_profile="f32"
+    )
     assert skipped.loc["width scan", "value"] == "skipped"
 
 
@@ -649,3 +671,92 @@ def test_notebook_new_parameters_fail_in_validation(override, name, tmp_path):
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "06_quantization.ipynb"
     assert_fails_in_validation(nb, tmp_path, name, **override)
+
+
+def test_op_groups_and_profile_by_op_keep_every_operator():
+    assert Q.op_group("QLinearConv") == "convolution" and Q.op_group("ReorderOutput") == "layout"
+    assert Q.op_group("DynamicQuantizeLinear") == "quantize / dequantize"
+    assert Q.op_group("NoSuchOp") == "other"
+    a = _profile([("c", "Conv", "float", 0, 3.0), ("p", "MaxPool", "float", 1, 1.0)])
+    b = _profile(
+        [("c", "QLinearConv", "uint8", 1, 1.0), ("q", "QuantizeLinear", "float", 0, 1.0)]
+        + [("p", "MaxPool", "uint8", 2, 1.0), ("z", "NoSuchOp", "uint8", 3, 1.0)]
+    )
+    t = Q.profile_by_op({"a": a, "b": b})
+    assert list(t.columns) == ["a", "b"] and np.allclose(t.sum(), 1.0)
+    assert list(t.index.get_level_values("group")) == [
+        "convolution",
+        "convolution",
+        "quantize / dequantize",
+        "pooling",
+        "pooling",
+        "other",
+    ]
+    assert t.loc[("convolution", "Conv (float)"), "a"] == 0.75
+    assert t.loc[("pooling", "MaxPool (uint8)")].tolist() == [0.0, 0.25]
+
+
+def test_ort_profile_lists_every_operator_in_execution_order(tmp_path):
+    torch.manual_seed(0)
+    model = LeNet5((1, 8, 8)).eval()
+    x = torch.rand(16, 1, 8, 8)
+    fp32 = Q.export_onnx(model, tmp_path / "m.onnx", x)
+    q = Q.ort_quantize(fp32, tmp_path / "q.onnx", [(x, None)], 1)
+    p = Q.ort_profile(q, x, runs=2, prefix=tmp_path / "prof")
+    assert sorted(p.order) == list(range(len(p))) and p.share.sum() == pytest.approx(1.0)
+    first = p.sort_values("order").iloc[0]
+    assert first["op"] == "QuantizeLinear" and first["input_type"] == "float"
+    assert (p[p.op == "QLinearConv"].input_type == "uint8").all()
+    assert (p.op.map(Q.op_group) != "other").all()  # every operator has a named group
+
+
+def test_class_batch_and_observer_ranges():
+    x = torch.arange(12.0).reshape(12, 1)
+    loader = [(x[:6], torch.tensor([0, 1, 0, 1, 0, 1])), (x[6:], torch.tensor([1, 1, 0, 0, 0, 0]))]
+    [(xb, yb)] = Q.class_batch(loader, 1, 4)
+    assert xb.flatten().tolist() == [1.0, 3.0, 5.0, 6.0] and (yb == 1).all()
+    with pytest.raises(ValueError, match="class 7"):
+        Q.class_batch(loader, 7, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU())
+    none = Q.observer_ranges(Q.prepare_static(model))
+    assert list(none.layer) == ["quant", "body.0"] and none.observed_min.isna().all()
+    assert (none.scale == 1.0).all() and (none.range_high == 127.0).all()  # x86: 7-bit activations
+    p = Q.prepare_static(model)
+    Q.calibrate(p, [(x, None)], 1)
+    seen = Q.observer_ranges(p).set_index("layer")
+    assert seen.loc["quant", "observed_min"] == 0.0 and seen.loc["quant", "observed_max"] == 11.0
+    assert seen.loc["quant", "range_low"] <= 0.0 < seen.loc["quant", "range_high"] <= 11.0 + 1e-6
+
+
+def test_calibration_mistakes_pair_every_setting_with_fp32_and_the_right_way():
+    torch.manual_seed(0)
+    model = MLP(64, (16, 8)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(256, 1, 8, 8, generator=g), torch.arange(256) % 10
+    loader = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 256, 64)]
+    acc, ranges = Q.calibration_mistakes(model, loader, loader, 2, 3)
+    assert list(acc.setting) == [
+        "calibrated: 2 batches",
+        "one batch of class 3",
+        "one image of class 3",
+        "calibrated: 2 batches",
+        "no calibration",
+        "one batch of class 3",
+        "one image of class 3",
+    ]
+    assert acc.calibration_images.tolist() == [128, 26, 1, 128, 0, 26, 1]
+    right = acc[acc.setting.str.startswith("calibrated")]
+    assert (right.vs_calibrated_points == 0).all() and (
+        right.vs_calibrated_verdict == "within noise"
+    ).all()
+    assert (
+        (acc.vs_fp32_low <= acc.vs_fp32_points) & (acc.vs_fp32_points <= acc.vs_fp32_high)
+    ).all()
+    assert len(ranges) == 4 * 4 and ranges.setting.nunique() == 4  # input + 3 Linear outputs
+    f = Q._mistake_facts(acc.assign(model="mlp"), ranges.assign(model="mlp"))
+    names = {r[0]: r[1] for r in f}
+    assert names["mlp torch int8, no calibration: input grid step"] == 1.0
+    assert names["mlp torch int8, calibrated: change vs fp32"] == round(
+        right.vs_fp32_points.iloc[1], 2
+    )
+    assert "mlp torch int8, one image of class 3: verdict vs calibrated" in names
