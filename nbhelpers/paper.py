@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from .bench import markdown_table
+from .params import UnknownParameterError, check_names, notebook_parameters
 from .report import DEFAULT_NOTEBOOKS, PROJECT_DIR, RunResult, list_notebooks, run_all
 from .stats import wilson_interval
 from .targets import measured_text, target, verdict_text
@@ -628,7 +629,8 @@ def save_log(out_dir: Path, log: Mapping[str, dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 1 if any run failed."""
+    """Command-line entry point; returns 1 if any run failed, 2 for a profile naming a parameter
+    its notebook does not have (nothing runs then)."""
     from .bench import commit, machine_info
 
     ap = argparse.ArgumentParser(
@@ -652,10 +654,18 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted({k.split(".")[0] for k in chosen} - set(notebooks))
     if missing:
         ap.error(f"docs/paper names notebooks that do not exist: {missing}")
+    profiles = {key: dict(yaml.safe_load(files[key].read_text()) or {}) for key in chosen}
+    try:  # every profile checked before the first run of hours starts
+        for key, params in profiles.items():
+            stem = key.split(".")[0]
+            check_names(params, notebook_parameters(notebooks[stem]), f"{stem} ({files[key]})")
+    except UnknownParameterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     log, at, t0 = load_log(args.out), commit(), time.perf_counter()
     for key in chosen:
         stem, _, variant = key.partition(".")
-        params = dict(yaml.safe_load(files[key].read_text()) or {})
+        params = profiles[key]
         (result,) = run_all(
             [notebooks[stem]],
             args.out / variant if variant else args.out,

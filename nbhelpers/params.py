@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -207,3 +210,116 @@ def _range_text(low, high, low_inc: bool, high_inc: bool) -> str:
     if low is None:
         return f" {'<=' if high_inc else '<'} {high}"
     return f" in {'[' if low_inc else '('}{low}, {high}{']' if high_inc else ')'}"
+
+
+class UnknownParameterError(ParameterError):
+    """A parameter name the notebook does not have (a typo, or one the notebook dropped)."""
+
+    def __init__(self, name: str, known: Iterable[str], where: str):
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        self.closest = close[0] if close else None
+        hint = f"did you mean {self.closest}? " if close else ""
+        allowed = f"a parameter of {where}: {hint}its parameters are " + ", ".join(known)
+        ValueError.__init__(self, f"unknown parameter {name!r}: not {allowed}")
+        self.name, self.value, self.allowed = name, name, allowed
+
+
+def check_names(given: Iterable[str], known: Iterable[str], where: str) -> None:
+    """Refuse parameter names that are not among a notebook's parameters, before any work.
+
+    Args:
+        given: the names about to be injected (e.g. the keys of a parameters file).
+        known: the notebook's parameter names.
+        where: the notebook, for the message (e.g. "04_weight_pruning").
+
+    Raises:
+        UnknownParameterError: naming the first unknown name, the closest known one and every
+            known name.
+    """
+    known = list(known)
+    for name in given:
+        if name not in known:
+            raise UnknownParameterError(str(name), known, where)
+
+
+def notebook_parameters(path: str | Path) -> list[str]:
+    """The parameter names of a notebook: the annotated names of its cell tagged ``parameters``.
+
+    Args:
+        path: the ``.ipynb`` file.
+
+    Returns:
+        The names, in the cell's order.
+
+    Raises:
+        ValueError: when the notebook has no cell tagged ``parameters``.
+    """
+    import json
+
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return [
+                s.target.id
+                for s in tree.body
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+            ]
+    raise ValueError(f"{path} has no cell tagged 'parameters'")
+
+
+#: The first line of the cell papermill injects (``papermill.translators``' comment "Parameters").
+INJECTED_MARK = "# Parameters"
+
+
+def _assigned_names(source: str) -> list[str] | None:
+    """The names papermill's injected cell assigns: a cell whose first line is ``# Parameters``
+    and which holds nothing but plain assignments; None for any other cell."""
+    if source.lstrip().split("\n", 1)[0].strip() != INJECTED_MARK:
+        return None
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    if not body or not all(isinstance(s, ast.Assign) for s in body):
+        return None
+    return [t.id for s in body for t in s.targets if isinstance(t, ast.Name)]
+
+
+def check_injected(namespace: Mapping[str, Any], where: str = "this notebook") -> None:
+    """In a notebook's validation cell: refuse a parameter papermill injected that the notebook
+    does not have.
+
+    papermill writes overrides as plain assignments in a cell headed ``# Parameters`` after the
+    one tagged ``parameters``, whose names carry type hints and so are listed in
+    ``__annotations__``. Every such cell run since the parameters cell is checked: a name it
+    assigns that has no annotation is refused. Outside IPython (no ``In`` history) nothing is
+    checked.
+
+    Args:
+        namespace: the notebook's ``globals()``.
+        where: the notebook, for the message.
+
+    Raises:
+        UnknownParameterError: naming the unknown name, the closest parameter and all of them.
+    """
+    known = list(namespace.get("__annotations__", {}))
+    history = list(namespace.get("In") or [])
+    if not known or not history:
+        return
+    starts = [i for i, src in enumerate(history) if _defines_parameters(src, known)]
+    for src in history[starts[-1] + 1 if starts else 0 :]:
+        check_names(_assigned_names(src) or [], known, where)
+
+
+def _defines_parameters(source: str, known: list[str]) -> bool:
+    """Whether a cell is the parameters cell: it annotates one of the known names."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return any(
+        isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.target.id in known
+        for s in body
+    )

@@ -32,6 +32,7 @@ import yaml
 
 from . import record as rec
 from .leaderboard import headline
+from .params import UnknownParameterError, check_names, notebook_parameters
 from .paths import project_dir, reports_dir
 
 PROJECT_DIR = project_dir()  # resolved once, from the working directory (see nbhelpers.paths)
@@ -451,9 +452,21 @@ def run_all(
 
     Returns:
         The results, in the order of ``notebooks``.
+
+    Raises:
+        UnknownParameterError: a parameter some notebook does not have (a misspelt name), before
+            any notebook runs or any file is written.
     """
     from tqdm.auto import tqdm
 
+    params = {
+        nb.stem: dict(parameters[nb.stem])
+        if parameters is not None and nb.stem in parameters
+        else load_parameters(nb.stem, params_file, params_dir)
+        for nb in notebooks
+    }
+    for nb in notebooks:
+        check_names(params[nb.stem], notebook_parameters(nb), nb.stem)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # kernels inherit the environment: share the cores between notebooks run at once, not
@@ -461,12 +474,6 @@ def run_all(
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     # no progress bars in reports: a widget cannot show in static HTML, text bars only add noise
     os.environ.setdefault("TQDM_DISABLE", "1")
-    params = {
-        nb.stem: dict(parameters[nb.stem])
-        if parameters is not None and nb.stem in parameters
-        else load_parameters(nb.stem, params_file, params_dir)
-        for nb in notebooks
-    }
     results: dict[str, RunResult] = {}
     with (
         ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
@@ -490,7 +497,8 @@ def run_all(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 1 if any notebook failed."""
+    """Command-line entry point; returns 1 if any notebook failed, 2 for a parameter no notebook
+    has (nothing runs then)."""
     ap = argparse.ArgumentParser(
         prog="python -m nbhelpers.report", description=__doc__.split("\n")[0]
     )
@@ -512,9 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         if p is not None and not p.exists():
             ap.error(f"parameter path {p} does not exist")
     nbs = list_notebooks(args.notebooks_dir, args.notebooks)
-    results = run_all(
-        nbs, args.out, args.params, args.params_dir, args.jobs, args.timeout, args.kernel
-    )
+    try:
+        results = run_all(
+            nbs, args.out, args.params, args.params_dir, args.jobs, args.timeout, args.kernel
+        )
+    except UnknownParameterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     failed = [r.stem for r in results if r.status != "ok"]
     print(
         f"{len(results) - len(failed)} ok, {len(failed)} failed; index: {args.out / 'index.html'}"

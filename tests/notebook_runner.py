@@ -33,9 +33,11 @@ def validation_error(nb_path: Path, out_dir: Path, **overrides: Any) -> BaseExce
     """Run a notebook's cells up to its validation cell in this process; return what it raised.
 
     The code cells before the ``parameters`` cell (the imports), the parameters cell, the overrides
-    (as papermill would inject them) and then the next code cell (the validation cell) run in one
-    fresh namespace. ``OUTPUT_DIR`` points into ``out_dir``. This is what papermill executes before
-    any work, without a kernel start per case; one papermill test checks the same path end to end.
+    (as papermill would inject them, in a cell headed ``# Parameters``, with IPython's ``In``
+    history of executed sources kept in the namespace) and then the next code cell (the validation
+    cell) run in one fresh namespace. ``OUTPUT_DIR`` points into ``out_dir``. This is what papermill
+    executes before any work, without a kernel start per case; one papermill test checks the same
+    path end to end.
 
     Args:
         nb_path: the notebook.
@@ -48,13 +50,14 @@ def validation_error(nb_path: Path, out_dir: Path, **overrides: Any) -> BaseExce
     nb = nbformat.read(str(nb_path), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     p = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
-    injected = "\n".join(
+    injected = "# Parameters\n" + "\n".join(
         f"{k} = {v!r}" for k, v in {"OUTPUT_DIR": str(out_dir / "artifacts"), **overrides}.items()
     )
     sources = [c.source for c in code[: p + 1]] + [injected, code[p + 1].source]
-    namespace: dict[str, Any] = {"__name__": "__notebook__"}
+    namespace: dict[str, Any] = {"__name__": "__notebook__", "In": [""]}  # IPython's history
     try:
         for i, src in enumerate(sources):
+            namespace["In"].append(src)
             exec(compile(src, f"{nb_path.name}[{i}]", "exec"), namespace)
     except Exception as err:  # noqa: BLE001 - the caller asserts on the exception's type and text
         return err

@@ -25,7 +25,7 @@ from notebook_runner import (
     validation_error,
 )
 
-from nbhelpers.params import ParameterError
+from nbhelpers.params import ParameterError, UnknownParameterError, notebook_parameters
 from nbhelpers.record import without_timings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +136,42 @@ def test_bad_input_stops_papermill_run_in_validation_cell(tmp_path: Path):
 def test_baseline_bad_input(override: dict, name: str, tmp_path: Path):
     """Bad SEED or DEVICE stops 00_baseline in its validation cell with a ParameterError."""
     assert_fails_in_validation(ROOT / "notebooks" / "00_baseline.ipynb", tmp_path, name, **override)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_misspelt_parameter_fails_in_validation(nb: Path, tmp_path: Path):
+    """A misspelt injected name (DATASETT) stops every notebook in its validation cell, naming the
+    closest parameter and all of them."""
+    err = validation_error(nb, tmp_path, DATASETT="mnist")
+    assert isinstance(err, UnknownParameterError), repr(err)
+    assert "'DATASETT'" in str(err) and "did you mean DATASET?" in str(err), str(err)
+    assert err.allowed.endswith(", ".join(sorted(notebook_parameters(nb)))), str(err)
+
+
+@pytest.mark.parametrize(
+    "stem,wrong,right",
+    [
+        ("04_weight_pruning", "TARGET_SPARCITY", "TARGET_SPARSITY"),
+        ("07_knowledge_distillation", "TEMPERATURE", "SWEEP_TEMPERATURES"),
+    ],
+)
+def test_misspelt_lesson_parameter_names_the_closest(stem: str, wrong: str, right: str, tmp_path):
+    err = validation_error(ROOT / "notebooks" / f"{stem}.ipynb", tmp_path, **{wrong: 0.9})
+    assert isinstance(err, UnknownParameterError) and err.closest == right, repr(err)
+
+
+@pytest.mark.notebook
+def test_misspelt_parameter_stops_papermill_run_in_validation_cell(tmp_path: Path):
+    """End to end: papermill only warns about a name the notebook lacks; the validation cell
+    refuses it before any work, and nothing is recorded."""
+    nb = ROOT / "notebooks" / "04_weight_pruning.ipynb"
+    result = run(nb, tmp_path, TARGET_SPARCITY=0.95)
+    assert result.status == "failed"
+    assert (
+        "UnknownParameterError" in result.error and "did you mean TARGET_SPARSITY" in result.error
+    )
+    assert error_code_cell(tmp_path / f"{nb.stem}.failed.ipynb") == parameters_code_cell(nb) + 2
+    assert result.records == {}
 
 
 @pytest.mark.notebook

@@ -304,3 +304,18 @@ def test_render_writes_the_doc_from_the_log_without_running(tmp_path):
     assert "| 04_weight_pruning | ok | 100 | 2026-11-24 01:00 | abc1234 |  |" in text
     assert "| LeNet-300-100 dense | test error (%) | 1.64 | 1.64 [1.41, 1.9] |" in text
     assert list(tmp_path.glob("*.ipynb")) == []  # nothing ran
+
+
+def test_a_profile_with_a_misspelt_parameter_runs_nothing(tmp_path, monkeypatch, capsys):
+    """Every chosen profile is checked before the first run (each may take hours)."""
+    good, bad = tmp_path / "04_weight_pruning.yaml", tmp_path / "07_knowledge_distillation.yaml"
+    good.write_text("SEED: 0\n")
+    bad.write_text("TEMPERATURE: 20\n")
+    monkeypatch.setattr(paper, "profile_runs", lambda: {f.stem: f for f in (good, bad)})
+    ran = []
+    monkeypatch.setattr(paper, "run_all", lambda *a, **k: ran.append(a) or [])
+    doc = tmp_path / "papers.md"
+    assert paper.main(["--out", str(tmp_path / "runs"), "--doc", str(doc)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter 'TEMPERATURE'" in err and "did you mean SWEEP_TEMPERATURES?" in err
+    assert ran == [] and not doc.exists() and not (tmp_path / "runs").exists()

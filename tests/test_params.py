@@ -4,16 +4,20 @@ import pytest
 
 from nbhelpers.params import (
     ParameterError,
+    UnknownParameterError,
     check_bool,
     check_choice,
     check_choices,
     check_device,
     check_float,
     check_fraction,
+    check_injected,
     check_int,
     check_list,
+    check_names,
     check_positive,
     check_seed,
+    notebook_parameters,
 )
 
 
@@ -85,3 +89,68 @@ def test_bool():
     assert check_bool("ENTROPY_CODING", False) is False
     with pytest.raises(ParameterError, match="ENTROPY_CODING=1 .* True or False"):
         check_bool("ENTROPY_CODING", 1)
+
+
+def test_unknown_name_names_the_closest_and_every_parameter():
+    with pytest.raises(UnknownParameterError) as e:
+        check_names(["SEED", "TARGET_SPARCITY"], ["SEED", "TARGET_SPARSITY", "LIMIT"], "04_x")
+    msg = str(e.value)
+    assert msg == (
+        "unknown parameter 'TARGET_SPARCITY': not a parameter of 04_x: did you mean "
+        "TARGET_SPARSITY? its parameters are LIMIT, SEED, TARGET_SPARSITY"
+    )
+    assert (e.value.name, e.value.closest) == ("TARGET_SPARCITY", "TARGET_SPARSITY")
+    assert isinstance(e.value, ParameterError)
+
+
+def test_unknown_name_with_nothing_close_gives_no_guess():
+    with pytest.raises(
+        UnknownParameterError, match="not a parameter of nb: its parameters are A, B"
+    ):
+        check_names(["ZZZZZZ"], ["A", "B"], "nb")
+    check_names([], ["A"], "nb")  # nothing given, nothing refused
+    check_names(["A", "B"], ["A", "B"], "nb")
+
+
+def test_notebook_parameters_reads_the_tagged_cell(tmp_path):
+    import nbformat
+
+    first = nbformat.v4.new_code_cell("X: int = 0  # not the parameters cell")
+    cell = nbformat.v4.new_code_cell("A: int = 1  # one\nB: list = [1]\nc = A + 1")
+    cell.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[first, cell])
+    nbformat.write(nb, str(tmp_path / "n.ipynb"))
+    assert notebook_parameters(tmp_path / "n.ipynb") == ["A", "B"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[first]), str(tmp_path / "m.ipynb"))
+    with pytest.raises(ValueError, match="no cell tagged 'parameters'"):
+        notebook_parameters(tmp_path / "m.ipynb")
+
+
+def _history(*cells: str) -> dict:
+    """A notebook namespace after running ``cells`` in IPython: its ``In`` and annotations."""
+    ns: dict = {"In": [""]}
+    for src in cells:
+        ns["In"].append(src)
+        exec(src, ns)
+    return ns
+
+
+def test_check_injected_refuses_a_name_papermill_injected_that_is_no_parameter():
+    ns = _history(
+        "import math",
+        "TEMPERATURE: float = 4.0\nSEEDS: int = 2",
+        "# Parameters\nTEMPERATUR = 8.0\n",
+    )
+    with pytest.raises(UnknownParameterError, match="did you mean TEMPERATURE"):
+        check_injected(ns, "07_x")
+
+
+def test_check_injected_accepts_known_names_and_other_cells():
+    known = "TEMPERATURE: float = 4.0\nSEEDS: int = 2"
+    check_injected(_history(known, "# Parameters\nTEMPERATURE = 8.0\nSEEDS = 3\n"), "07_x")
+    check_injected(_history(known), "07_x")  # nothing injected
+    # a later cell of the lesson that assigns results is not an injection
+    check_injected(_history(known, "# Parameters\nSEEDS = 3", "split = [SEEDS]\nt = 1"), "07_x")
+    # an injection before the parameters cell was last run does not count against this run
+    check_injected(_history("# Parameters\nOLD = 1", known), "07_x")
+    check_injected({"__annotations__": {"A": int}}, "nb")  # outside IPython: no history

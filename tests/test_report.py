@@ -194,3 +194,18 @@ def test_wide_table_headers_can_wrap_at_underscores():
     assert '<th class="x">p_<wbr>mcnemar</th>' in out and "<th>plain</th>" in out
     assert "<th>dense_<wbr>fp32</th>" in out
     assert "<td>a_b</td>" in out and "<b>a_b</b>" in out  # data cells and markup untouched
+
+
+def test_a_misspelt_parameter_stops_every_run_before_any_work(tmp_path, capsys):
+    """--params naming a parameter a notebook lacks: exit 2, the error names the closest
+    parameter, and no notebook runs (the reports folder is not even created)."""
+    src, out = tmp_path / "nbs", tmp_path / "reports"
+    src.mkdir()
+    _notebook(src / "a.ipynb", "record('value', VALUE)")
+    _notebook(src / "b.ipynb", "record('value', VALUE)")
+    (tmp_path / "p.yaml").write_text("a: {VALUE: 2}\nb: {VALEU: 3}\n")
+    argv = ["--notebooks-dir", str(src), "--out", str(out), "--params", str(tmp_path / "p.yaml")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter 'VALEU': not a parameter of b: did you mean VALUE?" in err
+    assert not out.exists()
