@@ -67,6 +67,21 @@ def _rows(rec: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rec["comparison"]).set_index("model")
 
 
+def deep_compression_row(rec: Mapping[str, Any]) -> str:
+    """The row of a notebook-10 run to set beside Deep Compression's figures: the like-for-like
+    model (the baseline itself pruned, int8, entropy-coded, as Han et al. compress LeNet-300-100),
+    or the final stage for a run recorded before that row existed.
+
+    Args:
+        rec: the run's records (``comparison``, ``final_stage``, ``like_for_like`` when recorded).
+
+    Returns:
+        The comparison row's name.
+    """
+    like = rec.get("like_for_like")
+    return like if like and like in set(_rows(rec).index) else rec["final_stage"]
+
+
 def error_of(rec: Mapping[str, Any], model: str) -> Figure:
     """Test error (%) of a model of the recorded comparison, with its Wilson 95% interval.
 
@@ -206,7 +221,7 @@ CLAIMS = [
         "test error (%)",
         1.58,
         "10_compression_pipeline",
-        lambda r: error_of(r, r["final_stage"]),
+        lambda r: error_of(r, deep_compression_row(r)),
         DC_TABLE,
     ),
     Claim(
@@ -216,7 +231,7 @@ CLAIMS = [
         "smaller on disk (x)",
         40.0,
         "10_compression_pipeline",
-        lambda r: size_ratio(r, r["final_stage"]),
+        lambda r: size_ratio(r, deep_compression_row(r)),
         "1070 KB to 27 KB; " + DC_TABLE,
     ),
     Claim(
@@ -266,7 +281,7 @@ CLAIMS = [
         "test error (%)",
         0.74,
         DC_CAFFE,
-        lambda r: error_of(r, r["final_stage"]),
+        lambda r: error_of(r, deep_compression_row(r)),
         DC_TABLE,
     ),
     Claim(
@@ -276,7 +291,7 @@ CLAIMS = [
         "smaller on disk (x)",
         39.0,
         DC_CAFFE,
-        lambda r: size_ratio(r, r["final_stage"]),
+        lambda r: size_ratio(r, deep_compression_row(r)),
         "1720 KB to 44 KB; " + DC_TABLE,
     ),
     Claim(
@@ -346,6 +361,14 @@ def claims_table(
                 ours = tuple(float(v) for v in c.ours(records[c.notebook]))
             except (KeyError, TypeError, ValueError):  # the notebook did not record it
                 pass
+        checked = c.checked
+        rec = records.get(c.notebook)
+        if c.paper == DC16 and rec and "final_stage" in rec and "comparison" in rec:
+            checked = (
+                "ours: the full stack, run recorded before the like-for-like row; "
+                if deep_compression_row(rec) == rec["final_stage"]
+                else "ours: the like-for-like row; "
+            ) + checked
         rows.append(
             {
                 "paper": c.paper,
@@ -359,7 +382,7 @@ def claims_table(
                 "difference": ours[0] - c.published,
                 "notebook": c.notebook,
                 "seconds": seconds.get(c.notebook, math.nan),
-                "checked": c.checked,
+                "checked": checked,
             }
         )
     return pd.DataFrame(rows)
@@ -455,9 +478,16 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
     ):
         d = records.get(key)
         if d and "final_stage" in d:
-            row = _rows(d).loc[d["final_stage"]]
+            name = deep_compression_row(d)
+            row = _rows(d).loc[name]
+            if name == d["final_stage"]:  # said in the row's name, which the doc shows
+                label += " (full stack: run recorded before the like-for-like row)"
+            else:
+                label += " (like-for-like row)"
             out.append(
-                target(f"{label}: smaller on disk", float(row["size_ratio"]), ">=", ratio, "x")
+                target(
+                    f"{label}: smaller on disk", float(row["size_ratio"]), ">=", ratio, "x", name
+                )
             )
             out.append(
                 target(
