@@ -17,20 +17,21 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 ## Execute every notebook at its default parameters, render HTML, write reports/index.html
 report: install
-	$(BIN)/python -m nbhelpers.report $(NB) --jobs $(JOBS)
+	$(BIN)/python -m nbhelpers.reporting.runner $(NB) --jobs $(JOBS)
 
-## ruff check (modules, tests and notebooks), then unit tests and every notebook through papermill with tests/params/<stem>.yaml
+## ruff check (modules, tests and notebooks), the layer contract (lint-imports), then unit tests and every notebook through papermill with tests/params/<stem>.yaml
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
 
 ## Execute every notebook at its defaults, one at a time, from an empty model cache, and write docs/benchmarks.md
 bench: install
-	$(BIN)/python -m nbhelpers.bench --empty-cache $(NB)
+	$(BIN)/python -m nbhelpers.reporting.bench --empty-cache $(NB)
 
 ## The papers' own MNIST tables: notebooks at docs/paper/<stem>.yaml (full MNIST), one at a time -> docs/papers.md
 paper: install
-	$(BIN)/python -m nbhelpers.paper $(NB)
+	$(BIN)/python -m nbhelpers.reporting.paper $(NB)
 
 ## JupyterLab on notebooks/ (token authentication stays on; the kernel imports nbhelpers)
 lab: install

@@ -11,7 +11,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from nbhelpers.report import RunResult, run_notebook
+from nbhelpers.reporting.runner import RunResult, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_DIR = ROOT / "tests" / "params"
@@ -67,7 +67,7 @@ def validation_error(nb_path: Path, out_dir: Path, **overrides: Any) -> BaseExce
 def assert_fails_in_validation(nb_path: Path, out_dir: Path, name: str, **overrides: Any) -> None:
     """Assert that the overrides stop a notebook in its validation cell with a ParameterError
     naming ``name``."""
-    from nbhelpers.params import ParameterError
+    from nbhelpers.core.params import ParameterError
 
     err = validation_error(nb_path, out_dir, **overrides)
     assert isinstance(err, ParameterError), f"expected a ParameterError naming {name}, got {err!r}"

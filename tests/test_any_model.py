@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from nbhelpers import neuron_pruning, normalization, quantization
-from nbhelpers.params import ParameterError
+from nbhelpers.core.params import ParameterError
+from nbhelpers.techniques import neuron_pruning, normalization, quantization
 
 
 class Block(nn.Module):
@@ -176,7 +176,7 @@ def test_static_int8_fx_keeps_named_layers_in_float_and_checks_names():
 
 
 def test_sparse_int8_artifact_is_keyed_by_layer_names_and_reloads_into_a_fresh_model(tmp_path):
-    from nbhelpers import compression
+    from nbhelpers.techniques import compression
 
     folded = normalization.fold_batchnorm(trained_like())
     q = compression.int8_model(folded)
@@ -195,7 +195,7 @@ def test_sparse_int8_artifact_is_keyed_by_layer_names_and_reloads_into_a_fresh_m
 
 
 def test_unstructured_pruning_and_distillation_take_the_residual_model_as_it_is():
-    from nbhelpers import distillation, pruning
+    from nbhelpers.techniques import distillation, pruning
 
     m = trained_like()
     pruning.magnitude_prune(m, 0.8, "global", only=["block1.conv1", "block2.skip.0"])

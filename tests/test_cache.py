@@ -1,4 +1,5 @@
-"""nbhelpers.cache: a hit gives identical weights; corrupt or stale files are rebuilt; concurrent
+"""nbhelpers.core.cache: a hit gives identical weights; corrupt or stale files are rebuilt;
+concurrent
 safe."""
 
 import threading
@@ -7,9 +8,9 @@ import time
 import pytest
 import torch
 
-from nbhelpers.cache import TRAIN_THREADS, cache_path, cached_model, config_key
-from nbhelpers.models import MLP
-from nbhelpers.params import ParameterError
+from nbhelpers.core.cache import TRAIN_THREADS, cache_path, cached_model, config_key
+from nbhelpers.core.models import MLP
+from nbhelpers.core.params import ParameterError
 
 CONFIG = {"name": "unit", "seed": 1, "epochs": 2}
 
@@ -107,7 +108,7 @@ def test_concurrent_requests_train_once(tmp_path):
 
 
 def test_runtime_key_separates_devices_and_torch_builds():
-    from nbhelpers.cache import runtime_key
+    from nbhelpers.core.cache import runtime_key
 
     assert runtime_key("cpu") == {"torch": torch.__version__, "device_type": "cpu"}
     assert runtime_key("cuda:0")["device_type"] == "cuda"
@@ -119,7 +120,7 @@ def test_runtime_key_separates_devices_and_torch_builds():
 
 
 def test_baseline_key_holds_device_and_torch(tmp_path, monkeypatch):
-    from nbhelpers.baseline import get_baseline
+    from nbhelpers.core.baseline import get_baseline
 
     monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
     b = get_baseline("mlp", "digits", seed=0, epochs=1, limit=300, progress=False)
@@ -132,7 +133,7 @@ JSON_CONFIG = {"name": "unit-json", "seed": 1}
 
 
 def test_json_hit_returns_what_was_stored(tmp_path):
-    from nbhelpers.cache import cached_json
+    from nbhelpers.core.cache import cached_json
 
     calls = []
 
@@ -151,7 +152,7 @@ def test_json_hit_returns_what_was_stored(tmp_path):
 def test_json_corrupt_or_foreign_file_is_rebuilt(tmp_path):
     import json
 
-    from nbhelpers.cache import cached_json
+    from nbhelpers.core.cache import cached_json
 
     calls = []
 
@@ -172,7 +173,7 @@ def test_json_numpy_numbers_are_stored_and_others_refused(tmp_path):
     import numpy as np
     import pytest
 
-    from nbhelpers.cache import load_json, store_json
+    from nbhelpers.core.cache import load_json, store_json
 
     path = tmp_path / "x.json"
     assert store_json(path, JSON_CONFIG, {"a": np.float64(0.5), "b": np.int64(3)}) == {
@@ -188,7 +189,7 @@ def test_json_numpy_numbers_are_stored_and_others_refused(tmp_path):
 
 
 def test_json_concurrent_requests_compute_once(tmp_path):
-    from nbhelpers.cache import cached_json
+    from nbhelpers.core.cache import cached_json
 
     calls, results = [], []
 
@@ -212,7 +213,7 @@ def test_json_concurrent_requests_compute_once(tmp_path):
 def test_cosine_baseline_is_another_artifact(tmp_path, monkeypatch):
     """The schedule is part of the recipe: a cosine baseline has its own key and anneals its
     rate."""
-    from nbhelpers.baseline import get_baseline
+    from nbhelpers.core.baseline import get_baseline
 
     monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path))
     flat = get_baseline("mlp", "digits", seed=0, epochs=2, limit=300, progress=False)

@@ -1,4 +1,5 @@
-"""nbhelpers.compression: the sparse int8 artifact round-trips exactly; the entropy coders count
+"""nbhelpers.techniques.compression: the sparse int8 artifact round-trips exactly; the entropy
+coders count
 right; the pipeline's tables, the Pareto merge of executed reports and the facts of a run."""
 
 import math
@@ -12,8 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from nbhelpers import compression, leaderboard
-from nbhelpers.compression import (
+from nbhelpers.core.models import MLP
+from nbhelpers.core.params import ParameterError
+from nbhelpers.core.record import MIME_TYPE
+from nbhelpers.measure import leaderboard
+from nbhelpers.measure.facts import CONTEXT_WIDTH
+from nbhelpers.measure.targets import target
+from nbhelpers.techniques import compression
+from nbhelpers.techniques.compression import (
     coding_table,
     entropy_bits,
     executed_records,
@@ -34,11 +41,6 @@ from nbhelpers.compression import (
     unpack_int8_mlp,
     with_entropy_stage,
 )
-from nbhelpers.facts import CONTEXT_WIDTH
-from nbhelpers.models import MLP
-from nbhelpers.params import ParameterError
-from nbhelpers.record import MIME_TYPE
-from nbhelpers.targets import target
 
 
 def _dynamic(model):
@@ -89,7 +91,7 @@ def test_entropy_coding_makes_it_smaller(sparse_int8, tmp_path):
 
 
 def _sparse_caffe_lenet5() -> nn.Module:
-    from nbhelpers.models import build_model
+    from nbhelpers.core.models import build_model
 
     torch.manual_seed(1)
     m = build_model("lenet5_caffe")
@@ -117,7 +119,7 @@ def test_conv_weights_are_rounded_to_int8_with_one_scale():
 def test_conv_artifact_round_trip_on_a_fresh_model(tmp_path, entropy):
     """Caffe's LeNet-5, int8: the artifact read back into an untrained model of the same
     architecture gives the identical outputs."""
-    from nbhelpers.models import build_model
+    from nbhelpers.core.models import build_model
 
     q = int8_model(_sparse_caffe_lenet5())
     arrays = pack_int8_sparse(q)
@@ -225,7 +227,8 @@ def test_entropy_stage_and_steps():
 
 
 def write_report(path, records: dict) -> None:
-    """An executed notebook whose one cell recorded ``records`` (as ``nbhelpers.record`` does)."""
+    """An executed notebook whose one cell recorded ``records`` (as ``nbhelpers.core.record``
+    does)."""
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("record(...)")
     cell.outputs = [

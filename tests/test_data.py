@@ -1,4 +1,5 @@
-"""nbhelpers.data: shipped datasets, deterministic stratified splits, loaders, user MNIST files."""
+"""nbhelpers.core.data: shipped datasets, deterministic stratified splits, loaders, user MNIST
+files."""
 
 import gzip
 import hashlib
@@ -8,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from nbhelpers import data
-from nbhelpers.data import (
+from nbhelpers.core import data
+from nbhelpers.core.data import (
     EVAL_BATCH,
     MNIST_SHA256,
     DataError,
@@ -22,7 +23,7 @@ from nbhelpers.data import (
     shipped_mnist_path,
     stratified_subset,
 )
-from nbhelpers.params import ParameterError
+from nbhelpers.core.params import ParameterError
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +327,7 @@ def test_batched_loader_gives_the_plain_dataloaders_batches(shuffle):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from nbhelpers.data import loader
+    from nbhelpers.core.data import loader
 
     X = np.random.default_rng(0).random((103, 1, 4, 4)).astype(np.float32)
     y = np.arange(103) % 10

@@ -29,14 +29,14 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
-from nbhelpers import distillation as KD
 from nbhelpers import measure
-from nbhelpers import neuron_pruning as NP
-from nbhelpers import normalization as N
-from nbhelpers import pruning as P
-from nbhelpers import schedules as S
-from nbhelpers.models import MLP, LeNet5
-from nbhelpers.train import evaluate, fit, module_device, predict
+from nbhelpers.core.models import MLP, LeNet5
+from nbhelpers.core.train import evaluate, fit, module_device, predict
+from nbhelpers.techniques import distillation as KD
+from nbhelpers.techniques import neuron_pruning as NP
+from nbhelpers.techniques import normalization as N
+from nbhelpers.techniques import pruning as P
+from nbhelpers.techniques import schedules as S
 
 FAKE = torch.device("meta")
 

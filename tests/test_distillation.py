@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.distillation: the losses against hand computations, the teacher cache,
+"""Unit tests of nbhelpers.techniques.distillation: the losses against hand computations, the
+teacher cache,
 helpers."""
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nbhelpers import distillation as KD
-from nbhelpers.data import loader
-from nbhelpers.models import MLP
-from nbhelpers.params import ParameterError
+from nbhelpers.core.data import loader
+from nbhelpers.core.models import MLP
+from nbhelpers.core.params import ParameterError
+from nbhelpers.techniques import distillation as KD
 
 # Fixed tensors: two samples, three classes.
 S = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])

@@ -1,4 +1,5 @@
-"""nbhelpers.hpo.early_stopping: successive halving, Hyperband and full-budget random search on
+"""nbhelpers.techniques.hpo.early_stopping: successive halving, Hyperband and full-budget random
+search on
 learning curves, checked against hand-worked curves."""
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from nbhelpers import hpo
-from nbhelpers.params import ParameterError
+from nbhelpers.core.params import ParameterError
+from nbhelpers.techniques import hpo
 
 SPACE = {"lr": {"low": 1e-4, "high": 1e-1, "log": True, "int": False}}
 

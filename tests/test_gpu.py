@@ -15,7 +15,7 @@ from notebook_runner import check_expectations, dump, run
 from test_device import CHECKS, Place
 
 from nbhelpers import measure
-from nbhelpers import pruning as P
+from nbhelpers.techniques import pruning as P
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()

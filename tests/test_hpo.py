@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.hpo: the space and its conversions, trials to target, the lookup
+"""Unit tests of nbhelpers.techniques.hpo: the space and its conversions, trials to target, the
+lookup
 objective and the search methods on it, the summaries, the estimator, the backends."""
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nbhelpers import hpo
-from nbhelpers.params import ParameterError
+from nbhelpers.core.params import ParameterError
+from nbhelpers.lessons import tuning
+from nbhelpers.techniques import hpo
 
 SPACE = {
     "lr": {"low": 1e-4, "high": 1e-1, "log": True},
@@ -271,7 +273,7 @@ def _values(facts):
 
 
 def test_fact_table_rounds_for_reading_and_refuses_repeats():
-    t = hpo.facts_of(
+    t = tuning.facts_of(
         [
             ("a", 0.123456789, "x"),
             ("b", np.int64(3), ""),
@@ -284,11 +286,13 @@ def test_fact_table_rounds_for_reading_and_refuses_repeats():
     assert t.loc["a", "value"] == 0.1235 and t.loc["b", "value"] == 3
     assert t.loc["c", "value"] is True and t.loc["d", "value"] == "lr"
     with pytest.raises(ValueError):
-        hpo.facts_of([("a", 1, ""), ("a", 2, "")])
+        tuning.facts_of([("a", 1, ""), ("a", 2, "")])
 
 
 def test_target_cells_share_and_geometric_mean(lookup):
-    rows = dict((name, value) for name, value, _ in hpo.target_cells(lookup, lookup.best - 0.0025))
+    rows = dict(
+        (name, value) for name, value, _ in tuning.target_cells(lookup, lookup.best - 0.0025)
+    )
     within = int((lookup.scores >= lookup.best - 0.0025).sum())
     assert rows["cells within the target"] == within >= 1
     assert rows["expected trials at that share"] == pytest.approx(lookup.size / within)
@@ -311,7 +315,9 @@ def test_grid_summary_known_table():
     import pandas as pd
 
     importance = pd.Series({"lr": 0.05, "hidden": 0.01})
-    f = _values(hpo.grid_summary(_grid_results(), 0.86, importance, seconds_per_trial=0.5, folds=3))
+    f = _values(
+        tuning.grid_summary(_grid_results(), 0.86, importance, seconds_per_trial=0.5, folds=3)
+    )
     assert f["configurations"] == 4 and f["fits"] == 13
     assert f["winner's CV accuracy"] == 0.85 and f["winner's fold std"] == pytest.approx(2.0)
     assert f["gap to the runner-up"] == pytest.approx(1.0)
@@ -333,7 +339,9 @@ def test_random_summary_known_runs(lookup):
     placements = pd.DataFrame({"reaches target": [True, False, False]})
     spread = pd.Series({"lr": 0.3, "weight_decay": 0.006})
     f = _values(
-        hpo.random_summary(lookup, goal, grid_runs, random_runs, placements, ttt, spread, met=False)
+        tuning.random_summary(
+            lookup, goal, grid_runs, random_runs, placements, ttt, spread, met=False
+        )
     )
     assert f["grid contains the table's best cell"] is True
     assert f["grid placements reaching the target"] == 1
@@ -352,7 +360,7 @@ def test_bayes_summary_compares_model_with_baseline(lookup):
     ttt = hpo.trials_to_target_table(runs, goal, limits={"GP": 2, "random": 3})
     results = _grid_results()
     f = _values(
-        hpo.bayes_summary(
+        tuning.bayes_summary(
             lookup,
             goal,
             runs,
@@ -391,7 +399,7 @@ def test_plots_draw():
 
 
 def test_rooms_hold_what_they_say():
-    from nbhelpers.hpo import backends, comparison, estimator, space, summary
+    from nbhelpers.techniques.hpo import backends, comparison, estimator, space
 
     assert space.MLP_SPACE is hpo.MLP_SPACE and space.to_skopt is hpo.to_skopt
     assert (
@@ -399,7 +407,6 @@ def test_rooms_hold_what_they_say():
     )
     assert backends.backend is hpo.backend and backends.check_scheduler is hpo.check_scheduler
     assert comparison.LookupObjective is hpo.LookupObjective
-    assert summary.grid_summary is hpo.grid_summary
     assert all(hasattr(hpo, name) for name in hpo.__all__)
 
 
@@ -631,10 +638,10 @@ def test_package_versions_runs_without_nbhelpers():
     """The probe shipped to workers is a copy with no reference to nbhelpers' modules."""
     import cloudpickle
 
-    from nbhelpers.hpo.backends import _by_value
+    from nbhelpers.techniques.hpo.backends import _by_value
 
     blob = cloudpickle.dumps(_by_value(hpo.package_versions))
-    assert b"nbhelpers.hpo" not in blob
+    assert b"nbhelpers.techniques.hpo" not in blob
     assert cloudpickle.loads(blob)() == hpo.package_versions()
 
 
@@ -736,7 +743,7 @@ def test_notebook_bad_input(stem: str, override: dict, name: str, tmp_path: Path
 
 
 def test_check_backend_and_table():
-    from nbhelpers.params import ParameterError
+    from nbhelpers.core.params import ParameterError
 
     assert hpo.check_backend("loky", "", 2) == "loky"
     with pytest.raises(ParameterError, match="BACKEND='spark'"):
@@ -773,7 +780,7 @@ def test_random_summary_adds_the_test_comparison_and_coverage(lookup):
         "seeds": 3,
     }
     f = _values(
-        hpo.random_summary(
+        tuning.random_summary(
             lookup,
             goal,
             [[goal]],

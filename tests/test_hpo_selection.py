@@ -1,4 +1,4 @@
-"""Unit tests of nbhelpers.hpo.selection: the optimism of a configuration chosen by its test
+"""Unit tests of nbhelpers.lessons.selection: the optimism of a configuration chosen by its test
 score, against the configuration chosen by cross-validation (notebook 01)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nbhelpers import hpo
-from nbhelpers.params import ParameterError
+from nbhelpers.core.params import ParameterError
+from nbhelpers.lessons import selection
 
 # 3 configurations; 4 selection images and 4 untouched images (True: right)
 SELECTION = np.array([[1, 1, 0, 0], [1, 0, 1, 1], [0, 1, 1, 0]], dtype=bool)
@@ -17,14 +17,14 @@ UNTOUCHED = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 1, 1]], dtype=bool)
 
 
 def _table(**kw):
-    return hpo.selection_optimism(SELECTION, UNTOUCHED, cv_choice=0, sizes=[4, 1], **kw)
+    return selection.selection_optimism(SELECTION, UNTOUCHED, cv_choice=0, sizes=[4, 1], **kw)
 
 
 def test_check_sizes_zero_is_the_whole_split_and_too_many_is_refused():
-    assert hpo.check_selection_sizes("SELECTION_SIZES", [0, 100, 10], 500) == [500, 100, 10]
+    assert selection.check_selection_sizes("SELECTION_SIZES", [0, 100, 10], 500) == [500, 100, 10]
     for bad in ([501], [-1], [], "100", [1.5], None):
         with pytest.raises(ParameterError, match="SELECTION_SIZES"):
-            hpo.check_selection_sizes("SELECTION_SIZES", bad, 500)
+            selection.check_selection_sizes("SELECTION_SIZES", bad, 500)
 
 
 def test_known_table_whole_split():
@@ -53,12 +53,14 @@ def test_intervals_hold_their_estimate_and_repeat_with_the_seed():
     for name in ("optimism", "CV pick: gap", "paired optimism", "selected minus CV pick"):
         assert (t[f"{name} low"] <= t[name] + 1e-9).all() and (t[name] <= t[f"{name} high"]).all()
     assert t.equals(_table(n_boot=500, seed=3))
-    assert list(t.columns) == hpo.OPTIMISM_COLUMNS
+    assert list(t.columns) == selection.OPTIMISM_COLUMNS
 
 
 def test_identical_configurations_have_no_optimism_beyond_the_cv_pick():
     same = np.repeat(SELECTION[:1], 3, axis=0)
-    t = hpo.selection_optimism(same, np.repeat(UNTOUCHED[:1], 3, axis=0), 2, [4, 2], n_boot=200)
+    t = selection.selection_optimism(
+        same, np.repeat(UNTOUCHED[:1], 3, axis=0), 2, [4, 2], n_boot=200
+    )
     assert (t["paired optimism"] == 0).all() and (t["paired optimism low"] == 0).all()
     assert (t["paired optimism high"] == 0).all() and (t["optimism"] == t["CV pick: gap"]).all()
     assert (t["paired optimism verdict"] == "includes zero").all()
@@ -69,7 +71,7 @@ def test_many_equal_configurations_on_small_subsets_are_optimistic():
     images reports several points too much; the CV pick (one fixed configuration) does not."""
     rng = np.random.default_rng(0)
     sel, unt = rng.random((50, 2000)) < 0.8, rng.random((50, 2000)) < 0.8
-    t = hpo.selection_optimism(sel, unt, cv_choice=0, sizes=[2000, 100], n_boot=1000)
+    t = selection.selection_optimism(sel, unt, cv_choice=0, sizes=[2000, 100], n_boot=1000)
     small = t.iloc[1]
     assert small["subsets"] == 20 and small["optimism"] > 5
     assert small["optimism verdict"] == "above zero" and small["optimism low"] > 0
@@ -86,7 +88,7 @@ def test_pairing_cancels_the_noise_configurations_share():
         return (rng.random(images) < 0.8) ^ (rng.random((30, images)) < 0.05)
 
     rng = np.random.default_rng(0)
-    t = hpo.selection_optimism(family(rng, 2000), family(rng, 2000), 0, [100], n_boot=1000)
+    t = selection.selection_optimism(family(rng, 2000), family(rng, 2000), 0, [100], n_boot=1000)
     row = t.iloc[0]
     assert row["optimism verdict"] == "includes zero" and row["optimism low"] < 0
     assert row["paired optimism verdict"] == "above zero" and row["paired optimism low"] > 0
@@ -112,11 +114,11 @@ def test_bad_input_names_the_argument(kw: dict, name: str):
         **kw,
     }
     with pytest.raises(ParameterError, match=name):
-        hpo.selection_optimism(**args)
+        selection.selection_optimism(**args)
 
 
 def test_selection_summary_rows():
-    f = hpo.selection_summary(_table(n_boot=200), loop_matches_refit=True)
+    f = selection.selection_summary(_table(n_boot=200), loop_matches_refit=True)
     assert f["context"].str.len().max() <= 50 and f.index.str.len().max() <= 50
     v = f["value"]
     assert v["loop's fit of the CV pick matches the refit"] is True

@@ -1,9 +1,9 @@
-"""nbhelpers.leaderboard: one table from the comparisons recorded by several notebooks."""
+"""nbhelpers.measure.leaderboard: one table from the comparisons recorded by several notebooks."""
 
 import pandas as pd
 import pytest
 
-from nbhelpers.leaderboard import build, html_section, pareto_front, safe_html_section
+from nbhelpers.measure.leaderboard import build, html_section, pareto_front, safe_html_section
 
 
 def _row(model, acc, nbytes, b256, **extra):
@@ -68,9 +68,9 @@ def test_bad_baseline_is_reported_not_raised():
 
 
 def test_benchmark_markdown_lists_targets_speedups_and_times():
-    from nbhelpers.bench import markdown
-    from nbhelpers.report import RunResult
-    from nbhelpers.targets import target
+    from nbhelpers.measure.targets import target
+    from nbhelpers.reporting.bench import markdown
+    from nbhelpers.reporting.runner import RunResult
 
     recs = dict(
         RECORDS["06_quantization"],
@@ -100,7 +100,7 @@ def test_benchmark_markdown_lists_targets_speedups_and_times():
 
 
 def test_cache_files_counts_nested_files(tmp_path):
-    from nbhelpers.bench import cache_files
+    from nbhelpers.reporting.bench import cache_files
 
     assert cache_files(tmp_path / "absent") == 0
     (tmp_path / "sub").mkdir()
@@ -115,7 +115,7 @@ def test_pareto_front():
 
 
 def test_readable_shows_intervals_and_verdicts():
-    from nbhelpers.leaderboard import readable
+    from nbhelpers.measure.leaderboard import readable
 
     rec = {
         "x": {
@@ -157,7 +157,7 @@ def test_readable_shows_intervals_and_verdicts():
 
 
 def test_headline_names_targets_and_the_most_compressed_model():
-    from nbhelpers.leaderboard import headline
+    from nbhelpers.measure.leaderboard import headline
 
     rec = {
         "targets": [{"met": True}, {"met": False}],

@@ -1,11 +1,11 @@
-"""Unit tests of nbhelpers.machine: CPU flags, the int8 precaution, the machine description."""
+"""Unit tests of nbhelpers.core.machine: CPU flags, the int8 precaution, the machine description."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nbhelpers import machine
+from nbhelpers.core import machine
 
 EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD

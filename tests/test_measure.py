@@ -12,6 +12,7 @@ from torch.nn.utils import prune
 from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers import measure
+from nbhelpers.core.models import MLP, LeNet5
 from nbhelpers.measure import (
     accuracy,
     compare,
@@ -20,7 +21,6 @@ from nbhelpers.measure import (
     latency,
     serialized_bytes,
 )
-from nbhelpers.models import MLP, LeNet5
 
 
 @pytest.fixture()
@@ -130,7 +130,7 @@ def test_callables_get_cpu_tensors_and_modules_their_device(mlp):
 def test_compare_pairs_models_image_by_image():
     """Hand-made predictors on 200 images: the baseline is right on the first 180; "worse" loses 30
     of them and gains none (McNemar p = 2 * 0.5**30); "same" swaps 5 for 5 (p = 1)."""
-    from nbhelpers import stats
+    from nbhelpers.measure import stats
 
     y = torch.zeros(200, dtype=torch.long)
     x = torch.arange(200, dtype=torch.float32).reshape(200, 1)

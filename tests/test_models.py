@@ -1,12 +1,12 @@
-"""nbhelpers.models: the shared family works for 8x8 and 28x28 inputs, BatchNorm on and off."""
+"""nbhelpers.core.models: the shared family works for 8x8 and 28x28 inputs, BatchNorm on and off."""
 
 import pytest
 import torch
 from torch import nn
 
+from nbhelpers.core.models import MLP, LeNet5, build_model
+from nbhelpers.core.params import ParameterError
 from nbhelpers.measure import count_parameters
-from nbhelpers.models import MLP, LeNet5, build_model
-from nbhelpers.params import ParameterError
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8)])
@@ -120,7 +120,7 @@ def test_norm_errors():
 
 
 def test_reinitialized_keeps_shapes_and_draws_new_weights():
-    from nbhelpers.models import reinitialized
+    from nbhelpers.core.models import reinitialized
 
     m = MLP(16, (6, 4))
     a, b = reinitialized(m, 1), reinitialized(m, 1)

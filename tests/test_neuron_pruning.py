@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.neuron_pruning: ranking criteria, unit selection, physical removal."""
+"""Unit tests of nbhelpers.techniques.neuron_pruning: ranking criteria, unit selection, physical
+removal."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers import measure
-from nbhelpers import neuron_pruning as NP
-from nbhelpers.models import MLP, LeNet5
-from nbhelpers.params import ParameterError
+from nbhelpers.core.models import MLP, LeNet5
+from nbhelpers.core.params import ParameterError
+from nbhelpers.techniques import neuron_pruning as NP
 
 
 def small_models():

@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.normalization: from-scratch batch norm against torch's, folding,
+"""Unit tests of nbhelpers.techniques.normalization: from-scratch batch norm against torch's,
+folding,
 helpers."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from nbhelpers import normalization as N
-from nbhelpers.models import MLP, LeNet5
-from nbhelpers.params import ParameterError
+from nbhelpers.core.models import MLP, LeNet5
+from nbhelpers.core.params import ParameterError
+from nbhelpers.techniques import normalization as N
 
 TOL = 1e-6  # float32 keeps ~7 digits: compare as torch.allclose(atol=1e-6, rtol=1e-6)
 

@@ -25,14 +25,14 @@ from notebook_runner import (
     validation_error,
 )
 
-from nbhelpers.params import ParameterError, UnknownParameterError, notebook_parameters
-from nbhelpers.record import without_timings
+from nbhelpers.core.params import ParameterError, UnknownParameterError, notebook_parameters
+from nbhelpers.core.record import without_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 COMMON = {"DATASET", "SEED", "DEVICE", "OUTPUT_DIR"}
-#: What every notebook records about the machine it ran on (``nbhelpers.machine.describe``).
+#: What every notebook records about the machine it ran on (``nbhelpers.core.machine.describe``).
 MACHINE_KEYS = {
     "cpu",
     "avx2",
@@ -201,7 +201,7 @@ def test_negative_train_size_fails_in_validation(nb: Path, tmp_path: Path):
 def test_train_size_out_of_range_fails_before_training(tmp_path: Path, monkeypatch):
     """A TRAIN_SIZE the dataset cannot give stops get_baseline before anything is trained or
     cached."""
-    from nbhelpers.baseline import get_baseline
+    from nbhelpers.core.baseline import get_baseline
 
     monkeypatch.setenv("NBHELPERS_CACHE_DIR", str(tmp_path / "cache"))
     for size in (5, 10**6):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from nbhelpers import paths
+from nbhelpers.core import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

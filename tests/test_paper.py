@@ -1,4 +1,4 @@
-"""nbhelpers.paper: the papers' figures beside ours, from recorded comparisons."""
+"""nbhelpers.reporting.paper: the papers' figures beside ours, from recorded comparisons."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import yaml
 from notebook_runner import parameters_cell
 
-from nbhelpers import paper
-from nbhelpers.report import RunResult
+from nbhelpers.reporting import paper
+from nbhelpers.reporting.runner import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,9 @@
-"""nbhelpers.params: every checker accepts what is allowed and names the parameter otherwise."""
+"""nbhelpers.core.params: every checker accepts what is allowed and names the parameter
+otherwise."""
 
 import pytest
 
-from nbhelpers.params import (
+from nbhelpers.core.params import (
     ParameterError,
     UnknownParameterError,
     check_bool,

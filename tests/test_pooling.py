@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbhelpers import pooling
-from nbhelpers.models import build_model
+from nbhelpers.core import pooling
+from nbhelpers.core.models import build_model
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.pruning: exact sparsity, growing masks, prune.remove, schedules,
+"""Unit tests of nbhelpers.techniques.pruning: exact sparsity, growing masks, prune.remove,
+schedules,
 storage."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from nbhelpers import pruning as P
-from nbhelpers.baseline import above_chance, interval_text, verdict_reason
-from nbhelpers.baseline import summary as baseline_summary
-from nbhelpers.facts import CONTEXT_WIDTH, fact_table
+from nbhelpers.core.models import MLP, LeNet5
+from nbhelpers.core.params import ParameterError
+from nbhelpers.core.train import fit, seed_everything
+from nbhelpers.lessons.baseline import summary as baseline_summary
 from nbhelpers.measure import serialized_bytes, sparse_csr
-from nbhelpers.models import MLP, LeNet5
-from nbhelpers.params import ParameterError
-from nbhelpers.train import fit, seed_everything
+from nbhelpers.measure.facts import CONTEXT_WIDTH, fact_table
+from nbhelpers.measure.verdicts import above_chance, interval_text, verdict_reason
+from nbhelpers.techniques import pruning as P
 
 
 def mlp() -> nn.Module:
@@ -533,7 +534,8 @@ def test_pruning_summary_without_optional_runs():
     assert "spread of the fine-tuned global runs" not in f.index  # a single global run
 
 
-# ---------------------------------------------------------------- fact tables (nbhelpers.baseline)
+# ---------------------------------------------------------------- fact tables
+# (nbhelpers.core.baseline)
 
 
 def test_fact_table_and_helpers():
@@ -597,7 +599,7 @@ def test_baseline_summary():
 
 
 def test_largest_linear_names_the_layer_with_most_weights():
-    from nbhelpers.models import build_model
+    from nbhelpers.core.models import build_model
 
     assert P.largest_linear(build_model("mlp")) == "1"  # 784 x 300
     assert P.largest_linear(build_model("lenet5_caffe")) == "5"  # 800 x 500

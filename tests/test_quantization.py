@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.quantization: from-scratch affine quantization, torch int8, ONNX
+"""Unit tests of nbhelpers.techniques.quantization: from-scratch affine quantization, torch int8,
+ONNX
 Runtime."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import pytest
 import torch
 
 from nbhelpers import measure
-from nbhelpers import quantization as Q
-from nbhelpers.models import MLP, LeNet5
-from nbhelpers.params import ParameterError
+from nbhelpers.core.models import MLP, LeNet5
+from nbhelpers.core.params import ParameterError
+from nbhelpers.techniques import quantization as Q
 
 BITS = [2, 3, 4, 5, 6, 7, 8, 12, 16]
 MODES = [(sym, pc) for sym in (False, True) for pc in (False, True)]
@@ -222,7 +223,7 @@ def test_ort_int8_error_within_rounding_bound_with_reduce_range(tmp_path, static
 def test_full_8_bit_weights_within_bound_where_the_cpu_has_vnni(tmp_path):
     """On a VNNI CPU (or off x86) full 8-bit weights cannot saturate either; on x86 without VNNI
     the chosen default must be 7 bits. Either way the default choice keeps the bound."""
-    from nbhelpers import machine
+    from nbhelpers.core import machine
 
     advice = machine.int8_precaution(machine.cpu_flags())
     torch.manual_seed(0)
@@ -237,7 +238,7 @@ def test_full_8_bit_weights_within_bound_where_the_cpu_has_vnni(tmp_path):
 
 
 def test_pair_sum_arithmetic():
-    from nbhelpers import machine
+    from nbhelpers.core import machine
 
     assert machine.max_pair_sum(8) == 65280 > machine.INT16_MAX
     assert machine.max_pair_sum(7) == 32640 <= machine.INT16_MAX

@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.recipe: the loss in words, the folding/int8 split of a speed-up, 11's
+"""Unit tests of nbhelpers.techniques.recipe: the loss in words, the folding/int8 split of a
+speed-up, 11's
 facts."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from nbhelpers import recipe
+from nbhelpers.techniques import recipe
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""nbhelpers.record: values go into a notebook's outputs and come back equal."""
+"""nbhelpers.core.record: values go into a notebook's outputs and come back equal."""
 
 import math
 
@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from nbhelpers.record import MIME_TYPE, is_timing, read, read_notebook, to_jsonable, without_timings
+from nbhelpers.core.record import (
+    MIME_TYPE,
+    is_timing,
+    read,
+    read_notebook,
+    to_jsonable,
+    without_timings,
+)
 
 
 def test_to_jsonable():
@@ -24,7 +31,7 @@ def test_to_jsonable():
 
 def test_round_trip_through_a_kernel(tmp_path):
     values = {"acc": 0.93, "sizes": {"train": 7}, "names": ["a", "b"], "flag": True, "none": None}
-    src = "from nbhelpers.record import record\n" + "\n".join(
+    src = "from nbhelpers.core.record import record\n" + "\n".join(
         f"record({k!r}, {v!r})" for k, v in values.items()
     )
     nb = nbformat.v4.new_notebook(

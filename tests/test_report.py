@@ -1,4 +1,5 @@
-"""nbhelpers.report: runs notebooks, keeps the last good report, shows failures in the index."""
+"""nbhelpers.reporting.runner: runs notebooks, keeps the last good report, shows failures in the
+index."""
 
 import json
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbhelpers.record import read
-from nbhelpers.report import (
+from nbhelpers.core.record import read
+from nbhelpers.reporting.runner import (
     RunResult,
     expected_seconds,
     list_notebooks,
@@ -23,7 +24,10 @@ def _notebook(path, body: str):
     params = nbformat.v4.new_code_cell("VALUE: int = 1  # a parameter")
     params.metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(
-        cells=[params, nbformat.v4.new_code_cell("from nbhelpers.record import record\n" + body)]
+        cells=[
+            params,
+            nbformat.v4.new_code_cell("from nbhelpers.core.record import record\n" + body),
+        ]
     )
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -132,7 +136,7 @@ def test_html_hides_plumbing_input_and_loads_mathjax_locally(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-    from nbhelpers.report import HIDE_INPUT_TAG, render_html
+    from nbhelpers.reporting.runner import HIDE_INPUT_TAG, render_html
 
     plumbing = new_code_cell(
         "PLUMBING_SOURCE = 1",
@@ -167,7 +171,7 @@ def test_a_relative_reports_folder_is_the_one_asked_for(tmp_path, monkeypatch):
 
     import papermill
 
-    from nbhelpers.report import run_notebook
+    from nbhelpers.reporting.runner import run_notebook
 
     def fake_execute(src, out, cwd=None, **_):
         os.chdir(cwd)  # left changed, as when another thread's papermill restores it late

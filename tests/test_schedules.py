@@ -1,4 +1,5 @@
-"""Unit tests of nbhelpers.schedules: each schedule's learning rates step by step, names, range
+"""Unit tests of nbhelpers.techniques.schedules: each schedule's learning rates step by step,
+names, range
 test.
 
 Constant, step, exponential and plateau are compared with ``==``: torch multiplies ``group["lr"]``
@@ -19,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from nbhelpers import schedules
-from nbhelpers.params import ParameterError
-from nbhelpers.train import fit
+from nbhelpers.core.params import ParameterError
+from nbhelpers.core.train import fit
+from nbhelpers.techniques import schedules
 
 EPOCHS, STEPS, LR = 4, 3, 0.1
 
@@ -359,7 +360,7 @@ def test_cosine_restarts_cycles_double_and_end_with_training():
 
 def test_the_optimizers_09_uses_by_name():
     """09 builds SGD with momentum and AdamW with decoupled decay through train.make_optimizer."""
-    from nbhelpers.train import make_optimizer
+    from nbhelpers.core.train import make_optimizer
 
     model = nn.Linear(2, 1)
     sgd = make_optimizer(model, "sgd", 0.1, momentum=0.8)

@@ -1,4 +1,5 @@
-"""nbhelpers.stats: paired differences, McNemar's exact test, Wilson intervals, the paired table."""
+"""nbhelpers.measure.stats: paired differences, McNemar's exact test, Wilson intervals, the paired
+table."""
 
 import itertools
 import math
@@ -8,8 +9,8 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from nbhelpers.params import ParameterError
-from nbhelpers.stats import (
+from nbhelpers.core.params import ParameterError
+from nbhelpers.measure.stats import (
     accuracy_interval,
     bootstrap_interval,
     discordant_counts,

@@ -1,11 +1,11 @@
-"""nbhelpers.targets: verdicts on measured figures."""
+"""nbhelpers.measure.targets: verdicts on measured figures."""
 
 import math
 
 import pytest
 
-from nbhelpers.params import ParameterError
-from nbhelpers.targets import target, targets_table
+from nbhelpers.core.params import ParameterError
+from nbhelpers.measure.targets import target, targets_table
 
 
 def test_verdicts():
@@ -47,7 +47,7 @@ def test_interval_decides_or_not():
 
 
 def test_points_lost_flips_the_interval():
-    from nbhelpers.targets import points_lost
+    from nbhelpers.measure.targets import points_lost
 
     loss, (lo, hi) = points_lost(
         {"accuracy_delta_points": -0.3, "delta_low_points": -0.5, "delta_high_points": -0.1}
@@ -59,7 +59,7 @@ def test_text_of_a_target_read_back_from_json():
     """Recorded targets pass through JSON: a NaN interval comes back as None."""
     import json
 
-    from nbhelpers.targets import measured_text, verdict_text
+    from nbhelpers.measure.targets import measured_text, verdict_text
 
     back = json.loads(json.dumps(target("size", 4.0, ">=", 3.9, "x")).replace("NaN", "null"))
     assert back["low"] is None and measured_text(back) == "4 x" and verdict_text(back) == "yes"
@@ -70,7 +70,7 @@ def test_text_of_a_target_read_back_from_json():
 
 
 def test_no_negative_zero():
-    from nbhelpers.targets import measured_text
+    from nbhelpers.measure.targets import measured_text
 
     assert (
         measured_text(target("loss", -0.0, "<=", 1, "points", interval=(-0.4, 0.4)))

@@ -1,4 +1,4 @@
-"""nbhelpers.train: reproducible fitting, history, schedulers and hooks."""
+"""nbhelpers.core.train: reproducible fitting, history, schedulers and hooks."""
 
 import math
 import os
@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nbhelpers.data import load_split, loaders
-from nbhelpers.models import MLP
-from nbhelpers.params import ParameterError
-from nbhelpers.train import (
+from nbhelpers.core.data import load_split, loaders
+from nbhelpers.core.models import MLP
+from nbhelpers.core.params import ParameterError
+from nbhelpers.core.train import (
     can_fuse,
     evaluate,
     fit,
@@ -230,8 +230,8 @@ def test_seed_everything_sets_the_gpu_flags(restore_determinism, monkeypatch):
 
 
 def test_anneal_is_none_or_a_cosine_to_zero():
-    from nbhelpers.params import ParameterError
-    from nbhelpers.train import anneal
+    from nbhelpers.core.params import ParameterError
+    from nbhelpers.core.train import anneal
 
     assert anneal("constant", 5) is None
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.4)
@@ -249,7 +249,7 @@ def test_anneal_is_none_or_a_cosine_to_zero():
 
 
 def test_torch_threads_restores_the_count_even_on_error():
-    from nbhelpers.train import torch_threads
+    from nbhelpers.core.train import torch_threads
 
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="inside"):

@@ -1,0 +1,8 @@
+"""Lesson-only code: one notebook's facts table, verdict rows and lesson-only measurements, which a
+user's own model does not need. Imports ``core``, ``measure`` and ``techniques``.
+
+Modules:
+    baseline   notebook 00's facts: the two shared baselines against each other
+    tuning     notebooks 01-03's facts tables (grid, random, Bayesian search, early stopping)
+    selection  notebook 01's common mistake: choosing by test accuracy, its optimism measured
+"""

@@ -1,0 +1,316 @@
+"""The facts of one run of notebooks 01-03, as small tables their discussions refer to by name.
+
+Each ``*_summary`` function takes tables the notebook already has and returns one row per fact:
+the index is the fact's name, ``value`` its value in this run (floats to four significant
+digits), ``context`` its unit and what it counts. The discussion is markdown that explains what
+either outcome of a fact means; the numbers stay in the table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nbhelpers.measure.facts import fact_table
+from nbhelpers.techniques.hpo.comparison import Histories, LookupObjective
+
+
+def facts_of(rows: list[tuple[str, Any, str]]) -> pd.DataFrame:
+    """``nbhelpers.measure.facts.fact_table`` with values to four significant digits."""
+    return fact_table(rows, digits=4)
+
+
+def target_cells(obj: LookupObjective, target: float) -> list[tuple[str, Any, str]]:
+    """Facts on how large the good region is: cells of the exhaustive grid that reach ``target``.
+
+    Args:
+        obj: the lookup objective (the exhaustive grid).
+        target: the score to reach.
+
+    Returns:
+        Rows for ``fact_table``: the count, their share, and 1 / share.
+    """
+    within = int((obj.scores >= target).sum())
+    share = within / obj.size
+    return [
+        ("cells within the target", within, f"of {obj.size} cells of the exhaustive grid"),
+        (
+            "share of cells within the target",
+            share,
+            "what one draw spread evenly over the cells hits",
+        ),
+        (
+            "expected trials at that share",
+            1 / share if share else math.inf,
+            "1 / share: mean draws until the first hit",
+        ),
+    ]
+
+
+def grid_summary(
+    results: pd.DataFrame,
+    test_accuracy: float,
+    importance: pd.Series,
+    seconds_per_trial: float,
+    folds: int,
+) -> pd.DataFrame:
+    """The facts of a grid search (notebook 01).
+
+    Args:
+        results: the search's ``results_table`` (trial order).
+        test_accuracy: the refit winner's accuracy on the test split.
+        importance: {hyperparameter: range of the best mean CV accuracy over its values}.
+        seconds_per_trial: measured wall time per configuration.
+        folds: cross-validation folds.
+
+    Returns:
+        The fact table.
+    """
+    order = results.sort_values("mean_cv", ascending=False, kind="stable")
+    best, std = float(order["mean_cv"].iloc[0]), float(order["std_cv"].iloc[0])
+    gap = best - float(order["mean_cv"].iloc[1]) if len(order) > 1 else math.nan
+    top, low = importance.idxmax(), importance.idxmin()
+    n = len(results)
+    return facts_of(
+        [
+            ("configurations", n, f"trials, each cross-validated in {folds} folds"),
+            ("fits", n * folds + 1, f"{folds} per trial, plus the refit of the winner"),
+            ("winner's CV accuracy", best, "mean over the folds"),
+            ("winner's fold std", 100 * std, "points"),
+            ("gap to the runner-up", 100 * gap, "points of mean CV accuracy"),
+            (
+                "tied with the winner",
+                int((results["mean_cv"] >= best - std).sum()),
+                "within one fold std of the winner, itself too",
+            ),
+            (
+                "test minus CV accuracy",
+                100 * (test_accuracy - best),
+                "points: the refit's test accuracy minus CV mean",
+            ),
+            ("most important", top, "hyperparameter with the largest range"),
+            ("range of the most important", 100 * float(importance[top]), "points"),
+            ("least important", low, "hyperparameter with the smallest range"),
+            ("range of the least important", 100 * float(importance[low]), "points"),
+            (
+                "values of the most important",
+                int(results[top].nunique()),
+                f"distinct values in {n} trials",
+            ),
+            (
+                "seconds per trial",
+                seconds_per_trial,
+                f"measured: {folds} fits on the tuning subset",
+            ),
+            (
+                "a grid of 10^6 trials",
+                1e6 * seconds_per_trial / 86400,
+                "days at this cost: 6 hyperparameters x 10 values",
+            ),
+        ]
+    )
+
+
+def random_summary(
+    obj: LookupObjective,
+    target: float,
+    grid_runs: Sequence[Sequence[float]],
+    random_runs: Sequence[Sequence[float]],
+    placements: pd.DataFrame,
+    ttt: pd.DataFrame,
+    spread: pd.Series,
+    met: bool,
+    test: Mapping[str, Any] | None = None,
+    distinct: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """The facts of the random-against-grid comparison (notebook 02).
+
+    Args:
+        obj: the lookup objective (the exhaustive grid).
+        target: the score "matching the grid" means.
+        grid_runs: the equal-budget grid's scores per seed, in trial order.
+        random_runs: random search's scores per seed at the same budget.
+        placements: ``shifted_grids`` of the same grid.
+        ttt: ``trials_to_target_table`` with a ``random`` row (and its limit).
+        spread: {important, unimportant hyperparameter: score range along it}.
+        met: whether the notebook's target is met.
+        test: ``stats.seeds_paired_difference`` of the two winners' test hits (grid as A, random
+            as B), or None.
+        distinct: {"grid", "random": mean distinct values of the important hyperparameter
+            tried}, or None.
+
+    Returns:
+        The fact table.
+    """
+    (imp, r_imp), (unimp, r_unimp) = list(spread.items())
+    extra: list[tuple[str, Any, str]] = []
+    if distinct is not None:
+        extra += [
+            (
+                f"{m}: distinct {imp} values tried",
+                float(distinct[m]),
+                "table cells, mean over seeds",
+            )
+            for m in ("grid", "random")
+        ]
+    if test is not None:
+        extra += [
+            (
+                "test: random winner minus grid winner",
+                test["difference"],
+                "points, seed mean, refitted winners, same images",
+            ),
+            ("test: image interval, low", test["low"], "points, 95%, bootstrap over images"),
+            ("test: image interval, high", test["high"], "points, 95%, seeds held fixed"),
+            ("test: verdict over images", test["verdict"], "random against grid, these seeds"),
+            (
+                "test: verdict over seeds",
+                test["seed_verdict"],
+                f"Student-t over {test['seeds']} seeds' differences",
+            ),
+        ]
+    grid_best = float(np.mean([max(r) for r in grid_runs]))
+    random_best = float(np.mean([max(r) for r in random_runs]))
+    row, seeds = ttt.loc["random"], len(random_runs)
+    return facts_of(
+        [
+            *target_cells(obj, target),
+            (f"range along {imp}", 100 * r_imp, "points: best score per value, max minus min"),
+            (f"range along {unimp}", 100 * r_unimp, f"points, at the best {imp}"),
+            ("equal budget", len(random_runs[0]), "trials per method and seed"),
+            ("grid: best after the budget", grid_best, "mean CV accuracy, mean over seeds"),
+            ("random: best after the budget", random_best, "mean CV accuracy, mean over seeds"),
+            ("grid minus random after the budget", 100 * (grid_best - random_best), "points"),
+            (
+                "grid contains the table's best cell",
+                bool(np.isclose(grid_best, obj.best)),
+                "its values happen to include a best-scoring cell",
+            ),
+            (
+                "grid placements reaching the target",
+                int(placements["reaches target"].sum()),
+                f"of {len(placements)} equally spaced placements of the same grid",
+            ),
+            (
+                "random seeds reaching the target in the budget",
+                sum(max(r) >= target for r in random_runs),
+                f"of {seeds} seeds",
+            ),
+            (
+                "random: mean trials to the target",
+                row["mean_trials"],
+                "never reached: counted as budget + 1",
+            ),
+            ("random: median trials to the target", row["median_trials"], "trials"),
+            ("random: worst seed", row["max_trials"], "trials"),
+            (
+                "random: seeds reaching the target",
+                int(row["reached"]),
+                f"of {seeds}, within {obj.size} trials",
+            ),
+            ("target: at most", row["limit"], "mean trials, a quarter of the exhaustive grid"),
+            ("target met", bool(met), "all of >= 5 seeds reach it, mean within limit"),
+            *extra,
+        ]
+    )
+
+
+def bayes_summary(
+    obj: LookupObjective,
+    target: float,
+    runs: Histories,
+    ttt: pd.DataFrame,
+    seconds: Mapping[str, float],
+    results: pd.DataFrame,
+    met: Mapping[str, bool],
+    model: str,
+    baseline: str = "random",
+    early: pd.DataFrame | None = None,
+    early_baseline: str = "random (full budget)",
+) -> pd.DataFrame:
+    """The facts of the Bayesian-optimization comparison (notebook 03).
+
+    Args:
+        obj: the lookup objective (the exhaustive grid).
+        target: the score "matching the grid" means.
+        runs: {method: scores per seed at the common budget}.
+        ttt: ``trials_to_target_table`` with rows ``model`` and ``baseline``.
+        seconds: {method: wall seconds per trial (proposal and look-up)}.
+        results: the ``BayesSearchCV`` ``results_table``.
+        met: {method: whether its target is met}.
+        model: the model-based method compared, e.g. "GP (gp_minimize)".
+        baseline: the method it is compared with.
+        early: ``epochs_table`` of the methods that stop trials early, with an ``early_baseline``
+            row, or None.
+        early_baseline: the full-budget method the others are compared with.
+
+    Returns:
+        The fact table.
+    """
+    m, b = ttt.loc[model], ttt.loc[baseline]
+    winner = results.sort_values("mean_cv", ascending=False, kind="stable").iloc[0]
+    margin = obj.best - target
+    rows = [
+        *target_cells(obj, target),
+        (
+            f"{model} needs fewer trials than {baseline}",
+            bool(m["mean_trials"] < b["mean_trials"]),
+            "mean trials to the target over seeds",
+        ),
+        (f"{model} minus {baseline}: mean trials", m["mean_trials"] - b["mean_trials"], "trials"),
+        (
+            f"{model} minus {baseline}: median trials",
+            m["median_trials"] - b["median_trials"],
+            "trials",
+        ),
+        (f"{model} minus {baseline}: worst seed", m["max_trials"] - b["max_trials"], "trials"),
+    ]
+    rows += [
+        (
+            f"{k}: best after the budget",
+            float(np.mean([max(r) for r in v])),
+            "mean CV accuracy, mean over seeds",
+        )
+        for k, v in runs.items()
+    ]
+    rows += [
+        (f"{k}: seconds per trial", v, "proposing a point and looking it up")
+        for k, v in seconds.items()
+    ]
+    rows += [
+        (
+            f"{k}: target met",
+            bool(v),
+            f"mean trials at most {ttt.loc[k, 'limit']:.4g}, every seed reached",
+        )
+        for k, v in met.items()
+    ]
+    rows += [
+        ("BayesSearchCV winner's fold std", 100 * float(winner["std_cv"]), "points"),
+        (
+            "fold std above the target margin",
+            bool(winner["std_cv"] > margin),
+            f"the margin is {100 * margin:.4g} points",
+        ),
+    ]
+    if early is not None:
+        base = early.loc[early_baseline, "mean_epochs"]
+        for k, e in early.iterrows():
+            rows += [
+                (f"{k}: seeds reaching the target", int(e["reached"]), f"of {int(e['seeds'])}"),
+                (
+                    f"{k}: mean epochs to the target",
+                    e["mean_epochs"],
+                    "over the seeds that reached",
+                ),
+                (f"{k}: final quality", e["final_quality"], "full-budget CV accuracy, seed mean"),
+            ]
+            if k != early_baseline:
+                rows.append(
+                    (f"{k}: epochs vs {early_baseline}", e["mean_epochs"] / base, "x, mean epochs")
+                )
+    return facts_of(rows)
