@@ -1,17 +1,20 @@
 """How every result is judged: accuracy, size and latency, paired statistics, targets, verdicts.
 
 Modules:
-    metrics      accuracy and per-image correctness, parameters, MACs, bytes, latency, kernel and
-                 per-layer timings, ``compare`` tables (imports torch)
+    hits         which images a model gets right: per-image correctness, accuracy, shifts
+    size         parameters and non-zeros, multiply-adds, bytes on disk, CSR storage
+    timing       latency at several batch sizes, per-layer and kernel timings
+    comparison   ``compare``: models side by side, paired intervals, size and latency
     stats        paired intervals of accuracy differences, McNemar's exact test, Wilson intervals
     verdicts     a ``compare`` row's interval and verdict in words, above-chance
     targets      targets checked against measurements and their intervals
     facts        a run's facts as a small table (fact, value, unit, context)
     leaderboard  every notebook's comparison in one table and picture (no torch)
 
-The names of ``metrics`` are also this package's (``from nbhelpers import measure;
-measure.compare(...)``), loaded on first use, so importing ``nbhelpers.measure.stats`` or
-``leaderboard`` does not import torch. Imports only ``nbhelpers.core``.
+The public names of ``hits``, ``size``, ``timing`` and ``comparison`` (the four that import torch)
+are also this package's (``from nbhelpers import measure; measure.compare(...)``), loaded on first
+use, so importing ``nbhelpers.measure.stats`` or ``leaderboard`` does not import torch. Imports
+only ``nbhelpers.core``.
 """
 
 from __future__ import annotations
@@ -19,22 +22,34 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = ("facts", "leaderboard", "metrics", "stats", "targets", "verdicts")
+#: The modules whose public names are the package's own.
+_MEASURING = ("hits", "size", "timing", "comparison")
+_SUBMODULES = ("facts", "leaderboard", "stats", "targets", "verdicts", *_MEASURING)
+
+
+def _public(module: Any) -> set[str]:
+    """Names a measuring module defines (not those it imports)."""
+    return {
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_") and getattr(v, "__module__", module.__name__) == module.__name__
+    }
 
 
 def __getattr__(name: str) -> Any:
-    """A submodule, or a name of ``metrics``, imported when first asked for."""
+    """A submodule, or a public name of a measuring module, imported when first asked for."""
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name.startswith("__"):
-        raise AttributeError(name)
-    metrics = importlib.import_module(f"{__name__}.metrics")
-    try:
-        return getattr(metrics, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    if not name.startswith("__"):
+        for mod in _MEASURING:
+            module = importlib.import_module(f"{__name__}.{mod}")
+            if name in vars(module) and not name.startswith("_"):
+                return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    metrics = importlib.import_module(f"{__name__}.metrics")
-    return sorted({*globals(), *_SUBMODULES, *(n for n in vars(metrics) if not n.startswith("_"))})
+    names = {*globals(), *_SUBMODULES}
+    for mod in _MEASURING:
+        names |= _public(importlib.import_module(f"{__name__}.{mod}"))
+    return sorted(names)

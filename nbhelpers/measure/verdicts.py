@@ -1,10 +1,15 @@
-"""A ``measure.compare`` row's verdict in words: its paired interval, where the interval lies, and
-whether an accuracy beats guessing."""
+"""Verdicts: the one word for an interval of a difference (``verdict``), and a ``measure.compare``
+row's verdict in words: its paired interval, where the interval lies, whether it beats guessing."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+#: The words ``verdict`` gives an interval of B - A.
+VERDICTS = ("better", "worse", "within noise")
+#: Where the interval lies, for each word: the reason ``verdict_reason`` gives.
+_WHERE = {"better": "lies above zero", "worse": "lies below zero", "within noise": "contains zero"}
 
 
 def interval_text(row: Mapping[str, Any]) -> str:
@@ -30,9 +35,8 @@ def verdict_reason(row: Mapping[str, Any]) -> str:
     Returns:
         "the paired 95% interval lies above zero", "... below zero" or "... contains zero".
     """
-    low, high = float(row["delta_low_points"]), float(row["delta_high_points"])
-    where = "lies above zero" if low > 0 else "lies below zero" if high < 0 else "contains zero"
-    return f"the paired 95% interval {where}"
+    word = verdict(float(row["delta_low_points"]), float(row["delta_high_points"]))
+    return f"the paired 95% interval {_WHERE[word]}"
 
 
 def above_chance(row: Mapping[str, Any], n_classes: int = 10) -> bool:
@@ -46,3 +50,20 @@ def above_chance(row: Mapping[str, Any], n_classes: int = 10) -> bool:
         True when the lower end of the Wilson interval exceeds 1 / n_classes.
     """
     return bool(float(row["accuracy_low"]) > 1.0 / n_classes)
+
+
+def verdict(low: float, high: float) -> str:
+    """The word for an interval of a difference: "better", "worse" or "within noise".
+
+    Args:
+        low: lower end of the interval of B - A.
+        high: upper end.
+
+    Returns:
+        "better" if the whole interval is above zero, "worse" if below, else "within noise".
+    """
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "within noise"
