@@ -250,7 +250,7 @@ def test_search_histories_repeat_and_find_the_optimum(lookup):
 
 def test_shifted_grids_every_offset(lookup):
     # 16 learning rates, 4-value grids spaced 4 cells apart: offsets 0..3
-    t = hpo.shifted_grids(lookup, 4, [0, 6], target=lookup.best - 0.001)
+    t = tuning.shifted_grids(lookup, 4, [0, 6], target=lookup.best - 0.001)
     assert t["offset"].tolist() == [0, 1, 2, 3] and len(t["lr values"][0]) == 4
     expected = [lookup.scores[np.ix_([o, o + 4, o + 8, o + 12], [0, 6])].max() for o in range(4)]
     assert t["best after budget"].tolist() == pytest.approx(expected)
@@ -384,11 +384,11 @@ def test_plots_draw():
     import pandas as pd
 
     trials = pd.DataFrame({"n=2": [2, 4], "n=10": [10, 100]}, index=pd.Index([1, 2], name="d"))
-    fig = hpo.plot_grid_cost(trials, 0.5)
+    fig = tuning.plot_grid_cost(trials, 0.5)
     assert len(fig.axes[0].lines) == 3  # two grids and the one-hour line
     x = np.linspace(-4, -1, 8)
     fine = np.linspace(-4, -1, 50)
-    fig2 = hpo.plot_surrogate(
+    fig2 = tuning.plot_surrogate(
         x, -np.cos(x), [0, 5], fine, np.zeros(50), np.ones(50), np.abs(np.sin(fine)), "log10 lr"
     )
     assert len(fig2.axes) == 2 and "2 trials" in fig2.axes[0].get_title()
@@ -399,7 +399,7 @@ def test_plots_draw():
 
 
 def test_rooms_hold_what_they_say():
-    from nbhelpers.techniques.hpo import backends, comparison, estimator, space
+    from nbhelpers.techniques.hpo import backends, comparison, estimator, exhaustive, plots, space
 
     assert space.MLP_SPACE is hpo.MLP_SPACE and space.to_skopt is hpo.to_skopt
     assert (
@@ -407,6 +407,10 @@ def test_rooms_hold_what_they_say():
     )
     assert backends.backend is hpo.backend and backends.check_scheduler is hpo.check_scheduler
     assert comparison.LookupObjective is hpo.LookupObjective
+    assert exhaustive.grid_table is hpo.grid_table and plots.heatmap is hpo.heatmap
+    # lesson-only tables and plots live in the lesson module, not among the technique names
+    for name in ("shifted_grids", "plot_grid_cost", "plot_surrogate"):
+        assert not hasattr(hpo, name) and callable(getattr(tuning, name))
     assert all(hasattr(hpo, name) for name in hpo.__all__)
 
 

@@ -1,9 +1,14 @@
-"""The facts of one run of notebooks 01-03, as small tables their discussions refer to by name.
+"""The facts of one run of notebooks 01-03, as small tables their discussions refer to by name,
+and the lesson-only tables and plots of those notebooks.
 
 Each ``*_summary`` function takes tables the notebook already has and returns one row per fact:
 the index is the fact's name, ``value`` its value in this run (floats to four significant
 digits), ``context`` its unit and what it counts. The discussion is markdown that explains what
 either outcome of a fact means; the numbers stay in the table.
+
+Lesson-only: ``plot_grid_cost`` (01, the curse of dimensionality), ``shifted_grids`` (02, the same
+grid placed at every offset) and ``plot_surrogate`` (03, a GP surrogate and its expected
+improvement on a 1-D slice).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from nbhelpers.measure.facts import fact_table
 from nbhelpers.techniques.hpo.comparison import Histories, LookupObjective
@@ -314,3 +320,117 @@ def bayes_summary(
                     (f"{k}: epochs vs {early_baseline}", e["mean_epochs"] / base, "x, mean epochs")
                 )
     return facts_of(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesson-only tables and plots
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_grid_cost(trials: pd.DataFrame, seconds_per_trial: float) -> Figure:
+    """Wall time of a grid against its number of hyperparameters, one line per values per axis.
+
+    Args:
+        trials: index = hyperparameters d, one column per values per axis n (``n^d`` trials).
+        seconds_per_trial: the measured cost of one trial.
+
+    Returns:
+        The figure (log scale, with a one-hour line).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for column in trials.columns:
+        ax.plot(trials.index, trials[column] * seconds_per_trial, marker="o", label=column)
+    ax.axhline(3600, color="k", ls=":", lw=1)
+    ax.text(trials.index[0], 3600 * 1.3, "1 hour", fontsize=8)
+    ax.set(
+        yscale="log",
+        xlabel="hyperparameters d",
+        ylabel="seconds (measured cost per trial)",
+        title="Grid cost grows exponentially with the dimensions",
+    )
+    ax.legend(loc="lower right", title="values per axis")
+    fig.tight_layout()
+    return fig
+
+
+def plot_surrogate(
+    x: np.ndarray,
+    loss: np.ndarray,
+    seen: Sequence[int],
+    fine: np.ndarray,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    ei: np.ndarray,
+    xlabel: str,
+) -> Figure:
+    """A GP surrogate on a 1-D slice (mean, band, trials) above its expected improvement.
+
+    Args:
+        x: the slice's grid positions.
+        loss: the loss at every grid position (what the GP has not seen, for reference).
+        seen: indices of the positions tried so far.
+        fine: where the GP and EI were evaluated.
+        mu: the GP mean on ``fine``.
+        sigma: the GP standard deviation on ``fine``.
+        ei: the expected improvement on ``fine``.
+        xlabel: label of the x axis.
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=[2, 1])
+    ax1.plot(x, loss, "k.:", lw=1, label="grid (not seen by the GP)")
+    ax1.plot(fine, mu, label="GP mean $\\mu_n$")
+    ax1.fill_between(
+        fine, mu - 2 * sigma, mu + 2 * sigma, alpha=0.25, label="$\\mu_n \\pm 2\\sigma_n$"
+    )
+    ax1.plot(x[list(seen)], loss[list(seen)], "ro", label="trials so far")
+    ax1.set(
+        ylabel="loss = - mean CV accuracy",
+        title=f"Gaussian-process surrogate after {len(seen)} trials",
+    )
+    ax1.legend(fontsize=8)
+    ax2.plot(fine, ei, color="C2")
+    ax2.axvline(fine[int(np.argmax(ei))], color="C2", ls="--", lw=1)
+    ax2.set(xlabel=xlabel, ylabel="EI", title="expected improvement: the next trial is its maximum")
+    fig.tight_layout()
+    return fig
+
+
+def shifted_grids(
+    obj: LookupObjective, points: int, columns: Sequence[int], target: float
+) -> pd.DataFrame:
+    """A ``points``-value grid along the first axis placed at every offset (same spacing).
+
+    The spacing is ``len(axis) // points`` cells; every placement that fits on the axis is scored
+    by the best cell it contains, over the given cells of the second axis.
+
+    Args:
+        obj: the objective (its first axis is the one shifted).
+        points: values of the grid along the first axis.
+        columns: cells of the second axis the grid uses.
+        target: the score a placement should reach.
+
+    Returns:
+        One row per offset: the values tried, the best score of the whole grid, whether it
+        reaches ``target``.
+    """
+    name, axis = next(iter(obj.axes.items()))
+    step = max(1, len(axis) // points)
+    rows = []
+    for offset in range(len(axis) - (points - 1) * step):
+        cells = [offset + k * step for k in range(points)]
+        best = float(obj.scores[np.ix_(cells, list(columns))].max())
+        rows.append(
+            {
+                "offset": offset,
+                f"{name} values": [float(f"{axis[c]:.3g}") for c in cells],
+                "best after budget": best,
+                "reaches target": bool(best >= target),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -4,14 +4,18 @@
   scikit-optimize forms;
 * ``estimator``: the MLP as a seeded skorch estimator, the tuning subset, a search's results;
 * ``backends``: where the searches run (loky processes or a Dask cluster, through joblib);
-* ``comparison``: search methods compared on a cached exhaustive grid (lookup objective,
-  histories, best so far, trials to a target, plots);
+* ``comparison``: search methods compared cheaply on a lookup objective (histories of grid,
+  random, GP and TPE search, best so far, trials to a target);
+* ``exhaustive``: the exhaustive grid fitted once on every fold and epoch, cached, and kept as a
+  lookup objective;
+* ``plots``: best-so-far curves and a heatmap of a score over two hyperparameters;
 * ``early_stopping``: successive halving and Hyperband against full-budget search at equal
   epochs, on cached learning curves of the grid;
 * ``winners``: the configuration a search chose, refitted and scored on the test images.
 
 Everything public is re-exported here: ``from nbhelpers.techniques import hpo; hpo.MLP_SPACE``.
-The lessons' facts tables are in ``nbhelpers.lessons.tuning`` and ``nbhelpers.lessons.selection``.
+The lessons' facts tables and lesson-only tables and plots are in ``nbhelpers.lessons.tuning``
+and ``nbhelpers.lessons.selection``.
 """
 
 from nbhelpers.techniques.hpo.backends import (
@@ -31,20 +35,10 @@ from nbhelpers.techniques.hpo.comparison import (
     LookupObjective,
     best_so_far,
     budget_table,
-    cached_results,
     curves_frame,
-    fold_curves,
-    fold_results,
     gp_history,
     grid_history,
-    grid_table,
-    heatmap,
-    plot_best_so_far,
-    plot_grid_cost,
-    plot_surrogate,
     random_history,
-    shifted_grids,
-    table_config,
     tpe_history,
     trials_to_target,
     trials_to_target_table,
@@ -68,6 +62,14 @@ from nbhelpers.techniques.hpo.estimator import (
     make_estimator,
     results_table,
 )
+from nbhelpers.techniques.hpo.exhaustive import (
+    cached_results,
+    fold_curves,
+    fold_results,
+    grid_table,
+    table_config,
+)
+from nbhelpers.techniques.hpo.plots import heatmap, plot_best_so_far
 from nbhelpers.techniques.hpo.space import (
     DEFAULTS,
     MLP_SPACE,
@@ -136,11 +138,8 @@ __all__ = [
     "merge_space",
     "parse_scheduler",
     "plot_best_so_far",
-    "plot_grid_cost",
-    "plot_surrogate",
     "random_history",
     "results_table",
-    "shifted_grids",
     "table_config",
     "to_distributions",
     "to_grid",

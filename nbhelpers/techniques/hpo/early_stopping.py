@@ -29,12 +29,8 @@ import numpy as np
 import pandas as pd
 
 from nbhelpers.core.params import ParameterError, check_int
-from nbhelpers.techniques.hpo.comparison import (
-    LookupObjective,
-    fold_curves,
-    fold_params,
-    random_points,
-)
+from nbhelpers.techniques.hpo.comparison import LookupObjective, random_points
+from nbhelpers.techniques.hpo.exhaustive import fold_curves, fold_params
 from nbhelpers.techniques.hpo.space import dim_values, to_grid
 
 History = list[tuple[int, float]]
