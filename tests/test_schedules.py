@@ -1,6 +1,5 @@
-"""Unit tests of nbhelpers.techniques.schedules: each schedule's learning rates step by step,
-names, range
-test.
+"""Unit tests of nbhelpers.techniques.schedules (each schedule's learning rates step by step,
+names, range test) and of notebook 09's lesson tables and facts (nbhelpers.lessons.lr_schedules).
 
 Constant, step, exponential and plateau are compared with ``==``: torch multiplies ``group["lr"]``
 by the factor exactly as the hand-written loops here do. Cosine and one-cycle are compared with
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nbhelpers.core.params import ParameterError
 from nbhelpers.core.train import fit
+from nbhelpers.lessons import lr_schedules as lesson
 from nbhelpers.techniques import schedules
 
 EPOCHS, STEPS, LR = 4, 3, 0.1
@@ -198,7 +198,7 @@ def _history(val_acc: float, lr: float, loss: float, acc: float) -> pd.DataFrame
 
 
 def test_final_epoch_takes_the_last_row_and_sums_time():
-    assert schedules.final_epoch(_history(0.9, 0.01, 0.05, 0.99)) == {
+    assert lesson.final_epoch(_history(0.9, 0.01, 0.05, 0.99)) == {
         "val_accuracy": 0.9,
         "final_lr": 0.01,
         "train_loss": 0.05,
@@ -217,7 +217,7 @@ def _results() -> pd.DataFrame:
             "seed": s,
             "epochs": 4,
             "test_accuracy": a[s],
-            **schedules.final_epoch(_history(val[n], 0.01, 0.01 * (i + 1), 0.99 - 0.01 * i)),
+            **lesson.final_epoch(_history(val[n], 0.01, 0.01 * (i + 1), 0.99 - 0.01 * i)),
         }
         for i, (n, a) in enumerate(acc.items())
         for s in (0, 1)
@@ -226,7 +226,7 @@ def _results() -> pd.DataFrame:
 
 
 def test_per_schedule_means_and_gain():
-    t = schedules.per_schedule(_results())
+    t = lesson.per_schedule(_results())
     assert list(t.index) == ["constant", "onecycle", "step"]
     assert t.loc["onecycle", "test_mean"] == pytest.approx(0.945)
     assert t.loc["constant", "test_sd"] == pytest.approx(0.02 / math.sqrt(2))
@@ -236,7 +236,7 @@ def test_per_schedule_means_and_gain():
 
 
 def test_summary_facts_follow_the_tables():
-    table = schedules.per_schedule(_results())
+    table = lesson.per_schedule(_results())
     half = pd.DataFrame(
         {
             "schedule": ["onecycle", "onecycle", "constant", "constant"],
@@ -252,7 +252,7 @@ def test_summary_facts_follow_the_tables():
         "plateau": [0.05] * 6 + [0.005] * 2,
     }
     suggestion = {"lr_min_loss": 0.8, "max_lr": 0.4}
-    f = schedules.summary(
+    f = lesson.summary(
         table,
         "onecycle",
         half,
@@ -287,10 +287,10 @@ def test_summary_facts_follow_the_tables():
 
 
 def test_summary_without_the_peak_in_the_sweep_says_nan():
-    table = schedules.per_schedule(_results())
+    table = lesson.per_schedule(_results())
     half = pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"])
     sweep = pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr"))
-    f = schedules.summary(
+    f = lesson.summary(
         table,
         "step",
         half,
@@ -316,7 +316,7 @@ def test_plot_learning_curves_zooms_and_moves_the_legend():
             "val_accuracy": [0.88, 0.93],
         }
     )
-    fig = schedules.plot_learning_curves({"constant": h, "onecycle": h}, accuracy_floor=0.8)
+    fig = lesson.plot_learning_curves({"constant": h, "onecycle": h}, accuracy_floor=0.8)
     assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_ylim()[0] == 0.8
     assert fig.axes[0].get_legend() is None and fig.axes[1].get_legend() is not None
 
@@ -412,22 +412,22 @@ def test_versus_constant_and_scaling_tables():
     res = pd.DataFrame([{"schedule": n, "seed": s, "test_accuracy": np.mean(v),
                          "val_accuracy": 0.5, "train_loss": 0.1, "train_accuracy": 0.9,
                          "train_seconds": 1.0} for (n, s), v in right.items()])  # fmt: skip
-    t = schedules.versus_constant(res, right, seeds)
+    t = lesson.versus_constant(res, right, seeds)
     assert t.loc["onecycle", "gain_vs_constant_points"] == pytest.approx(37.5)
     assert t.loc["constant", "verdict"] == "reference" and t.loc["onecycle", "gain_high"] >= 37.5
-    assert schedules.versus_constant(pd.DataFrame(), {}, seeds).empty
+    assert lesson.versus_constant(pd.DataFrame(), {}, seeds).empty
     runs = {((4, "lr x k"), s): right["onecycle", s] for s in seeds}
     runs.update({((4, "same lr"), s): [0, 0, 0, 1] for s in seeds})
     rows = pd.DataFrame([{"k": k, "rule": r, "batch": 256, "lr": 0.2 if r == "lr x k" else 0.05,
                           "seed": s, "test_accuracy": np.mean(v)}
                          for ((k, r), s), v in runs.items()])  # fmt: skip
-    sc = schedules.scaling_table(rows, runs, {s: right["constant", s] for s in seeds}, seeds)
+    sc = lesson.scaling_table(rows, runs, {s: right["constant", s] for s in seeds}, seeds)
     assert sc.loc[(4, "lr x k"), "vs_reference_points"] == pytest.approx(37.5)
     assert sc.loc[(4, "same lr"), "vs_reference_points"] == pytest.approx(-25.0)
     assert sc.loc[(4, "lr x k"), "seeds"] == 2
-    assert (schedules.scaling_table(rows, runs, {}, seeds)["verdict"] == "no reference").all()
-    base = schedules.per_schedule(_results())
-    f = schedules.summary(
+    assert (lesson.scaling_table(rows, runs, {}, seeds)["verdict"] == "no reference").all()
+    base = lesson.per_schedule(_results())
+    f = lesson.summary(
         base, "onecycle", pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"]),
         pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr")),
         {"lr_min_loss": 0.8, "max_lr": 0.4}, {}, steps_per_epoch=2, base_lr=0.05,
@@ -444,13 +444,13 @@ def test_versus_constant_and_scaling_tables():
 
 
 def test_trace_shape_tells_decay_from_warm_up_and_restarts():
-    assert schedules.trace_shape([0.1] * 4) == "constant"
-    assert schedules.trace_shape([0.1, 0.1, 0.01, 0.001]) == "decays only"  # step, plateau
-    assert schedules.trace_shape([0.01, 0.05, 0.1]) == "rises only"
-    assert schedules.trace_shape([0.01, 0.1, 0.05, 0.0]) == "rises, then decays"  # warm-up
-    assert schedules.trace_shape([0.1, 0.01, 0.1, 0.01]) == "decays, then rises again"  # SGDR
-    assert schedules.trace_shape([0.1, 0.1 * (1 + 1e-12), 0.1]) == "constant"  # rounding
-    assert set(schedules.SHAPES) == {
+    assert lesson.trace_shape([0.1] * 4) == "constant"
+    assert lesson.trace_shape([0.1, 0.1, 0.01, 0.001]) == "decays only"  # step, plateau
+    assert lesson.trace_shape([0.01, 0.05, 0.1]) == "rises only"
+    assert lesson.trace_shape([0.01, 0.1, 0.05, 0.0]) == "rises, then decays"  # warm-up
+    assert lesson.trace_shape([0.1, 0.01, 0.1, 0.01]) == "decays, then rises again"  # SGDR
+    assert lesson.trace_shape([0.1, 0.1 * (1 + 1e-12), 0.1]) == "constant"  # rounding
+    assert set(lesson.SHAPES) == {
         "constant", "decays only", "rises only", "rises, then decays", "decays, then rises again"
     }  # fmt: skip
 
@@ -462,8 +462,8 @@ def test_summary_counts_rules_that_only_decay():
         "onecycle": [0.01, 0.2, 0.1, 0.0],
         "cosine_restarts": [0.05, 0.0, 0.05, 0.0],
     }
-    f = schedules.summary(
-        schedules.per_schedule(_results()), "onecycle",
+    f = lesson.summary(
+        lesson.per_schedule(_results()), "onecycle",
         pd.DataFrame(columns=["schedule", "seed", "epochs", "test_accuracy"]),
         pd.DataFrame({"mean": [0.91]}, index=pd.Index([0.05], name="lr")),
         {"lr_min_loss": 0.8, "max_lr": 0.2}, traces, steps_per_epoch=1, base_lr=0.05,
