@@ -9,7 +9,7 @@ import pytest
 import yaml
 from notebook_runner import parameters_cell
 
-from nbhelpers.reporting import paper
+from nbhelpers.reporting import claims, paper
 from nbhelpers.reporting.runner import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ RECORDS = {"04_weight_pruning": PRUNING, "10_compression_pipeline": PIPELINE}
 
 
 def test_claims_read_ours_from_the_records():
-    t = paper.claims_table(RECORDS, {"04_weight_pruning": 100.0}).set_index(
+    t = claims.claims_table(RECORDS, {"04_weight_pruning": 100.0}).set_index(
         ["notebook", "setting", "metric"]
     )
     dense = t.loc[("04_weight_pruning", "LeNet-300-100 dense", "test error (%)")]
@@ -76,13 +76,13 @@ def test_claims_read_ours_from_the_records():
 
 
 def test_claims_not_run_stay_nan():
-    t = paper.claims_table({}, {})
-    assert t["ours"].isna().all() and len(t) == len(paper.CLAIMS)
+    t = claims.claims_table({}, {})
+    assert t["ours"].isna().all() and len(t) == len(claims.CLAIMS)
     assert t["checked"].str.len().gt(0).all()  # every published figure says how it was checked
 
 
 def test_profile_targets():
-    ts = {t["name"]: t for t in paper.profile_targets(RECORDS)}
+    ts = {t["name"]: t for t in claims.profile_targets(RECORDS)}
     assert ts["LeNet-300-100 dense error within 0.15 points of 1.64%"]["met"]
     no_loss = [t for name, t in ts.items() if "no significant loss" in name]
     assert (
@@ -90,7 +90,7 @@ def test_profile_targets():
     )
     loss = ts["Deep Compression pipeline" + FULL + ": loss against its dense model"]
     assert loss["met"] and loss["decided"] is False and (loss["low"], loss["high"]) == (-0.1, 0.3)
-    assert paper.profile_targets({}) == []
+    assert claims.profile_targets({}) == []
 
 
 def test_a_significant_gain_is_not_a_loss():
@@ -126,7 +126,7 @@ def test_a_significant_gain_is_not_a_loss():
     def pick(rec):
         return next(
             t
-            for t in paper.profile_targets({"04_weight_pruning": rec})
+            for t in claims.profile_targets({"04_weight_pruning": rec})
             if "no significant loss" in t["name"]
         )
 
@@ -202,7 +202,7 @@ def test_caffe_lenet5_rows_and_targets():
             ),
         ],
     }
-    t = paper.claims_table({paper.CAFFE: caffe}, {}).set_index(["setting", "metric"])
+    t = claims.claims_table({claims.CAFFE: caffe}, {}).set_index(["setting", "metric"])
     dense = t.loc[("LeNet-5 (Caffe, 20-50-500) dense", "test error (%)")]
     assert dense.ours == pytest.approx(0.80) and dense.published == 0.80
     assert t.loc[("LeNet-5 (Caffe) pruned", "test error (%)")].ours == pytest.approx(0.85)
@@ -210,7 +210,7 @@ def test_caffe_lenet5_rows_and_targets():
         431080 / 35450
     )
     assert math.isnan(t.loc[("LeNet-5 (Caffe) compressed", "test error (%)")].ours)  # 10's run
-    ts = {x["name"]: x for x in paper.profile_targets({paper.CAFFE: caffe})}
+    ts = {x["name"]: x for x in claims.profile_targets({claims.CAFFE: caffe})}
     assert ts["LeNet-5 (Caffe) dense error within 0.15 points of 0.80%"]["met"]
     assert ts["LeNet-5 (Caffe) pruned: fewer parameters"]["met"]
     no_loss = next(v for k, v in ts.items() if k.startswith("LeNet-5 (Caffe) pruned at 12x"))
@@ -253,7 +253,7 @@ SIGMOID = {
 
 
 def test_hinton_and_ioffe_rows():
-    t = paper.claims_table(
+    t = claims.claims_table(
         {"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}, {}
     )
     t = t.set_index("setting")
@@ -269,7 +269,7 @@ def test_hinton_and_ioffe_rows():
     assert t.loc["3 x 100 sigmoid units, batches of 60", "ours"] == pytest.approx(2 / 3)
     ts = {
         x["name"]: x
-        for x in paper.profile_targets(
+        for x in claims.profile_targets(
             {"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}
         )
     }
@@ -281,14 +281,16 @@ def test_hinton_and_ioffe_rows():
 
 def test_deep_compression_lenet5_rows_and_targets():
     """The Caffe LeNet-5 run of 10 fills Deep Compression's LeNet-5 rows and its two targets."""
-    t = paper.claims_table({paper.DC_CAFFE: PIPELINE}, {}).set_index(["paper", "setting", "metric"])
+    t = claims.claims_table({claims.DC_CAFFE: PIPELINE}, {}).set_index(
+        ["paper", "setting", "metric"]
+    )
     dc = "Han, Mao, Dally 2016 (Deep Compression)"
     assert t.loc[(dc, "LeNet-5 (Caffe) dense", "test error (%)")].ours == pytest.approx(2.0)
     compressed = t.loc[(dc, "LeNet-5 (Caffe) compressed", "test error (%)")]
     assert compressed.ours == pytest.approx(2.1) and compressed.published == 0.74
     size = t.loc[(dc, "LeNet-5 (Caffe) compressed", "smaller on disk (x)")]
     assert size.ours == pytest.approx(41.5) and size.published == 39
-    ts = {x["name"]: x for x in paper.profile_targets({paper.DC_CAFFE: PIPELINE})}
+    ts = {x["name"]: x for x in claims.profile_targets({claims.DC_CAFFE: PIPELINE})}
     assert ts["Deep Compression pipeline, LeNet-5 (Caffe)" + FULL + ": smaller on disk"][
         "met"
     ]  # 41.5 >= 39
@@ -350,10 +352,10 @@ def test_deep_compression_is_compared_with_the_like_for_like_row():
             )
         ],
     }
-    assert paper.deep_compression_row(rec) == like
-    assert paper.deep_compression_row(PIPELINE) == "5 int8"  # an older run: said in the row
-    t = {x["name"]: x for x in paper.profile_targets({"10_compression_pipeline": rec})}
+    assert claims.deep_compression_row(rec) == like
+    assert claims.deep_compression_row(PIPELINE) == "5 int8"  # an older run: said in the row
+    t = {x["name"]: x for x in claims.profile_targets({"10_compression_pipeline": rec})}
     size = t["Deep Compression pipeline (like-for-like row): smaller on disk"]
     assert (size["measured"], size["met"], size["note"]) == (27.5, False, like)
-    old = paper.profile_targets({"10_compression_pipeline": PIPELINE})
+    old = claims.profile_targets({"10_compression_pipeline": PIPELINE})
     assert "(full stack: run recorded before the like-for-like row)" in old[0]["name"]

@@ -1,5 +1,5 @@
-"""nbhelpers.reporting.runner: runs notebooks, keeps the last good report, shows failures in the
-index."""
+"""nbhelpers.reporting.runner and .pages: runs notebooks, keeps the last good report, shows
+failures in the index."""
 
 import json
 from pathlib import Path
@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from nbhelpers.core.record import read
+from nbhelpers.reporting.pages import wrappable_headers
 from nbhelpers.reporting.runner import (
     RunResult,
     expected_seconds,
@@ -16,7 +17,6 @@ from nbhelpers.reporting.runner import (
     longest_first,
     main,
     save_run,
-    wrappable_headers,
 )
 
 
@@ -136,7 +136,7 @@ def test_html_hides_plumbing_input_and_loads_mathjax_locally(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-    from nbhelpers.reporting.runner import HIDE_INPUT_TAG, render_html
+    from nbhelpers.reporting.pages import HIDE_INPUT_TAG, render_html
 
     plumbing = new_code_cell(
         "PLUMBING_SOURCE = 1",

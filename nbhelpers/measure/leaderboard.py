@@ -118,18 +118,7 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
         sizes=(30, 300),
         ax=ax,
     )
-    ci = data.dropna(subset=["accuracy_low", "accuracy_high"])
-    if len(ci):  # 95% Wilson intervals of each accuracy
-        acc = ci["accuracy"].astype(float)
-        ax.errorbar(
-            ci["bytes"].astype(float),
-            acc,
-            fmt="none",
-            ecolor="grey",
-            elinewidth=1,
-            alpha=0.7,
-            yerr=[acc - ci["accuracy_low"].astype(float), ci["accuracy_high"].astype(float) - acc],
-        )
+    _interval_bars(ax, data)
     pf = pareto_front(data) if len(data) > 1 else data
     named = data.loc[data.index.isin(pf.index) | data["is_baseline"].astype(bool)]
     for _, r in named.drop_duplicates(
@@ -162,6 +151,23 @@ def figure(board: pd.DataFrame, title: str = "", front: bool = True):
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def _interval_bars(ax, data: pd.DataFrame) -> None:
+    """Draw each accuracy's 95% Wilson interval as a grey vertical bar at its bytes."""
+    ci = data.dropna(subset=["accuracy_low", "accuracy_high"])
+    if not len(ci):
+        return
+    acc = ci["accuracy"].astype(float)
+    ax.errorbar(
+        ci["bytes"].astype(float),
+        acc,
+        fmt="none",
+        ecolor="grey",
+        elinewidth=1,
+        alpha=0.7,
+        yerr=[acc - ci["accuracy_low"].astype(float), ci["accuracy_high"].astype(float) - acc],
+    )
 
 
 def html_section(board: pd.DataFrame) -> str:
