@@ -1,5 +1,5 @@
-"""Unit tests of nbhelpers.techniques.neuron_pruning: ranking criteria, unit selection, physical
-removal."""
+"""Unit tests of nbhelpers.techniques.neuron_pruning (ranking criteria, unit selection, physical
+removal) and of notebook 05's facts (nbhelpers.lessons.neuron_pruning)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from nbhelpers import measure
 from nbhelpers.core.models import MLP, LeNet5
 from nbhelpers.core.params import ParameterError
+from nbhelpers.lessons import neuron_pruning as L
 from nbhelpers.techniques import neuron_pruning as NP
 
 
@@ -331,7 +332,7 @@ def test_time_by_type_sums_shares_and_speedups():
         {"dense ms": [4.0, 1.0, 3.0, 2.0], "structured ms": [2.0, 0.5, 1.0, 2.0]},
         index=["0 Conv2d", "1 ReLU", "2 Conv2d", "3 Linear"],
     )
-    t = NP.time_by_type(per_layer)
+    t = L.time_by_type(per_layer)
     assert list(t.index) == ["Conv2d", "ReLU", "Linear"]
     assert t.loc["Conv2d", "dense ms"] == 7.0 and t.loc["Conv2d", "structured ms"] == 3.0
     assert t.loc["Conv2d", "dense share"] == 0.7 and t.loc["Conv2d", "speedup"] == pytest.approx(
@@ -383,7 +384,7 @@ def test_summary_facts_on_known_tables():
         index=["0 Conv2d", "1 MaxPool2d", "2 Conv2d"],
     )
     targets = [{"met": True}, {"met": False}]
-    f = NP.summary(
+    f = L.summary(
         sweep,
         {"mlp": table},
         {"mlp": names},
@@ -424,7 +425,7 @@ def test_summary_facts_on_known_tables():
     shifted = sweep.assign(
         one_shot_top_class_share=[0.6, 0.15, 0.9, 0.2], one_shot_logit_scale=[0.4, 0.2, 0.3, 0.1]
     )
-    g = NP.summary(
+    g = L.summary(
         shifted, {"mlp": table}, {"mlp": names}, dead, tp, per_layer, fraction=0.5, n_test=10000
     )
     assert g.loc["mlp: one-shot, share of the most predicted class, highest", "value"] == 0.6
@@ -434,7 +435,7 @@ def test_summary_facts_on_known_tables():
     assert g.loc["mlp: one-shot, random: share of the most predicted class", "value"] == 0.15
     assert g.loc["mlp: one-shot, random: logit scale", "value"] == 0.2
     assert g.loc["mlp: one-shot, random: logit scale", "context"].endswith("is 0.2000")
-    no_tp = NP.summary(
+    no_tp = L.summary(
         sweep,
         {"mlp": table},
         {"mlp": names},

@@ -1,6 +1,5 @@
-"""Unit tests of nbhelpers.techniques.pruning: exact sparsity, growing masks, prune.remove,
-schedules,
-storage."""
+"""Unit tests of nbhelpers.techniques.pruning (exact sparsity, growing masks, prune.remove,
+schedules, storage) and of notebook 04's lesson code (nbhelpers.lessons.weight_pruning)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from nbhelpers.core.models import MLP, LeNet5
 from nbhelpers.core.params import ParameterError
 from nbhelpers.core.train import fit, seed_everything
+from nbhelpers.lessons import weight_pruning as W
 from nbhelpers.lessons.baseline import summary as baseline_summary
 from nbhelpers.measure import serialized_bytes, sparse_csr
 from nbhelpers.measure.facts import CONTEXT_WIDTH, fact_table
@@ -254,17 +254,17 @@ def test_storage_prediction_and_its_facts(tmp_path):
         "torch": (tmp_path / "t.pt", P.save_torch_sparse(state, tmp_path / "t.pt"), None),
         "npz": (tmp_path / "s.npz", P.save_sparse(state, tmp_path / "s.npz"), None),
     }
-    storage = P.storage_table(files, state, baseline="dense")
+    storage = W.storage_table(files, state, baseline="dense")
     layouts = {"dense": ("torch dense", state, "archive"), "torch": ("torch csr", state, "t"),
                "npz": ("npz csr", state, "")}  # fmt: skip
-    t = P.storage_prediction(layouts, storage)
+    t = W.storage_prediction(layouts, storage)
     assert t.loc["npz", "prediction error %"] == 0.0
     torch_rows = t.loc[["dense", "torch"], "prediction error %"]
     assert (torch_rows < 0).all() and (torch_rows > -1).all()  # short by the pickle alone
     nnz = round(0.05 * total(MLP()))
     assert t.loc["torch", "bytes per non-zero weight"] == files["torch"][1] / nnz
     assert t.loc["torch", "times smaller, measured"] == storage.loc["torch", "times smaller"]
-    facts = fact_table(P.storage_facts(t)).value
+    facts = fact_table(W.storage_facts(t)).value
     assert facts["prediction error: npz"] == 0.0 and "textbook error: dense" not in facts
     assert facts["textbook error: torch"] < -30  # 12 bytes per weight where the file spends 20
     assert facts["torch CSR: bytes per column index on disk"] == 16.0
@@ -326,12 +326,12 @@ def test_same_weights_and_reparametrisation():
     base = mlp()
     naive = P.threshold_prune(copy.deepcopy(base), P.global_threshold(base, 0.8))
     pruned = P.magnitude_prune(copy.deepcopy(base), 0.8, "global")
-    assert P.same_weights(naive, pruned) and not P.same_weights(base, pruned)
-    assert not P.same_weights(base, MLP(64, (32,)))  # different number of layers
-    info = P.reparametrisation(pruned[1])
+    assert W.same_weights(naive, pruned) and not W.same_weights(base, pruned)
+    assert not W.same_weights(base, MLP(64, (32,)))  # different number of layers
+    info = W.reparametrisation(pruned[1])
     assert info["parameters"] == "bias, weight_orig" and info["buffers"] == "weight_mask"
     assert info["forward_pre_hooks"] and info["weight == weight_orig * weight_mask"] is True
-    plain = P.reparametrisation(base[1])
+    plain = W.reparametrisation(base[1])
     assert plain == {
         "parameters": "weight, bias",
         "buffers": "",
@@ -347,7 +347,7 @@ def test_accuracy_row_measures_sparsity_and_both_accuracies():
     val = DataLoader(TensorDataset(x, y), batch_size=8)
     half_wrong = torch.where(torch.arange(20) < 10, y, (y + 1) % 10)
     test = DataLoader(TensorDataset(x, half_wrong), batch_size=8)
-    r = P.accuracy_row(model, "one-shot/global", 0.5, val, test, seconds=1.5)
+    r = W.accuracy_row(model, "one-shot/global", 0.5, val, test, seconds=1.5)
     assert r == {
         "run": "one-shot/global",
         "sparsity": 0.5,
@@ -362,7 +362,7 @@ def test_accuracy_row_measures_sparsity_and_both_accuracies():
 def test_global_layer_sparsity_leaves_the_model_and_reaches_each_level():
     base = mlp()
     before = copy.deepcopy(base.state_dict())
-    table = P.global_layer_sparsity(base, [0.5, 0.9])
+    table = W.global_layer_sparsity(base, [0.5, 0.9])
     assert list(table.columns) == ["0.5", "0.9"] and list(table.index) == ["1", "3", "5", "total"]
     n = total(base)
     assert table.loc["total", "0.9"] == round(0.9 * n) / n
@@ -381,7 +381,7 @@ def test_storage_table_ratios_and_round_trips(tmp_path):
         "wrong": (sparse, 1000, lambda p: wrong),
         "missing key": (sparse, 800, lambda p: dict(list(state.items())[:1])),
     }
-    t = P.storage_table(files, state, baseline="dense")
+    t = W.storage_table(files, state, baseline="dense")
     assert list(t.index) == ["dense", "sparse", "wrong", "missing key"]
     assert t.loc["dense", "times smaller"] == 1.0 and t.loc["wrong", "times smaller"] == 4.0
     assert t.loc["dense", "round-trips exactly"] is None
@@ -411,7 +411,7 @@ def kernels() -> pd.DataFrame:
 
 
 def test_sparse_kernel_wins():
-    wins = P.sparse_kernel_wins(kernels())
+    wins = W.sparse_kernel_wins(kernels())
     assert list(wins.index) == [1, 64] and np.isnan(wins[1]) and wins[64] == 0.9
 
 
@@ -419,8 +419,8 @@ def pruning_tables():
     at_target = pd.DataFrame(
         {
             "run": [
-                P.NAIVE_RUN,
-                P.LAYER_NO_FINETUNE_RUN,
+                W.NAIVE_RUN,
+                W.LAYER_NO_FINETUNE_RUN,
                 "one-shot/layer",
                 "one-shot/global",
                 "iterative/global",
@@ -469,7 +469,7 @@ def pruning_tables():
 
 
 def test_pruning_summary_states_this_runs_facts():
-    f = P.summary(
+    f = W.summary(
         *pruning_tables(),
         pruned="pruned",
         csr="csr",
@@ -516,9 +516,9 @@ def test_pruning_summary_states_this_runs_facts():
 
 def test_pruning_summary_without_optional_runs():
     at_target, comparison, storage, kern, layers = pruning_tables()
-    at_target = at_target.loc[[P.NAIVE_RUN, P.LAYER_NO_FINETUNE_RUN, "one-shot/global"]]
+    at_target = at_target.loc[[W.NAIVE_RUN, W.LAYER_NO_FINETUNE_RUN, "one-shot/global"]]
     at_target.loc["one-shot/global", "test_accuracy"] = 0.4  # fine-tuning lost to the naive mask
-    f = P.summary(
+    f = W.summary(
         at_target,
         comparison,
         storage,

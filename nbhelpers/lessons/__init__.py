@@ -5,4 +5,7 @@ Modules:
     baseline   notebook 00's facts: the two shared baselines against each other
     tuning     notebooks 01-03's facts tables (grid, random, Bayesian search, early stopping)
     selection  notebook 01's common mistake: choosing by test accuracy, its optimism measured
+    weight_pruning  notebook 04's sweep rows, storage tables (measured and predicted bytes), facts
+    neuron_pruning  notebook 05's time by layer type and facts table
+    lr_schedules  notebook 09's runs per schedule against constant, scaling rule, shapes, facts
 """

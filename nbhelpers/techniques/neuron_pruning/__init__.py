@@ -1,0 +1,97 @@
+"""Structured (neuron and channel) pruning of ``nn.Sequential`` models: rank units, then cut them
+out.
+
+A *unit* is an output row of an ``nn.Linear`` (a hidden neuron) or an output channel of an
+``nn.Conv2d`` (a filter). Every weighted layer except the last (the classifier) is prunable.
+Scores follow one convention: **higher means more important**; the lowest-scored units go.
+
+* ``units``: the prunable layers and their widths, how many units a fraction removes, the checks;
+* ``criteria``: weight norms (L1, L2), the mean activation and 1 - APoZ (Hu et al. 2016), the
+  first-order Taylor estimate (Molchanov et al. 2017), random scores and the inverted L1 mistake;
+  ``select_keep`` drops the lowest-scored units per layer or globally;
+* ``surgery``: ``remove_units`` builds the smaller model by hand (the pruned layer keeps the rows
+  of the kept units, a BatchNorm after it their statistics, the next weighted layer the matching
+  input columns); ``prune`` scores, selects and cuts; the same cut through torch-pruning; dead
+  units; how far the logits moved; what the cut saved;
+* ``channels``: for any other model (residual blocks, named submodules) ``prune_channels`` cuts the
+  channels of layers given by name through torch-pruning's dependency graph, which finds the layers
+  whose channels are coupled (both terms of a residual sum, the batch norms, the next layers'
+  inputs).
+
+Everything public is re-exported here (``from nbhelpers.techniques import neuron_pruning;
+neuron_pruning.prune``); notebook 05's facts table is in ``nbhelpers.lessons.neuron_pruning``.
+"""
+
+from nbhelpers.techniques.neuron_pruning.channels import (
+    GRAPH_CRITERIA,
+    check_prune_layers,
+    output_layer,
+    prune_channels,
+)
+from nbhelpers.techniques.neuron_pruning.criteria import (
+    activation_stats,
+    best_criterion,
+    select_keep,
+    taylor_scores,
+    unit_scores,
+    weight_norm_scores,
+)
+from nbhelpers.techniques.neuron_pruning.surgery import (
+    complement,
+    correct_over_seeds,
+    dead_units,
+    output_change,
+    prune,
+    remove_units,
+    shrinkage,
+    torch_pruning_remove,
+    zero_outgoing,
+)
+from nbhelpers.techniques.neuron_pruning.units import (
+    CONTROLS,
+    CRITERIA,
+    NORMS,
+    SCOPES,
+    WEIGHTED,
+    check_criteria,
+    check_prune_fraction,
+    n_removed,
+    n_units,
+    prunable_layers,
+    weighted_layers,
+    widths,
+)
+
+__all__ = [
+    "CONTROLS",
+    "CRITERIA",
+    "GRAPH_CRITERIA",
+    "NORMS",
+    "SCOPES",
+    "WEIGHTED",
+    "activation_stats",
+    "best_criterion",
+    "check_criteria",
+    "check_prune_fraction",
+    "check_prune_layers",
+    "complement",
+    "correct_over_seeds",
+    "dead_units",
+    "n_removed",
+    "n_units",
+    "output_change",
+    "output_layer",
+    "prunable_layers",
+    "prune",
+    "prune_channels",
+    "remove_units",
+    "select_keep",
+    "shrinkage",
+    "taylor_scores",
+    "torch_pruning_remove",
+    "unit_scores",
+    "weight_norm_scores",
+    "weighted_layers",
+    "widths",
+    "zero_outgoing",
+]
