@@ -1,6 +1,6 @@
 """nbhelpers.techniques.compression: the sparse int8 artifact round-trips exactly; the entropy
-coders count
-right; the pipeline's tables, the Pareto merge of executed reports and the facts of a run."""
+coders count right; the pipeline's tables. nbhelpers.lessons.compression_pipeline: the Pareto merge
+of executed reports, the search's front against the hand-built artifact and the facts of a run."""
 
 import math
 import re
@@ -16,6 +16,14 @@ from torch import nn
 from nbhelpers.core.models import MLP
 from nbhelpers.core.params import ParameterError
 from nbhelpers.core.record import MIME_TYPE
+from nbhelpers.lessons.compression_pipeline import (
+    executed_records,
+    front_table,
+    front_target,
+    pareto_board,
+    single_technique_points,
+    summary,
+)
 from nbhelpers.measure import leaderboard
 from nbhelpers.measure.facts import CONTEXT_WIDTH
 from nbhelpers.measure.targets import target
@@ -23,7 +31,6 @@ from nbhelpers.techniques import compression
 from nbhelpers.techniques.compression import (
     coding_table,
     entropy_bits,
-    executed_records,
     huffman_bits,
     int8_conv_weights,
     int8_linears,
@@ -31,11 +38,8 @@ from nbhelpers.techniques.compression import (
     load_artifact,
     nonzero_values,
     pack_int8_sparse,
-    pareto_board,
     save_artifact,
-    single_technique_points,
     stage_steps,
-    summary,
     unpack_float_mlp,
     unpack_int8,
     unpack_int8_mlp,
@@ -478,11 +482,11 @@ def test_front_table_and_target():
             self.user_attrs = {"test_accuracy": test}
 
     study = type("S", (), {"best_trials": [T(3, 64, 0.95, 9000, 0.951), T(1, 16, 0.9, 4000, 0.9)]})
-    front = compression.front_table(study, {"accuracy": 0.93, "bytes": 8000})
+    front = front_table(study, {"accuracy": 0.93, "bytes": 8000})
     assert list(front["trial"]) == [1, 3] and list(front["dominates_final"]) == [False, False]
-    gap, note = compression.front_target(front, {"accuracy": 0.93, "bytes": 8000})
+    gap, note = front_target(front, {"accuracy": 0.93, "bytes": 8000})
     assert gap == pytest.approx(-3.0) and note.startswith("trial 1: width 16")
-    gap, note = compression.front_target(front, {"accuracy": 0.93, "bytes": 3000})
+    gap, note = front_target(front, {"accuracy": 0.93, "bytes": 3000})
     assert math.isnan(gap) and "smallest: 4000 B" in note
-    front = compression.front_table(study, {"accuracy": 0.95, "bytes": 9500})
+    front = front_table(study, {"accuracy": 0.95, "bytes": 9500})
     assert bool(front.loc[1, "dominates_final"])

@@ -1,0 +1,345 @@
+"""Notebook 10's lesson: the pipeline beside the other notebooks' models, the search's front beside
+the hand-built artifact, and the facts its discussion names.
+
+``executed_records`` reads the executed notebooks 04-07, ``pareto_board`` puts their comparisons
+and the pipeline's stages on one leaderboard, ``front_table`` / ``front_target`` / ``plot_front``
+set the multi-objective search against the hand-built final artifact, and ``summary`` is the facts
+table. The pipeline itself is ``nbhelpers.techniques.compression``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nbhelpers.measure.facts import fact_table
+
+
+def executed_records(
+    reports_dir: str | Path, pattern: str = "0[4-7]_*.ipynb"
+) -> dict[str, dict[str, Any]]:
+    """The records of the executed notebooks in a folder that recorded a ``comparison``.
+
+    Args:
+        reports_dir: folder of executed notebooks (a missing folder gives none).
+        pattern: glob of the notebooks to read.
+
+    Returns:
+        Notebook stem -> its records (``nbhelpers.core.record.read``), in name order.
+    """
+    from nbhelpers.core.record import read
+
+    out = {}
+    for path in sorted(Path(reports_dir).glob(pattern)):
+        recs = read(path)
+        if recs.get("comparison"):
+            out[path.stem] = recs
+    return out
+
+
+def pareto_board(
+    others: Mapping[str, Mapping[str, Any]], stages: pd.DataFrame, notebook: str, baseline: str
+) -> pd.DataFrame:
+    """One leaderboard of other notebooks' comparisons and this pipeline's stages.
+
+    Args:
+        others: notebook stem -> records (``executed_records``), each with ``comparison`` and
+            ``comparison_baseline``.
+        stages: the pipeline's stage table (index: stage name).
+        notebook: this notebook's stem, for its rows.
+        baseline: the pipeline's baseline stage.
+
+    Returns:
+        ``leaderboard.COLUMNS`` rows that have both an accuracy and bytes, others first.
+    """
+    from nbhelpers.measure import leaderboard
+
+    own = stages.rename_axis("model").reset_index()
+    own = own.assign(notebook=notebook, is_baseline=own["model"] == baseline)
+    parts = [leaderboard.build(others), own.reindex(columns=leaderboard.COLUMNS)]
+    board = pd.concat([p for p in parts if len(p)], ignore_index=True)
+    return board[board["accuracy"].notna() & board["bytes"].notna()].reset_index(drop=True)
+
+
+def single_technique_points(board: pd.DataFrame, notebook: str) -> pd.DataFrame:
+    """The optimized models of the other notebooks on a ``pareto_board`` (baselines excluded)."""
+    return board[(board["notebook"] != notebook) & ~board["is_baseline"].astype(bool)]
+
+
+def front_table(study: Any, final: Mapping[str, Any]) -> pd.DataFrame:
+    """The Pareto front of a two-objective Optuna study beside the hand-built final artifact.
+
+    Args:
+        study: an Optuna study of (validation accuracy: maximise, bytes: minimise), each trial
+            with the user attribute "test_accuracy".
+        final: the hand-built pipeline's final row (``accuracy``, ``bytes``).
+
+    Returns:
+        One row per front trial, smallest first: its knobs, validation and test accuracy, bytes,
+        and whether it is at least as small and at least as accurate on test as the final
+        artifact (``dominates_final``).
+    """
+    rows = [
+        {
+            "trial": t.number,
+            **t.params,
+            "val_accuracy": t.values[0],
+            "bytes": int(t.values[1]),
+            "test_accuracy": t.user_attrs["test_accuracy"],
+        }  # fmt: skip
+        for t in study.best_trials
+    ]
+    out = pd.DataFrame(rows).sort_values("bytes").reset_index(drop=True)
+    out["dominates_final"] = (out["bytes"] <= final["bytes"]) & (
+        out["test_accuracy"] >= final["accuracy"]
+    )
+    return out
+
+
+def plot_front(
+    points: Mapping[int, Mapping[str, Any]],
+    front: pd.DataFrame,
+    final: Mapping[str, Any],
+    name: str,
+) -> Any:
+    """Every trial of the search (test accuracy against bytes), its front, the hand-built artifact.
+
+    Args:
+        points: trial number -> ``pipeline_point`` result.
+        front: ``front_table``.
+        final: the hand-built final row (``accuracy``, ``bytes``).
+        name: its stage name.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    on_front = set(front["trial"])
+    trials = pd.DataFrame(
+        [{"bytes": p["bytes"], "test accuracy": p["test_accuracy"], "on the front": n in on_front}
+         for n, p in points.items()]
+    )  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.scatterplot(data=trials, x="bytes", y="test accuracy", hue="on the front", ax=ax)
+    ax.scatter(final["bytes"], final["accuracy"], marker="*", s=250, color="tab:red",
+               label=f"hand-built: {name}")  # fmt: skip
+    ax.set(xscale="log", title="The search's trials (test accuracy) and the hand-built artifact")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def front_target(front: pd.DataFrame, final: Mapping[str, Any]) -> tuple[float, str]:
+    """How far the front's best model no larger than the final artifact is from its accuracy.
+
+    Args:
+        front: ``front_table``.
+        final: the hand-built final row (``accuracy``, ``bytes``).
+
+    Returns:
+        (test accuracy of the most accurate front model with at most the final's bytes minus the
+        final's, in points; NaN when no front model is that small), and a note naming it.
+    """
+    small = front[front["bytes"] <= final["bytes"]]
+    if small.empty:
+        smallest = int(front["bytes"].min()) if len(front) else 0
+        return math.nan, f"no front model within {int(final['bytes'])} B (smallest: {smallest} B)"
+    best = small.loc[small["test_accuracy"].idxmax()]
+    note = (
+        f"trial {int(best['trial'])}: width {int(best['width'])}, sparsity "
+        f"{best['sparsity']:.2f}, {int(best['bits'])} bits, {int(best['bytes'])} B"
+    )
+    return 100 * (float(best["test_accuracy"]) - float(final["accuracy"])), note
+
+
+def summary(
+    stages: pd.DataFrame,
+    targets: Sequence[Mapping[str, Any]],
+    board: pd.DataFrame,
+    *,
+    notebook: str,
+    reference: Mapping[str, Any] | None = None,
+    reference_gap: Mapping[str, Any] | None = None,
+    control: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """This run's facts about the pipeline, from its stage table, targets and Pareto board.
+
+    Args:
+        stages: ``stage_steps`` of the stages (first row: the baseline; last: the final stage),
+            with a ``macs`` column.
+        targets: ``nbhelpers.measure.targets.target`` dicts.
+        board: ``pareto_board``.
+        notebook: this notebook's stem on the board.
+        reference: the like-for-like row (``measure.compare`` against the same baseline, e.g.
+            ``deep_compression_recipe`` of the baseline itself), or None.
+        reference_gap: ``stats.paired_difference`` of the like-for-like model's hits against the
+            final stage's on the same test images (final minus it), with ``reference``.
+        control: the from-scratch control (``stats.seeds_paired_difference`` of the final stage
+            against it, with ``seeds`` and ``epochs``), or None.
+
+    Returns:
+        A ``fact_table``: the final model against the baseline, each stage's size and speed step,
+        the multiply-adds, the like-for-like row and what the full stack adds to it, the
+        from-scratch control, each target's verdict and the Pareto picture's counts.
+    """
+    from nbhelpers.measure.leaderboard import pareto_front
+    from nbhelpers.measure.targets import measured_text
+
+    base, fin = stages.iloc[0], stages.iloc[-1]
+    speed = [c for c in stages.columns if c.startswith("speedup_b")]
+    big = max(speed, key=lambda c: int(c.removeprefix("speedup_b")))
+    rows = [("final stage", str(stages.index[-1]), "", f"after {len(stages) - 1} stages")]
+    rows += _vs_baseline_rows(
+        "final", fin, speed, f"{int(base['bytes']):,} to {int(fin['bytes']):,} bytes"
+    )
+    rows.append(
+        (
+            "multiply-adds per image, baseline / final",
+            round(base["macs"] / fin["macs"], 2),
+            "x",
+            f"{int(base['macs']):,} to {int(fin['macs']):,}",
+        )
+    )
+    for name, r in stages.iloc[1:].iterrows():
+        rows.append(
+            (
+                f"{name}: times smaller",
+                round(float(r["smaller_than_previous"]), 2),
+                "x",
+                "than the stage before, bytes on disk",
+            )
+        )
+    b = big.removeprefix("speedup_b")
+    for name, r in stages.iloc[1:].iterrows():
+        step = round(float(r[f"faster_than_previous_b{b}"]), 2)
+        rows.append((f"{name}: times faster, b{b}", step, "x", f"than the stage before, batch {b}"))
+    if reference is not None:
+        rows += _reference_rows(reference, fin, reference_gap, speed)
+    if control is not None:
+        rows += _control_rows(control)
+    rows += [
+        (
+            f"target met: {t['name']}",
+            bool(t["met"]),
+            "",
+            measured_text(t) + (" (within noise)" if t.get("decided") is False else ""),
+        )
+        for t in targets
+    ]
+    others = single_technique_points(board, notebook)
+    front = pareto_front(board) if len(board) else board
+    rows += [
+        (
+            "single-technique models on the picture",
+            len(others),
+            "models",
+            f"from {others['notebook'].nunique()} notebooks",
+        ),
+        (
+            "pipeline stages on the Pareto front",
+            int((front["notebook"] == notebook).sum()),
+            "points",
+            f"of {len(front)} Pareto-optimal points",
+        ),
+    ]
+    return fact_table(rows)
+
+
+def _vs_baseline_rows(
+    label: str, row: Mapping[str, Any], speed: list[str], size_context: str
+) -> list[tuple]:
+    """Fact rows of one ``measure.compare`` row against the baseline: times smaller, accuracy
+    change with its paired interval, verdict, and speed at each timed batch size."""
+    from nbhelpers.measure.verdicts import interval_text, verdict_reason
+
+    rows = [
+        (
+            f"{label}: times smaller than the baseline",
+            round(float(row["size_ratio"]), 2),
+            "x",
+            size_context,
+        ),
+        (
+            f"{label}: accuracy change vs the baseline",
+            round(float(row["accuracy_delta_points"]), 2),
+            "points",
+            interval_text(row),
+        ),
+        (f"{label}: verdict vs the baseline", str(row["verdict"]), "", verdict_reason(row)),
+    ]
+    return rows + [
+        (
+            f"{label}: speed vs the baseline, batch {c.removeprefix('speedup_b')}",
+            round(float(row[c]), 2),
+            "x",
+            "above 1: faster",
+        )
+        for c in speed
+    ]
+
+
+def _reference_rows(
+    ref: Mapping[str, Any], fin: Mapping[str, Any], gap: Mapping[str, Any] | None, speed: list[str]
+) -> list[tuple]:
+    """Fact rows of the like-for-like model against the baseline, and of the full stack against
+    it (size and speed ratios above 1: the full stack is smaller, faster)."""
+    if gap is None:
+        raise ValueError("give reference_gap (final minus the like-for-like model) with reference")
+    size = f"{int(ref['bytes']):,} bytes; no distillation or slimming"
+    rows = _vs_baseline_rows("like-for-like", ref, speed, size)
+    rows += [
+        (
+            "stack over like-for-like: size ratio",
+            round(float(ref["bytes"]) / float(fin["bytes"]), 2),
+            "x",
+            "above 1: the full stack is smaller",
+        ),
+        (
+            "stack minus like-for-like: accuracy change",
+            round(float(gap["difference"]), 2),
+            "points",
+            f"paired 95% CI [{gap['low']:+.2f}, {gap['high']:+.2f}]",
+        ),
+        ("stack vs like-for-like: verdict", str(gap["verdict"]), "", "paired, same test images"),
+    ]
+    rows += [
+        (
+            f"stack over like-for-like: speed, batch {c.removeprefix('speedup_b')}",
+            round(float(fin[c]) / float(ref[c]), 2),
+            "x",
+            "above 1: the full stack is faster",
+        )
+        for c in speed
+    ]
+    return rows
+
+
+def _control_rows(control: Mapping[str, Any]) -> list[tuple]:
+    """Fact rows of the final stage against the from-scratch control (Liu et al. 2019)."""
+    seeds = int(control["seeds"])
+    return [
+        (
+            "from-scratch control: final minus it",
+            round(float(control["final stage minus it (points)"]), 2),
+            "points",
+            f"95% CI [{control['low']:+.2f}, {control['high']:+.2f}], {seeds} seeds",
+        ),
+        (
+            "from-scratch control: verdict",
+            str(control["verdict"]),
+            "",
+            f"over seeds: {control['seed_verdict']}",
+        ),
+        (
+            "from-scratch control: seed_std",
+            round(float(control["seed_std"]), 2),
+            "points",
+            "spread of one control seed's difference",
+        ),
+    ]
