@@ -1,6 +1,5 @@
-"""Unit tests of nbhelpers.techniques.quantization: from-scratch affine quantization, torch int8,
-ONNX
-Runtime."""
+"""Unit tests of nbhelpers.techniques.quantization (from-scratch affine quantization, torch int8,
+ONNX Runtime) and of notebook 06's lesson code (nbhelpers.lessons.quantization: targets, facts)."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import torch
 from nbhelpers import measure
 from nbhelpers.core.models import MLP, LeNet5
 from nbhelpers.core.params import ParameterError
+from nbhelpers.lessons import quantization as lesson
 from nbhelpers.techniques import quantization as Q
 
 BITS = [2, 3, 4, 5, 6, 7, 8, 12, 16]
@@ -424,7 +424,7 @@ def test_int8_targets_and_targets_met():
             }
         ]
     )
-    kept, speed = Q.int8_targets(same, table, four, 64)
+    kept, speed = lesson.int8_targets(same, table, four, 64)
     assert [t["name"] for t in kept] == [
         "accuracy drop (mlp int8 dynamic)",
         "size ratio (mlp int8 dynamic)",
@@ -443,10 +443,11 @@ def test_int8_targets_and_targets_met():
         True,
         False,
     ]
-    assert Q.targets_met(kept + speed, "accuracy") is False and Q.targets_met(kept, "size") is False
-    assert Q.targets_met(speed, "speedup") is False and Q.targets_met(speed[:1], "speedup") is True
-    assert Q.targets_met(kept, "speedup") is None and Q.targets_met(kept, "4-bit") is False
-    assert set(Q.TARGET_KINDS) == {t["name"].split()[0] for t in kept + speed}
+    met = lesson.targets_met
+    assert met(kept + speed, "accuracy") is False and met(kept, "size") is False
+    assert met(speed, "speedup") is False and met(speed[:1], "speedup") is True
+    assert met(kept, "speedup") is None and met(kept, "4-bit") is False
+    assert set(lesson.TARGET_KINDS) == {t["name"].split()[0] for t in kept + speed}
 
 
 def _profile(rows: list[tuple]) -> pd.DataFrame:
@@ -500,9 +501,9 @@ def test_summary_facts_on_known_tables():
     )
     profiles = {"f32": prof32, "q8": prof8}
     cpu = {"cpu": "Test CPU", "vnni": False, "int8_reduce_range": True, "int8_reason": "no VNNI"}
-    f = Q.summary(sweep, naive, table, same, scan, profiles, cpu, n_test=1000, fp32_profile="f32")[
-        "value"
-    ]
+    f = lesson.summary(
+        sweep, naive, table, same, scan, profiles, cpu, n_test=1000, fp32_profile="f32"
+    )["value"]
     assert (
         f["CPU"] == "Test CPU"
         and f["CPU has VNNI"] is False
@@ -548,7 +549,7 @@ def test_summary_facts_on_known_tables():
     assert f["q8 profile: slowest operator"] == "QLinearConv on uint8"
     assert f["largest int8 accuracy drop"] == 1.0 and f["QAT minus static PTQ"] == 1.0
     assert f["one test image"] == 0.1 and f["standard error of mlp fp32's accuracy"] == 0.69
-    skipped = Q.summary(
+    skipped = lesson.summary(
         sweep, naive, table, same, scan.iloc[:0], profiles, cpu, n_test=1000, fp32_profile="f32"
     )
     assert skipped.loc["width scan", "value"] == "skipped"
@@ -754,7 +755,7 @@ def test_calibration_mistakes_pair_every_setting_with_fp32_and_the_right_way():
         (acc.vs_fp32_low <= acc.vs_fp32_points) & (acc.vs_fp32_points <= acc.vs_fp32_high)
     ).all()
     assert len(ranges) == 4 * 4 and ranges.setting.nunique() == 4  # input + 3 Linear outputs
-    f = Q._mistake_facts(acc.assign(model="mlp"), ranges.assign(model="mlp"))
+    f = lesson._mistake_facts(acc.assign(model="mlp"), ranges.assign(model="mlp"))
     names = {r[0]: r[1] for r in f}
     assert names["mlp torch int8, no calibration: input grid step"] == 1.0
     assert names["mlp torch int8, calibrated: change vs fp32"] == round(

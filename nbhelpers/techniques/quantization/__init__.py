@@ -1,0 +1,150 @@
+"""Quantization: uniform affine quantization from scratch, PyTorch int8 (eager, and FX graph mode
+for any traceable model), ONNX Runtime int8.
+
+* ``affine``: scale and zero point, quantize, dequantize, fake-quantize (per tensor or per output
+  channel, symmetric or asymmetric), a model's weights and calibrated layer inputs fake-quantized,
+  MSE and SQNR, and what a bit-width sweep shows (about 6 dB per bit);
+* ``kmeans``: Deep Compression's k-means weight sharing against a uniform grid of as many levels;
+* ``torch_int8``: PyTorch's eager int8 for the shared Sequential models (fuse, observe or QAT,
+  convert; dynamic int8), what the observers saw, and static int8 of any traceable model through
+  FX graph mode, saved and reloaded;
+* ``onnx``: export to ONNX, ONNX Runtime quantization (dynamic or static, QDQ or QOperator, layers
+  kept in float) and a session as a callable;
+* ``calibration``: ONNX Runtime's calibration methods compared, and eager int8 calibrated the right
+  way against no calibration and one class only;
+* ``int8_checks``: the rounding bound of an int8 Linear and the saturation check, ``reduce_range``
+  side by side, logits agreement, speed and size within one runtime;
+* ``profiling``: ONNX Runtime's per-operator profile, grouped by what the operators do.
+
+Everything public is re-exported here (``from nbhelpers.techniques import quantization;
+quantization.quant_params``); notebook 06's targets and facts table are in
+``nbhelpers.lessons.quantization``.
+"""
+
+from nbhelpers.techniques.quantization.affine import (
+    VARIANTS,
+    WEIGHT_LAYERS,
+    activation_ranges,
+    check_bits,
+    dequantize,
+    fake_quantize,
+    mse,
+    naive_rescale,
+    per_channel_never_worse,
+    qrange,
+    quant_params,
+    quantize,
+    quantize_activations,
+    quantize_weights,
+    sqnr_bits_span,
+    sqnr_db,
+    sqnr_gain_per_bit,
+    sqnr_grows_with_bits,
+    weight_error,
+)
+from nbhelpers.techniques.quantization.calibration import (
+    calibration_mistakes,
+    calibration_table,
+    class_batch,
+)
+from nbhelpers.techniques.quantization.int8_checks import (
+    int8_error_bound,
+    output_agreement,
+    reduce_range_study,
+    same_runtime_speedups,
+    saturation_check,
+)
+from nbhelpers.techniques.quantization.kmeans import (
+    kmeans_vs_uniform,
+    kmeans_weights,
+)
+from nbhelpers.techniques.quantization.onnx import (
+    CALIBRATIONS,
+    ORT_FORMATS,
+    OrtModel,
+    calibration_reader,
+    export_onnx,
+    nodes_of_layers,
+    ort_quantize,
+    weighted_nodes,
+)
+from nbhelpers.techniques.quantization.profiling import (
+    OP_GROUPS,
+    op_group,
+    ort_profile,
+    profile_by_op,
+)
+from nbhelpers.techniques.quantization.torch_int8 import (
+    AO_WARNINGS,
+    QuantReady,
+    calibrate,
+    check_layer_names,
+    convert,
+    dynamic_int8,
+    engines,
+    fusion_groups,
+    load_static_int8,
+    observer_ranges,
+    prepare_static,
+    quiet_ao,
+    set_engine,
+    static_int8_fx,
+)
+
+__all__ = [
+    "AO_WARNINGS",
+    "CALIBRATIONS",
+    "OP_GROUPS",
+    "ORT_FORMATS",
+    "VARIANTS",
+    "WEIGHT_LAYERS",
+    "OrtModel",
+    "QuantReady",
+    "activation_ranges",
+    "calibrate",
+    "calibration_mistakes",
+    "calibration_reader",
+    "calibration_table",
+    "check_bits",
+    "check_layer_names",
+    "class_batch",
+    "convert",
+    "dequantize",
+    "dynamic_int8",
+    "engines",
+    "export_onnx",
+    "fake_quantize",
+    "fusion_groups",
+    "int8_error_bound",
+    "kmeans_vs_uniform",
+    "kmeans_weights",
+    "load_static_int8",
+    "mse",
+    "naive_rescale",
+    "nodes_of_layers",
+    "observer_ranges",
+    "op_group",
+    "ort_profile",
+    "ort_quantize",
+    "output_agreement",
+    "per_channel_never_worse",
+    "prepare_static",
+    "profile_by_op",
+    "qrange",
+    "quant_params",
+    "quantize",
+    "quantize_activations",
+    "quantize_weights",
+    "quiet_ao",
+    "reduce_range_study",
+    "same_runtime_speedups",
+    "saturation_check",
+    "set_engine",
+    "sqnr_bits_span",
+    "sqnr_db",
+    "sqnr_gain_per_bit",
+    "sqnr_grows_with_bits",
+    "static_int8_fx",
+    "weight_error",
+    "weighted_nodes",
+]
