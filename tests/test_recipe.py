@@ -1,12 +1,12 @@
-"""Unit tests of nbhelpers.techniques.recipe: the loss in words, the folding/int8 split of a
-speed-up, 11's
-facts."""
+"""Unit tests of nbhelpers.techniques.recipe (the folding/int8 split of a speed-up) and of
+nbhelpers.lessons.your_own_model (the loss in words, 11's facts)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
+from nbhelpers.lessons import your_own_model as lesson
 from nbhelpers.techniques import recipe
 
 
@@ -35,12 +35,12 @@ from nbhelpers.techniques import recipe
     ],
 )
 def test_loss_verdict_reads_the_interval_against_zero_and_the_budget(loss, low, high, words):
-    assert recipe.loss_verdict(loss, low, high, 1.0) == words
+    assert lesson.loss_verdict(loss, low, high, 1.0) == words
 
 
 def test_loss_verdict_refuses_a_loss_outside_its_interval():
     with pytest.raises(ValueError, match="outside its interval"):
-        recipe.loss_verdict(2.0, 0.1, 0.5, 1.0)
+        lesson.loss_verdict(2.0, 0.1, 0.5, 1.0)
 
 
 def speeds() -> pd.DataFrame:
@@ -69,7 +69,7 @@ def test_summary_states_the_split_the_loss_and_the_cpu():
              "d-m": ("distilled", "dense_more"), "q-f": ("int8", "distilled")}  # fmt: skip
     paired = pd.DataFrame({"difference": [0.1, 0.2, -0.3, -0.05]}, index=list(pairs))
     machine = {"cpu": "Some Xeon", "vnni": True, "amx": False}
-    f = recipe.summary(
+    f = lesson.summary(
         table, paired, pairs, names, batch=64, one_shot=0.3,
         fold_change={"max |logit difference|": 1e-6}, reload_identical=True,
         loss=(0.8, (0.56, 1.06)), budget=1.0, targets=[{"met": True}, {"met": False}],

@@ -8,4 +8,6 @@ Modules:
     weight_pruning  notebook 04's sweep rows, storage tables (measured and predicted bytes), facts
     neuron_pruning  notebook 05's time by layer type and facts table
     lr_schedules  notebook 09's runs per schedule against constant, scaling rule, shapes, facts
+    compression_pipeline  notebook 10's Pareto board, search front vs hand-built, facts
+    your_own_model  notebook 11's loss in words and facts table
 """
