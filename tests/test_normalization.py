@@ -14,6 +14,8 @@ from torch import nn
 
 from nbhelpers.core.models import MLP, LeNet5
 from nbhelpers.core.params import ParameterError
+from nbhelpers.lessons import batch_normalization as lesson
+from nbhelpers.measure.stats import seed_interval
 from nbhelpers.techniques import normalization as N
 
 TOL = 1e-6  # float32 keeps ~7 digits: compare as torch.allclose(atol=1e-6, rtol=1e-6)
@@ -258,10 +260,10 @@ def test_check_lrs_maximum():
 
 
 def test_seed_interval():
-    low, high = N.seed_interval([0.8, 0.9, 1.0])
+    low, high = seed_interval([0.8, 0.9, 1.0])
     assert low < 0.9 < high and math.isclose(high - 0.9, 0.9 - low)
     assert math.isclose(high - 0.9, 4.302652729911275 * 0.1 / math.sqrt(3), rel_tol=1e-6)
-    assert all(math.isnan(v) for v in N.seed_interval([0.5]))
+    assert all(math.isnan(v) for v in seed_interval([0.5]))
 
 
 def synthetic(plain: list, bn: list, arch: str = "net", lr: float = 0.1) -> pd.DataFrame:
@@ -330,9 +332,9 @@ def test_lr_facts_and_targets():
     assert g["robust_lr"] == 0.5  # 5 x 0.1, up to float rounding
     h = N.lr_facts(final, curves, "net", 3, 0.5, val, factor=3.0)
     assert math.isnan(h["robust_lr"]) and math.isnan(h["bn_gap_points"])
-    speed_t, robust_t = N.bn_targets(f)
+    speed_t, robust_t = lesson.bn_targets(f)
     assert speed_t["met"] and not robust_t["met"] and robust_t["decided"] is not None
-    assert math.isnan(N.bn_targets(h)[1]["low"])  # no robustness rate: no interval
+    assert math.isnan(lesson.bn_targets(h)[1]["low"])  # no robustness rate: no interval
 
 
 def test_chosen_test_uses_validation_only():
@@ -359,10 +361,10 @@ def test_drift_table_and_compare_with_torch():
             "q85": [1.0, 2.0, 3.0],
         }
     )
-    d = N.drift_table(act).iloc[0]
+    d = lesson.drift_table(act).iloc[0]
     assert d["median_range"] == 1.0 and d["spread_range"] == 2.0 and d["spread_last"] == 4.0
     for kind in ("1d", "2d"):
-        diffs = N.compare_with_torch(kind)
+        diffs = lesson.compare_with_torch(kind)
         assert max(v for k, v in diffs.items() if k != "input gradient error") < 1e-5
 
 
@@ -391,7 +393,7 @@ def test_summary_states_the_range_bn_opens():
     chosen = N.chosen_test(final, models, loader_)
     drift = pd.DataFrame(columns=["run", "layer", "median_range", "spread_range"])
     small = pd.DataFrame([{"batch": b, "norm": "batch", "val_accuracy": 0.5} for b in (4, 64)])
-    t = N.summary([f], chosen, drift, small, 1.0, 0.0, 100, 100)
+    t = lesson.summary([f], chosen, drift, small, 1.0, 0.0, 100, 100)
     assert t.loc["net: rates where BN trains and no-BN fails", "value"] == 1
     assert t.loc["net: rates within 1 point of its best, BN minus no BN", "value"] == 1
     assert t.loc["net: largest lr within 1 point of its best, BN", "value"] == 0.5
