@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from nbhelpers.core.data import loader
 from nbhelpers.core.models import MLP
 from nbhelpers.core.params import ParameterError
+from nbhelpers.lessons import distillation as lesson
 from nbhelpers.techniques import distillation as KD
 
 # Fixed tensors: two samples, three classes.
@@ -202,7 +203,7 @@ def test_gap_closed():
 
 
 def test_teacher_table():
-    tab = KD.teacher_table(T_LOGITS, torch.tensor([0, 1]), [1.0, 4.0])
+    tab = lesson.teacher_table(T_LOGITS, torch.tensor([0, 1]), [1.0, 4.0])
     assert len(tab) == 4 and list(tab.columns[:3]) == ["sample", "label", "T"]
     assert tab[["0", "1", "2"]].sum(1).tolist() == pytest.approx([1.0] * 4)
 

@@ -1,0 +1,70 @@
+"""Knowledge distillation: Hinton's soft-target loss, logit matching, a teacher-logit cache, a
+cached teacher trained on shifted views, FitNets hints, and ``StudentLab``, which trains and scores
+students.
+
+* ``losses``: ``soft_targets``, ``hinton_loss``, ``logit_loss``, ``distillation_loss`` and
+  ``make_loss_fn`` (a ``loss_fn`` for ``train.fit``); ``alpha`` is always the weight of the
+  teacher term: ``loss = (1 - alpha) * CE(student, labels) + alpha * teacher_term``;
+* ``teacher``: ``build_teacher``, ``get_teacher`` (trained on the views, cached) and
+  ``TeacherLogits`` (the teacher run once over a training set, each batch looked up exactly);
+* ``transfer``: ``shifted_copies`` and ``random_images``, the sets a student can learn on;
+* ``hints``: ``penultimate`` and ``hint_stage`` (FitNets stage 1);
+* ``student``: ``train_student``, ``StudentLab``, ``check_budget``, ``gap_closed``,
+  ``gap_interval``.
+
+Everything public is re-exported here (``from nbhelpers.techniques import distillation;
+distillation.hinton_loss``); notebook 07's soft-target table and facts are in
+``nbhelpers.lessons.distillation``.
+"""
+
+from nbhelpers.techniques.distillation.hints import hint_stage, penultimate
+from nbhelpers.techniques.distillation.losses import (
+    LOSSES,
+    check_alpha,
+    check_temperature,
+    distillation_loss,
+    hinton_loss,
+    logit_loss,
+    make_loss_fn,
+    soft_targets,
+)
+from nbhelpers.techniques.distillation.student import (
+    TRAIN_SETS,
+    StudentLab,
+    check_budget,
+    gap_closed,
+    gap_interval,
+    train_student,
+)
+from nbhelpers.techniques.distillation.teacher import (
+    TEACHERS,
+    TeacherLogits,
+    build_teacher,
+    get_teacher,
+)
+from nbhelpers.techniques.distillation.transfer import random_images, shifted_copies
+
+__all__ = [
+    "LOSSES",
+    "TEACHERS",
+    "TRAIN_SETS",
+    "StudentLab",
+    "TeacherLogits",
+    "build_teacher",
+    "check_alpha",
+    "check_budget",
+    "check_temperature",
+    "distillation_loss",
+    "gap_closed",
+    "gap_interval",
+    "get_teacher",
+    "hint_stage",
+    "hinton_loss",
+    "logit_loss",
+    "make_loss_fn",
+    "penultimate",
+    "random_images",
+    "shifted_copies",
+    "soft_targets",
+    "train_student",
+]
