@@ -7,6 +7,9 @@ Modules:
     selection  notebook 01's common mistake: choosing by test accuracy, its optimism measured
     weight_pruning  notebook 04's sweep rows, storage tables (measured and predicted bytes), facts
     neuron_pruning  notebook 05's time by layer type and facts table
+    quantization  notebook 06's targets (int8 accuracy, size, speed; 4-bit) and facts table
+    distillation  notebook 07's soft-target table (teacher at several temperatures) and facts
+    batch_normalization  notebook 08's check against torch, targets, figures, drift, facts
     lr_schedules  notebook 09's runs per schedule against constant, scaling rule, shapes, facts
     compression_pipeline  notebook 10's Pareto board, search front vs hand-built, facts
     your_own_model  notebook 11's loss in words and facts table
