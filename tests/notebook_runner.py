@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,64 @@ def unmatched_fact_names(nb_path: Path, records: dict[str, Any]) -> list[str]:
         if not any(pattern.match(row) for row in rows):
             missing.append(name)
     return missing
+
+
+#: Notebooks whose Method section writes the technique out in plain torch/numpy and checks it
+#: against the library path (a code cell tagged ``technique-core``).
+TECHNIQUE_CORE_TAG = "technique-core"
+TECHNIQUE_NOTEBOOKS = tuple(f"{i:02d}" for i in range(1, 10))
+
+
+def technique_core_problems(nb: Any, records: Mapping[str, Any] | None = None) -> list[str]:
+    """What is wrong with a notebook's technique-core cell (empty when nothing is).
+
+    In the committed notebook: exactly one code cell tagged ``technique-core``, inside section 2
+    (Method), at most 30 lines, asserting. In an executed notebook (``records`` given): that cell
+    ran without an error, and the recorded ``technique_core`` ({"what", "max_abs_diff",
+    "tolerance"}) has its difference within its tolerance.
+
+    Args:
+        nb: a notebook (``nbformat`` node) or its path.
+        records: the run's records, for an executed notebook.
+
+    Returns:
+        One sentence per problem.
+    """
+    book = nbformat.read(str(nb), as_version=4) if isinstance(nb, (str, Path)) else nb
+    tagged = [
+        i for i, c in enumerate(book.cells) if TECHNIQUE_CORE_TAG in c.metadata.get("tags", [])
+    ]
+    if len(tagged) != 1:
+        return [f"{len(tagged)} cells tagged {TECHNIQUE_CORE_TAG!r}, expected one"]
+    i, problems = tagged[0], []
+    cell = book.cells[i]
+    heads = [
+        (j, c.source.split("\n", 1)[0])
+        for j, c in enumerate(book.cells)
+        if c.cell_type == "markdown" and c.source.startswith("## ")
+    ]
+    section = next((h for j, h in reversed(heads) if j < i), "")
+    if cell.cell_type != "code":
+        problems.append("the technique-core cell is not a code cell")
+    if not section.startswith("## 2."):
+        problems.append(f"the technique-core cell is under {section!r}, not section 2 (Method)")
+    if len(cell.source.splitlines()) > 30:
+        problems.append(f"the technique-core cell has {len(cell.source.splitlines())} lines (> 30)")
+    if "assert" not in cell.source:
+        problems.append("the technique-core cell asserts nothing")
+    if records is None:
+        return problems
+    if cell.get("execution_count") is None:
+        problems.append("the technique-core cell did not run")
+    if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+        problems.append("the technique-core cell raised")
+    core = records.get("technique_core")
+    if not isinstance(core, Mapping) or not {"what", "max_abs_diff", "tolerance"} <= set(core):
+        return problems + ["no technique_core record with what, max_abs_diff and tolerance"]
+    if not str(core["what"]).strip():
+        problems.append("technique_core does not say what it compared")
+    if not float(core["max_abs_diff"]) <= float(core["tolerance"]):
+        problems.append(
+            f"technique_core: difference {core['max_abs_diff']} above tolerance {core['tolerance']}"
+        )
+    return problems

@@ -3,6 +3,7 @@ import-linter's contract in pyproject.toml, which must also be able to fail."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -50,3 +51,37 @@ def test_a_wrong_arrow_breaks_the_contract(tmp_path: Path):
     r = _lint(tmp_path, tmp_path)
     assert r.returncode != 0 and "BROKEN" in r.stdout, r.stdout + r.stderr
     assert "nbhelpers.core.paths -> nbhelpers.reporting.runner" in r.stdout, r.stdout
+
+
+#: The longest a module may be (all its lines) and a function outside ``lessons/`` (its statements,
+#: from the first after the docstring to the last; docstrings do not count).
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return body[-1].end_lineno - body[0].lineno + 1 if body else 0
+
+
+def test_no_module_over_500_lines_and_no_long_function_outside_lessons():
+    long_modules, long_functions = [], []
+    for path in sorted((ROOT / "nbhelpers").rglob("*.py")):
+        text = path.read_text()
+        rel = path.relative_to(ROOT).as_posix()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.append(f"{rel}: {len(text.splitlines())} lines")
+        if rel.startswith("nbhelpers/lessons/"):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if _body_lines(node) > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{rel}:{node.lineno} {node.name}: {_body_lines(node)}")
+    assert not long_modules, long_modules
+    assert not long_functions, long_functions
+
+
+def test_the_size_rule_can_fail():
+    source = "def f():\n    '''doc\n    more'''\n" + "    x = 1\n" * 61
+    assert _body_lines(ast.parse(source).body[0]) == 61

@@ -11,6 +11,7 @@ import pytest
 from notebook_runner import (
     EXPECT_DIR,
     PARAMS_DIR,
+    TECHNIQUE_NOTEBOOKS,
     assert_fails_in_validation,
     check_expectations,
     discussion_fact_names,
@@ -21,6 +22,7 @@ from notebook_runner import (
     parameters_code_cell,
     run,
     small_params,
+    technique_core_problems,
     unmatched_fact_names,
     validation_error,
 )
@@ -76,6 +78,11 @@ def test_contract(nb: Path):
     assert "Record results" in md and "References" in md
     assert book.cells[0].cell_type == "markdown" and book.cells[0].source.startswith("# ")
     assert discussion_fact_names(nb), "the Discussion names no row of the facts table"
+    if nb.stem[:2] in TECHNIQUE_NOTEBOOKS:
+        assert not technique_core_problems(book), technique_core_problems(book)
+        assert any('record("technique_core"' in c.source for c in code), (
+            "the technique-core check is not recorded"
+        )
 
 
 def all_targets(records: dict) -> list[dict]:
@@ -102,6 +109,9 @@ def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
         f"the Discussion names rows its facts table lacks: {unmatched}; "
         f"rows: {sorted(fact_names(result.records))}"
     )
+    if nb.stem[:2] in TECHNIQUE_NOTEBOOKS:  # the technique written out ran and agreed
+        core = technique_core_problems(tmp_path / f"{nb.stem}.ipynb", result.records)
+        assert not core, core
     problems = check_expectations(nb.stem, result.records)
     assert not problems, "\n".join(problems) + "\nrecorded:\n" + dump(result.records)
 
@@ -256,3 +266,23 @@ def test_bad_finetune_schedule_fails_in_validation(tmp_path: Path):
         "FINETUNE_SCHEDULE",
         FINETUNE_SCHEDULE="linear",
     )
+
+
+def test_technique_core_check_can_fail(tmp_path: Path):
+    """A notebook without the cell, a cell outside Method, one that did not run, and a difference
+    above its tolerance are each reported."""
+    md = nbformat.v4.new_markdown_cell
+    core = nbformat.v4.new_code_cell("x = 1\nassert x == 1", metadata={"tags": ["technique-core"]})
+    book = nbformat.v4.new_notebook(cells=[md("## 2. Method"), core, md("## 3. Results")])
+    assert technique_core_problems(book) == []
+    assert technique_core_problems(ROOT / "notebooks" / "00_baseline.ipynb") == [
+        "0 cells tagged 'technique-core', expected one"
+    ]
+    late = nbformat.v4.new_notebook(cells=[md("## 2. Method"), md("## 3. Results"), core])
+    assert "not section 2" in technique_core_problems(late)[0]
+    ran = {"what": "a", "max_abs_diff": 1e-3, "tolerance": 1e-6}
+    found = technique_core_problems(book, {"technique_core": ran})
+    assert found == [
+        "the technique-core cell did not run",
+        "technique_core: difference 0.001 above tolerance 1e-06",
+    ]
