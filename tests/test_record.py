@@ -73,3 +73,15 @@ def test_without_timings_drops_timed_fact_rows():
         {"fact": "mlp above chance", "value": True, "context": "95% interval"},
     ]
     assert without_timings({"facts": facts}) == {"facts": [facts[3]]}
+
+
+def test_read_takes_records_of_notebooks_executed_before_the_layers():
+    import nbformat
+
+    from nbhelpers.core.record import LEGACY_MIME_TYPES, read_notebook
+
+    out = nbformat.v4.new_output(
+        "display_data", data={LEGACY_MIME_TYPES[0]: {"name": "acc", "value": 0.5}}
+    )
+    cell = nbformat.v4.new_code_cell("record('acc', 0.5)", outputs=[out])
+    assert read_notebook(nbformat.v4.new_notebook(cells=[cell])) == {"acc": 0.5}

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 MIME_TYPE = "application/vnd.nbhelpers.core.record+json"
+#: The type notebooks executed before the package's layers (record was ``nbhelpers.record``) carry;
+#: ``read`` still reads them, so earlier reports and paper runs stay readable.
+LEGACY_MIME_TYPES = ("application/vnd.nbhelpers.record+json",)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -95,8 +98,9 @@ def read_notebook(nb: Any) -> dict[str, Any]:
     for cell in nb.cells:
         for o in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
             data = o.get("data", {})
-            if MIME_TYPE in data:
-                payload = data[MIME_TYPE]
+            kind = next((k for k in (MIME_TYPE, *LEGACY_MIME_TYPES) if k in data), None)
+            if kind is not None:
+                payload = data[kind]
                 if isinstance(payload, str):
                     payload = json.loads(payload)
                 out[payload["name"]] = payload["value"]
