@@ -74,7 +74,9 @@ def test_metadata_declares_dependencies_extras_and_scripts():
 FLOW = """
 import torch
 from torch import nn
-from nbhelpers import compression, measure, paths, pruning
+from nbhelpers import measure
+from nbhelpers.core import paths
+from nbhelpers.techniques import compression, pruning
 
 class Net(nn.Module):  # a model of the user's own, not one of the shared family
     def __init__(self):
