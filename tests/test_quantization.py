@@ -762,3 +762,17 @@ def test_calibration_mistakes_pair_every_setting_with_fp32_and_the_right_way():
         right.vs_fp32_points.iloc[1], 2
     )
     assert "mlp torch int8, one image of class 3: verdict vs calibrated" in names
+
+
+def test_kernel_table_leaves_out_the_warm_up_call():
+    def ev(node, op, us):
+        return {"cat": "Node", "name": f"{node}_kernel_time", "dur": us,
+                "args": {"op_name": op, "input_type_shape": [{"float": [1]}]}}
+
+    # one warm-up call (1000 us and 10 us) and two profiled calls (1 and 3 us; 10 and 30 us)
+    events = [ev("a", "Conv", 1000), ev("b", "Gemm", 10), {"cat": "Session", "name": "x", "dur": 5},
+              ev("a", "Conv", 1), ev("b", "Gemm", 10), ev("a", "Conv", 3), ev("b", "Gemm", 30)]
+    t = Q.kernel_table(events, runs=2).set_index("node")
+    assert t.loc["a", "ms_per_run"] == pytest.approx(0.002)
+    assert t.loc["b", "ms_per_run"] == pytest.approx(0.02)
+    assert t.loc["a", "order"] == 0 and t.loc["b", "share"] == pytest.approx(20 / 22)

@@ -70,6 +70,7 @@ from nbhelpers.techniques.quantization.onnx import (
 )
 from nbhelpers.techniques.quantization.profiling import (
     OP_GROUPS,
+    kernel_table,
     op_group,
     ort_profile,
     profile_by_op,
@@ -124,6 +125,7 @@ __all__ = [
     "nodes_of_layers",
     "observer_ranges",
     "op_group",
+    "kernel_table",
     "ort_profile",
     "ort_quantize",
     "output_agreement",
