@@ -10,6 +10,9 @@ for any traceable model), ONNX Runtime int8.
   FX graph mode, saved and reloaded;
 * ``onnx``: export to ONNX, ONNX Runtime quantization (dynamic or static, QDQ or QOperator, layers
   kept in float) and a session as a callable;
+* ``ort_configs``: the int8 configurations ONNX Runtime documents (format, per-channel, pre-
+  processing, U8S8/U8U8/S8S8, reduce_range, optimization level, dynamic, first layer in float),
+  each built from one float model, and the fastest one that stays accurate;
 * ``calibration``: ONNX Runtime's calibration methods compared, and eager int8 calibrated the right
   way against no calibration and one class only;
 * ``int8_checks``: the rounding bound of an int8 Linear and the saturation check, ``reduce_range``
@@ -61,12 +64,22 @@ from nbhelpers.techniques.quantization.kmeans import (
 from nbhelpers.techniques.quantization.onnx import (
     CALIBRATIONS,
     ORT_FORMATS,
+    ORT_LEVELS,
+    ORT_TYPES,
     OrtModel,
     calibration_reader,
     export_onnx,
     nodes_of_layers,
     ort_quantize,
     weighted_nodes,
+)
+from nbhelpers.techniques.quantization.ort_configs import (
+    CONFIG_CHOICES,
+    DEFAULT_CONFIG,
+    build_configs,
+    check_configs,
+    documented_configs,
+    fastest_correct,
 )
 from nbhelpers.techniques.quantization.profiling import (
     OP_GROUPS,
@@ -93,10 +106,18 @@ from nbhelpers.techniques.quantization.torch_int8 import (
 )
 
 __all__ = [
+    "CONFIG_CHOICES",
+    "DEFAULT_CONFIG",
+    "build_configs",
+    "check_configs",
+    "documented_configs",
+    "fastest_correct",
     "AO_WARNINGS",
     "CALIBRATIONS",
     "OP_GROUPS",
     "ORT_FORMATS",
+    "ORT_LEVELS",
+    "ORT_TYPES",
     "VARIANTS",
     "WEIGHT_LAYERS",
     "OrtModel",

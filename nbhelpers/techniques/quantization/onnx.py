@@ -18,6 +18,19 @@ from nbhelpers.core.params import ParameterError, check_bool, check_choice
 
 ORT_FORMATS = ("QDQ", "QOperator")
 
+#: Element types of int8 activations and weights (``QuantType``): "U8" unsigned, "S8" signed.
+ORT_TYPES = {"U8": "QUInt8", "S8": "QInt8"}
+
+#: ONNX Runtime's graph optimization levels (``GraphOptimizationLevel``): "basic" folds constants
+#: and removes redundant nodes; "extended" adds operator fusions (int8: QDQ pairs into QLinear*
+#: kernels); "all" adds layout optimizations (NCHWc for fp32 Conv, NHWC for int8 Conv).
+ORT_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
 
 #: ONNX Runtime's calibrators of activation ranges (``CalibrationMethod`` names).
 CALIBRATIONS = ("MinMax", "Percentile", "Entropy", "Distribution")
@@ -52,16 +65,34 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset
 
 
 class OrtModel:
-    """An ONNX Runtime session as a callable: torch tensor in, NumPy logits out."""
+    """An ONNX Runtime session as a callable: torch tensor in, NumPy logits out.
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    Args:
+        path: the .onnx model.
+        threads: intra-op threads (inter-op: 1).
+        level: graph optimization level, a key of ``ORT_LEVELS`` (default "all").
+        optimized_path: where ONNX Runtime saves the graph it optimized (None: not saved); a
+            session started from that file skips the optimization at load time.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        level: str = "all",
+        optimized_path: str | Path | None = None,
+    ):
         import onnxruntime as ort
 
+        check_choice("ORT_LEVEL", level, ORT_LEVELS)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.path = Path(path)
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[level])
+        if optimized_path is not None:
+            opts.optimized_model_filepath = str(optimized_path)
+        self.path, self.level = Path(path), level
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
@@ -155,6 +186,9 @@ def ort_quantize(
     reduce_range: bool | None = None,
     keep_float: Sequence[str] = (),
     calibration: str = "MinMax",
+    activation_type: str = "U8",
+    weight_type: str = "S8",
+    preprocess: bool = True,
 ) -> Path:
     """Quantize an ONNX model with ONNX Runtime: dynamic without a loader, static with calibration.
 
@@ -176,6 +210,11 @@ def ort_quantize(
             data (``CALIBRATIONS``): "MinMax" (the observed extremes), "Percentile" (99.999th
             percentile of |x|), "Entropy" (the range that minimises the KL divergence between the
             float and the quantized histogram, TensorRT's method) or "Distribution".
+        activation_type: static activations, "U8" (uint8, ONNX Runtime's default on x86-64) or
+            "S8" (``ORT_TYPES``); dynamic quantization always uses uint8 activations.
+        weight_type: weights, "S8" (int8) or "U8".
+        preprocess: run ``quant_pre_process`` first (shape inference and fp32 graph
+            optimization, which ONNX Runtime's documentation recommends before quantizing).
 
     Returns:
         The path of the int8 model.
@@ -196,11 +235,17 @@ def ort_quantize(
     if reduce_range is None:
         reduce_range = bool(int8_precaution(cpu_flags())["reduce_range"])
     check_bool("REDUCE_RANGE", reduce_range)
+    check_choice("ACTIVATION_TYPE", activation_type, ORT_TYPES)
+    check_choice("WEIGHT_TYPE", weight_type, ORT_TYPES)
+    check_bool("PREPROCESS", preprocess)
     if loader is not None and batches < 1:
         raise ParameterError("CALIBRATION_BATCHES", batches, "an integer >= 1")
     src, dst = Path(src), Path(dst)
     pre = dst.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(pre))
+    if preprocess:
+        quant_pre_process(str(src), str(pre))
+    else:
+        pre.write_bytes(src.read_bytes())
     exclude = nodes_of_layers(pre, keep_float)
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
@@ -209,7 +254,7 @@ def ort_quantize(
             quantize_dynamic(
                 str(pre),
                 str(dst),
-                weight_type=QuantType.QInt8,
+                weight_type=getattr(QuantType, ORT_TYPES[weight_type]),
                 reduce_range=reduce_range,
                 nodes_to_exclude=exclude,
             )
@@ -222,8 +267,8 @@ def ort_quantize(
                 quant_format=QuantFormat[fmt],
                 per_channel=per_channel,
                 reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, ORT_TYPES[activation_type]),
+                weight_type=getattr(QuantType, ORT_TYPES[weight_type]),
                 nodes_to_exclude=exclude,
                 calibrate_method=CalibrationMethod[calibration],
             )
