@@ -13,6 +13,9 @@ for any traceable model), ONNX Runtime int8.
 * ``ort_configs``: the int8 configurations ONNX Runtime documents (format, per-channel, pre-
   processing, U8S8/U8U8/S8S8, reduce_range, optimization level, dynamic, first layer in float),
   each built from one float model, and the fastest one that stays accurate;
+* ``onnx_size``: an ONNX file's bytes by part (weights, bias, scales and zero points, graph and
+  container), adding up to the file, and the fp32 / int8 size ratio against a target;
+* ``onnx_lean``: an ONNX file rewritten the lean way, with the same outputs bit for bit;
 * ``calibration``: ONNX Runtime's calibration methods compared, and eager int8 calibrated the right
   way against no calibration and one class only;
 * ``int8_checks``: the rounding bound of an int8 Linear and the saturation check, ``reduce_range``
@@ -72,6 +75,14 @@ from nbhelpers.techniques.quantization.onnx import (
     nodes_of_layers,
     ort_quantize,
     weighted_nodes,
+)
+from nbhelpers.techniques.quantization.onnx_lean import lean_onnx
+from nbhelpers.techniques.quantization.onnx_size import (
+    lean_savings,
+    onnx_size_breakdown,
+    size_ratio_table,
+    tensor_payload,
+    tensor_roles,
 )
 from nbhelpers.techniques.quantization.ort_configs import (
     CONFIG_CHOICES,
@@ -140,11 +151,14 @@ __all__ = [
     "int8_error_bound",
     "kmeans_vs_uniform",
     "kmeans_weights",
+    "lean_onnx",
+    "lean_savings",
     "load_static_int8",
     "mse",
     "naive_rescale",
     "nodes_of_layers",
     "observer_ranges",
+    "onnx_size_breakdown",
     "op_group",
     "kernel_table",
     "ort_profile",
@@ -163,11 +177,14 @@ __all__ = [
     "same_runtime_speedups",
     "saturation_check",
     "set_engine",
+    "size_ratio_table",
     "sqnr_bits_span",
     "sqnr_db",
     "sqnr_gain_per_bit",
     "sqnr_grows_with_bits",
     "static_int8_fx",
+    "tensor_payload",
+    "tensor_roles",
     "weight_error",
     "weighted_nodes",
 ]
