@@ -14,8 +14,10 @@ observations", Annals of Statistics 17:1217-1241): each resample is ``ceil(n / L
 and the statistic is its mean; the interval is the percentiles of those means. A block must be
 longer than the range over which the losses are correlated. The default ``BLOCK_LENGTH`` = 128
 characters is one context window of the default model, so a block holds a window's whole cycle
-of little to full context and the span of text one prediction can look at; the test's synthetic
-AR(1) losses show the interval's coverage holding with it and failing with blocks of 1.
+of little to full context and the span of text one prediction can look at. On synthetic losses
+whose differences are AR(1) with correlation 0.8^k at lag k (tests/test_bpc.py), 100-character
+blocks cover the true difference in about 95% of draws and blocks of 1 (the i.i.d. bootstrap) in
+about half.
 
 ``paired_bpc_difference`` and ``bpc_interval`` follow ``stats.paired_difference`` and
 ``stats.accuracy_interval``: dicts with the estimate, ``low``, ``high``, ``n`` and ``confidence``.
