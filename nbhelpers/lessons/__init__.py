@@ -9,6 +9,7 @@ Modules (a notebook imports its own as ``lesson``):
     weight_pruning        04: sweep rows, storage tables (measured and predicted bytes), facts
     neuron_pruning        05: time by layer type, facts
     quantization          06: targets (int8 accuracy, size, speed; 4-bit), facts
+    int8_configs          06: ONNX Runtime's int8 configurations side by side, their targets
     distillation          07: the teacher's soft targets at several temperatures, facts
     batch_normalization   08: the check against torch, targets, figures, drift, facts
     lr_schedules          09: runs per schedule against constant, the scaling rule, shapes, facts

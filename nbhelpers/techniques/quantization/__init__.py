@@ -20,6 +20,8 @@ for any traceable model), ONNX Runtime int8.
   way against no calibration and one class only;
 * ``int8_checks``: the rounding bound of an int8 Linear and the saturation check, ``reduce_range``
   side by side, logits agreement, speed and size within one runtime;
+* ``pt2e``: PyTorch 2 export int8 (torchao's x86 Inductor quantizer) and ``torch.compile``, of the
+  int8 and of the float model;
 * ``profiling``: ONNX Runtime's per-operator profile, grouped by what the operators do.
 
 Everything public is re-exported here (``from nbhelpers.techniques import quantization;
@@ -99,6 +101,7 @@ from nbhelpers.techniques.quantization.profiling import (
     ort_profile,
     profile_by_op,
 )
+from nbhelpers.techniques.quantization.pt2e import compiled, pt2e_int8
 from nbhelpers.techniques.quantization.torch_int8 import (
     AO_WARNINGS,
     QuantReady,
@@ -117,6 +120,8 @@ from nbhelpers.techniques.quantization.torch_int8 import (
 )
 
 __all__ = [
+    "compiled",
+    "pt2e_int8",
     "CONFIG_CHOICES",
     "DEFAULT_CONFIG",
     "build_configs",

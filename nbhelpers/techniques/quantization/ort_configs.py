@@ -20,7 +20,8 @@ from nbhelpers.techniques.quantization.onnx import (
 
 #: What one configuration may set, and its value in the reference configuration ("static"):
 #: ONNX Runtime's documented defaults for x86-64 (QDQ, per-channel int8 weights, uint8
-#: activations, ``quant_pre_process`` first, every graph optimization).
+#: activations, ``quant_pre_process`` first, every graph optimization); ``reduce_range`` None lets
+#: this CPU decide (7-bit weights only without VNNI, ``machine.int8_precaution``).
 DEFAULT_CONFIG = {
     "mode": "static",
     "fmt": "QDQ",
@@ -29,7 +30,7 @@ DEFAULT_CONFIG = {
     "weight_type": "S8",
     "preprocess": True,
     "level": "all",
-    "reduce_range": False,
+    "reduce_range": None,
     "keep_float": (),
 }
 
@@ -49,9 +50,9 @@ def documented_configs(first_layer: str | None = "0") -> dict[str, dict]:
     Each change comes from ONNX Runtime's quantization guide: the QOperator format instead of QDQ;
     per-tensor weights; no ``quant_pre_process``; U8U8 and S8S8 instead of U8S8 (the guide's
     first choice on x86-64 is U8S8, S8S8 with QDQ when U8S8 loses accuracy); 7-bit weights
-    (``reduce_range``, for CPUs without VNNI); only the "extended" optimizations (no NHWC layout
-    transformation of int8 convolutions); dynamic quantization (``ConvInteger`` for a
-    convolution); and the first layer kept in float.
+    (``reduce_range``, for CPUs without VNNI, where the reference already uses them); only the
+    "extended" optimizations (no NHWC layout transformation of int8 convolutions); dynamic
+    quantization (``ConvInteger`` for a convolution); and the first layer kept in float.
 
     Args:
         first_layer: the torch name of the first weighted layer, kept in float by "mixed" (None:
@@ -98,7 +99,8 @@ def check_configs(configs: Mapping[str, Mapping]) -> dict[str, dict]:
         for key, choices in CONFIG_CHOICES.items():
             check_choice(f"ORT_CONFIGS[{name!r}].{key}", c[key], choices)
         for key in ("per_channel", "preprocess", "reduce_range"):
-            check_bool(f"ORT_CONFIGS[{name!r}].{key}", c[key])
+            if not (key == "reduce_range" and c[key] is None):
+                check_bool(f"ORT_CONFIGS[{name!r}].{key}", c[key])
         if isinstance(c["keep_float"], str) or not isinstance(c["keep_float"], Sequence):
             raise ParameterError(f"ORT_CONFIGS[{name!r}].keep_float", c["keep_float"],
                                  "a list of layer names")  # fmt: skip

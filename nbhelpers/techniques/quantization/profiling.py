@@ -9,6 +9,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from nbhelpers.core.params import check_choice
+from nbhelpers.techniques.quantization.onnx import ORT_LEVELS
+
 
 def ort_profile(
     path: str | Path,
@@ -16,6 +19,7 @@ def ort_profile(
     runs: int = 20,
     threads: int = 1,
     prefix: str | Path | None = None,
+    level: str = "all",
 ) -> pd.DataFrame:
     """Time spent per operator in an ONNX Runtime model, from its built-in profiler.
 
@@ -27,6 +31,7 @@ def ort_profile(
             times over).
         threads: intra-op threads.
         prefix: where the profiler writes its JSON (default: beside the model); the file is removed.
+        level: graph optimization level, a key of ``onnx.ORT_LEVELS`` (that of the timed session).
 
     Returns:
         One row per node, slowest first: node, op, input_type (element type of its first
@@ -39,6 +44,8 @@ def ort_profile(
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    check_choice("ORT_LEVEL", level, ORT_LEVELS)
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[level])
     opts.enable_profiling = True
     opts.profile_file_prefix = str(prefix or Path(path).with_suffix(""))
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
