@@ -60,7 +60,7 @@ def test_cuda_timing_and_sparse_kernels():
     w[w.abs() < 1] = 0
     samples = measure.time_call(lambda: w @ w.t(), warmup=1, repeats=3, device=w.device)
     assert len(samples) == 3 and min(samples) > 0
-    df = measure.kernel_latency(w, batch_sizes=(1, 8), repeats=2)
+    df = P.kernel_latency(w, batch_sizes=(1, 8), repeats=2)
     assert list(df["kernel"]) == ["dense", "sparse csr"] * 2 and (df["median_ms"] > 0).all()
     layer = torch.nn.Linear(32, 64).cuda()
     with torch.no_grad():

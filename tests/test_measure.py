@@ -199,14 +199,6 @@ def test_compare_refuses_a_shuffling_loader():
 # ---------------------------------------------------------------- cost counters and kernel timings
 
 
-def _sparse_weight(sparsity: float) -> torch.Tensor:
-    """A 300 x 784 weight with the given share of its smallest magnitudes set to zero."""
-    w = torch.randn(300, 784, generator=torch.Generator().manual_seed(0))
-    k = int(sparsity * w.numel())
-    w.view(-1)[w.abs().view(-1).argsort()[:k]] = 0
-    return w
-
-
 def test_count_macs_known():
     assert (
         measure.count_macs(MLP(784, (300, 100)), torch.zeros(1, 784))
@@ -226,13 +218,6 @@ def test_layer_times_one_row_per_layer():
     m = LeNet5((1, 8, 8)).eval()
     t = measure.layer_times(m, torch.rand(4, 1, 8, 8), repeats=3)
     assert list(t.index) == [f"{i} {type(x).__name__}" for i, x in enumerate(m)] and (t > 0).all()
-
-
-def test_kernel_latency_table():
-    w = _sparse_weight(0.9)
-    df = measure.kernel_latency(w, (1, 4), repeats=2)
-    assert list(df.kernel) == ["dense", "sparse csr"] * 2 and (df.median_ms > 0).all()
-    assert df.sparsity.iloc[0] == pytest.approx(0.9, abs=1e-3)
 
 
 def test_prediction_shift_on_hand_made_logits():

@@ -18,7 +18,7 @@ from nbhelpers.core.params import ParameterError
 from nbhelpers.core.train import fit, seed_everything
 from nbhelpers.lessons import weight_pruning as W
 from nbhelpers.lessons.baseline import summary as baseline_summary
-from nbhelpers.measure import serialized_bytes, sparse_csr
+from nbhelpers.measure import serialized_bytes
 from nbhelpers.measure.facts import CONTEXT_WIDTH, fact_table
 from nbhelpers.measure.verdicts import above_chance, interval_text, verdict_reason
 from nbhelpers.techniques import pruning as P
@@ -201,7 +201,7 @@ def test_sparse_storage_is_small_and_refuses_masks(tmp_path):
 def test_compact_csr_has_storages_of_its_own_size():
     w = torch.zeros(6, 10)
     w[0, 3], w[2, 7], w[5, 0] = 1.0, -2.0, 0.5
-    default, compact = sparse_csr(w), sparse_csr(w, compact=True)
+    default, compact = P.sparse_csr(w), P.sparse_csr(w, compact=True)
     assert torch.equal(default.to_dense(), w) and torch.equal(compact.to_dense(), w)
     assert compact.col_indices().untyped_storage().nbytes() == 3 * 8
     assert compact.crow_indices().untyped_storage().nbytes() == 7 * 8
@@ -729,3 +729,11 @@ def test_snapshots_are_the_weights_of_those_epochs_and_rewinding_restores_them_e
         layer = ticket.get_submodule(name)
         assert torch.equal(layer.weight_orig, snaps[1][f"{name}.weight"])
         assert torch.equal(layer.weight, snaps[1][f"{name}.weight"] * m)
+
+
+def test_kernel_latency_table():
+    w = torch.randn(300, 784, generator=torch.Generator().manual_seed(0))
+    w.view(-1)[w.abs().view(-1).argsort()[: int(0.9 * w.numel())]] = 0  # 90% smallest to zero
+    df = P.kernel_latency(w, (1, 4), repeats=2)
+    assert list(df.kernel) == ["dense", "sparse csr"] * 2 and (df.median_ms > 0).all()
+    assert df.sparsity.iloc[0] == pytest.approx(0.9, abs=1e-3)

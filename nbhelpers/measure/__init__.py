@@ -2,8 +2,8 @@
 
 Modules:
     hits         which images a model gets right: per-image correctness, accuracy, shifts
-    size         parameters and non-zeros, multiply-adds, bytes on disk, CSR storage
-    timing       latency at several batch sizes, per-layer and kernel timings
+    size         parameters and non-zeros, multiply-adds, bytes on disk
+    timing       latency at several batch sizes, per-layer timings
     comparison   ``compare``: models side by side, paired intervals, size and latency
     stats        paired intervals of accuracy differences, McNemar's exact test, Wilson intervals
     bpc          bits per character of a language model, block-bootstrap intervals (paired too)

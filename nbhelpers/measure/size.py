@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -86,37 +85,6 @@ _LINEAR = (nn.Linear, nnq.Linear)  # nnq.dynamic.Linear is a subclass of nnq.Lin
 
 
 _CONV = (nn.Conv2d, nnq.Conv2d)
-
-
-_CSR_BETA = "Sparse CSR tensor support is in beta"
-
-
-def sparse_csr(t: torch.Tensor, compact: bool = False) -> torch.Tensor:
-    """``t.to_sparse_csr()`` without torch's "beta" warning, optionally with compact storages.
-
-    ``to_sparse_csr`` of a dense tensor returns ``col_indices()`` as a view into the int64 storage
-    of 2 x nnz (the COO row and column indices it is built from), so ``torch.save`` writes
-    16 bytes per column index. ``compact`` copies each array into a storage of its own size.
-
-    Args:
-        t: a 2-D tensor.
-        compact: give the column indices (and the other arrays) storages of their own size.
-
-    Returns:
-        The same values in compressed sparse row format.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_CSR_BETA)
-        csr = t.to_sparse_csr()
-        if not compact:
-            return csr
-        return torch.sparse_csr_tensor(
-            csr.crow_indices().clone(),
-            csr.col_indices().clone(),
-            csr.values().clone(),
-            csr.shape,
-            check_invariants=True,  # the arrays are torch's own: checking is cheap and silent
-        )
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

@@ -13,7 +13,6 @@ from torch import nn
 
 from nbhelpers.core.train import Device, module_device, torch_threads
 from nbhelpers.measure.hits import input_device
-from nbhelpers.measure.size import sparse_csr
 
 Predictor = Callable[[torch.Tensor], object]
 
@@ -164,48 +163,3 @@ def layer_times(
             out[f"{i} {type(layer).__name__}"] = s[len(s) // 2] * 1e3
             h = layer(h)
     return pd.Series(out, name="ms")
-
-
-def kernel_latency(
-    weight: torch.Tensor,
-    batch_sizes: Sequence[int] = (1, 256),
-    threads: int = 1,
-    repeats: int = 20,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Median time of ``x @ W^T`` with the dense kernel and with the sparse CSR kernel, side by
-    side.
-
-    Both kernels run on the device of ``weight`` (CUDA timings wait for the device).
-
-    Args:
-        weight: the (out, in) weight matrix, with its zeros.
-        batch_sizes: number of input rows ``x``.
-        threads: ``torch.set_num_threads`` during the measurement (restored after).
-        repeats: timing samples per kernel and batch size.
-        seed: seed of the random inputs (drawn on the CPU: the same inputs on every device).
-
-    Returns:
-        One row per (kernel, batch_size): median_ms; with sparsity and the shape.
-    """
-    w = weight.detach().contiguous()
-    csr = sparse_csr(w)
-    gen = torch.Generator().manual_seed(seed)
-    rows = []
-    with torch_threads(threads):
-        with torch.inference_mode():
-            for bs in batch_sizes:
-                x = torch.rand(bs, w.shape[1], generator=gen).to(w.device, w.dtype)
-                xt = x.t().contiguous()
-                for kernel, fn in [
-                    ("dense", lambda: x @ w.t()),
-                    ("sparse csr", lambda: torch.sparse.mm(csr, xt)),
-                ]:
-                    t = time_call(fn, warmup=3, repeats=repeats, device=w.device)
-                    rows.append(
-                        {"kernel": kernel, "batch_size": bs, "median_ms": float(np.median(t)) * 1e3}
-                    )
-    df = pd.DataFrame(rows)
-    df["sparsity"] = float(1 - torch.count_nonzero(w) / w.numel())
-    df["shape"] = "x".join(map(str, w.shape))
-    return df

@@ -14,7 +14,8 @@ calls (iterative and gradual pruning) grow the existing masks up to the requeste
 * ``storage``: ``save_sparse`` writes CSR arrays (fp32 values, uint16 column indices where they
   fit, int32 row pointers) with NumPy, optionally deflate-compressed; ``save_torch_sparse`` writes
   torch's sparse CSR tensors; both load back to the exact dense weights; ``predicted_bytes``;
-* ``kernels``: ``CSRLinear`` and ``to_csr_model``, Linear layers on ``torch.sparse.mm``.
+* ``kernels``: ``sparse_csr`` (a weight in CSR form), ``CSRLinear`` and ``to_csr_model`` (Linear
+  layers on ``torch.sparse.mm``), ``kernel_latency`` (dense and sparse kernels of one matrix timed).
 
 Everything public is re-exported here (``from nbhelpers.techniques import pruning;
 pruning.magnitude_prune``); notebook 04's tables and facts are in
@@ -23,6 +24,8 @@ pruning.magnitude_prune``); notebook 04's tables and facts are in
 
 from nbhelpers.techniques.pruning.kernels import (
     CSRLinear,
+    kernel_latency,
+    sparse_csr,
     to_csr_model,
 )
 from nbhelpers.techniques.pruning.lottery import (
@@ -71,6 +74,8 @@ from nbhelpers.techniques.pruning.storage import (
 
 __all__ = [
     "CSRLinear",
+    "kernel_latency",
+    "sparse_csr",
     "GradualPruner",
     "LAYOUTS",
     "METHODS",

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from nbhelpers.core.params import check_choice
-from nbhelpers.measure import file_bytes, sparse_csr
+from nbhelpers.measure import file_bytes
+from nbhelpers.techniques.pruning.kernels import sparse_csr
 
 
 def is_weight_matrix(key: str, v: torch.Tensor) -> bool:
@@ -109,7 +110,7 @@ def torch_sparse_state(
 
     Args:
         state: permanent state dict (conv weights are flattened to (out, -1); the shape is kept).
-        compact: CSR arrays in storages of their own size (``measure.sparse_csr``).
+        compact: CSR arrays in storages of their own size (``kernels.sparse_csr``).
 
     Returns:
         Name -> tensor, or {"csr": sparse CSR tensor, "shape": the weight's shape}; on the CPU.
