@@ -24,14 +24,14 @@ def test_every_documented_config_is_complete_and_changes_one_thing():
 @pytest.mark.parametrize(
     "configs, name",
     [
-        ({"a": {"fmt": "QLinear"}}, "ORT_CONFIGS['a'].fmt"),
-        ({"a": {"activation_type": "U16"}}, "ORT_CONFIGS['a'].activation_type"),
-        ({"a": {"level": "max"}}, "ORT_CONFIGS['a'].level"),
-        ({"a": {"mode": "qat"}}, "ORT_CONFIGS['a'].mode"),
-        ({"a": {"per_channel": "yes"}}, "ORT_CONFIGS['a'].per_channel"),
-        ({"a": {"keep_float": "0"}}, "ORT_CONFIGS['a'].keep_float"),
-        ({"a": {"engine": "x86"}}, "ORT_CONFIGS['a']"),
-        ({}, "ORT_CONFIGS"),
+        ({"a": {"fmt": "QLinear"}}, "configs['a'].fmt"),
+        ({"a": {"activation_type": "U16"}}, "configs['a'].activation_type"),
+        ({"a": {"level": "max"}}, "configs['a'].level"),
+        ({"a": {"mode": "qat"}}, "configs['a'].mode"),
+        ({"a": {"per_channel": "yes"}}, "configs['a'].per_channel"),
+        ({"a": {"keep_float": "0"}}, "configs['a'].keep_float"),
+        ({"a": {"engine": "x86"}}, "configs['a']"),
+        ({}, "configs"),
     ],
 )
 def test_a_bad_config_names_the_key_before_any_work(configs, name, tmp_path):

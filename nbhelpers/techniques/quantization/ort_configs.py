@@ -87,22 +87,22 @@ def check_configs(configs: Mapping[str, Mapping]) -> dict[str, dict]:
         Name -> the complete configuration.
     """
     if not configs:
-        raise ParameterError("ORT_CONFIGS", configs, "at least one configuration")
+        raise ParameterError("configs", configs, "at least one configuration")
     full = {}
     for name, change in configs.items():
         unknown = set(change) - set(DEFAULT_CONFIG)
         if unknown:
             raise ParameterError(
-                f"ORT_CONFIGS[{name!r}]", sorted(unknown), "keys among " + ", ".join(DEFAULT_CONFIG)
+                f"configs[{name!r}]", sorted(unknown), "keys among " + ", ".join(DEFAULT_CONFIG)
             )
         c = {**DEFAULT_CONFIG, **change}
         for key, choices in CONFIG_CHOICES.items():
-            check_choice(f"ORT_CONFIGS[{name!r}].{key}", c[key], choices)
+            check_choice(f"configs[{name!r}].{key}", c[key], choices)
         for key in ("per_channel", "preprocess", "reduce_range"):
             if not (key == "reduce_range" and c[key] is None):
-                check_bool(f"ORT_CONFIGS[{name!r}].{key}", c[key])
+                check_bool(f"configs[{name!r}].{key}", c[key])
         if isinstance(c["keep_float"], str) or not isinstance(c["keep_float"], Sequence):
-            raise ParameterError(f"ORT_CONFIGS[{name!r}].keep_float", c["keep_float"],
+            raise ParameterError(f"configs[{name!r}].keep_float", c["keep_float"],
                                  "a list of layer names")  # fmt: skip
         full[name] = c
     return full
