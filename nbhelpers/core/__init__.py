@@ -16,6 +16,7 @@ Modules:
     record    record(name, value) in a notebook's outputs; read() for tests and reports
     plots     seaborn figures shared by notebooks
     baseline  the shared trained baselines every notebook compares against
+    lm_baseline  the shared trained character transformer (cached), its training and fine-tuning
 
 Imports nothing else of nbhelpers: the bottom layer.
 """

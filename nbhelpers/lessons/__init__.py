@@ -15,4 +15,6 @@ Modules (a notebook imports its own as ``lesson``):
     lr_schedules          09: runs per schedule against constant, the scaling rule, shapes, facts
     compression_pipeline  10: the Pareto board, the search's front against the hand-built artifact
     your_own_model        11: the loss in words, facts
+    transformer_compression  12: bits/char rows with paired intervals, cached pruned models,
+                          samples side by side, targets, facts
 """

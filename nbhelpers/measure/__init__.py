@@ -7,15 +7,17 @@ Modules:
     comparison   ``compare``: models side by side, paired intervals, size and latency
     stats        paired intervals of accuracy differences, McNemar's exact test, Wilson intervals
     bpc          bits per character of a language model, block-bootstrap intervals (paired too)
+    generation   characters per second a character model samples, models side by side
     verdicts     a ``compare`` row's interval and verdict in words, above-chance
     targets      targets checked against measurements and their intervals
     facts        a run's facts as a small table (fact, value, unit, context)
     leaderboard  every notebook's comparison in one table and picture (no torch)
 
-The public names of ``hits``, ``size``, ``timing`` and ``comparison`` (four of the five that import
-torch; ``bpc`` is reached as ``measure.bpc``) are also this package's (``from nbhelpers import
-measure; measure.compare(...)``), loaded on first use, so importing ``nbhelpers.measure.stats`` or
-``leaderboard`` does not import torch. Imports only ``nbhelpers.core``.
+The public names of ``hits``, ``size``, ``timing`` and ``comparison`` (four of the six that import
+torch; ``bpc`` and ``generation`` are reached as ``measure.bpc`` and ``measure.generation``) are
+also this package's (``from nbhelpers import measure; measure.compare(...)``), loaded on first use,
+so importing ``nbhelpers.measure.stats`` or ``leaderboard`` does not import torch. Imports only
+``nbhelpers.core``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from typing import Any
 
 #: The modules whose public names are the package's own.
 _MEASURING = ("hits", "size", "timing", "comparison")
-_SUBMODULES = ("bpc", "facts", "leaderboard", "stats", "targets", "verdicts", *_MEASURING)
+_SUBMODULES = (
+    "bpc",
+    "facts",
+    "generation",
+    "leaderboard",
+    "stats",
+    "targets",
+    "verdicts",
+    *_MEASURING,
+)
 
 
 def _public(module: Any) -> set[str]:

@@ -22,7 +22,10 @@ for any traceable model), ONNX Runtime int8.
   side by side, logits agreement, speed and size within one runtime;
 * ``pt2e``: PyTorch 2 export int8 (torchao's x86 Inductor quantizer) and ``torch.compile``, of the
   int8 and of the float model;
-* ``profiling``: ONNX Runtime's per-operator profile, grouped by what the operators do.
+* ``profiling``: ONNX Runtime's per-operator profile, grouped by what the operators do;
+* ``weight_only``: weight-only int8 per channel or per tensor and int4 per group of a model's
+  ``Linear`` layers (fake quantization: quality and bytes, not kernel speed), the weights' outlier
+  ratios, the bytes of a dynamically quantized model's int8 weights.
 
 Everything public is re-exported here (``from nbhelpers.techniques import quantization;
 quantization.quant_params``); notebook 06's targets and facts table are in
@@ -118,6 +121,15 @@ from nbhelpers.techniques.quantization.torch_int8 import (
     set_engine,
     static_int8_fx,
 )
+from nbhelpers.techniques.quantization.weight_only import (
+    check_group_size,
+    dynamic_linear_bytes,
+    format_name,
+    outlier_table,
+    quantizable_linears,
+    quantize_weight_groups,
+    weight_only_model,
+)
 
 __all__ = [
     "compiled",
@@ -192,4 +204,11 @@ __all__ = [
     "tensor_roles",
     "weight_error",
     "weighted_nodes",
+    "check_group_size",
+    "dynamic_linear_bytes",
+    "format_name",
+    "outlier_table",
+    "quantizable_linears",
+    "quantize_weight_groups",
+    "weight_only_model",
 ]
