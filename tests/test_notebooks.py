@@ -119,9 +119,11 @@ def test_notebook_runs_and_records(nb: Path, tmp_path: Path):
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_unknown_dataset_fails_in_validation(nb: Path, tmp_path: Path):
     """DATASET='bogus' raises a ParameterError naming DATASET and its choices in the validation
-    cell."""
+    cell (the image datasets, or the text of a transformer lesson)."""
     err = validation_error(nb, tmp_path, DATASET="bogus")
-    assert isinstance(err, ParameterError) and "DATASET" in str(err) and "mnist5k" in str(err), (
+    text = parameters_cell(nb)[1]["DATASET"] == "shakespeare"
+    choice = "shakespeare" if text else "mnist5k"
+    assert isinstance(err, ParameterError) and "DATASET" in str(err) and choice in str(err), (
         repr(err)
     )
 
@@ -286,3 +288,23 @@ def test_technique_core_check_can_fail(tmp_path: Path):
         "the technique-core cell did not run",
         "technique_core: difference 0.001 above tolerance 1e-06",
     ]
+
+
+@pytest.mark.parametrize(
+    "override,name",
+    [
+        ({"TEXT_PATH": "/no/such/file.txt"}, "TEXT_PATH"),
+        ({"HEADS": 3}, "HEADS"),
+        ({"GROUP_SIZES": [48]}, "GROUP_SIZES"),  # does not divide the width 128
+        ({"SPARSITIES": [0.5, 1.0]}, "SPARSITIES"),
+        ({"WARMUP_STEPS": 2000}, "WARMUP_STEPS"),
+        ({"EVAL_WINDOWS": -1}, "EVAL_WINDOWS"),
+        ({"BLOCK": 10**9}, "BLOCK"),
+        ({"CONTEXT": 0}, "CONTEXT"),
+    ],
+)
+def test_transformer_bad_input_fails_in_validation(override: dict, name: str, tmp_path: Path):
+    """Notebook 12 refuses a bad text file, head count, group size, sparsity, warm-up, window
+    count or bootstrap block in its validation cell, before training."""
+    nb = ROOT / "notebooks" / "12_transformer_compression.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, **override)

@@ -155,7 +155,7 @@ def targets(
     speedup: float,
     batch: int,
     pruned_at_half: Mapping[str, Any] | None,
-) -> list[dict]:
+) -> tuple[list[dict], list[dict]]:
     """The issue's targets for quantization and pruning, each against its measured value.
 
     Args:
@@ -168,7 +168,8 @@ def targets(
             the sweep has no 50% level.
 
     Returns:
-        ``measure.targets.target`` dicts.
+        (targets, speed targets) as ``measure.targets.target`` dicts; the speed target apart,
+        because timings vary between runs.
     """
     row = quality.loc[dynamic]
     out = [
@@ -176,9 +177,9 @@ def targets(
                "bits/char", "paired block bootstrap", interval=(row["low"], row["high"])),
         target("dynamic int8: Linear weights smaller", row["ratio"], ">=",
                MIN_RATIO["dynamic int8"], "x", "block Linear layers, int8 codes + scales"),
-        target(f"dynamic int8: faster at batch {batch}", speedup, ">=", MIN_SPEEDUP, "x",
-               "median latency, timed side by side with fp32"),
     ]  # fmt: skip
+    speed = [target(f"dynamic int8: speedup at batch {batch}", speedup, ">=", MIN_SPEEDUP, "x",
+                    "median latency, timed side by side with fp32")]  # fmt: skip
     for name in int4:
         r = quality.loc[name]
         out += [
@@ -192,7 +193,7 @@ def targets(
         out.append(target("50% pruned + fine-tuned: interval's low end vs dense", r["low"], "<=",
                           0.0, "bits/char", f"change {r['change']:+.4f} [{r['low']:+.4f}, "
                           f"{r['high']:+.4f}]: <= 0 is within noise or better"))  # fmt: skip
-    return out
+    return out, speed
 
 
 def _pct(x: float) -> str:
@@ -211,7 +212,7 @@ def summary(
     """This run's facts for the Discussion.
 
     Args:
-        baseline: {"bpc", "low", "high", "params", "train_seconds", "from_cache"}.
+        baseline: {"bpc", "low", "high", "params"}.
         quality: the quantization table (index: model; bpc, change, low, high, verdict, ratio).
         outliers: ``quantization.outlier_table`` of the baseline.
         speed: {"speedup_b1", "speedup_b<batch>", "batch", "gen_fp32", "gen_int8"}.
@@ -231,7 +232,6 @@ def summary(
         ("baseline: test bits/char", baseline["bpc"], "bits/char",
          f"95% interval [{baseline['low']:.3f}, {baseline['high']:.3f}]"),
         ("baseline: parameters", int(baseline["params"]), "", "head tied to the embedding"),
-        ("baseline: trained now", not baseline["from_cache"], "", "else loaded from the cache"),
         ("dynamic int8: bits/char change", q[names["dynamic"]]["change"], "bits/char",
          f"verdict {q[names['dynamic']]['verdict']}"),
         ("dynamic int8: Linear weights smaller", q[names["dynamic"]]["ratio"], "x", "int8 codes"),
@@ -261,6 +261,6 @@ def summary(
         (f"pruning {_pct(top.sparsity)}: fine-tuned change", top["change"], "bits/char",
          f"verdict {top['verdict']}"),
         ("targets met", sum(bool(t["met"]) for t in targets_), "",
-         f"of {len(targets_)}"),
+         f"of {len(targets_)}, the timed speed target included"),
     ]  # fmt: skip
     return fact_table(rows, digits=4)
