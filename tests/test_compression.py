@@ -327,7 +327,8 @@ def test_pipeline_summary(reports):
     assert v["1 small: times smaller"] == 5.0 and v["2 + int8: times smaller"] == 8.0
     assert v["1 small: times faster, b256"] == 4.0 and v["2 + int8: times faster, b256"] == 1.25
     assert [v[f"target met: {n}"] for n in ("size", "loss", "speed")] == [True, True, False]
-    assert f.loc["target met: loss", "context"] == "0.4 [-0.1, 1.2] points (within noise)"
+    loss_context = "0.4 [-0.1, 1.2] points (goal in the interval)"
+    assert f.loc["target met: loss", "context"] == loss_context
     assert f.loc["target met: speed", "context"] == "2 x"
     assert f["context"].str.len().max() <= CONTEXT_WIDTH  # pandas shows every context in full
     longest = "3 + unstructured pruning: times faster, b256"  # the notebook's longest stage fact

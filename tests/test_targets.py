@@ -41,7 +41,7 @@ def test_interval_decides_or_not():
         "0.3 [0.05, 0.62] points",
         "0.2 [-0.3, 0.7] points",
     ]
-    assert df["met"].tolist() == ["yes", "yes (within noise)", "NO"]
+    assert df["met"].tolist() == ["yes", "yes (goal in the interval)", "NO"]
     with pytest.raises(ValueError, match="ordered"):
         target("x", 1.0, ">=", 0.5, interval=(2.0, 1.0))
 

@@ -189,7 +189,7 @@ def summary(
         from-scratch control, each target's verdict and the Pareto picture's counts.
     """
     from nbhelpers.measure.leaderboard import pareto_front
-    from nbhelpers.measure.targets import measured_text
+    from nbhelpers.measure.targets import UNDECIDED, measured_text
 
     base, fin = stages.iloc[0], stages.iloc[-1]
     speed = [c for c in stages.columns if c.startswith("speedup_b")]
@@ -228,7 +228,7 @@ def summary(
             f"target met: {t['name']}",
             bool(t["met"]),
             "",
-            measured_text(t) + (" (within noise)" if t.get("decided") is False else ""),
+            measured_text(t) + (f" {UNDECIDED}" if t.get("decided") is False else ""),
         )
         for t in targets
     ]

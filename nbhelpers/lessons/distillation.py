@@ -66,8 +66,8 @@ def summary(
 
     Returns:
         A ``facts.fact_table`` (value, unit, context), 4 significant digits; "gap closed: target
-        met" is the target's verdict ("yes", "NO", with "(within noise)" when its interval spans
-        the goal).
+        met" is the target's verdict ("yes", "NO", with "(goal in the interval)" when its
+        interval spans the goal).
     """
     rows = [
         ("teacher: test accuracy", teacher_accuracy, "", "one model"),

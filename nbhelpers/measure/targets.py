@@ -127,13 +127,19 @@ def measured_text(t: dict) -> str:
     return f"{text} {t['unit']}".strip()
 
 
+#: What a target row adds when the measurement's 95% interval reaches across the goal: the verdict
+#: then rests on the point estimate. (Not "within noise", which the comparison tables use for a
+#: difference whose interval contains zero.)
+UNDECIDED = "(goal in the interval)"
+
+
 def verdict_text(t: dict) -> str:
-    """ "yes"/"NO", "(within noise)" when the 95% interval reaches across the threshold, and
+    """ "yes"/"NO", ``UNDECIDED`` when the 95% interval reaches across the threshold, and
     "(k/n seeds reached)" when a censored count missed for that reason."""
     word = "yes" if t["met"] else "NO"
     if t.get("censored"):
         word += f" ({t['reached']}/{t['seeds']} seeds reached)"
-    return word + (" (within noise)" if t.get("decided") is False else "")
+    return word + (f" {UNDECIDED}" if t.get("decided") is False else "")
 
 
 def targets_table(targets: Sequence[dict]) -> pd.DataFrame:
@@ -144,7 +150,7 @@ def targets_table(targets: Sequence[dict]) -> pd.DataFrame:
 
     Returns:
         One row per target: name, measured (with its 95% interval, if any), goal, met ("yes" or
-        "NO", plus "(within noise)" when the interval reaches across the goal).
+        "NO", plus ``UNDECIDED`` when the interval reaches across the goal).
     """
     rows = [
         {
