@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from nbhelpers.measure.facts import fact_table
 from nbhelpers.measure.targets import points_lost, target
 
 #: The columns of a ``measure.compare`` table that the configuration tables show.
@@ -87,7 +88,7 @@ def config_facts(tables: Mapping[str, pd.DataFrame], batch: int) -> pd.DataFrame
         batch: the batch size read.
 
     Returns:
-        Rows (fact, value, unit, context), in the facts-table shape of the lesson.
+        A ``facts.fact_table`` (index fact; value, unit, context), to join the lesson's facts.
     """
     col, rows = f"speedup_b{batch}", []
     for arch, t in tables.items():
@@ -103,4 +104,4 @@ def config_facts(tables: Mapping[str, pd.DataFrame], batch: int) -> pd.DataFrame
             (f"{arch} ORT int8: configurations faster than fp32", int((int8 > 1).sum()), "",
              f"of {len(int8)}, timed at batch {batch}"),
         ]  # fmt: skip
-    return pd.DataFrame(rows, columns=["fact", "value", "unit", "context"])
+    return fact_table(rows)
