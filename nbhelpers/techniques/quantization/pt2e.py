@@ -15,10 +15,15 @@ from torch.utils.data import DataLoader
 
 from nbhelpers.core.params import ParameterError
 
+#: Loggers that warn when torchao is imported on a CPU machine: its CUDA-only libraries, and torch's
+#: pytree about an Enum torchao registers.
+_NOISY = ("torchao", "torch.utils._pytree")
+
 
 def _quiet_torchao() -> None:
-    """Silence torchao's import-time warnings about its CUDA-only libraries on a CPU machine."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    """Silence the warnings that importing torchao on a CPU machine logs (nothing is wrong)."""
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def pt2e_int8(
