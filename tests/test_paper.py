@@ -9,7 +9,7 @@ import pytest
 import yaml
 from notebook_runner import parameters_cell
 
-from nbhelpers.reporting import claims, paper
+from nbhelpers.reporting import bench, claims, paper
 from nbhelpers.reporting.runner import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +322,7 @@ def test_a_profile_with_a_misspelt_parameter_runs_nothing(tmp_path, monkeypatch,
     good.write_text("SEED: 0\n")
     bad.write_text("TEMPERATURE: 20\n")
     monkeypatch.setattr(paper, "profile_runs", lambda: {f.stem: f for f in (good, bad)})
+    monkeypatch.setattr(bench, "commit", lambda: "abc1234")  # a clean tree
     ran = []
     monkeypatch.setattr(paper, "run_all", lambda *a, **k: ran.append(a) or [])
     doc = tmp_path / "papers.md"
@@ -359,3 +360,41 @@ def test_deep_compression_is_compared_with_the_like_for_like_row():
     assert (size["measured"], size["met"], size["note"]) == (27.5, False, like)
     old = claims.profile_targets({"10_compression_pipeline": PIPELINE})
     assert "(full stack: run recorded before the like-for-like row)" in old[0]["name"]
+
+
+def test_a_dirty_tree_runs_nothing_unless_allowed(tmp_path, monkeypatch, capsys):
+    """docs/papers.md names the commit its runs came from: uncommitted changes stop the runs."""
+    good = tmp_path / "04_weight_pruning.yaml"
+    good.write_text("SEED: 0\n")
+    monkeypatch.setattr(paper, "profile_runs", lambda: {good.stem: good})
+    monkeypatch.setattr(bench, "commit", lambda: "abc1234+changes")
+    ran = []
+    monkeypatch.setattr(paper, "run_all", lambda *a, **k: ran.append(a) or [])
+    doc, out = tmp_path / "papers.md", tmp_path / "runs"
+    assert paper.main(["--out", str(out), "--doc", str(doc)]) == 2
+    assert "--allow-dirty" in capsys.readouterr().err
+    assert ran == [] and not doc.exists() and not out.exists()
+
+    class Started(Exception):
+        pass
+
+    def first_run(*a, **k):
+        ran.append(a)
+        raise Started  # the run would start here: enough to know it was not refused
+
+    monkeypatch.setattr(paper, "run_all", first_run)
+    with pytest.raises(Started):  # told otherwise, it runs
+        paper.main(["--out", str(out), "--doc", str(doc), "--allow-dirty"])
+    assert len(ran) == 1
+
+
+def test_a_profile_of_a_missing_notebook_names_its_file(tmp_path, monkeypatch, capsys):
+    ghost = tmp_path / "99_no_such_notebook.yaml"
+    ghost.write_text("SEED: 0\n")
+    monkeypatch.setattr(paper, "profile_runs", lambda: {ghost.stem: ghost})
+    monkeypatch.setattr(bench, "commit", lambda: "abc1234")
+    with pytest.raises(SystemExit) as e:
+        paper.main(["--out", str(tmp_path / "runs"), "--doc", str(tmp_path / "papers.md")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(ghost) in err and "99_no_such_notebook" in err

@@ -222,7 +222,8 @@ def save_log(out_dir: Path, log: Mapping[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 1 if any run failed, 2 for a profile naming a parameter
-    its notebook does not have (nothing runs then)."""
+    its notebook does not have or for a working tree that differs from its commit without
+    ``--allow-dirty`` (nothing runs then)."""
     from nbhelpers.reporting.bench import commit, machine_info
 
     ap = argparse.ArgumentParser(
@@ -236,7 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--render", action="store_true", help="run nothing; write the doc from the run log"
     )
+    ap.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run although tracked files differ from the commit (the doc then says +changes)",
+    )
     args = ap.parse_args(argv)
+    if not args.render and not args.allow_dirty and commit().endswith("+changes"):
+        print(
+            "error: tracked files differ from the last commit, so docs/papers.md could not name "
+            "the code that produced it: commit first, or pass --allow-dirty",
+            file=sys.stderr,
+        )
+        return 2
     files = profile_runs()
     try:
         chosen = [] if args.render else select_runs(list(files), args.runs)
@@ -245,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = {nb.stem: nb for nb in list_notebooks(DEFAULT_NOTEBOOKS)}
     missing = sorted({k.split(".")[0] for k in chosen} - set(notebooks))
     if missing:
-        ap.error(f"docs/paper names notebooks that do not exist: {missing}")
+        named = sorted(str(files[k]) for k in chosen if k.split(".")[0] in missing)
+        ap.error(f"{named} name notebooks that do not exist: {missing}")
     profiles = {key: dict(yaml.safe_load(files[key].read_text()) or {}) for key in chosen}
     try:  # every profile checked before the first run of hours starts
         for key, params in profiles.items():
