@@ -86,3 +86,23 @@ def test_budgets_repeat_brackets_until_spent():
     assert more[: len(once)] == once and more[-1][0] == 3 * 21 >= 50
     hb = hpo.hyperband_history(obj, 1, 3, seed=1, budget=100)
     assert hb[-1][0] == 2 * 69  # two whole Hyperband iterations of 69 epochs
+
+
+def test_rung_ranking_measures_how_early_epochs_rank_the_cells():
+    # curves that keep their order: every rung ranks the cells as the full budget does
+    same = np.linspace(0.5, 0.9, 6)[:, None] * np.linspace(0.5, 1.0, 9)[None, :]
+    obj = hpo.CurveObjective(SPACE, {"lr": np.geomspace(1e-4, 1e-1, 6)}, same)
+    t = hpo.rung_ranking(obj, 1, 3)
+    assert t.epochs.tolist() == [1, 3]  # 9 epochs is the full budget, not a rung
+    assert t.spearman.tolist() == pytest.approx([1.0, 1.0])
+    assert t.best_cell_rank.tolist() == [1, 1] and t.kept.tolist() == [2, 2]
+    assert t.best_cell_kept.all()
+    # reversed at epoch 1 (the final best starts last), in order from epoch 3 on
+    flip = same.copy()
+    flip[:, 0] = flip[::-1, 0]
+    t = hpo.rung_ranking(hpo.CurveObjective(SPACE, {"lr": np.geomspace(1e-4, 1e-1, 6)}, flip),
+                         1, 3)
+    assert t.spearman.iloc[0] == pytest.approx(-1.0) and t.best_cell_rank.iloc[0] == 6
+    assert t.best_cell_kept.tolist() == [False, True]
+    with pytest.raises(ParameterError, match="HALVING_ETA"):
+        hpo.rung_ranking(obj, 1, 1)

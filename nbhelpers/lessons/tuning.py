@@ -237,6 +237,7 @@ def bayes_summary(
     baseline: str = "random",
     early: pd.DataFrame | None = None,
     early_baseline: str = "random (full budget)",
+    rungs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The facts of the Bayesian-optimization comparison (notebook 03).
 
@@ -253,6 +254,7 @@ def bayes_summary(
         early: ``epochs_table`` of the methods that stop trials early, with an ``early_baseline``
             row, or None.
         early_baseline: the full-budget method the others are compared with.
+        rungs: ``hpo.rung_ranking`` of the curves (how each rung ranks the grid), or None.
 
     Returns:
         The fact table.
@@ -319,6 +321,25 @@ def bayes_summary(
                 rows.append(
                     (f"{k}: epochs vs {early_baseline}", e["mean_epochs"] / base, "x, mean epochs")
                 )
+    if rungs is not None and len(rungs):
+        first = rungs.iloc[0]
+        rows += [
+            (
+                "first rung: rank correlation with the full budget",
+                first["spearman"],
+                f"Spearman over the grid's cells, epoch {int(first['epochs'])} against the last",
+            ),
+            (
+                "first rung: rank of the full budget's best cell",
+                int(first["best_cell_rank"]),
+                f"of {obj.size}; a rung over the grid keeps {int(first['kept'])}",
+            ),
+            (
+                "first rung keeps the full budget's best cell",
+                bool(first["best_cell_kept"]),
+                f"epoch {int(first['epochs'])}",
+            ),
+        ]
     return facts_of(rows)
 
 

@@ -54,6 +54,7 @@ from nbhelpers.techniques.hpo.early_stopping import (
     halving_history,
     hyperband_history,
     plot_epochs,
+    rung_ranking,
 )
 from nbhelpers.techniques.hpo.estimator import (
     SeededNet,
@@ -101,6 +102,7 @@ __all__ = [
     "full_budget_history",
     "halving_history",
     "hyperband_history",
+    "rung_ranking",
     "BACKENDS",
     "VERSIONED",
     "check_versions",

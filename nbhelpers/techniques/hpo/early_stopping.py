@@ -190,6 +190,42 @@ class _Run:
             trials, r = ranked[: max(1, len(trials) // eta)], r * eta
 
 
+def rung_ranking(obj: CurveObjective, r_min: int, eta: int) -> pd.DataFrame:
+    """How well each rung of successive halving ranks the configurations, against the full budget.
+
+    Halving saves compute only when the first epochs already order the configurations as the full
+    budget does. For each rung epoch ``r_min * eta**k`` (below the full budget) over every cell of
+    the grid: Spearman's rank correlation between the scores at that epoch and at the full budget,
+    the rank at that epoch of the full-budget best cell (1 is first), and whether that cell is among
+    the ``1/eta`` that a rung over the whole grid would keep.
+
+    Args:
+        obj: the learning curves of every cell.
+        r_min: epochs of the first rung.
+        eta: the halving factor.
+
+    Returns:
+        One row per rung: epochs, spearman, best_cell_rank, kept (the number a rung over the grid
+        keeps, ceil(size / eta)), best_cell_kept.
+    """
+    from scipy.stats import rankdata, spearmanr
+
+    eta, r_min = check_halving(eta, r_min, obj.epochs)
+    flat = obj.curves.reshape(-1, obj.epochs)
+    final, best = flat[:, -1], int(np.argmax(flat[:, -1]))
+    kept = math.ceil(len(flat) / eta)
+    rows, r = [], r_min
+    while r < obj.epochs:
+        at = flat[:, r - 1]
+        rank = int(rankdata(-at, method="max")[best])  # ties count against the best cell
+        rho = float(spearmanr(at, final).statistic) if np.ptp(at) > 0 else float("nan")
+        rows.append({"epochs": r, "spearman": rho, "best_cell_rank": rank, "kept": kept,
+                     "best_cell_kept": rank <= kept})  # fmt: skip
+        r *= eta
+    return pd.DataFrame(rows, columns=["epochs", "spearman", "best_cell_rank", "kept",
+                                       "best_cell_kept"])  # fmt: skip
+
+
 def halving_history(
     obj: CurveObjective, n: int, r_min: int, eta: int, seed: int, budget: int | None = None
 ) -> History:
