@@ -854,3 +854,22 @@ def test_cell_test_hits_fits_each_distinct_cell_once(lookup):
     assert Counting.fits == 2
     assert hits[high].tolist() == [True, True, False, True]
     assert hits[low].tolist() == [False, False, True, False]
+
+
+def test_variance_shares_split_the_grid_exactly():
+    space = {"lr": {"low": 1e-3, "high": 1e-1, "log": True, "int": False},
+             "wd": {"low": 1e-6, "high": 1e-2, "log": True, "int": False}}  # fmt: skip
+    axes = {"lr": [1e-3, 1e-2, 1e-1], "wd": [1e-6, 1e-2]}
+    a = np.array([0.0, 0.3, 0.6])[:, None]  # lr's effect
+    b = np.array([-0.05, 0.05])[None, :]  # weight decay's, smaller
+    additive = hpo.variance_shares(hpo.LookupObjective(space, axes, 0.5 + a + b))
+    # variances: lr 0.06 (values 0, .3, .6), wd 0.0025; no interaction
+    assert additive.loc["lr", "share"] == pytest.approx(0.06 / 0.0625)
+    assert additive.loc["wd", "share"] == pytest.approx(0.0025 / 0.0625)
+    assert additive.loc["interactions", "share"] == pytest.approx(0.0, abs=1e-12)
+    assert additive.loc["lr", "score_range"] == pytest.approx(0.6)
+    # a pure interaction: no axis explains anything on its own
+    checker = np.array([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])  # every row and column mean 0
+    inter = hpo.variance_shares(hpo.LookupObjective(space, axes, checker))
+    assert inter.loc[["lr", "wd"], "share"].tolist() == pytest.approx([0.0, 0.0])
+    assert inter.loc["interactions", "share"] == pytest.approx(1.0)

@@ -132,6 +132,7 @@ def random_summary(
     met: bool,
     test: Mapping[str, Any] | None = None,
     distinct: Mapping[str, float] | None = None,
+    shares: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The facts of the random-against-grid comparison (notebook 02).
 
@@ -148,12 +149,19 @@ def random_summary(
             as B), or None.
         distinct: {"grid", "random": mean distinct values of the important hyperparameter
             tried}, or None.
+        shares: ``hpo.variance_shares`` of the table (index: the axes and "interactions"), or None.
 
     Returns:
         The fact table.
     """
     (imp, r_imp), (unimp, r_unimp) = list(spread.items())
     extra: list[tuple[str, Any, str]] = []
+    if shares is not None:
+        extra += [
+            (f"variance explained by {k}" if k != "interactions" else "variance in interactions",
+             float(v), "share of the table's score variance (analysis of variance)")
+            for k, v in shares["share"].items()
+        ]  # fmt: skip
     if distinct is not None:
         extra += [
             (

@@ -42,6 +42,7 @@ from nbhelpers.techniques.hpo.comparison import (
     tpe_history,
     trials_to_target,
     trials_to_target_table,
+    variance_shares,
 )
 from nbhelpers.techniques.hpo.early_stopping import (
     CurveObjective,
@@ -149,4 +150,5 @@ __all__ = [
     "tpe_history",
     "trials_to_target",
     "trials_to_target_table",
+    "variance_shares",
 ]
