@@ -77,8 +77,12 @@ class CausalSelfAttention(nn.Module):
 
     Attributes:
         qkv: ``Linear(width, 3 * width)``; its output is q, k, v, each split into ``heads`` heads
-            of ``width // heads`` channels (head h uses channels ``h * d : (h + 1) * d``).
+            of ``head_dim = width // heads`` channels (head h: channels ``h * d : (h + 1) * d``).
         proj: ``Linear(width, width)``, the output projection.
+        heads: the number of heads; ``head_dim``: channels per head. Their product, the inner
+            width, is ``width`` when built; head pruning
+            (``techniques.neuron_pruning.prune_heads``) lowers ``heads`` and slices ``qkv`` to
+            ``3 * heads * head_dim`` outputs and ``proj`` to ``heads * head_dim`` inputs.
         impl: "sdpa" or "written_out" (see ``ATTENTION_IMPLS``).
     """
 
@@ -87,14 +91,15 @@ class CausalSelfAttention(nn.Module):
         if width % heads:
             raise ParameterError("heads", heads, f"a divisor of the width {width}")
         self.heads, self.dropout, self.impl = heads, dropout, "sdpa"
+        self.head_dim = width // heads
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.resid_drop = nn.Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).split(c, dim=2)
-        return tuple(z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(self.heads * self.head_dim, dim=2)
+        return tuple(z.view(b, t, self.heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
 
     def written_out(self, x: torch.Tensor) -> torch.Tensor:
         """The heads' outputs by the formula: softmax(Q K^T / sqrt(d) + mask) V, mask -inf above
@@ -104,7 +109,7 @@ class CausalSelfAttention(nn.Module):
             x: (batch, tokens, width).
 
         Returns:
-            (batch, heads, tokens, width // heads), before the output projection.
+            (batch, heads, tokens, head_dim), before the output projection.
         """
         q, k, v = self._split(x)
         t, d = x.shape[1], q.shape[-1]
@@ -120,7 +125,7 @@ class CausalSelfAttention(nn.Module):
             x: (batch, tokens, width).
 
         Returns:
-            (batch, heads, tokens, width // heads), before the output projection.
+            (batch, heads, tokens, head_dim), before the output projection.
         """
         q, k, v = self._split(x)
         p = self.dropout if self.training else 0.0
@@ -129,7 +134,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attention of (batch, tokens, width), projected back to (batch, tokens, width)."""
         y = self.written_out(x) if self.impl == "written_out" else self.heads_output(x)
-        y = y.transpose(1, 2).reshape(x.shape)
+        y = y.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.heads * self.head_dim)
         return self.resid_drop(self.proj(y))
 
 

@@ -16,7 +16,14 @@ Scores follow one convention: **higher means more important**; the lowest-scored
 * ``channels``: for any other model (residual blocks, named submodules) ``prune_channels`` cuts the
   channels of layers given by name through torch-pruning's dependency graph, which finds the layers
   whose channels are coupled (both terms of a residual sum, the batch norms, the next layers'
-  inputs).
+  inputs);
+* ``heads``: for a transformer (``core.transformer.CharTransformer``), whole attention heads and
+  MLP hidden units: ``head_importance`` (the gradient of a gate on each head's output, Michel et
+  al. 2019, normalized per layer) and ``mlp_unit_importance`` (the same gate on each unit, the
+  Taylor criterion of Molchanov et al. 2017), ``select_removal`` (a global ranking),
+  ``prune_heads`` (slices the fused q/k/v ``Linear`` and the output projection) and
+  ``prune_mlp_units``; ``gated`` runs the model with gates and ``gate_difference`` checks that a
+  removed head is a closed gate.
 
 Everything public is re-exported here (``from nbhelpers.techniques import neuron_pruning;
 neuron_pruning.prune``); notebook 05's facts table is in ``nbhelpers.lessons.neuron_pruning``.
@@ -35,6 +42,21 @@ from nbhelpers.techniques.neuron_pruning.criteria import (
     taylor_scores,
     unit_scores,
     weight_norm_scores,
+)
+from nbhelpers.techniques.neuron_pruning.heads import (
+    KINDS,
+    attention_layers,
+    check_structured_fraction,
+    closed_gates,
+    gate_difference,
+    gated,
+    head_importance,
+    mlp_layers,
+    mlp_unit_importance,
+    prune_heads,
+    prune_mlp_units,
+    select_removal,
+    structure,
 )
 from nbhelpers.techniques.neuron_pruning.surgery import (
     complement,
@@ -66,17 +88,26 @@ __all__ = [
     "CONTROLS",
     "CRITERIA",
     "GRAPH_CRITERIA",
+    "KINDS",
     "NORMS",
     "SCOPES",
     "WEIGHTED",
     "activation_stats",
+    "attention_layers",
     "best_criterion",
     "check_criteria",
     "check_prune_fraction",
     "check_prune_layers",
+    "check_structured_fraction",
+    "closed_gates",
     "complement",
     "correct_over_seeds",
     "dead_units",
+    "gate_difference",
+    "gated",
+    "head_importance",
+    "mlp_layers",
+    "mlp_unit_importance",
     "n_removed",
     "n_units",
     "output_change",
@@ -84,9 +115,13 @@ __all__ = [
     "prunable_layers",
     "prune",
     "prune_channels",
+    "prune_heads",
+    "prune_mlp_units",
     "remove_units",
     "select_keep",
+    "select_removal",
     "shrinkage",
+    "structure",
     "taylor_scores",
     "torch_pruning_remove",
     "unit_scores",
