@@ -301,10 +301,14 @@ def test_technique_core_check_can_fail(tmp_path: Path):
         ({"EVAL_WINDOWS": -1}, "EVAL_WINDOWS"),
         ({"BLOCK": 10**9}, "BLOCK"),
         ({"CONTEXT": 0}, "CONTEXT"),
+        ({"HEAD_PRUNE_FRACTION": 1.0}, "HEAD_PRUNE_FRACTION"),
+        ({"MLP_PRUNE_FRACTION": 0.999}, "MLP_PRUNE_FRACTION"),  # 2046 of 2048: a block empties
+        ({"STRUCTURED_FINETUNE_STEPS": 0}, "STRUCTURED_FINETUNE_STEPS"),
     ],
 )
 def test_transformer_bad_input_fails_in_validation(override: dict, name: str, tmp_path: Path):
     """Notebook 12 refuses a bad text file, head count, group size, sparsity, warm-up, window
-    count or bootstrap block in its validation cell, before training."""
+    count, bootstrap block, fraction of heads or MLP units to remove or structured fine-tuning
+    length in its validation cell, before training."""
     nb = ROOT / "notebooks" / "12_transformer_compression.ipynb"
     assert_fails_in_validation(nb, tmp_path, name, **override)

@@ -1,6 +1,7 @@
 """Notebook 12's lesson code: the rows of its bits-per-character tables (paired block-bootstrap
-intervals against the baseline), the pruned and fine-tuned models (cached), samples side by side,
-its targets and the facts table its Discussion points at.
+intervals against the baseline), the pruned and fine-tuned models (cached; magnitude pruning, and
+structured pruning of attention heads and MLP units), speed-ups from a side-by-side latency table,
+samples side by side, its targets and the facts table its Discussion points at.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from nbhelpers.core.transformer import generate
 from nbhelpers.measure.bpc import paired_bpc_difference
 from nbhelpers.measure.facts import fact_table
 from nbhelpers.measure.targets import target
-from nbhelpers.techniques import pruning
+from nbhelpers.techniques import neuron_pruning, pruning
 
 #: The issue's targets: bits per character lost at most, Linear weights smaller at least, the
 #: dynamic int8 model faster at batch 32 at least; the pruning loss that counts as "exceeds".
-MAX_LOSS = {"dynamic int8": 0.02, "int4": 0.05, "pruning": 0.05}
+MAX_LOSS = {"dynamic int8": 0.02, "int4": 0.05, "pruning": 0.05, "structured": 0.05}
 MIN_RATIO = {"dynamic int8": 3.5, "int4": 6.0}
 MIN_SPEEDUP = 1.5
+#: Heads and MLP units removed: at least this speed-up at batch 32 (at ``MAX_LOSS["structured"]``).
+MIN_STRUCTURED_SPEEDUP = 1.3
 
 
 def bpc_row(
@@ -108,6 +111,127 @@ def pruned_model(
               "finetune_lr": lr, "finetune_seed": seed, "prune_version": 1}  # fmt: skip
     model, extras, hit = cached_model(config, build, train)
     return model.eval(), pd.DataFrame(extras["history"]), hit
+
+
+def structured_model(
+    base: LMBaseline,
+    heads: Mapping[int, Sequence[int]],
+    units: Mapping[int, Sequence[int]],
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[nn.Module, pd.DataFrame | None, bool]:
+    """The baseline without the given attention heads and MLP units (physically smaller:
+    ``neuron_pruning.prune_heads`` and ``prune_mlp_units``), then fine-tuned; cached.
+
+    Args:
+        base: the shared baseline.
+        heads: {block: head indices} to remove (``neuron_pruning.select_removal``).
+        units: {block: MLP unit indices} to remove.
+        steps: fine-tuning steps (0: one-shot, nothing trained and nothing cached).
+        lr: the fine-tuning's starting learning rate.
+        seed: seed of the fine-tuning batches.
+        device: where to fine-tune on a cache miss.
+
+    Returns:
+        (model on the CPU in evaluation mode, fine-tuning history or None, from_cache).
+    """
+
+    def build() -> nn.Module:
+        return neuron_pruning.prune_mlp_units(neuron_pruning.prune_heads(base.model, heads), units)
+
+    if steps == 0:
+        return build().eval(), None, False
+
+    def train(model: nn.Module) -> dict:
+        hist = lm_finetune(model, base.corpus, steps, base.config["batch_size"], lr, seed, device)
+        return {"history": hist.to_dict(orient="list")}
+
+    plan = {"heads": {str(b): sorted(map(int, v)) for b, v in heads.items()},
+            "units": {str(b): sorted(map(int, v)) for b, v in units.items()}}  # fmt: skip
+    config = {**base.config, "name": "char-transformer-structured", "structured_removed": plan,
+              "finetune_steps": steps, "finetune_lr": lr, "finetune_seed": seed,
+              "structured_version": 1}  # fmt: skip
+    model, extras, hit = cached_model(config, build, train)
+    return model.eval(), pd.DataFrame(extras["history"]), hit
+
+
+def speedups(latency: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Median latency per batch size with each model's speed-up over a reference.
+
+    Args:
+        latency: ``measure.latency`` of several models in one call.
+        reference: the model every other is compared with (e.g. the dense baseline).
+
+    Returns:
+        Index batch_size; one median-ms column per model (the reference first), then
+        ``speedup <name>`` = reference median / model median for each other model.
+    """
+    wide = latency.pivot(index="batch_size", columns="model", values="median_ms")
+    others = [m for m in latency.model.unique() if m != reference]
+    wide = wide[[reference, *others]]
+    for m in others:
+        wide[f"speedup {m}"] = wide[reference] / wide[m]
+    return wide
+
+
+def structured_targets(row: Mapping[str, Any], speedup: float, batch: int) -> list[dict]:
+    """The issue's structured-pruning targets: the loss and the speed-up, each a target row.
+
+    Args:
+        row: the fine-tuned structured model's ``bpc_row`` (change, low, high).
+        speedup: its speed-up over the dense baseline at ``batch``, timed side by side.
+        batch: the batch size of the speed target.
+
+    Returns:
+        Two ``measure.targets.target`` dicts.
+    """
+    return [
+        target("heads + MLP units pruned, fine-tuned: bits/char lost", row["change"], "<=",
+               MAX_LOSS["structured"], "bits/char", "paired block bootstrap",
+               interval=(row["low"], row["high"])),
+        target(f"heads + MLP units pruned: speed-up at batch {batch}", speedup, ">=",
+               MIN_STRUCTURED_SPEEDUP, "x", "median latency, timed side by side with dense"),
+    ]  # fmt: skip
+
+
+def structured_facts(
+    heads: pd.DataFrame,
+    removed: Mapping[str, int],
+    table: pd.DataFrame,
+    params: Mapping[str, int],
+    speed: Mapping[str, float],
+) -> list[tuple]:
+    """The facts rows of the structured pruning, for ``summary``'s ``extra``.
+
+    Args:
+        heads: ``neuron_pruning.head_importance`` of the baseline.
+        removed: {"heads", "heads_total", "units", "units_total"}: how many went, of how many.
+        table: index "one-shot" and "fine-tuned"; change, low, high, verdict.
+        params: {"dense", "pruned"}: parameter counts.
+        speed: {"b1", "b32"}: speed-ups of the fine-tuned model over the dense one.
+
+    Returns:
+        (fact, value, unit, context) rows.
+    """
+    low = heads.loc[heads.normalized.idxmin()]
+    where = f"block {int(low['block'])} head {int(low['head'])}"
+    tuned, once = table.loc["fine-tuned"], table.loc["one-shot"]
+    return [
+        ("structured: heads removed", removed["heads"], "",
+         f"of {removed['heads_total']}, the lowest normalized importance over all blocks"),
+        ("structured: MLP units removed", removed["units"], "", f"of {removed['units_total']}"),
+        ("structured: least important head", where, "",
+         f"normalized importance {low.normalized:.3f}"),
+        ("structured: parameters", int(params["pruned"]), "",
+         f"dense {params['dense']}: {params['dense'] / params['pruned']:.2f}x fewer"),
+        ("structured: one-shot change", once["change"], "bits/char", f"verdict {once['verdict']}"),
+        ("structured: fine-tuned change", tuned["change"], "bits/char",
+         f"[{tuned['low']:+.4f}, {tuned['high']:+.4f}], verdict {tuned['verdict']}"),
+        ("structured: speed-up at batch 32", speed["b32"], "x", "timed side by side with dense"),
+        ("structured: speed-up at batch 1", speed["b1"], "x", "timed side by side with dense"),
+    ]  # fmt: skip
 
 
 def first_over(sweep: pd.DataFrame, column: str, threshold: float) -> float | None:
@@ -208,6 +332,7 @@ def summary(
     sweep: pd.DataFrame,
     names: Mapping[str, str],
     targets_: Sequence[Mapping[str, Any]],
+    extra: Sequence[tuple] = (),
 ) -> pd.DataFrame:
     """This run's facts for the Discussion.
 
@@ -220,6 +345,8 @@ def summary(
         names: {"dynamic", "per_channel", "per_tensor", "int4_best", "int4_worst",
             "int4_per_channel"}: rows of ``quality``.
         targets_: the targets (each with "name" and "met").
+        extra: more (fact, value, unit, context) rows (``structured_facts``), before the count
+            of targets met.
 
     Returns:
         A ``fact_table``.
@@ -260,7 +387,8 @@ def summary(
          "no fine-tuning"),
         (f"pruning {_pct(top.sparsity)}: fine-tuned change", top["change"], "bits/char",
          f"verdict {top['verdict']}"),
+        *extra,
         ("targets met", sum(bool(t["met"]) for t in targets_), "",
-         f"of {len(targets_)}, the timed speed target included"),
+         f"of {len(targets_)}, the timed speed targets included"),
     ]  # fmt: skip
     return fact_table(rows, digits=4)
