@@ -220,6 +220,19 @@ def save_log(out_dir: Path, log: Mapping[str, dict]) -> None:
     os.replace(tmp, Path(out_dir) / LOG_NAME)
 
 
+def _dirty(at: str) -> bool:
+    """Whether the tree differs from its commit (``bench.commit`` ends in "+changes"); says why the
+    runs cannot start when it does."""
+    if at.endswith("+changes"):
+        print(
+            "error: tracked files differ from the last commit, so docs/papers.md could not name "
+            "the code that produced it: commit first, or pass --allow-dirty",
+            file=sys.stderr,
+        )
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 1 if any run failed, 2 for a profile naming a parameter
     its notebook does not have or for a working tree that differs from its commit without
@@ -243,12 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run although tracked files differ from the commit (the doc then says +changes)",
     )
     args = ap.parse_args(argv)
-    if not args.render and not args.allow_dirty and commit().endswith("+changes"):
-        print(
-            "error: tracked files differ from the last commit, so docs/papers.md could not name "
-            "the code that produced it: commit first, or pass --allow-dirty",
-            file=sys.stderr,
-        )
+    if not args.render and not args.allow_dirty and _dirty(commit()):
         return 2
     files = profile_runs()
     try:
