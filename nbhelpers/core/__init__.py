@@ -16,7 +16,8 @@ Modules:
     record    record(name, value) in a notebook's outputs; read() for tests and reports
     plots     seaborn figures shared by notebooks
     baseline  the shared trained baselines every notebook compares against
-    lm_baseline  the shared trained character transformer (cached), its training and fine-tuning
+    lm_baseline  the shared trained character transformer (cached), its training (four LR
+                 schedules, divergence stops a run) and fine-tuning
 
 Imports nothing else of nbhelpers: the bottom layer.
 """

@@ -7,7 +7,10 @@ matrices only (biases, norms' scales and shifts stay undecayed, as in nanoGPT), 
 warmed up linearly over ``warmup_steps`` and annealed by a half cosine to ``min_lr_ratio`` of its
 peak at the last step (``lr_factor``), and every step's gradient norm clipped to ``grad_clip``. It
 returns a history: mean training loss in bits over each ``eval_every`` steps and the validation
-bits per character on a fixed set of validation windows.
+bits per character on a fixed set of validation windows. Other schedules are a ``schedule`` name
+away (``LM_SCHEDULES``: warm-up then constant, warm-up then a linear decay, one-cycle;
+``schedule_factor``). A run whose loss becomes NaN or infinite stops there: its history ends in a
+row with a non-finite ``train_bits`` (``diverged``).
 
 ``get_lm_baseline`` is the model every transformer lesson starts from: trained by ``train_lm`` at
 ``LM_RECIPE`` and cached by ``core.cache.cached_model`` under a key holding every setting (the
@@ -25,13 +28,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nbhelpers.core.cache import cached_model, runtime_key
-from nbhelpers.core.params import check_float, check_int, check_seed
+from nbhelpers.core.params import (
+    ParameterError,
+    check_choice,
+    check_float,
+    check_int,
+    check_seed,
+)
 from nbhelpers.core.text import Corpus, eval_windows, random_windows
 from nbhelpers.core.train import seed_everything
 from nbhelpers.core.transformer import CharTransformer
@@ -76,6 +86,94 @@ def lr_factor(step: int, steps: int, warmup_steps: int, min_lr_ratio: float = 0.
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
+#: Learning-rate schedules of ``train_lm``: each step's rate is the peak ``lr`` times
+#: ``schedule_factor``. "cosine" (the default): linear warm-up, then half a cosine to
+#: ``min_lr_ratio`` (``lr_factor``); "linear": linear warm-up, then a straight line to
+#: ``min_lr_ratio``; "constant": linear warm-up, then the peak; "onecycle": torch's ``OneCycleLR``
+#: rate at its defaults (``ONECYCLE``), which rises for its first 30% of steps (its own warm-up).
+LM_SCHEDULES = ("cosine", "linear", "constant", "onecycle")
+#: One-cycle's shape, ``OneCycleLR``'s defaults: the share of steps rising, the start at
+#: peak / ``div_factor`` and the end at start / ``final_div_factor``, cosine annealing both ways.
+ONECYCLE = {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}
+
+
+def _onecycle(step: int, steps: int) -> float:
+    """``OneCycleLR``'s rate over its peak (``anneal_strategy="cos"``, two phases), as torch
+    computes it: phase ends at steps ``pct_start * steps - 1`` and ``steps - 1``."""
+    start = 1.0 / ONECYCLE["div_factor"]
+    phases = [(float(ONECYCLE["pct_start"] * steps) - 1, start, 1.0),
+              (float(steps - 1), 1.0, start / ONECYCLE["final_div_factor"])]  # fmt: skip
+    begin = 0.0
+    for i, (end, a, b) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - begin) / (end - begin) if end > begin else 1.0
+            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+        begin = end
+    raise AssertionError("unreachable")
+
+
+def check_schedule(name: str, schedule: str, warmup_steps: int) -> str:
+    """Check a schedule name of ``LM_SCHEDULES`` and that one-cycle gets no separate warm-up.
+
+    Args:
+        name: the parameter named in errors.
+        schedule: the given name.
+        warmup_steps: the warm-up it is paired with.
+
+    Returns:
+        The name.
+    """
+    check_choice(name, schedule, LM_SCHEDULES)
+    if schedule == "onecycle" and warmup_steps:
+        raise ParameterError("warmup_steps", warmup_steps,
+                             "0 with one-cycle: its rise over the first 30% of steps is its "
+                             "warm-up")  # fmt: skip
+    return schedule
+
+
+def schedule_factor(
+    schedule: str, step: int, steps: int, warmup_steps: int, min_lr_ratio: float = 0.1
+) -> float:
+    """The learning rate of a step as a fraction of the peak, for a schedule of ``LM_SCHEDULES``.
+
+    Args:
+        schedule: "cosine", "linear", "constant" or "onecycle".
+        step: the step, from 0 to ``steps - 1``.
+        steps: all steps of the run, at least 1.
+        warmup_steps: steps of linear warm-up (``(step + 1) / warmup_steps``), from 0 to
+            ``steps``; 0 for "onecycle".
+        min_lr_ratio: "cosine" and "linear": the fraction of the peak at the last step.
+
+    Returns:
+        The factor: at most 1.
+    """
+    check_schedule("schedule", schedule, warmup_steps)
+    if schedule == "onecycle":
+        return _onecycle(step, steps)
+    if schedule == "cosine":
+        return lr_factor(step, steps, warmup_steps, min_lr_ratio)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    rest = steps - warmup_steps
+    p = 0.0 if rest <= 1 else (step - warmup_steps) / (rest - 1)
+    return 1.0 - (1.0 - min_lr_ratio) * p
+
+
+def diverged(history: pd.DataFrame) -> bool:
+    """Whether a ``train_lm`` run stopped on a NaN or infinite loss.
+
+    Args:
+        history: its history.
+
+    Returns:
+        True when a ``train_bits`` or ``val_bits`` of it is not finite.
+    """
+    values = history[["train_bits", "val_bits"]].to_numpy(dtype=float)
+    return bool(len(values) and not np.isfinite(values).all())
+
+
 def _adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple) -> torch.optim.AdamW:
     """AdamW with weight decay on parameters of two or more dimensions only."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -105,6 +203,7 @@ def train_lm(
     seed: int = 0,
     device: str | torch.device = "cpu",
     min_lr_ratio: float = LM_RECIPE["min_lr_ratio"],
+    schedule: str = "cosine",
 ) -> pd.DataFrame:
     """Train a character model in place on the corpus's training text (see the module docstring).
 
@@ -119,18 +218,23 @@ def train_lm(
         warmup_steps: steps of linear warm-up, from 0 to ``steps``.
         seed: seed of the batches (and of torch's global generator, for dropout).
         device: where to train.
-        min_lr_ratio: the cosine's floor as a fraction of ``lr`` (0: annealed to zero).
+        min_lr_ratio: the cosine's (or the linear decay's) floor as a fraction of ``lr`` (0:
+            annealed to zero).
+        schedule: one of ``LM_SCHEDULES`` (``schedule_factor``); "onecycle" needs
+            ``warmup_steps`` 0.
 
     Returns:
         The history: one row per ``LM_RECIPE["eval_every"]`` steps (and the last) with ``step``,
         ``lr``, ``train_bits`` (mean training loss in bits since the previous row),
-        ``val_bits`` and ``seconds`` since the start.
+        ``val_bits`` and ``seconds`` since the start. A NaN or infinite loss ends the run at once
+        with a row of that step whose ``train_bits`` and ``val_bits`` are NaN (``diverged``).
     """
     steps = check_int("steps", steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     lr = check_float("lr", lr, 0.0, 1.0, low_inclusive=False)
     warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0, maximum=steps)
     min_lr_ratio = check_float("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
+    check_schedule("schedule", schedule, warmup_steps)
     seed_everything(check_seed("seed", seed))
     device = torch.device(device)
     model.to(device).train()
@@ -138,7 +242,8 @@ def train_lm(
     xv, yv = eval_windows(corpus.ids("validation"), context, LM_RECIPE["val_windows"])
     opt = _adamw(model, lr, LM_RECIPE["weight_decay"], LM_RECIPE["betas"])
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(min(s, steps - 1), steps, warmup_steps, min_lr_ratio)
+        opt,
+        lambda s: schedule_factor(schedule, min(s, steps - 1), steps, warmup_steps, min_lr_ratio),
     )
     gen = torch.Generator().manual_seed(seed)
     rows, running, t0 = [], [], time.perf_counter()
@@ -153,6 +258,11 @@ def train_lm(
         opt.step()
         sched.step()
         running.append(float(loss.detach()))
+        if not math.isfinite(running[-1]):  # diverged: the weights are lost, stop here
+            nan = float("nan")
+            rows.append({"step": step + 1, "lr": rate, "train_bits": nan, "val_bits": nan,
+                         "seconds": time.perf_counter() - t0})  # fmt: skip
+            break
         if (step + 1) % LM_RECIPE["eval_every"] == 0 or step + 1 == steps:
             rows.append(
                 {
@@ -238,6 +348,7 @@ def get_lm_baseline(
     lr: float = LM_DEFAULTS["lr"],
     warmup_steps: int = LM_DEFAULTS["warmup_steps"],
     device: str = "cpu",
+    schedule: str = "cosine",
 ) -> LMBaseline:
     """The shared character model for these settings, from the cache or trained now.
 
@@ -251,9 +362,12 @@ def get_lm_baseline(
         lr: the peak learning rate.
         warmup_steps: steps of linear warm-up before the cosine.
         device: where to train on a cache miss.
+        schedule: the learning-rate schedule (``LM_SCHEDULES``); one other than "cosine" is
+            part of the cache key (the default's key is the one it always had).
 
     Returns:
-        The ``LMBaseline`` (model on the CPU, in evaluation mode).
+        The ``LMBaseline`` (model on the CPU, in evaluation mode; its weights are NaN when the
+        run diverged: ``diverged(base.history)``).
     """
     args = dict(model_args or {})
     seed = check_seed("seed", seed)
@@ -276,9 +390,13 @@ def get_lm_baseline(
         "version": 1,
         **runtime_key(device),
     }
+    if check_schedule("schedule", schedule, warmup_steps) != "cosine":
+        config["schedule"] = schedule
 
     def train(model: nn.Module) -> dict:
-        hist = train_lm(model, corpus, steps, batch_size, lr, warmup_steps, seed, device)
+        hist = train_lm(
+            model, corpus, steps, batch_size, lr, warmup_steps, seed, device, schedule=schedule
+        )
         return {"history": hist.to_dict(orient="list")}
 
     model, extras, hit = cached_model(config, build, train)

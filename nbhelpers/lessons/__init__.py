@@ -17,4 +17,7 @@ Modules (a notebook imports its own as ``lesson``):
     your_own_model        11: the loss in words, facts
     transformer_compression  12: bits/char rows with paired intervals, cached pruned models,
                           samples side by side, targets, facts
+    transformer_training  13: cached train-and-score runs, trained / failed / diverged, paired
+                          intervals over pooled seeds, the pre-LN vs post-LN heatmap and target,
+                          the LR range test on a language model, facts
 """
