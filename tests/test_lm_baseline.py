@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from lm_fixtures import tiny_corpus
 
 from nbhelpers.core import lm_baseline as lb
 from nbhelpers.core import text
@@ -20,10 +21,8 @@ SMALL = {"context": 16, "width": 16, "depth": 1, "heads": 2}
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> text.Corpus:
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    lines = [f"the {w} cat sat on the {v} mat.\n" for w in ("red", "big", "old") for v in "abc"]
-    path.write_text("".join(lines) * 20)
-    return text.load_corpus(str(path), context=16)
+    """A tiny text of your own (TEXT_PATH), its vocabulary and splits."""
+    return tiny_corpus(tmp_path_factory)
 
 
 def test_the_rate_warms_up_linearly_then_follows_half_a_cosine_to_its_floor():

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lm_fixtures import tiny_corpus
 
 from nbhelpers.core import lm_baseline as lb
 from nbhelpers.core import text
@@ -22,10 +23,8 @@ SMALL = {"context": 16, "width": 16, "depth": 1, "heads": 2}
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> text.Corpus:
-    path = tmp_path_factory.mktemp("text") / "t.txt"
-    lines = [f"the {w} cat sat on the {v} mat.\n" for w in ("red", "big", "old") for v in "abc"]
-    path.write_text("".join(lines) * 20)
-    return text.load_corpus(str(path), context=16)
+    """A tiny text of your own (TEXT_PATH), its vocabulary and splits."""
+    return tiny_corpus(tmp_path_factory)
 
 
 def factors(name: str, steps: int, warmup: int) -> list[float]:

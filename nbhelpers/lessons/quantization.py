@@ -28,6 +28,25 @@ TARGET_KINDS = {
 }
 
 
+def check_width_scan(value: object) -> list:
+    """Check ``WIDTH_SCAN``: a list (possibly empty) of [conv1, conv2] channel pairs, each >= 1.
+
+    Args:
+        value: the given list.
+
+    Returns:
+        The list.
+    """
+    from nbhelpers.core.params import ParameterError, check_int, check_list
+
+    pairs = check_list("WIDTH_SCAN", value,
+                       lambda n, v: check_list(n, v, lambda m, c: check_int(m, c, minimum=1), 2),
+                       0)  # fmt: skip
+    if any(len(c) != 2 for c in pairs):
+        raise ParameterError("WIDTH_SCAN", value, "a list of [conv1, conv2] channel pairs")
+    return pairs
+
+
 def int8_targets(
     same_runtime: pd.DataFrame, table: pd.DataFrame, four_bit: pd.DataFrame, batch: int
 ) -> tuple[list[dict], list[dict]]:
