@@ -15,7 +15,10 @@ calls (iterative and gradual pruning) grow the existing masks up to the requeste
   fit, int32 row pointers) with NumPy, optionally deflate-compressed; ``save_torch_sparse`` writes
   torch's sparse CSR tensors; both load back to the exact dense weights; ``predicted_bytes``;
 * ``kernels``: ``sparse_csr`` (a weight in CSR form), ``CSRLinear`` and ``to_csr_model`` (Linear
-  layers on ``torch.sparse.mm``), ``kernel_latency`` (dense and sparse kernels of one matrix timed).
+  layers on ``torch.sparse.mm``), ``kernel_latency`` (dense and sparse kernels of one matrix timed);
+* ``semi_structured``: N:M sparsity (2:4: the 2 largest |w| of every 4 consecutive input weights),
+  ``mask_2_4``, ``semi_structured_prune`` (masks kept while fine-tuning), ``is_n_m``, and
+  ``to_semi_structured`` for ``torch.sparse.to_sparse_semi_structured`` (CUDA sparse tensor cores).
 
 Everything public is re-exported here (``from nbhelpers.techniques import pruning;
 pruning.magnitude_prune``); notebook 04's tables and facts are in
@@ -55,6 +58,15 @@ from nbhelpers.techniques.pruning.schedules import (
     GradualPruner,
     cubic_sparsity,
     iterative_sparsities,
+)
+from nbhelpers.techniques.pruning.semi_structured import (
+    check_n_m,
+    is_n_m,
+    mask_2_4,
+    semi_structured_masks,
+    semi_structured_prune,
+    sparse_kernels_available,
+    to_semi_structured,
 )
 from nbhelpers.techniques.pruning.storage import (
     LAYOUTS,
@@ -112,4 +124,11 @@ __all__ = [
     "torch_sparse_state",
     "torch_zip_bytes",
     "train_with_snapshots",
+    "check_n_m",
+    "is_n_m",
+    "mask_2_4",
+    "semi_structured_masks",
+    "semi_structured_prune",
+    "sparse_kernels_available",
+    "to_semi_structured",
 ]
