@@ -10,6 +10,9 @@ for any traceable model), ONNX Runtime int8.
   FX graph mode, saved and reloaded;
 * ``onnx``: export to ONNX, ONNX Runtime quantization (dynamic or static, QDQ or QOperator, layers
   kept in float) and a session as a callable;
+* ``onnx_lm``: ONNX Runtime dynamic int8 of a language model's ``MatMul`` weights only (the
+  embeddings kept in float, as torch.ao does), its per-character losses, its fp32 agreement with
+  torch against a tolerance from torch's own float32 rounding, and the bytes of its weights;
 * ``ort_configs``: the int8 configurations ONNX Runtime documents (format, per-channel, pre-
   processing, U8S8/U8U8/S8S8, reduce_range, optimization level, dynamic, first layer in float),
   each built from one float model, and the fastest one that stays accurate;
@@ -82,6 +85,13 @@ from nbhelpers.techniques.quantization.onnx import (
     weighted_nodes,
 )
 from nbhelpers.techniques.quantization.onnx_lean import lean_onnx
+from nbhelpers.techniques.quantization.onnx_lm import (
+    AGREEMENT_FACTOR,
+    fp32_agreement,
+    ort_dynamic_int8,
+    session_char_losses,
+    weight_bytes,
+)
 from nbhelpers.techniques.quantization.onnx_size import (
     lean_savings,
     onnx_size_breakdown,
@@ -211,4 +221,9 @@ __all__ = [
     "quantizable_linears",
     "quantize_weight_groups",
     "weight_only_model",
+    "AGREEMENT_FACTOR",
+    "fp32_agreement",
+    "ort_dynamic_int8",
+    "session_char_losses",
+    "weight_bytes",
 ]
