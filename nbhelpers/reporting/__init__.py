@@ -9,6 +9,9 @@ Modules:
     claims  the papers' MNIST figures, how each is read from a run, the profile's targets
     paper   the papers' MNIST tables beside ours -> docs/papers.md (``python -m
             nbhelpers.reporting.paper``)
+    nanogpt_reference  nanoGPT's own model.py trained at the transformer baseline's settings,
+            scored beside it -> docs/nanogpt_reference.json (``python -m
+            nbhelpers.reporting.nanogpt_reference --nanogpt DIR``)
 
-None of them imports torch at module level.
+None of them but nanogpt_reference (which trains a model) imports torch at module level.
 """
