@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,6 +205,7 @@ def train_lm(
     device: str | torch.device = "cpu",
     min_lr_ratio: float = LM_RECIPE["min_lr_ratio"],
     schedule: str = "cosine",
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> pd.DataFrame:
     """Train a character model in place on the corpus's training text (see the module docstring).
 
@@ -222,10 +224,14 @@ def train_lm(
             annealed to zero).
         schedule: one of ``LM_SCHEDULES`` (``schedule_factor``); "onecycle" needs
             ``warmup_steps`` 0.
+        loss_fn: the training loss of a batch, ``loss_fn(logits, x, y)`` with the model's
+            (batch, context, vocab) logits and the (batch, context) inputs and targets on
+            ``device`` (e.g. distillation from a teacher run on ``x``); None: cross-entropy.
 
     Returns:
         The history: one row per ``LM_RECIPE["eval_every"]`` steps (and the last) with ``step``,
-        ``lr``, ``train_bits`` (mean training loss in bits since the previous row),
+        ``lr``, ``train_bits`` (mean training loss in bits since the previous row: ``loss_fn``'s
+        when given),
         ``val_bits`` and ``seconds`` since the start. A NaN or infinite loss ends the run at once
         with a row of that step whose ``train_bits`` and ``val_bits`` are NaN (``diverged``).
     """
@@ -248,9 +254,12 @@ def train_lm(
     gen = torch.Generator().manual_seed(seed)
     rows, running, t0 = [], [], time.perf_counter()
     for step in range(steps):
-        x, y = random_windows(ids, context, batch_size, gen)
-        logits = model(x.to(device))
-        loss = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten())
+        x, y = (t.to(device) for t in random_windows(ids, context, batch_size, gen))
+        logits = model(x)
+        if loss_fn is None:
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        else:
+            loss = loss_fn(logits, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), LM_RECIPE["grad_clip"])

@@ -20,6 +20,9 @@ Modules (a notebook imports its own as ``lesson``):
     transformer_training  13: cached train-and-score runs, trained / failed / diverged, paired
                           intervals over pooled seeds, the pre-LN vs post-LN heatmap and target,
                           the LR range test on a language model, facts
+    transformer_distillation  14: cached distilled students, sizes, bits/char with paired
+                          intervals and the share of the gap closed, the temperature chosen on
+                          validation, target, facts
     lm_reference          12: the baseline beside nanoGPT's model.py at the same settings
                           (read from docs/nanogpt_reference.json), the baseline's targets
 """

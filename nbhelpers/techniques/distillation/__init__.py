@@ -10,7 +10,9 @@ students.
 * ``transfer``: ``shifted_copies`` and ``random_images``, the sets a student can learn on;
 * ``hints``: ``penultimate`` and ``hint_stage`` (FitNets stage 1);
 * ``student``: ``train_student``, ``StudentLab``, ``check_budget``, ``gap_closed``,
-  ``gap_interval``.
+  ``gap_interval``;
+* ``sequence``: a character language model distilled per position (``sequence_hinton_loss``,
+  ``teacher_loss_fn``, ``train_distilled``) and ``gap_closed_interval`` in bits per character.
 
 Everything public is re-exported here (``from nbhelpers.techniques import distillation;
 distillation.hinton_loss``); notebook 07's soft-target table and facts are in
@@ -27,6 +29,12 @@ from nbhelpers.techniques.distillation.losses import (
     logit_loss,
     make_loss_fn,
     soft_targets,
+)
+from nbhelpers.techniques.distillation.sequence import (
+    gap_closed_interval,
+    sequence_hinton_loss,
+    teacher_loss_fn,
+    train_distilled,
 )
 from nbhelpers.techniques.distillation.student import (
     TRAIN_SETS,
@@ -56,6 +64,7 @@ __all__ = [
     "check_temperature",
     "distillation_loss",
     "gap_closed",
+    "gap_closed_interval",
     "gap_interval",
     "get_teacher",
     "hint_stage",
@@ -64,7 +73,10 @@ __all__ = [
     "make_loss_fn",
     "penultimate",
     "random_images",
+    "sequence_hinton_loss",
     "shifted_copies",
     "soft_targets",
+    "teacher_loss_fn",
+    "train_distilled",
     "train_student",
 ]
