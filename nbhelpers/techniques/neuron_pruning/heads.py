@@ -16,6 +16,9 @@ expectation). As the paper does (section 4.1, after Molchanov et al. 2017) the s
 normalized per layer by their l2 norm, column ``normalized``, so a global ranking does not favour
 the layers whose gradients are larger; ``importance`` keeps the raw mean.
 
+The gates of any model's Linear inputs are ``gate_gradients``: ``_gate_scores`` uses it here,
+``attention.attention_head_scores`` for the attention modules of any model.
+
 **MLP unit importance** (``mlp_unit_importance``) is the same gate score applied to hidden units:
 for a gate on the activation a, dL/d xi = sum over positions of a * dL/da, so |dL/d xi| is
 the first-order Taylor criterion of Molchanov, Tyree, Karras, Aila and Kautz (2017, "Pruning
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -131,6 +134,71 @@ def gated(
             h.remove()
 
 
+def gate_gradients(
+    model: nn.Module,
+    points: Sequence[tuple[nn.Linear, int, int]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[object, torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """Mean over batches of |dL/d gate| for gates, all ones, on the inputs of Linear layers.
+
+    The gates are forward pre-hooks (``_gate_hook``): a point ``(layer, n, width)`` puts ``n``
+    gates on ``layer``'s input, gate g multiplying input channels ``g * width : (g + 1) * width``
+    (the heads' outputs before an output projection, or ``width = 1``: single units). The model
+    runs in eval mode (restored after), its weights and ``.grad`` are left as found.
+
+    Args:
+        model: any model whose forward calls each point's layer once.
+        points: (layer, gates, channels per gate) triples.
+        batches: (inputs, targets) pairs, moved to the model's device.
+        loss_fn: ``loss_fn(model(inputs), targets)``, a scalar (the batch's mean loss).
+
+    Returns:
+        One float64 CPU tensor of mean absolute gradients per point.
+
+    Raises:
+        ParameterError: ``batches`` is empty or not pairs of tensors.
+        ValueError: a point's layer is not on the path to the loss.
+    """
+    p = next(model.parameters())
+    dev, dtype, was_training = p.device, torch.promote_types(p.dtype, torch.float32), model.training
+    acc = [torch.zeros(n, dtype=torch.float64) for _, n, _ in points]  # on the CPU, in float64
+    count = 0
+    model.eval()
+    try:
+        for batch in batches:
+            if not (isinstance(batch, Sequence) and len(batch) == 2
+                    and all(isinstance(t, torch.Tensor) for t in batch)):  # fmt: skip
+                raise ParameterError("data", type(batch).__name__, "(inputs, targets) tensor pairs")
+            gates = [torch.ones(n, device=dev, dtype=dtype, requires_grad=True)
+                     for _, n, _ in points]  # fmt: skip
+            handles = [layer.register_forward_pre_hook(_gate_hook(g, w))
+                       for (layer, _, w), g in zip(points, gates)]  # fmt: skip
+            try:
+                loss = loss_fn(model(batch[0].to(dev)), batch[1].to(dev))
+            finally:
+                for h in handles:
+                    h.remove()
+            grads = torch.autograd.grad(loss, gates, allow_unused=True)
+            if any(g is None for g in grads):
+                raise ValueError("a gated layer is not on the path from the inputs to the loss")
+            for a, g in zip(acc, grads):
+                a += g.detach().abs().cpu().double()
+            count += 1
+    finally:
+        model.train(was_training)
+    if not count:
+        raise ParameterError("data", "no batch", "at least one (inputs, targets) batch")
+    return [a / count for a in acc]
+
+
+def _lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-character cross-entropy (nats) of (batch, tokens, vocab) logits, in float32 at
+    least."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten())
+
+
 def _gate_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple:
     """Mean over batches of |dL/d gate| for every head and unit gate (model in eval mode)."""
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.numel() == 0:
@@ -138,30 +206,24 @@ def _gate_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     if not isinstance(y, torch.Tensor) or y.shape != x.shape:
         raise ParameterError("y", tuple(getattr(y, "shape", ())), f"x's shape {tuple(x.shape)}")
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    p = next(model.parameters())
-    dev, dtype, was_training = p.device, torch.promote_types(p.dtype, torch.float32), model.training
-    head_sizes = [a.heads for a in attention_layers(model)]
-    sizes = head_sizes + [m.fc.out_features for m in mlp_layers(model)]
-    acc = [torch.zeros(n, dtype=torch.float64) for n in sizes]  # on the CPU, in float64
-    n_heads, batches = len(head_sizes), 0
-    model.eval()
-    try:
-        for i in range(0, len(x), batch_size):
-            gates = [torch.ones(n, device=dev, dtype=dtype, requires_grad=True) for n in sizes]
-            with gated(model, gates[:n_heads], gates[n_heads:]):
-                logits = model(x[i : i + batch_size].to(dev))
-                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-                yb = y[i : i + batch_size].to(dev)
-                loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten())
-            for a, g in zip(acc, torch.autograd.grad(loss, gates)):
-                a += g.detach().abs().cpu().double()
-            batches += 1
-    finally:
-        model.train(was_training)
-    return [a / batches for a in acc[:n_heads]], [a / batches for a in acc[n_heads:]]
+    attn = attention_layers(model)
+    points = [(a.proj, a.heads, a.head_dim) for a in attn]
+    points += [(m.proj, m.fc.out_features, 1) for m in mlp_layers(model)]
+    batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size))
+    scores = gate_gradients(model, points, batches, _lm_loss)
+    return scores[: len(attn)], scores[len(attn) :]
 
 
-def _table(scores: Sequence[torch.Tensor], kind: str) -> pd.DataFrame:
+def score_table(scores: Sequence[torch.Tensor], kind: str) -> pd.DataFrame:
+    """Scores as a table, normalized per block by their l2 norm (Michel et al., section 4.1).
+
+    Args:
+        scores: one 1-D tensor per block (attention module or MLP).
+        kind: the id column's name, "head" or "unit".
+
+    Returns:
+        One row per (block, id): ``block``, ``kind``, ``importance``, ``normalized``.
+    """
     rows = []
     for block, s in enumerate(scores):
         norm = s / s.norm().clamp_min(1e-30)
@@ -185,7 +247,7 @@ def head_importance(
         One row per (block, head): ``block``, ``head``, ``importance`` (mean |dL/d gate| over
         batches, L in nats per character) and ``normalized`` (divided by its block's l2 norm).
     """
-    return _table(_gate_scores(model, x, y, batch_size)[0], "head")
+    return score_table(_gate_scores(model, x, y, batch_size)[0], "head")
 
 
 def mlp_unit_importance(
@@ -203,7 +265,7 @@ def mlp_unit_importance(
     Returns:
         One row per (block, unit): ``block``, ``unit``, ``importance``, ``normalized``.
     """
-    return _table(_gate_scores(model, x, y, batch_size)[1], "unit")
+    return score_table(_gate_scores(model, x, y, batch_size)[1], "unit")
 
 
 def check_structured_fraction(name: str, fraction: object, sizes: Sequence[int]) -> float:
@@ -280,8 +342,19 @@ def _check_removal(name: str, removal: object, sizes: Sequence[int], what: str) 
     return out
 
 
-def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
-    """A new Linear holding the given output rows and input columns of ``layer``."""
+def slice_linear(
+    layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> nn.Linear:
+    """A new ``nn.Linear`` holding the given output rows and input columns of ``layer``.
+
+    Args:
+        layer: the layer (left unchanged).
+        rows: indices of the output rows (and bias entries) kept, None for all.
+        cols: indices of the input columns kept, None for all.
+
+    Returns:
+        The new layer, on the layer's device and dtype, its weight's ``requires_grad`` kept.
+    """
     w = layer.weight.detach()
     w = w if rows is None else w[rows]
     w = w if cols is None else w[:, cols]
@@ -316,8 +389,8 @@ def prune_heads(model: nn.Module, heads_to_remove: Mapping[int, Sequence[int]]) 
         keep = [h for h in range(a.heads) if h not in removal[b]]
         chans = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
         rows = torch.cat([part * inner + chans for part in range(3)])
-        a.qkv = _sliced(a.qkv, rows.to(a.qkv.weight.device), None)
-        a.proj = _sliced(a.proj, None, chans.to(a.proj.weight.device))
+        a.qkv = slice_linear(a.qkv, rows.to(a.qkv.weight.device), None)
+        a.proj = slice_linear(a.proj, None, chans.to(a.proj.weight.device))
         a.heads = len(keep)
     return new
 
@@ -343,7 +416,7 @@ def prune_mlp_units(model: nn.Module, units_to_remove: Mapping[int, Sequence[int
         drop = set(removal[b])
         keep = [u for u in range(sizes[b]) if u not in drop]
         keep = torch.tensor(keep, device=m.fc.weight.device)
-        m.fc, m.proj = _sliced(m.fc, keep, None), _sliced(m.proj, None, keep)
+        m.fc, m.proj = slice_linear(m.fc, keep, None), slice_linear(m.proj, None, keep)
     return new
 
 
