@@ -169,3 +169,21 @@ def test_bad_input_is_refused_naming_the_parameter():
             call()
         assert e.value.name == name, (name, e.value)
     assert npr.check_structured_fraction("f", 0.75, [4, 4]) == 0.75  # 6 of 8: each block keeps 1
+
+
+def test_gate_gradients_scores_gates_on_any_linear_input_and_refuses_bad_batches():
+    """The generic gate score: on the heads of a CharTransformer, head_importance's numbers; a
+    gate on a layer the loss never reaches, and batches that are not pairs, are refused."""
+    m, (x, y) = _model(), _windows(4)
+    points = [(a.proj, a.heads, a.head_dim) for a in npr.attention_layers(m)]
+    loss = lambda out, t: F.cross_entropy(out.flatten(0, 1), t.flatten())  # noqa: E731
+    got = npr.gate_gradients(m, points, [(x[:2], y[:2]), (x[2:], y[2:])], loss)
+    ref = npr.head_importance(m, x, y, batch_size=2)
+    assert torch.equal(torch.cat(got), torch.tensor(ref.importance.values))
+    unused = torch.nn.Linear(WIDTH, WIDTH)
+    with pytest.raises(ValueError, match="not on the path"):
+        npr.gate_gradients(m, [*points, (unused, 4, 8)], [(x, y)], loss)
+    for bad in ([], [x], [(x, y, y)]):
+        with pytest.raises(ParameterError) as e:
+            npr.gate_gradients(m, points, bad, loss)
+        assert e.value.name == "data"
