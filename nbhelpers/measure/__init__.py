@@ -12,6 +12,7 @@ Modules:
     targets      targets checked against measurements and their intervals
     facts        a run's facts as a small table (fact, value, unit, context)
     leaderboard  every notebook's comparison in one table and picture (no torch)
+    transfer     each technique's MNIST verdict beside its transformer verdict (no torch)
 
 The public names of ``hits``, ``size``, ``timing`` and ``comparison`` (four of the six that import
 torch; ``bpc`` and ``generation`` are reached as ``measure.bpc`` and ``measure.generation``) are

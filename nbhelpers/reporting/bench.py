@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from nbhelpers.core.paths import cache_dir
-from nbhelpers.measure import leaderboard
+from nbhelpers.measure import leaderboard, transfer
 from nbhelpers.measure.targets import measured_text, verdict_text
 from nbhelpers.reporting.runner import (
     DEFAULT_NOTEBOOKS,
@@ -161,7 +161,8 @@ def markdown(
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     targets = targets_frame(results)
     met = int((targets["met"] == "yes").sum()) if not targets.empty else 0
-    speed = _speed_frame({r.stem: r.records for r in results if r.status == "ok"})
+    good = {r.stem: r.records for r in results if r.status == "ok"}
+    speed = _speed_frame(good)
     runs = pd.DataFrame(
         [
             {
@@ -200,6 +201,14 @@ same test images ("within noise": the interval contains zero) and McNemar's exac
 on disk; speed-up: times faster at batch 1 / 256.
 
 {markdown_table(speed)}
+## Does it transfer? Each technique on MNIST beside the transformer language model
+
+MNIST: accuracy change in points with its paired 95% interval; transformer: bits per character
+against its baseline with a paired block-bootstrap interval (negative is better); targets as
+measured against their goal.
+
+{transfer.markdown(good)}
+
 ## Run times
 
 Whole suite: {wall_seconds:.0f} s wall ({jobs} notebook(s) at a time).

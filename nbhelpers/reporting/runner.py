@@ -219,12 +219,13 @@ def write_index(out_dir: Path) -> Path:
     Returns:
         The path of ``index.html``.
     """
-    from nbhelpers.measure import leaderboard
+    from nbhelpers.measure import leaderboard, transfer
 
     runs = load_runs(out_dir)
     records = {stem: (r.get("last_good") or {}).get("records") or {} for stem, r in runs.items()}
     path = Path(out_dir) / "index.html"
-    path.write_text(index_html(runs, [leaderboard.safe_html_section(records)]), encoding="utf-8")
+    sections = [leaderboard.safe_html_section(records), transfer.html_section(records)]
+    path.write_text(index_html(runs, sections), encoding="utf-8")
     return path
 
 
