@@ -14,4 +14,7 @@ Modules:
     schedules       learning-rate schedules by name, the LR range test
     compression     the stacked pipeline's sparse int8 artifact and entropy coding
     recipe          one call that compresses a user's own model (notebook 11)
+    compilation     torch.compile of any model against eager: first calls timed (a failure kept
+                    as its reason), interleaved timing, speed-ups with intervals, float32
+                    tolerances
 """
