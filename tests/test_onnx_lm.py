@@ -69,6 +69,12 @@ def test_int8_is_close_but_not_equal(lm):
     assert 0 < np.abs(ours - ref).max() < 0.1
 
 
+def test_symbolic_shape_inference_changes_nothing_here(lm):
+    _, f32, i8, x, _ = lm
+    sym = Q.ort_dynamic_int8(f32, i8.with_name("int8_sym.onnx"), False, symbolic_shapes=True)
+    np.testing.assert_array_equal(Q.OrtModel(sym)(x), Q.OrtModel(i8)(x))
+
+
 def test_weight_bytes_exact(lm):
     _, f32, i8, _, _ = lm
     table = Q.weight_bytes({"fp32": f32, "int8": i8})

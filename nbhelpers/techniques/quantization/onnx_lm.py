@@ -41,6 +41,7 @@ def ort_dynamic_int8(
     dst: str | Path,
     reduce_range: bool | None = None,
     op_types: Sequence[str] = ("MatMul",),
+    symbolic_shapes: bool = False,
 ) -> Path:
     """Dynamic int8 of an ONNX model's constant ``MatMul`` weights (per tensor, signed int8).
 
@@ -50,6 +51,10 @@ def ort_dynamic_int8(
         reduce_range: 7-bit weights; None: ``machine.int8_precaution`` of this CPU decides (ONNX
             Runtime recommends them on x86-64 CPUs without VNNI, whose u8s8 kernels saturate).
         op_types: the operator types quantized (``op_types_to_quantize``).
+        symbolic_shapes: also run ``quant_pre_process``'s symbolic shape inference, for shapes
+            ONNX's own inference cannot resolve. An exported ``CharTransformer`` does not need it
+            (the same int8 logits without it) and it takes seconds; ONNX's shape inference and
+            ONNX Runtime's graph optimization always run first.
 
     Returns:
         The path of the int8 model.
@@ -60,11 +65,12 @@ def ort_dynamic_int8(
     if reduce_range is None:
         reduce_range = bool(int8_precaution(cpu_flags())["reduce_range"])
     check_bool("reduce_range", reduce_range)
+    check_bool("symbolic_shapes", symbolic_shapes)
     if isinstance(op_types, str) or not op_types:
         raise ParameterError("op_types", op_types, "a non-empty list of ONNX operator types")
     src, dst = Path(src), Path(dst)
     pre = dst.with_suffix(".pre.onnx")
-    quant_pre_process(str(src), str(pre))
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=not symbolic_shapes)
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT logs advice through the root logger
     try:
