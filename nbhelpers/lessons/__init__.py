@@ -17,6 +17,8 @@ Modules (a notebook imports its own as ``lesson``):
     your_own_model        11: the loss in words, facts
     transformer_compression  12: bits/char rows with paired intervals, cached pruned models,
                           samples side by side, targets, facts
+    transformer_sparsity  12: the cached 2:4 model, 2:4 against 50% unstructured with paired
+                          intervals, ONNX Runtime's dynamic int8 beside torch.ao's, their facts
     transformer_training  13: cached train-and-score runs, trained / failed / diverged, paired
                           intervals over pooled seeds, the pre-LN vs post-LN heatmap and target,
                           the LR range test on a language model, facts

@@ -7,7 +7,7 @@ samples side by side, its targets and the facts table its Discussion points at.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,49 @@ def prunable_linears(model: nn.Module) -> list[str]:
     return [n for n, m in pruning.prunable(model) if m.weight.data_ptr() not in emb]
 
 
+def masked_model(
+    base: LMBaseline,
+    prune: Callable[[nn.Module], nn.Module],
+    key: Mapping[str, Any],
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[nn.Module, pd.DataFrame | None, bool]:
+    """The baseline pruned with masks (``torch.nn.utils.prune``), fine-tuned with the masks in
+    force and made permanent; cached under the baseline's settings, ``key`` and the fine-tuning's.
+
+    Args:
+        base: the shared baseline.
+        prune: masks a copy of the baseline in place and returns it.
+        key: what the masks depend on ("name", the pattern, the layers, a version), for the cache.
+        steps: fine-tuning steps (0: one-shot, nothing trained and nothing cached).
+        lr: the fine-tuning's starting learning rate.
+        seed: seed of the fine-tuning batches.
+        device: where to fine-tune on a cache miss.
+
+    Returns:
+        (model on the CPU in evaluation mode, fine-tuning history or None, from_cache).
+    """
+
+    def build() -> nn.Module:
+        return copy.deepcopy(base.model)
+
+    if steps == 0:
+        return pruning.make_permanent(prune(build())).eval(), None, False
+
+    def train(model: nn.Module) -> dict:
+        prune(model)
+        hist = lm_finetune(model, base.corpus, steps, base.config["batch_size"], lr, seed, device)
+        pruning.make_permanent(model)
+        return {"history": hist.to_dict(orient="list")}
+
+    config = {**base.config, **key, "finetune_steps": steps, "finetune_lr": lr,
+              "finetune_seed": seed}  # fmt: skip
+    model, extras, hit = cached_model(config, build, train)
+    return model.eval(), pd.DataFrame(extras["history"]), hit
+
+
 def pruned_model(
     base: LMBaseline,
     sparsity: float,
@@ -76,7 +119,8 @@ def pruned_model(
     device: str = "cpu",
 ) -> tuple[nn.Module, pd.DataFrame | None, bool]:
     """The baseline pruned to a global magnitude ``sparsity`` over its Linear weights (head and
-    embeddings kept), then fine-tuned with the masks in force and made permanent; cached.
+    embeddings kept), then fine-tuned with the masks in force and made permanent; cached
+    (``masked_model``).
 
     Args:
         base: the shared baseline.
@@ -90,27 +134,12 @@ def pruned_model(
         (model on the CPU in evaluation mode, fine-tuning history or None, from_cache).
     """
     names = prunable_linears(base.model)
-
-    def build() -> nn.Module:
-        return copy.deepcopy(base.model)
-
-    def prune_only(model: nn.Module) -> nn.Module:
-        return pruning.magnitude_prune(model, sparsity, "global", only=names)
-
-    if steps == 0:
-        return pruning.make_permanent(prune_only(build())).eval(), None, False
-
-    def train(model: nn.Module) -> dict:
-        prune_only(model)
-        hist = lm_finetune(model, base.corpus, steps, base.config["batch_size"], lr, seed, device)
-        pruning.make_permanent(model)
-        return {"history": hist.to_dict(orient="list")}
-
-    config = {**base.config, "name": "char-transformer-pruned", "prune_sparsity": sparsity,
-              "prune_scope": "global", "prune_layers": names, "finetune_steps": steps,
-              "finetune_lr": lr, "finetune_seed": seed, "prune_version": 1}  # fmt: skip
-    model, extras, hit = cached_model(config, build, train)
-    return model.eval(), pd.DataFrame(extras["history"]), hit
+    key = {"name": "char-transformer-pruned", "prune_sparsity": sparsity, "prune_scope": "global",
+           "prune_layers": names, "prune_version": 1}  # fmt: skip
+    return masked_model(
+        base, lambda m: pruning.magnitude_prune(m, sparsity, "global", only=names), key, steps,
+        lr, seed, device,
+    )  # fmt: skip
 
 
 def structured_model(
