@@ -493,3 +493,15 @@ def test_notebook_new_parameters_fail_in_validation(override, name, tmp_path):
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "09_learning_rate_schedules.ipynb"
     assert_fails_in_validation(nb, tmp_path, name, **override)
+
+
+def test_headroom_rows_say_whether_the_target_is_reachable():
+    from nbhelpers.lessons.lr_schedules import _headroom_rows
+
+    rows = _headroom_rows({"difference": 0.6, "low": 0.4, "high": 0.8, "factor": 3}, 1.0)
+    assert rows[0][:2] == ("headroom: best at k x EPOCHS minus constant", 0.6)
+    assert rows[1][:2] == ("target reachable with more epochs", False)
+    reach = _headroom_rows({"difference": 0.9, "low": 0.7, "high": 1.1, "factor": 3}, 1.0)
+    assert reach[1][1] is True
+    assert _headroom_rows(None, 1.0) == []
+    assert _headroom_rows({"difference": float("nan"), "low": 0, "high": 0, "factor": 0}, 1.0) == []

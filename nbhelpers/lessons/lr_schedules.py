@@ -242,6 +242,7 @@ def summary(
     adamw: pd.DataFrame | None = None,
     scaling: pd.DataFrame | None = None,
     sgd: pd.DataFrame | None = None,
+    headroom: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """The facts of one run of notebook 09, for its discussion to refer to by name.
 
@@ -259,6 +260,9 @@ def summary(
         adamw: ``versus_constant`` of the AdamW runs (None or empty: no rows).
         scaling: ``scaling_table`` of the linear-scaling runs (None or empty: no rows).
         sgd: ``versus_constant`` of the SGD runs of ``table`` (None or empty: no rows).
+        headroom: the best schedule at ``factor`` times the epochs minus constant at the equal
+            budget, in points (``difference``, ``low``, ``high``, ``factor``; None or a NaN
+            difference: no rows).
 
     Returns:
         One row per fact: value and context. Besides the SGD comparison: how many rules only
@@ -328,8 +332,29 @@ def summary(
         ("rules that only decay", len(decay), ", ".join(decay) or "none"),
         ("rules that raise the rate at some point", len(rise), ", ".join(rise) or "none"),
     ]
+    rows += _headroom_rows(headroom, target_points)
     rows += _versus_rows(sgd, "SGD") + _versus_rows(adamw, "AdamW")
     return fact_table(rows + _scaling_rows(scaling), digits=4)
+
+
+def _headroom_rows(headroom: Mapping[str, float] | None, target_points: float) -> list:
+    """Fact rows of the headroom run: its gain over constant and whether the target is reachable
+    (the interval's high end at or above the target)."""
+    if not headroom or not math.isfinite(float(headroom["difference"])):
+        return []
+    k, high = headroom["factor"], float(headroom["high"])
+    return [
+        (
+            "headroom: best at k x EPOCHS minus constant",
+            float(headroom["difference"]),
+            f"points [{headroom['low']:.3g}, {high:.3g}], k = {k}",
+        ),
+        (
+            "target reachable with more epochs",
+            bool(high >= target_points),
+            f"the interval's high end >= {target_points:g} points at {k} x EPOCHS",
+        ),
+    ]
 
 
 def _versus_rows(table: pd.DataFrame | None, optimizer: str) -> list:
