@@ -491,3 +491,21 @@ def test_front_table_and_target():
     assert math.isnan(gap) and "smallest: 4000 B" in note
     front = front_table(study, {"accuracy": 0.95, "bytes": 9500})
     assert bool(front.loc[1, "dominates_final"])
+
+
+def test_search_diagnosis_reads_the_budget_or_the_pipeline():
+    from nbhelpers.lessons.compression_pipeline import search_diagnosis
+
+    final = {"bytes": 1000}
+    near = search_diagnosis({"bytes": 900}, {"difference": -0.1, "low": -0.3, "high": 0.1}, final)
+    assert [r[0] for r in near] == [
+        "search pipeline at the hand-built knobs: minus the final",
+        "search pipeline at the hand-built knobs: bytes over the final's",
+        "search shortfall: the budget",
+    ]
+    assert near[0][1] == -0.1 and near[1][1] == 0.9 and near[2][1] is True
+    worse = search_diagnosis({"bytes": 900}, {"difference": -1.0, "low": -1.4, "high": -0.6}, final)
+    assert worse[2][1] is False
+    bigger = search_diagnosis({"bytes": 1100}, {"difference": 0.0, "low": -0.2, "high": 0.2}, final)
+    assert bigger[2][1] is False
+    assert search_diagnosis(None, None, final) == []

@@ -167,6 +167,7 @@ def summary(
     reference: Mapping[str, Any] | None = None,
     reference_gap: Mapping[str, Any] | None = None,
     control: Mapping[str, Any] | None = None,
+    search: list[tuple] | None = None,
 ) -> pd.DataFrame:
     """This run's facts about the pipeline, from its stage table, targets and Pareto board.
 
@@ -182,6 +183,7 @@ def summary(
             final stage's on the same test images (final minus it), with ``reference``.
         control: the from-scratch control (``stats.seeds_paired_difference`` of the final stage
             against it, with ``seeds`` and ``epochs``), or None.
+        search: ``search_diagnosis`` rows (None or empty: none).
 
     Returns:
         A ``fact_table``: the final model against the baseline, each stage's size and speed step,
@@ -223,6 +225,7 @@ def summary(
         rows += _reference_rows(reference, fin, reference_gap, speed)
     if control is not None:
         rows += _control_rows(control)
+    rows += list(search or [])
     rows += [
         (
             f"target met: {t['name']}",
@@ -249,6 +252,48 @@ def summary(
         ),
     ]
     return fact_table(rows)
+
+
+def search_diagnosis(
+    point: Mapping[str, Any] | None, gap: Mapping[str, Any] | None, final: Mapping[str, Any]
+) -> list[tuple]:
+    """Fact rows of the search's pipeline run at the hand-built knobs, against the final artifact.
+
+    Args:
+        point: ``compression.pipeline_point`` at the hand-built knobs (None: not run).
+        gap: ``stats.paired_difference`` of the final's test hits against the point's (the point
+            minus the final, in points), or None.
+        final: the final stage's ``measure.compare`` row (``bytes``).
+
+    Returns:
+        The point minus the final in points with its interval; its bytes over the final's; and
+        whether the shortfall is the budget's (the point not worse beyond noise, the interval's
+        high end at or above zero, at no more bytes); no rows when not run.
+    """
+    if point is None or gap is None:
+        return []
+    d, lo, hi = (float(gap[k]) for k in ("difference", "low", "high"))
+    ratio = float(point["bytes"]) / float(final["bytes"])
+    return [
+        (
+            "search pipeline at the hand-built knobs: minus the final",
+            round(d, 2),
+            "points",
+            f"[{lo:.2f}, {hi:.2f}] paired over the test images",
+        ),
+        (
+            "search pipeline at the hand-built knobs: bytes over the final's",
+            round(ratio, 3),
+            "x",
+            f"{int(point['bytes']):,} against {int(final['bytes']):,} bytes",
+        ),
+        (
+            "search shortfall: the budget",
+            bool(hi >= 0 and ratio <= 1.0),
+            "",
+            "true: the space holds one as good; false: its pipeline is worse (accuracy or bytes)",
+        ),
+    ]
 
 
 def _vs_baseline_rows(
