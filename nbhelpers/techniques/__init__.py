@@ -4,8 +4,10 @@ Modules:
     hpo             search spaces, the skorch estimator, grid/random/Bayesian search, backends,
                     successive halving and Hyperband
     pruning         unstructured magnitude pruning: masks, schedules, sparse storage and kernels
-    neuron_pruning  structured pruning of units and channels: criteria, removal, speed-up; any
-                    model's channels by layer name through torch-pruning's dependency graph
+    neuron_pruning  structured pruning of units, channels and attention heads: criteria, removal,
+                    speed-up; any model's channels by layer name through torch-pruning's
+                    dependency graph, and its attention heads (nn.MultiheadAttention or its own
+                    q/k/v projections) by the same call
     quantization    affine quantization from scratch, PyTorch int8 (eager, and FX graph mode for
                     any traceable model), ONNX Runtime int8
     distillation    Hinton's loss, logit matching, FitNets hints, a cached teacher, StudentLab
