@@ -203,3 +203,60 @@ def test_choosing_the_temperature_and_the_target_row():
     assert comp.loc["d", "vs_alone_verdict"] == "better"
     met, missed = td.targets(comp, "d")[0], td.targets(comp, "e")[0]
     assert met["met"] and met["low"] == pytest.approx(0.6) and not missed["met"]
+
+
+# --- notebook 14 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,name,allowed",
+    [
+        ({"ALPHA": 1.5}, "ALPHA", "[0.0, 1.0]"),
+        ({"ALPHA": -0.1}, "ALPHA", "[0.0, 1.0]"),
+        ({"TEMPERATURES": [0.0]}, "TEMPERATURES", "> 0"),
+        ({"TEMPERATURES": [2.0, -1.0]}, "TEMPERATURES", "> 0"),
+        ({"TEMPERATURES": []}, "TEMPERATURES", "at least 1"),
+        ({"TEMPERATURES": "2"}, "TEMPERATURES", "a list"),
+        ({"STUDENT_HEADS": 3}, "STUDENT_HEADS", "a divisor of STUDENT_WIDTH = 64"),
+        ({"HEADS": 3}, "HEADS", "a divisor of WIDTH = 128"),
+        ({"STUDENT_WIDTH": 0}, "STUDENT_WIDTH", ">= 1"),
+        ({"STUDENT_STEPS": 0}, "STUDENT_STEPS", ">= 1"),
+        ({"STUDENT_WARMUP_STEPS": 500}, "STUDENT_WARMUP_STEPS", "[0, 400]"),
+        ({"STUDENT_LR": 0.0}, "STUDENT_LR", "(0.0, 1.0]"),
+        ({"SELECT_WINDOWS": 0}, "SELECT_WINDOWS", ">= 1"),
+        ({"EVAL_WINDOWS": -1}, "EVAL_WINDOWS", ">= 0"),
+        ({"TEXT_PATH": "/no/such/file.txt"}, "TEXT_PATH", ""),
+        ({"BLOCK": 10**9}, "BLOCK", ""),
+    ],
+)
+def test_notebook_14_refuses_bad_input_in_validation(override: dict, name: str, allowed, tmp_path):
+    """Notebook 14 stops in its validation cell, before any training, naming the parameter and
+    what is allowed."""
+    from notebook_runner import ROOT, validation_error
+
+    err = validation_error(ROOT / "notebooks" / "14_transformer_distillation.ipynb", tmp_path,
+                           **override)  # fmt: skip
+    assert isinstance(err, ParameterError), repr(err)
+    assert name in str(err) and allowed in str(err), str(err)
+
+
+@pytest.mark.parametrize(
+    "wrong,right", [("TEMPERATURE", "TEMPERATURES"), ("STUDENT_WIDHT", "STUDENT_WIDTH")]
+)
+def test_notebook_14_names_the_closest_parameter_to_an_unknown_one(wrong, right, tmp_path):
+    from notebook_runner import ROOT, validation_error
+
+    from nbhelpers.core.params import UnknownParameterError
+
+    err = validation_error(ROOT / "notebooks" / "14_transformer_distillation.ipynb", tmp_path,
+                           **{wrong: 2})  # fmt: skip
+    assert isinstance(err, UnknownParameterError) and err.closest == right, repr(err)
+
+
+def test_notebook_14_writes_its_technique_out_and_checks_it():
+    """The technique-core cell (the loss by hand against the library) is in section 2 and asserts;
+    tests/expect/14_transformer_distillation.yaml checks what it records when it runs."""
+    from notebook_runner import ROOT, technique_core_problems
+
+    nb = ROOT / "notebooks" / "14_transformer_distillation.ipynb"
+    assert technique_core_problems(nb) == []

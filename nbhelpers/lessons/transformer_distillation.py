@@ -158,14 +158,18 @@ def comparisons(
 
     Returns:
         Index model (the student alone first); ``vs_alone``, its ``_low``, ``_high`` and
-        ``_verdict`` (model - alone, bits/char: negative is better), the same ``vs_teacher``
-        (model - teacher), and ``gap_closed`` with ``gap_low`` and ``gap_high`` (NaN for the
-        student alone).
+        ``_verdict`` (model - alone, bits/char: negative is better; NaN and "" for the student
+        alone), the same ``vs_teacher`` (model - teacher), and ``gap_closed`` with ``gap_low``
+        and ``gap_high`` (NaN for the student alone).
     """
     rows = []
     for name in [alone, *distilled]:
         row: dict[str, Any] = {"model": name}
         for ref, col in ((alone, "vs_alone"), (teacher, "vs_teacher")):
+            if ref == name:  # the student alone against itself: no comparison
+                row.update({col: np.nan, f"{col}_low": np.nan, f"{col}_high": np.nan,
+                            f"{col}_verdict": ""})  # fmt: skip
+                continue
             d = paired_bpc_difference(losses[ref], losses[name], block_length=block, seed=seed)
             row.update({col: d["difference"], f"{col}_low": d["low"], f"{col}_high": d["high"],
                         f"{col}_verdict": d["verdict"]})  # fmt: skip
@@ -210,13 +214,15 @@ def summary(
     """This run's facts for the Discussion.
 
     Args:
-        sizes: ``size_table`` (rows named by ``names["teacher"]`` and ``names["alone"]``).
+        sizes: ``size_table`` of the teacher (row ``names["teacher"]``) and the student (the
+            other row).
         bits: ``bpc_table``.
         comparison: ``comparisons``.
         names: {"teacher", "alone", "chosen"}: row names; "chosen" is the distilled student of
             the temperature chosen on validation.
-        run: {"teacher_steps", "student_steps", "alpha", "temperatures", "val_bits"} with
-            ``val_bits`` {temperature: validation bits/char}.
+        run: {"teacher_steps", "student_steps", "alpha", "val_bits", "generation_speedup"}:
+            ``val_bits`` {temperature: validation bits/char}, ``generation_speedup`` the
+            student's characters per second over the teacher's, timed side by side.
         targets_: the targets (each with "name" and "met").
 
     Returns:
@@ -224,14 +230,15 @@ def summary(
     """
     t, a, c = names["teacher"], names["alone"], names["chosen"]
     gap, best = comparison.loc[a], comparison.loc[c]
+    student = sizes.drop(index=t).iloc[0]
     distilled = [n for n in comparison.index if n != a]
     rows = [
         ("teacher: test bits/char", bits.loc[t, "bpc"], "bits/char",
          f"95% interval [{bits.loc[t, 'low']:.3f}, {bits.loc[t, 'high']:.3f}]"),
         ("teacher: parameters", int(sizes.loc[t, "parameters"]), "",
          f"{run['teacher_steps']} training steps"),
-        ("student: parameters", int(sizes.loc[a, "parameters"]), "",
-         f"{sizes.loc[a, 'share']:.2f} of the teacher's"),
+        ("student: parameters", int(student["parameters"]), "",
+         f"{student['share']:.2f} of the teacher's"),
         ("student: training steps", int(run["student_steps"]), "",
          f"the teacher's: {run['teacher_steps']}"),
         ("student alone: test bits/char", bits.loc[a, "bpc"], "bits/char",
@@ -249,6 +256,8 @@ def summary(
         ("chosen: change vs teacher", best["vs_teacher"], "bits/char",
          f"{_ci(best['vs_teacher_low'], best['vs_teacher_high'])} {best['vs_teacher_verdict']}"),
         ("alpha", float(run["alpha"]), "", "weight of the teacher term"),
+        ("student: generation speed-up over the teacher", run["generation_speedup"], "x",
+         "characters per second, timed side by side"),
         ("targets met", sum(bool(x["met"]) for x in targets_), "", f"of {len(targets_)}"),
     ]  # fmt: skip
     return fact_table(rows, digits=4)
