@@ -11,13 +11,16 @@
 * ``plots``: best-so-far curves and a heatmap of a score over two hyperparameters;
 * ``early_stopping``: successive halving and Hyperband against full-budget search at equal
   epochs, on cached learning curves of the grid;
-* ``winners``: the configuration a search chose, refitted and scored on the test images.
+* ``winners``: the configuration a search chose, refitted and scored on the test images;
+* ``optuna_search`` (used as ``hpo.optuna_search``): Optuna's TPE or random sampler with ASHA or
+  Hyperband on your own train-and-evaluate function at a budget of training steps (notebook 15).
 
 Everything public is re-exported here: ``from nbhelpers.techniques import hpo; hpo.MLP_SPACE``.
 The lessons' facts tables and lesson-only tables and plots are in ``nbhelpers.lessons.tuning``
 and ``nbhelpers.lessons.selection``.
 """
 
+from nbhelpers.techniques.hpo import optuna_search
 from nbhelpers.techniques.hpo.backends import (
     BACKENDS,
     VERSIONED,
@@ -90,6 +93,7 @@ from nbhelpers.techniques.hpo.space import (
 from nbhelpers.techniques.hpo.winners import cell_params, cell_test_hits, winner_cell
 
 __all__ = [
+    "optuna_search",
     "cell_params",
     "cell_test_hits",
     "winner_cell",
