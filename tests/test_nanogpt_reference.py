@@ -114,6 +114,9 @@ RECORDED = {
     "seed": 0,
     "characters_scored": 513024,
     "threads": 1,
+    "batch_size": 32,
+    "lr": 0.003,
+    "warmup_steps": 100,
     "shape": {"block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128},
     "nanogpt_bpc": 2.40,
     "nanogpt_interval": [2.39, 2.41],
@@ -135,6 +138,9 @@ RUN = {
     "steps": 1500,
     "seed": 0,
     "characters_scored": 513024,
+    "batch_size": 32,
+    "lr": 0.003,
+    "warmup_steps": 100,
 }
 
 
@@ -144,6 +150,7 @@ def test_reference_applies_only_at_its_settings(tmp_path):
     rec = lm_reference.load_reference(path)
     assert lm_reference.applies(rec, RUN)
     assert not lm_reference.applies(rec, {**RUN, "steps": 300})
+    assert not lm_reference.applies(rec, {**RUN, "lr": 0.001})
     assert lm_reference.load_reference(tmp_path / "none.json") is None
     assert len(lm_reference.reference_table(rec, RUN, 2.33)) == 3
     other = lm_reference.reference_table(rec, {**RUN, "width": 32}, 3.0)

@@ -44,8 +44,8 @@ def applies(ref: Mapping[str, Any], run: Mapping[str, Any]) -> bool:
 
     Args:
         ref: the reference (``load_reference``).
-        run: this run's ``context``, ``width``, ``depth``, ``heads``, ``steps``, ``seed`` and
-            ``characters_scored``.
+        run: this run's ``context``, ``width``, ``depth``, ``heads``, ``steps``, ``batch_size``,
+            ``lr``, ``warmup_steps``, ``seed`` and ``characters_scored``.
 
     Returns:
         True when every one matches the reference's.
@@ -54,7 +54,8 @@ def applies(ref: Mapping[str, Any], run: Mapping[str, Any]) -> bool:
     theirs = {
         "context": shape["block_size"], "width": shape["n_embd"], "depth": shape["n_layer"],
         "heads": shape["n_head"], "steps": ref["steps"], "seed": ref["seed"],
-        "characters_scored": ref["characters_scored"],
+        "characters_scored": ref["characters_scored"], "batch_size": ref["batch_size"],
+        "lr": ref["lr"], "warmup_steps": ref["warmup_steps"],
     }  # fmt: skip
     return all(run.get(k) == v for k, v in theirs.items())
 

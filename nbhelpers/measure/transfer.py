@@ -31,7 +31,8 @@ class Pick:
         table: the record holding the rows ("comparison", "targets", or a transformer lesson's
             table such as "pruning").
         pattern: a regular expression searched in each row's name (``model``, ``name``,
-            ``schedule`` or ``config``, the first present; else "<sparsity>% sparsity").
+            ``schedule`` or ``config``, the first present; else "<pattern>, <stage>" or
+            "<sparsity>% sparsity").
         kind: "points" (an accuracy change), "bits" (a bits-per-character change), "target" or
             "speedup" (a comparison row's ``speedup_b*`` column).
     """
@@ -83,7 +84,7 @@ TECHNIQUES: tuple[Technique, ...] = (
         ),
         (
             Pick(C12, "quantization", r"^dynamic int8$", "bits"),
-            Pick(C12, "onnx_int8", r"int8", "bits"),
+            Pick(C12, "ort_quantization", r"int8", "bits"),
             Pick(C12, "targets_speedup", r"dynamic int8", "target"),
         ),
     ),  # fmt: skip
@@ -134,6 +135,8 @@ def _name(row: Mapping[str, Any]) -> str:
     for key in _NAME_KEYS:
         if row.get(key) is not None:
             return str(row[key])
+    if row.get("pattern") is not None:
+        return f"{row['pattern']}, {row.get('stage', '')}".rstrip(", ")
     if row.get("sparsity") is not None:
         return f"{_num(row['sparsity']):.0%} sparsity"
     return "?"

@@ -176,6 +176,8 @@ def reference(nanogpt_dir: str | Path, steps: int, seed: int = 0, threads: int =
     diff = paired_bpc_difference(theirs, ours)
     return {
         "steps": steps, "seed": seed, "threads": threads, "shape": SHAPE,
+        "batch_size": LM_DEFAULTS["batch_size"], "lr": LM_DEFAULTS["lr"],
+        "warmup_steps": LM_DEFAULTS["warmup_steps"],
         "characters_scored": int(x.numel()),
         "nanogpt_bpc": bits_per_char(theirs), "nanogpt_interval": _interval(theirs),
         "baseline_bpc": bits_per_char(ours), "baseline_interval": _interval(ours),
