@@ -5,8 +5,10 @@ students.
 * ``losses``: ``soft_targets``, ``hinton_loss``, ``logit_loss``, ``distillation_loss`` and
   ``make_loss_fn`` (a ``loss_fn`` for ``train.fit``); ``alpha`` is always the weight of the
   teacher term: ``loss = (1 - alpha) * CE(student, labels) + alpha * teacher_term``;
-* ``teacher``: ``build_teacher``, ``get_teacher`` (trained on the views, cached) and
-  ``TeacherLogits`` (the teacher run once over a training set, each batch looked up exactly);
+* ``teacher``: ``build_teacher``, ``get_teacher`` (trained on the views, cached), ``train_teacher``
+  and ``TeacherLogits`` (the teacher run once over a training set, each batch looked up exactly);
+* ``dropout_recipe``: Hinton et al.'s 2012 teacher recipe (``TeacherRecipe``): ``RandomShift``
+  jitter, input dropout, ``max_norm_``, ``DampedMomentum`` with its ``MomentumRamp``;
 * ``transfer``: ``shifted_copies`` and ``random_images``, the sets a student can learn on;
 * ``hints``: ``penultimate`` and ``hint_stage`` (FitNets stage 1);
 * ``student``: ``train_student``, ``StudentLab``, ``check_budget``, ``gap_closed``,
@@ -19,6 +21,17 @@ distillation.hinton_loss``); notebook 07's soft-target table and facts are in
 ``nbhelpers.lessons.distillation``.
 """
 
+from nbhelpers.techniques.distillation.dropout_recipe import (
+    TEACHER_OPTIMIZERS,
+    DampedMomentum,
+    MomentumRamp,
+    RandomShift,
+    TeacherRecipe,
+    max_norm_,
+    max_norm_hook,
+    momentum_at,
+    rate_at,
+)
 from nbhelpers.techniques.distillation.hints import hint_stage, penultimate
 from nbhelpers.techniques.distillation.losses import (
     LOSSES,
@@ -49,15 +62,21 @@ from nbhelpers.techniques.distillation.teacher import (
     TeacherLogits,
     build_teacher,
     get_teacher,
+    train_teacher,
 )
 from nbhelpers.techniques.distillation.transfer import random_images, shifted_copies
 
 __all__ = [
     "LOSSES",
     "TEACHERS",
+    "TEACHER_OPTIMIZERS",
     "TRAIN_SETS",
+    "DampedMomentum",
+    "MomentumRamp",
+    "RandomShift",
     "StudentLab",
     "TeacherLogits",
+    "TeacherRecipe",
     "build_teacher",
     "check_alpha",
     "check_budget",
@@ -71,12 +90,17 @@ __all__ = [
     "hinton_loss",
     "logit_loss",
     "make_loss_fn",
+    "max_norm_",
+    "max_norm_hook",
+    "momentum_at",
     "penultimate",
     "random_images",
+    "rate_at",
     "sequence_hinton_loss",
     "shifted_copies",
     "soft_targets",
     "teacher_loss_fn",
     "train_distilled",
     "train_student",
+    "train_teacher",
 ]

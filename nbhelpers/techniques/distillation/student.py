@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from nbhelpers.core.data import loader
 from nbhelpers.core.models import build_model
 from nbhelpers.core.params import ParameterError, check_choice, check_int
-from nbhelpers.core.train import Device, LossFn, fit, seed_everything
+from nbhelpers.core.train import SCHEDULES, Device, LossFn, anneal, fit, seed_everything
 from nbhelpers.measure import accuracy as measure_accuracy
 from nbhelpers.measure import correct as measure_correct
 from nbhelpers.measure.stats import seed_summary, seeds_paired_difference
@@ -39,6 +39,7 @@ def train_student(
     lr: float = 1e-3,
     device: Device = "cpu",
     after_step: Callable[[nn.Module], None] | None = None,
+    schedule: str = "constant",
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Seed, build and train one student with ``train.fit`` (cross-entropy when ``loss_fn`` is
     None).
@@ -53,6 +54,7 @@ def train_student(
         lr: Adam learning rate.
         device: where to train.
         after_step: ``f(model)`` after every optimizer step (``train.fit``'s hook).
+        schedule: the rate over the run, "constant" or "cosine" (to 0 over ``epochs``).
 
     Returns:
         (trained student on the CPU in eval mode, its history).
@@ -68,6 +70,7 @@ def train_student(
         epochs=epochs,
         lr=lr,
         loss_fn=loss_fn,
+        scheduler=anneal(schedule, epochs),
         after_step=after_step,
         device=device,
         progress=False,
@@ -83,9 +86,11 @@ class StudentLab:
     images take as many optimizer steps as those on the training images. Each run is keyed by
     (hidden, set, loss, T, alpha, seed); asking for the same run again under another name reuses it.
 
-    Every student learns at a constant rate, so a run with a shorter budget is the first part of a
-    longer run of the same student and seed: with ``snapshots`` the lab keeps each run's weights
-    after those budgets, and a later request for the shorter run is that state, not a new run.
+    At a constant rate a run with a shorter budget is the first part of a longer run of the same
+    student and seed: with ``snapshots`` the lab keeps each run's weights after those budgets, and
+    a later request for the shorter run is that state, not a new run. With ``schedule="cosine"``
+    the rate depends on the run's length, so every budget is its own run and no snapshot is kept.
+    With ``curves`` every run scores the validation images after each epoch (``curves()``).
     """
 
     def __init__(
@@ -100,6 +105,8 @@ class StudentLab:
         lr: float = 1e-3,
         device: Device = "cpu",
         snapshots: Sequence[int] = (),
+        schedule: str = "constant",
+        curves: bool = False,
     ):
         """Prepare the training sets and run the teacher once over each.
 
@@ -114,7 +121,10 @@ class StudentLab:
             lr: Adam learning rate of every student.
             device: where students train.
             snapshots: shorter budgets, in passes over the "images" set, whose states every longer
-                run keeps (bit for bit the weights a run with that budget ends with).
+                run keeps (bit for bit the weights a run with that budget ends with; constant
+                schedule only).
+            schedule: every student's rate over its run, "constant" or "cosine".
+            curves: score ``val_loader`` after every epoch of every run (the weights are the same).
         """
         if "images" not in sets:
             raise ParameterError("sets", sorted(sets), "a mapping with an 'images' entry")
@@ -128,6 +138,9 @@ class StudentLab:
         self.epochs = epochs
         self.passes = {name: self.passes_for(name, epochs) for name in sets}
         self.snapshots = sorted({check_int("snapshots", e, minimum=1) for e in snapshots})
+        self.schedule = check_choice("STUDENT_SCHEDULE", schedule, SCHEDULES)
+        self.curves_on = bool(curves)
+        self._histories: dict[tuple, pd.DataFrame] = {}
         self._snapped: dict[tuple, tuple[nn.Module, float]] = {}
         self.image_shape, self.lr, self.device = tuple(image_shape), lr, device
         self.loaders = {
@@ -300,7 +313,8 @@ class StudentLab:
         steps = len(self.loaders[data])
         keep = {}  # optimizer steps -> key of the shorter run that ends there
         ratio = self.sizes[data] // self.n_images  # the set's size in training-image sets
-        for e in [] if hint else self.snapshots:
+        shots = self.snapshots if self.schedule == "constant" and not hint else []
+        for e in shots:
             short = (*key[:6], e // ratio, 0)
             if e % ratio == 0 and e // ratio < passes and short not in self._done:
                 keep[e // ratio * steps] = short
@@ -315,13 +329,15 @@ class StudentLab:
             build,
             seed,
             self.loaders[data],
-            None,
+            self.val_loader if self.curves_on else None,
             passes - hint,
             loss_fn,
             self.lr,
             self.device,
             after_step=after_step if keep else None,
+            schedule=self.schedule,
         )
+        self._histories[key] = hist
         seconds = hist["epoch_seconds"].to_numpy()
         for k, m in states.items():
             self._snapped[k] = (m, float(seconds[: k[6]].sum()))
@@ -331,6 +347,25 @@ class StudentLab:
     def runs(self) -> pd.DataFrame:
         """One row per trained (or reused) student and seed."""
         return pd.DataFrame(self.rows)
+
+    def curves(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Validation error after each epoch of the named students' runs (``curves=True``).
+
+        Args:
+            names: students to show (None: all); runs taken from a snapshot have no curve.
+
+        Returns:
+            Long table: student, seed, epoch (passes over the run's set), val_error (fraction);
+            empty without ``curves``.
+        """
+        columns = ["student", "seed", "epoch", "val_error"]
+        runs = [(n, s, self._histories.get(k)) for (n, s), k in self._names.items()]
+        frames = [
+            h.assign(student=n, seed=s, val_error=1.0 - h["val_accuracy"])[columns]
+            for n, s, h in runs
+            if self.curves_on and h is not None and (names is None or n in names)
+        ]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
     def model(self, name: str, seed: int) -> nn.Module:
         """The trained student ``name`` of ``seed`` (on the CPU, eval mode)."""

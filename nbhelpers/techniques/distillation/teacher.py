@@ -1,5 +1,6 @@
-"""The teacher: its architecture, its training on the shifted views (cached), and
-``TeacherLogits``, which runs it once over a training set and looks each batch up exactly.
+"""The teacher: its architecture, its training on the shifted views (cached; Adam with a cosine
+decay, or Hinton et al.'s 2012 recipe of ``dropout_recipe``), and ``TeacherLogits``, which runs it
+once over a training set and looks each batch up exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from nbhelpers.core.data import loader
 from nbhelpers.core.models import build_model
 from nbhelpers.core.params import ParameterError, check_choice
 from nbhelpers.core.pooling import fast_max_pool
-from nbhelpers.core.train import Device, fit, module_device, seed_everything
+from nbhelpers.core.train import Device, anneal, fit, module_device, seed_everything
+from nbhelpers.techniques.distillation.dropout_recipe import (
+    DampedMomentum,
+    MomentumRamp,
+    TeacherRecipe,
+    max_norm_hook,
+)
 
 #: Teacher families: a wide LeNet-style CNN, or an MLP with dropout (Hinton et al.'s 1200-1200).
 TEACHERS = ("cnn", "mlp")
@@ -109,6 +116,7 @@ def build_teacher(
     fc: Sequence[int],
     channels: Sequence[int] = (20, 50),
     dropout: float = 0.0,
+    recipe: TeacherRecipe | None = None,
 ) -> nn.Module:
     """An untrained teacher: a LeNet-style CNN with wider layers, or an MLP.
 
@@ -119,14 +127,19 @@ def build_teacher(
         fc: widths of the fully connected hidden layers.
         channels: the two convolutions' output channels (cnn only).
         dropout: dropout probability after each hidden layer (mlp only).
+        recipe: its jitter and input dropout come first, as training-only layers of a
+            Sequential (None, or neither set: the model as before, with the same parameter names).
 
     Returns:
         The freshly initialised model.
     """
     check_choice("TEACHER", arch, TEACHERS)
     if arch == "cnn":
-        return build_model("lenet5", image_shape, channels=tuple(channels), fc=tuple(fc))
-    return build_model("mlp", image_shape, hidden=tuple(fc), dropout=dropout)
+        model = build_model("lenet5", image_shape, channels=tuple(channels), fc=tuple(fc))
+    else:
+        model = build_model("mlp", image_shape, hidden=tuple(fc), dropout=dropout)
+    first = [] if recipe is None else recipe.input_layers()
+    return nn.Sequential(*first, *model) if first else model
 
 
 def get_teacher(
@@ -144,9 +157,10 @@ def get_teacher(
     device: Device = "cpu",
     lr: float = 1e-3,
     batch_size: int = 64,
+    recipe: TeacherRecipe | None = None,
+    val_loader: DataLoader | None = None,
 ) -> tuple[nn.Module, pd.DataFrame, bool]:
-    """The teacher trained on the shifted views (Adam, cosine decay to 0), from the cache or
-    trained now.
+    """The teacher trained on the shifted views, from the cache or trained now.
 
     Args:
         split_name: the dataset name (part of the cache key).
@@ -155,15 +169,21 @@ def get_teacher(
         labels: (n,) their labels.
         arch, fc, channels, dropout: the teacher (see ``build_teacher``).
         epochs: passes over the views.
-        seed: seed of the initialisation and the shuffle.
+        seed: seed of the initialisation, the shuffle and the dropout and jitter draws.
         view_key: what made the views (e.g. {"views": 10, "max_shift": 2, "seed": 0}), for the key.
         device: where to train if the cache misses.
-        lr: Adam learning rate at the start of the cosine schedule.
+        lr: the starting learning rate (Adam's, decayed by a cosine to 0; or the damped-momentum
+            SGD's, decayed by ``recipe.lr_decay`` per epoch).
         batch_size: training batch size.
+        recipe: optimizer, input jitter and dropout, max-norm (None: ``TeacherRecipe()``, Adam
+            with a cosine decay and nothing else, as before).
+        val_loader: validation images scored after every epoch (the history's learning curve;
+            the weights are the same with or without it), or None.
 
     Returns:
         (teacher on the CPU in eval mode, its training history, whether it came from the cache).
     """
+    recipe = (recipe or TeacherRecipe()).check()
     config = {
         "name": f"{split_name}-teacher-{arch}",
         "arch": arch,
@@ -179,19 +199,64 @@ def get_teacher(
         "version": 1,
         **runtime_key(device),
     }
+    if recipe.key():  # the default teacher keeps the key it always had
+        config["recipe"] = recipe.key()
+    if val_loader is not None:
+        config["val_curve"] = True
     shape = tuple(views.shape[1:])
 
     def build() -> nn.Module:
         seed_everything(seed)
-        return build_teacher(arch, shape, fc, channels, dropout)
+        return build_teacher(arch, shape, fc, channels, dropout, recipe)
 
     def train(model: nn.Module) -> dict:
         dl = loader(views.numpy(), labels.numpy(), batch_size, shuffle=True, seed=seed)
-        cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # noqa: E731
-        hist = fit(
-            model, dl, None, epochs=epochs, lr=lr, scheduler=cosine, device=device, progress=False
-        )
+        hist = train_teacher(model, dl, epochs, lr, recipe, val_loader, device)
         return {"history": hist.to_dict(orient="list")}
 
     model, extras, hit = cached_model(config, build, train)
     return model.eval(), pd.DataFrame(extras["history"]), hit
+
+
+def train_teacher(
+    model: nn.Module,
+    train_loader: DataLoader,
+    epochs: int,
+    lr: float,
+    recipe: TeacherRecipe,
+    val_loader: DataLoader | None = None,
+    device: Device = "cpu",
+) -> pd.DataFrame:
+    """Train a teacher in place with a recipe's optimizer, schedule and max-norm constraint.
+
+    Args:
+        model: the teacher (``build_teacher``: its input jitter and dropout are its own layers).
+        train_loader: the training batches.
+        epochs: passes over them.
+        lr: the starting learning rate.
+        recipe: "adam" decays the rate by a cosine to 0 over ``epochs``; "sgd_momentum" uses
+            ``DampedMomentum`` with ``MomentumRamp``; a ``max_norm`` is kept after every step.
+        val_loader: scored after every epoch, or None.
+        device: where to train.
+
+    Returns:
+        ``train.fit``'s history (one row per epoch).
+    """
+    model.to(device)
+    if recipe.optimizer == "sgd_momentum":
+        optimizer: str | torch.optim.Optimizer = DampedMomentum(model.parameters(), lr)
+        schedule = lambda opt: MomentumRamp(opt, recipe.momentum_ramp, recipe.lr_decay)  # noqa: E731
+    else:
+        optimizer, schedule = "adam", anneal("cosine", epochs)
+    return fit(
+        model,
+        train_loader,
+        val_loader,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        scheduler=schedule,
+        after_step=max_norm_hook(recipe.max_norm),
+        device=device,
+        progress=False,
+    )
