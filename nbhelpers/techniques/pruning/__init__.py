@@ -10,6 +10,11 @@ calls (iterative and gradual pruning) grow the existing masks up to the requeste
 * ``schedules``: ``cubic_sparsity`` is the gradual schedule of Zhu and Gupta (2017),
   ``GradualPruner`` applies it from the ``after_step`` hook of ``nbhelpers.core.train.fit``;
   ``iterative_sparsities`` are the levels of Han et al.'s (2015) prune-and-retrain rounds;
+* ``retrain``: Han et al.'s (2015) retraining: ``l2_penalty`` (section 3.1), ``ScaledDropout`` at
+  ``scaled_dropout_rate`` = ``D_o sqrt(C_ir / C_io)`` per hidden layer (section 3.2), and
+  ``proportional_sparsities`` / ``prune_layers`` for per-layer rates such as their Table 2's
+  (``prune_scope`` with scope "table", one of ``RUN_SCOPES``; ``kept_shares`` sets a model's
+  shares beside such a table);
 * ``lottery``: Frankle and Carbin's lottery tickets, rewound or on fresh weights;
 * ``storage``: ``save_sparse`` writes CSR arrays (fp32 values, uint16 column indices where they
   fit, int32 row pointers) with NumPy, optionally deflate-compressed; ``save_torch_sparse`` writes
@@ -54,6 +59,18 @@ from nbhelpers.techniques.pruning.magnitude import (
     sparsity,
     threshold_prune,
 )
+from nbhelpers.techniques.pruning.retrain import (
+    RUN_SCOPES,
+    ScaledDropout,
+    dropout_rates,
+    hidden_activations,
+    kept_shares,
+    l2_penalty,
+    proportional_sparsities,
+    prune_layers,
+    prune_scope,
+    scaled_dropout_rate,
+)
 from nbhelpers.techniques.pruning.schedules import (
     GradualPruner,
     cubic_sparsity,
@@ -86,22 +103,28 @@ from nbhelpers.techniques.pruning.storage import (
 
 __all__ = [
     "CSRLinear",
+    "kept_shares",
     "kernel_latency",
     "sparse_csr",
     "GradualPruner",
+    "ScaledDropout",
     "LAYOUTS",
     "METHODS",
     "PRUNABLE",
+    "RUN_SCOPES",
     "SCOPES",
     "apply_masks",
     "check_run",
     "cubic_sparsity",
     "dense_state",
+    "dropout_rates",
     "global_threshold",
     "gzip_file",
+    "hidden_activations",
     "is_pruned",
     "is_weight_matrix",
     "iterative_sparsities",
+    "l2_penalty",
     "largest_linear",
     "layer_sparsity",
     "load_sparse",
@@ -114,9 +137,13 @@ __all__ = [
     "npz_bytes",
     "predicted_bytes",
     "prunable",
+    "proportional_sparsities",
+    "prune_layers",
+    "prune_scope",
     "rewound_ticket",
     "save_sparse",
     "save_torch_sparse",
+    "scaled_dropout_rate",
     "sparse_arrays",
     "sparsity",
     "threshold_prune",

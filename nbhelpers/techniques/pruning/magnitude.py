@@ -51,12 +51,13 @@ def _masked(m: nn.Module) -> int:
     return 0 if mask is None else int((mask == 0).sum())
 
 
-def check_run(name: str, value: object) -> tuple[str, str]:
+def check_run(name: str, value: object, scopes: Sequence[str] = SCOPES) -> tuple[str, str]:
     """Check a "method/scope" string such as "gradual/global" and split it.
 
     Args:
         name: parameter name.
-        value: "<method>/<scope>" with method in ``METHODS`` and scope in ``SCOPES``.
+        value: "<method>/<scope>" with method in ``METHODS`` and scope in ``scopes``.
+        scopes: the allowed scopes (``retrain.RUN_SCOPES`` adds Han et al.'s "table").
 
     Returns:
         (method, scope).
@@ -65,12 +66,12 @@ def check_run(name: str, value: object) -> tuple[str, str]:
         "'<method>/<scope>' with method in "
         + ", ".join(map(repr, METHODS))
         + " and scope in "
-        + ", ".join(map(repr, SCOPES))
+        + ", ".join(map(repr, scopes))
     )
     if not isinstance(value, str) or value.count("/") != 1:
         raise ParameterError(name, value, allowed)
     method, scope = value.split("/")
-    if method not in METHODS or scope not in SCOPES:
+    if method not in METHODS or scope not in scopes:
         raise ParameterError(name, value, allowed)
     return method, scope
 

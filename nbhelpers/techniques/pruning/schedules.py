@@ -5,10 +5,12 @@ et al.'s (2015) prune-and-retrain rounds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from nbhelpers.core.params import check_choice
-from nbhelpers.techniques.pruning.magnitude import SCOPES, magnitude_prune
+from nbhelpers.techniques.pruning.retrain import RUN_SCOPES, prune_scope
 
 
 def cubic_sparsity(step: int, final: float, begin: int, end: int, initial: float = 0.0) -> float:
@@ -57,6 +59,7 @@ class GradualPruner:
         every: int = 10,
         scope: str = "global",
         initial: float = 0.0,
+        keep: Sequence[float] | None = None,
     ):
         """Set up the schedule (steps count optimizer steps, from 1).
 
@@ -65,11 +68,13 @@ class GradualPruner:
             begin: step where pruning starts.
             end: step where ``final`` is reached.
             every: prune every this many steps (``Delta t``), and at ``end``.
-            scope: "global" or "layer".
+            scope: "global", "layer" or "table" (``retrain.prune_scope``).
             initial: sparsity at ``begin``.
+            keep: the kept share of each prunable layer, for the scope "table".
         """
         self.final, self.begin, self.end, self.every = final, begin, end, max(1, every)
-        self.scope, self.initial, self.step = check_choice("scope", scope, SCOPES), initial, 0
+        self.scope, self.initial, self.step = check_choice("scope", scope, RUN_SCOPES), initial, 0
+        self.keep = keep
         self.history: list[tuple[int, float]] = []
 
     def __call__(self, model: nn.Module) -> None:
@@ -78,5 +83,5 @@ class GradualPruner:
         t = self.step
         if self.begin <= t <= self.end and ((t - self.begin) % self.every == 0 or t == self.end):
             s = cubic_sparsity(t, self.final, self.begin, self.end, self.initial)
-            magnitude_prune(model, s, self.scope)
+            prune_scope(model, s, self.scope, self.keep)
             self.history.append((t, s))
