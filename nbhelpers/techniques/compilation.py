@@ -11,6 +11,9 @@ steady-state samples in interleaved rounds, speed-ups with bootstrap intervals, 
 * ``interleaved_times`` and ``speed_table``: several calls timed in alternating rounds
   (``measure.timing.time_call``), each one's median and quartiles and its speed-up over a reference
   with a 95% percentile-bootstrap interval.
+* ``op_time_shares``: where a call's CPU time goes, per group of operators (matrix products and
+  attention kernels, which Inductor's default mode leaves to the same library kernels, and the
+  rest, which it can fuse).
 * ``gamma``, ``rounding_tolerance``, ``attention_tolerance``: how far two float32 computations of
   the same function may differ when they only add in another order (Higham's gamma_n).
 """
@@ -21,8 +24,10 @@ import math
 import os
 import shutil
 import statistics
+import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,14 @@ from nbhelpers.measure.timing import time_call
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 #: Unit roundoff of float32: half the gap between 1 and the next float32.
 UNIT_ROUNDOFF = 2.0**-24
+#: Operator groups by name prefix: the library kernels that Inductor's default mode calls as they
+#: are (matrix products, the fused attention), so that compiling cannot make them faster.
+KERNEL_GROUPS = {
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention kernels": ("aten::_scaled_dot_product", "aten::_flash_attention"),
+}
+#: The group of every operator no prefix of ``KERNEL_GROUPS`` matches.
+OTHER = "other operators"
 
 
 def check_compile_mode(name: str, mode: str) -> str:
@@ -304,6 +317,50 @@ def speed_table(times: pd.DataFrame, reference: str, seed: int = 0) -> pd.DataFr
                      "p75_ms": q75, "samples": len(s), "speedup": ratio, "speedup_low": low,
                      "speedup_high": high})  # fmt: skip
     return pd.DataFrame(rows).set_index("call")
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null (the profiler's C++ start and stop lines)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def op_time_shares(
+    fn: Callable[[], object], groups: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """Where one call's CPU time goes: its operators' self time (``torch.profiler``), per group.
+
+    Run it on the CPU: CUDA kernels run asynchronously and their time is not the CPU's.
+
+    Args:
+        fn: the call, without arguments (warm it up first: a first call also compiles).
+        groups: group -> operator name prefixes (default ``KERNEL_GROUPS``); the rest is
+            ``OTHER``.
+
+    Returns:
+        Index ``group`` (each of ``groups``, then ``OTHER``): ``ms`` (self CPU time summed) and
+        ``share`` (of all the operators' time).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    groups = dict(KERNEL_GROUPS if groups is None else groups)
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ms = dict.fromkeys([*groups, OTHER], 0.0)
+    for event in prof.key_averages():
+        group = next((g for g, pre in groups.items() if event.key.startswith(tuple(pre))), OTHER)
+        ms[group] += event.self_cpu_time_total / 1e3
+    table = pd.DataFrame({"ms": pd.Series(ms)}).rename_axis("group")
+    table["share"] = table.ms / table.ms.sum() if table.ms.sum() > 0 else math.nan
+    return table
 
 
 def gamma(n: int, u: float = UNIT_ROUNDOFF) -> float:
