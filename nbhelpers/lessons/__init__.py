@@ -27,6 +27,8 @@ Modules (a notebook imports its own as ``lesson``):
                           validation, target, facts
     lm_reference          12: the baseline beside nanoGPT's model.py at the same settings
                           (read from docs/nanogpt_reference.json), the baseline's targets
+    transformer_speed     16: compile stages (first calls timed, failures kept), equality checks
+                          with float32 tolerances, speed tables per workload, target, facts
     transformer_search    15: the transformer as a search's train-and-evaluate function, cached
                           searches with their best models, the winners' paired test interval,
                           how a rung ranks trials, target, facts
