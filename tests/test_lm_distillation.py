@@ -5,6 +5,7 @@ loss hook of core.lm_baseline.train_lm, nbhelpers.lessons.transformer_distillati
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -260,3 +261,10 @@ def test_notebook_14_writes_its_technique_out_and_checks_it():
 
     nb = ROOT / "notebooks" / "14_transformer_distillation.ipynb"
     assert technique_core_problems(nb) == []
+
+
+def test_validation_bits_at_a_step_take_the_last_row_at_or_before_it():
+    hist = pd.DataFrame({"step": [100, 200, 300], "val_bits": [3.0, 2.5, 2.2]})
+    assert td.val_bits_at(hist, 250) == (200, 2.5) and td.val_bits_at(hist, 300) == (300, 2.2)
+    step, bits = td.val_bits_at(hist, 99)
+    assert step == 0 and np.isnan(bits)

@@ -105,6 +105,20 @@ def choose_temperature(scores: Mapping[float, float]) -> float:
     return min(sorted(scores), key=lambda t: scores[t])
 
 
+def val_bits_at(history: pd.DataFrame, step: int) -> tuple[int, float]:
+    """A ``train_lm`` history's validation bits per character at its last row at or before a step.
+
+    Args:
+        history: the history (``step``, ``val_bits``), in step order.
+        step: the step.
+
+    Returns:
+        (that row's step, its ``val_bits``); (0, NaN) when the history has no row that early.
+    """
+    rows = history[history.step <= step]
+    return (int(rows.step.iloc[-1]), float(rows.val_bits.iloc[-1])) if len(rows) else (0, np.nan)
+
+
 def validation_bits(models: Mapping[Any, nn.Module], x: torch.Tensor, y: torch.Tensor) -> dict:
     """Each model's bits per character on validation windows (to choose by, never the test).
 
@@ -220,9 +234,13 @@ def summary(
         comparison: ``comparisons``.
         names: {"teacher", "alone", "chosen"}: row names; "chosen" is the distilled student of
             the temperature chosen on validation.
-        run: {"teacher_steps", "student_steps", "alpha", "val_bits", "generation_speedup"}:
-            ``val_bits`` {temperature: validation bits/char}, ``generation_speedup`` the
-            student's characters per second over the teacher's, timed side by side.
+        run: {"teacher_steps", "student_steps", "alpha", "val_bits", "generation_speedup",
+            "teacher_val_early", "teacher_val_step", "alone_val"}: ``val_bits`` {temperature:
+            validation bits/char on the selection windows}, ``generation_speedup`` the student's
+            characters per second over the teacher's (timed side by side), ``teacher_val_early``
+            the teacher's history's validation bits/char at step ``teacher_val_step`` (the last
+            at or before the students' step count, ``val_bits_at``) and ``alone_val`` the student
+            alone's at the end of its run, on the same windows.
         targets_: the targets (each with "name" and "met").
 
     Returns:
@@ -245,6 +263,11 @@ def summary(
          f"95% interval [{bits.loc[a, 'low']:.3f}, {bits.loc[a, 'high']:.3f}]"),
         ("student-to-teacher gap", gap["vs_teacher"], "bits/char",
          f"alone - teacher {_ci(gap['vs_teacher_low'], gap['vs_teacher_high'])}"),
+        ("student alone: final validation bits/char", run["alone_val"], "bits/char",
+         f"history's validation windows, step {run['student_steps']}"),
+        ("teacher at the students' step count: validation bits/char", run["teacher_val_early"],
+         "bits/char", f"step {run['teacher_val_step']} of its {run['teacher_steps']}, same "
+         "windows"),
         *[(f"{n}: change vs alone", comparison.loc[n, "vs_alone"], "bits/char",
            f"{_ci(comparison.loc[n, 'vs_alone_low'], comparison.loc[n, 'vs_alone_high'])} "
            f"{comparison.loc[n, 'vs_alone_verdict']}") for n in distilled],
