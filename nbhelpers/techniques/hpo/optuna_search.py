@@ -306,7 +306,7 @@ def search(
     study.optimize(objective, callbacks=[stop_when_spent])
     table = pd.DataFrame(rows)
     table["spent"] = table["steps"].cumsum()
-    table["best"] = table["value"].cummin()  # cummin skips NaN: NaN until the first complete
+    table["best"] = table["value"].cummin().ffill()  # NaN until the first complete trial
     rung_cols = [f"rung_{r}" for r in rungs if f"rung_{r}" in table]
     order = ["trial", "seed", *space, "state", "steps", "spent", "value", "best", "last"]
     return table[order + rung_cols]
@@ -404,10 +404,11 @@ def plot_compute(
     n = len(reach)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.6, 3.4), sharey=True, squeeze=False)
     for k, ax in enumerate(axes[0]):
-        for m, part in curves[curves.seed == k].groupby("method", sort=False):
-            ax.step(np.r_[0, part.spent], np.r_[np.nan, part.best], where="post", label=m)
+        for i, (m, part) in enumerate(curves[curves.seed == k].groupby("method", sort=False)):
+            ax.step(np.r_[0, part.spent], np.r_[np.nan, part.best], where="post", label=m,
+                    lw=3.5 - 1.5 * min(i, 1), alpha=0.6 if i == 0 else 1.0)  # fmt: skip
         row = reach.iloc[k]
-        ax.axhline(row.reference_best, color="grey", ls="--", lw=1, label=f"{reference}'s best")
+        ax.axhline(row.reference_best, color="k", ls=":", lw=1, label=f"{reference}'s best")
         if row.reached:
             ax.plot(row.challenger_steps, row.reference_best, "k*", ms=10, label="reached")
         ax.set(title=f"seed {row.seed}", xlabel="training steps spent")
