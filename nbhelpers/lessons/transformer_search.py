@@ -350,6 +350,7 @@ def plot_trials(runs: Mapping[str, Sequence[SearchRun]], ylabel: str = "validati
         The figure.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     marks = {"complete": ("o", "C0"), "pruned": ("x", "C3"), "cut": ("s", "grey"),
              "diverged": ("^", "k")}  # fmt: skip
@@ -362,6 +363,7 @@ def plot_trials(runs: Mapping[str, Sequence[SearchRun]], ylabel: str = "validati
             if len(part):
                 ax.scatter(part.lr, part["last"], marker=m, c=c, s=22, label=state)
         ax.set(xscale="log", xlabel="learning rate", title=method)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no labels on the minor ticks
     axes[0][0].set_ylabel(f"{ylabel} (at the step it stopped)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
@@ -413,30 +415,31 @@ def summary(methods: pd.DataFrame, reach: pd.DataFrame, goal: Mapping[str, Any],
     test = win.groupby("method").test_bpc.mean()
     rows = [
         ("random: trials per seed", ref.trials / ref.seeds, "trials", "every one to the end"),
-        (f"{challenger}: trials per seed", ch.trials / ch.seeds, "trials", "same budget"),
-        (f"{challenger}: share of trials pruned", ch.pruned / ch.trials, "",
+        ("TPE + pruner: trials per seed", ch.trials / ch.seeds, "trials",
+         f"{challenger}, same budget"),
+        ("TPE + pruner: share of trials pruned", ch.pruned / ch.trials, "",
          f"mean {ch.steps_per_trial:.0f} steps a trial"),
         ("random: best validation bits/char", ref.best_val_bpc, "bits/char", "mean over seeds"),
-        (f"{challenger}: best validation bits/char", ch.best_val_bpc, "bits/char",
+        ("TPE + pruner: best validation bits/char", ch.best_val_bpc, "bits/char",
          "mean over seeds"),
         ("random: steps to its best", float(reach.reference_steps.mean()), "steps",
          "mean over seeds"),
-        (f"{challenger}: seeds reaching random's best", int(reach.reached.sum()), "seeds",
+        ("TPE + pruner: seeds reaching random's best", int(reach.reached.sum()), "seeds",
          f"of {len(reach)}"),
-        (f"{challenger}: steps to random's best", float(got.challenger_steps.mean())
+        ("TPE + pruner: steps to random's best", float(got.challenger_steps.mean())
          if len(got) else math.nan, "steps", "mean over the seeds that reached"),
-        (f"{challenger}: steps ratio", goal["measured"], "x",
+        ("TPE + pruner: steps ratio", goal["measured"], "x",
          "lower bound" if goal.get("censored") else "mean over seeds"),
-        ("target met", goal["met"], "", "ratio <= 0.5 on every seed's mean"),
-        (f"first rung ({int(first.rung)} steps): Spearman with the end", first.spearman, "",
-         "random search's trials, mean over seeds"),
+        ("target met", goal["met"], "", "mean ratio <= 0.5, every seed reached"),
+        ("first rung: Spearman with the end", first.spearman, "",
+         f"at {int(first.rung)} steps, random search's trials"),
         ("first rung: seeds whose best trial it keeps", int(first.best_kept), "seeds",
          f"of {int(first.seeds)}"),
         ("random: winners' test bits/char", float(test.get(REFERENCE, math.nan)), "bits/char",
          "mean over seeds"),
-        (f"{challenger}: winners' test bits/char", float(test.get(challenger, math.nan)),
+        ("TPE + pruner: winners' test bits/char", float(test.get(challenger, math.nan)),
          "bits/char", "mean over seeds"),
-        (f"{challenger} minus random: winners' test bits/char", change["difference"],
+        ("TPE + pruner minus random: winners' test bits/char", change["difference"],
          "bits/char", f"[{change['low']:+.3f}, {change['high']:+.3f}], {change['verdict']}"),
     ]  # fmt: skip
     return fact_table(rows, digits=4)
