@@ -217,7 +217,12 @@ def test_teacher_table():
         ({"STUDENT_HIDDEN": [0]}, "STUDENT_HIDDEN"),
         ({"EPOCHS": 15}, "EPOCHS"),
         ({"VIEWS": 0}, "VIEWS"),
-        ({"TEACHER_DROPOUT": 1.0}, "TEACHER_DROPOUT"),
+        ({"TEACHER_RECIPE": {"dropout": 1.0}}, "TEACHER_RECIPE['dropout']"),
+        ({"TEACHER_RECIPE": {"max_norm": -1.0}}, "TEACHER_RECIPE['max_norm']"),
+        ({"TEACHER_RECIPE": {"optimizer": "sgd"}}, "TEACHER_RECIPE['optimizer']"),
+        ({"TEACHER_RECIPE": {"momentum": 0.9}}, "TEACHER_RECIPE"),
+        ({"TEACHER_RECIPE": [0.5]}, "TEACHER_RECIPE"),
+        ({"STUDENT_SCHEDULE": "step"}, "STUDENT_SCHEDULE"),
         ({"SMALL_HIDDEN": [-1]}, "SMALL_HIDDEN"),
         ({"RANDOM_CONTROL": "yes"}, "RANDOM_CONTROL"),
     ],
@@ -385,19 +390,33 @@ def test_student_lab_hint_epochs_inside_the_budget():
 
 @pytest.mark.notebook
 def test_notebook_hinton_profile_switches(tmp_path):
-    """The switches the paper profile uses (an MLP teacher with dropout, no view, small, hint or
-    random-input students, one seed) run and leave only Hinton's comparison."""
+    """The switches the paper profile uses (an MLP teacher trained by Hinton et al.'s 2012 recipe
+    on freshly jittered images, one view, cosine students, no small, hint or random-input
+    students, one seed) run, leave only Hinton's comparison and record the learning curves."""
     from pathlib import Path
 
     from notebook_runner import run
 
     nb = Path(__file__).resolve().parents[1] / "notebooks" / "07_knowledge_distillation.ipynb"
+    recipe = {
+        "dropout": 0.5,
+        "input_dropout": 0.2,
+        "jitter": 2,
+        "max_norm": 2.0,
+        "optimizer": "sgd_momentum",
+        "lr": 0.5,
+        "batch_size": 100,
+        "momentum_ramp": 2,
+        "lr_decay": 0.5,
+    }
     r = run(
         nb,
         tmp_path,
         TEACHER="mlp",
         TEACHER_FC=[32, 32],
-        TEACHER_DROPOUT=0.5,
+        TEACHER_RECIPE=recipe,
+        VIEWS=1,
+        STUDENT_SCHEDULE="cosine",
         SEEDS=1,
         SMALL_HIDDEN=[],
         SHORT_EPOCHS=0,
@@ -411,8 +430,14 @@ def test_notebook_hinton_profile_switches(tmp_path):
     rec = r.records
     assert [s["student"] for s in rec["main_summary"]] == ["plain", "distilled", "teacher"]
     assert len(rec["comparisons"]) == 1 and rec["chosen_setting"]["T"] == 20.0
-    assert (
-        rec["split_sizes"]["views"] == 2 * rec["split_sizes"]["train"]
-        and not rec["control_summary"]
-    )
+    assert rec["split_sizes"]["views"] == rec["split_sizes"]["train"]
+    assert not rec["control_summary"]
     assert rec["params"]["teacher"] == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+    assert rec["teacher_recipe"] == {k: v for k, v in recipe.items()}
+    curves = {}
+    for row in rec["learning_curves"]:
+        curves.setdefault(row["model"], []).append(row["epoch"])
+    assert curves == {"teacher": [1, 2, 3, 4], "plain": [1, 2, 3, 4], "distilled": [1, 2, 3, 4]}
+    epochs = {row["model"]: row["epochs"] for row in rec["epochs_run"]}
+    assert epochs == {"teacher": 4, "plain": 4, "distilled": 4}
+    assert rec["recipe_core"]["momentum_diff"] <= 1e-12

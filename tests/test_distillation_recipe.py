@@ -4,6 +4,8 @@ built and trained with it, and StudentLab's schedules and curves."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -143,19 +145,20 @@ def test_input_dropout_acts_only_in_training_mode():
 
 
 @pytest.mark.parametrize(
-    "field,value,name",
+    "field,value,allowed",
     [
-        ("optimizer", "rmsprop", "TEACHER_OPTIMIZER"),
-        ("input_dropout", 1.0, "TEACHER_INPUT_DROPOUT"),
-        ("jitter", 5, "TEACHER_JITTER"),
-        ("max_norm", -1.0, "TEACHER_MAX_NORM"),
-        ("momentum_ramp", -1, "TEACHER_MOMENTUM_RAMP"),
-        ("lr_decay", 0.0, "TEACHER_LR_DECAY"),
+        ("optimizer", "rmsprop", "'adam', 'sgd_momentum'"),
+        ("input_dropout", 1.0, r"\[0.0, 1.0\)"),
+        ("jitter", 5, r"\[0, 4\]"),
+        ("max_norm", -1.0, ">= 0"),
+        ("momentum_ramp", -1, ">= 0"),
+        ("lr_decay", 0.0, r"\(0.0, 1.0\]"),
     ],
 )
-def test_recipe_check_names_the_parameter(field, value, name):
-    with pytest.raises(ParameterError, match=name):
+def test_recipe_check_names_the_key_and_the_allowed_values(field, value, allowed):
+    with pytest.raises(ParameterError, match=re.escape(f"TEACHER_RECIPE['{field}']")) as err:
         KD.TeacherRecipe(**{field: value}).check()
+    assert re.search(allowed, str(err.value)), str(err.value)
 
 
 def test_recipe_key_is_empty_for_the_default_teacher():
@@ -182,6 +185,26 @@ def test_get_teacher_with_the_2012_recipe_is_cached_constrained_and_curved(tmp_p
         assert torch.equal(p, q)
     plain, _, hit3 = KD.get_teacher(*args, lr=2.0, batch_size=10)
     assert not hit3 and isinstance(plain, MLP)  # another recipe: another cache entry
+    blind, hist_blind, _ = KD.get_teacher(*args, lr=2.0, batch_size=10, recipe=recipe)
+    assert hist_blind["val_accuracy"].isna().all()
+    for p, q in zip(first.parameters(), blind.parameters()):  # scoring moved no dropout draw
+        assert torch.equal(p, q)
+
+
+def test_quiet_loader_gives_the_same_batches_and_leaves_the_global_generator():
+    X, y = _images(10).numpy(), (torch.arange(10) % 3).numpy()
+    dl = loader(X, y, 4)
+    quiet = KD.teacher.quiet_loader(dl)
+    for (a, b), (c, d) in zip(dl, quiet, strict=True):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    list(quiet)
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(0)
+    list(dl)
+    assert not torch.equal(torch.rand(3), expected)  # the plain loader does draw from it
 
 
 def test_student_lab_cosine_schedule_and_curves():
@@ -210,3 +233,54 @@ def test_student_lab_cosine_schedule_and_curves():
     assert not cos._snapped  # a cosine run's first epoch is not a shorter run
     with pytest.raises(ParameterError, match="STUDENT_SCHEDULE"):
         KD.StudentLab((1, 4, 4), sets, teacher, 3, test, test, 8, schedule="step")
+
+
+def test_teacher_recipe_parses_the_notebook_dict_and_names_bad_keys():
+    from nbhelpers.lessons import distillation as lesson
+
+    recipe, rest = lesson.teacher_recipe({})
+    assert recipe == KD.TeacherRecipe() and rest == {"dropout": 0.0, "lr": 1e-3, "batch_size": 64}
+    recipe, rest = lesson.teacher_recipe({"dropout": 0.5, "jitter": 2, "batch_size": 100})
+    assert (recipe.jitter, rest["dropout"], rest["batch_size"]) == (2, 0.5, 100)
+    for bad, name in [
+        ({"dropout": 1.0}, "TEACHER_RECIPE['dropout']"),
+        ({"lr": 0}, "TEACHER_RECIPE['lr']"),
+        ({"batch_size": 0}, "TEACHER_RECIPE['batch_size']"),
+        ({"jitter": 9}, "TEACHER_RECIPE['jitter']"),
+        ({"momentum": 0.9}, "keys among"),
+        ([1, 2], "a dict"),
+    ]:
+        with pytest.raises(ParameterError, match=re.escape(name)):
+            lesson.teacher_recipe(bad)
+
+
+def test_learning_curves_epochs_table_and_run_facts():
+    import pandas as pd
+
+    from nbhelpers.lessons import distillation as lesson
+
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "val_accuracy": [0.9, 0.95, 0.94]})
+    students = pd.DataFrame(
+        {
+            "student": ["plain"] * 4 + ["distilled"] * 2,
+            "seed": [0, 0, 1, 1, 0, 0],
+            "epoch": [1, 2, 1, 2, 1, 2],
+            "val_error": [0.2, 0.1, 0.4, 0.3, 0.15, 0.05],
+        }
+    )
+    curves = lesson.learning_curves(hist, 2, students)
+    teacher = curves[curves["model"] == "teacher"]
+    assert list(teacher["epoch"]) == [2, 4, 6]  # a pass over 2 views is 2 passes' worth
+    assert list(teacher["val_error"]) == pytest.approx([10.0, 5.0, 6.0])
+    table = lesson.epochs_table(3, 2, 2, curves)
+    assert list(table.index) == ["teacher", "plain", "distilled"]
+    assert table.loc["teacher", "epochs"] == 6 and table.loc["teacher", "at epoch"] == 4
+    assert table.loc["plain", "lowest val error (%)"] == pytest.approx(20.0)  # mean of seeds
+    assert table.loc["distilled", "last val error (%)"] == pytest.approx(5.0)
+    summary = pd.DataFrame({"mean": [0.9854, 0.9926]}, index=["plain", "distilled"])
+    facts = lesson.run_facts(0.9933, summary, 10_000, table)
+    assert facts.loc["teacher: test errors", "value"] == 67
+    assert facts.loc["plain: test errors", "value"] == 146
+    assert facts.loc["distilled: test errors", "value"] == 74
+    assert facts.loc["teacher: test errors", "context"].startswith("[53, 85] of 10,000")
+    assert facts.loc["teacher: epoch of its lowest validation error", "value"] == 4

@@ -232,8 +232,8 @@ class TeacherRecipe:
     """How the teacher is optimized and regularized, beyond its architecture and epochs.
 
     The defaults are this project's lesson teacher (Adam, cosine decay, no input noise, no
-    constraint); Hinton et al.'s 2012 recipe sets every field. ``check`` names the notebook
-    parameter of a bad field (``TEACHER_`` + its name in capitals).
+    constraint); Hinton et al.'s 2012 recipe sets every field. ``check`` names a bad field as
+    the key of the notebook's ``TEACHER_RECIPE`` dict.
 
     Attributes:
         optimizer: "adam" (cosine decay to 0) or "sgd_momentum" (``DampedMomentum`` with
@@ -252,18 +252,22 @@ class TeacherRecipe:
     momentum_ramp: int = 500
     lr_decay: float = 0.998
 
-    def check(self) -> TeacherRecipe:
-        """Raise ``ParameterError`` naming the notebook parameter of the first bad field.
+    def check(self, name: str = "TEACHER_RECIPE") -> TeacherRecipe:
+        """Raise ``ParameterError`` naming the first bad field as ``name['field']``.
+
+        Args:
+            name: the notebook parameter the fields come from (a dict of them).
 
         Returns:
             The recipe itself.
         """
-        check_choice("TEACHER_OPTIMIZER", self.optimizer, TEACHER_OPTIMIZERS)
-        check_float("TEACHER_INPUT_DROPOUT", self.input_dropout, 0.0, 1.0, high_inclusive=False)
-        check_int("TEACHER_JITTER", self.jitter, minimum=0, maximum=4)
-        check_float("TEACHER_MAX_NORM", self.max_norm, 0.0, None)
-        check_int("TEACHER_MOMENTUM_RAMP", self.momentum_ramp, minimum=0)
-        check_float("TEACHER_LR_DECAY", self.lr_decay, 0.0, 1.0, low_inclusive=False)
+        check_choice(f"{name}['optimizer']", self.optimizer, TEACHER_OPTIMIZERS)
+        f = f"{name}['input_dropout']"
+        check_float(f, self.input_dropout, 0.0, 1.0, high_inclusive=False)
+        check_int(f"{name}['jitter']", self.jitter, minimum=0, maximum=4)
+        check_float(f"{name}['max_norm']", self.max_norm, 0.0, None)
+        check_int(f"{name}['momentum_ramp']", self.momentum_ramp, minimum=0)
+        check_float(f"{name}['lr_decay']", self.lr_decay, 0.0, 1.0, low_inclusive=False)
         return self
 
     def key(self) -> dict:

@@ -23,7 +23,7 @@ from nbhelpers.measure import correct as measure_correct
 from nbhelpers.measure.stats import seed_summary, seeds_paired_difference
 from nbhelpers.techniques.distillation.hints import hint_stage
 from nbhelpers.techniques.distillation.losses import LOSSES, make_loss_fn
-from nbhelpers.techniques.distillation.teacher import TeacherLogits
+from nbhelpers.techniques.distillation.teacher import TeacherLogits, quiet_loader
 
 #: What a student can train on: the training images, their shifted views, or random images.
 TRAIN_SETS = ("images", "views", "random")
@@ -329,7 +329,7 @@ class StudentLab:
             build,
             seed,
             self.loaders[data],
-            self.val_loader if self.curves_on else None,
+            quiet_loader(self.val_loader) if self.curves_on else None,
             passes - hint,
             loss_fn,
             self.lr,

@@ -142,6 +142,28 @@ def build_teacher(
     return nn.Sequential(*first, *model) if first else model
 
 
+def quiet_loader(dl: DataLoader) -> DataLoader:
+    """The same batches in the same order from a loader that draws its per-iteration seed from a
+    generator of its own.
+
+    A ``DataLoader`` without a generator draws that seed from torch's global generator each time
+    it is iterated, which moves the dropout and jitter draws of a model trained meanwhile; scoring
+    through this copy leaves them where they were.
+
+    Args:
+        dl: a loader whose sampler is not shuffled by the global generator (``data.loader``).
+
+    Returns:
+        A new ``DataLoader`` over the same dataset and sampler.
+    """
+    g = torch.Generator().manual_seed(0)
+    if dl.batch_size is None:
+        return DataLoader(dl.dataset, batch_size=None, sampler=dl.sampler, generator=g)
+    return DataLoader(
+        dl.dataset, batch_sampler=dl.batch_sampler, collate_fn=dl.collate_fn, generator=g
+    )
+
+
 def get_teacher(
     split_name: str,
     split_sizes: dict,
@@ -177,8 +199,8 @@ def get_teacher(
         batch_size: training batch size.
         recipe: optimizer, input jitter and dropout, max-norm (None: ``TeacherRecipe()``, Adam
             with a cosine decay and nothing else, as before).
-        val_loader: validation images scored after every epoch (the history's learning curve;
-            the weights are the same with or without it), or None.
+        val_loader: validation images scored after every epoch (the history's learning curve,
+            through ``quiet_loader``: the weights are the same with or without it), or None.
 
     Returns:
         (teacher on the CPU in eval mode, its training history, whether it came from the cache).
@@ -211,7 +233,8 @@ def get_teacher(
 
     def train(model: nn.Module) -> dict:
         dl = loader(views.numpy(), labels.numpy(), batch_size, shuffle=True, seed=seed)
-        hist = train_teacher(model, dl, epochs, lr, recipe, val_loader, device)
+        val = None if val_loader is None else quiet_loader(val_loader)
+        hist = train_teacher(model, dl, epochs, lr, recipe, val, device)
         return {"history": hist.to_dict(orient="list")}
 
     model, extras, hit = cached_model(config, build, train)
