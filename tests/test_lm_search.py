@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from lm_fixtures import tiny_corpus
 from notebook_runner import assert_fails_in_validation, validation_error
 
