@@ -241,7 +241,7 @@ def unmatched_fact_names(nb_path: Path, records: dict[str, Any]) -> list[str]:
 #: Notebooks whose Method section writes the technique out in plain torch/numpy and checks it
 #: against the library path (a code cell tagged ``technique-core``).
 TECHNIQUE_CORE_TAG = "technique-core"
-TECHNIQUE_NOTEBOOKS = (*(f"{i:02d}" for i in range(1, 10)), "12", "13", "14", "16")
+TECHNIQUE_NOTEBOOKS = (*(f"{i:02d}" for i in range(1, 10)), "12", "13", "14", "15", "16")
 
 
 def technique_core_problems(nb: Any, records: Mapping[str, Any] | None = None) -> list[str]:
