@@ -104,7 +104,7 @@ def epochs_table(
     """
     papers = {
         "teacher": "not stated in Hinton et al. 2015; the 2012 recipe's momentum ramp alone "
-        "lasts 500 epochs (as quoted, not checked against its text)",
+        "lasts 500 epochs (as third-party reproductions give it)",
     }
     rows = []
     for model, epochs in [("teacher", teacher_epochs * views)] + [
