@@ -151,6 +151,8 @@ def test_reference_applies_only_at_its_settings(tmp_path):
     assert lm_reference.applies(rec, RUN)
     assert not lm_reference.applies(rec, {**RUN, "steps": 300})
     assert not lm_reference.applies(rec, {**RUN, "lr": 0.001})
+    old = {k: v for k, v in RECORDED.items() if k != "batch_size"}
+    assert not lm_reference.applies(old, RUN)  # a reference without the setting never applies
     assert lm_reference.load_reference(tmp_path / "none.json") is None
     assert len(lm_reference.reference_table(rec, RUN, 2.33)) == 3
     other = lm_reference.reference_table(rec, {**RUN, "width": 32}, 3.0)

@@ -54,8 +54,8 @@ def applies(ref: Mapping[str, Any], run: Mapping[str, Any]) -> bool:
     theirs = {
         "context": shape["block_size"], "width": shape["n_embd"], "depth": shape["n_layer"],
         "heads": shape["n_head"], "steps": ref["steps"], "seed": ref["seed"],
-        "characters_scored": ref["characters_scored"], "batch_size": ref["batch_size"],
-        "lr": ref["lr"], "warmup_steps": ref["warmup_steps"],
+        "characters_scored": ref["characters_scored"], "batch_size": ref.get("batch_size"),
+        "lr": ref.get("lr"), "warmup_steps": ref.get("warmup_steps"),
     }  # fmt: skip
     return all(run.get(k) == v for k, v in theirs.items())
 
@@ -72,7 +72,8 @@ def reference_table(
 
     Returns:
         One row per model: ``model``, ``test bits/char``, ``95% interval``, ``training seconds``,
-        ``measured``; or one row saying why there is no comparison.
+        ``measured`` (with the reference's note on its timings, if any); or one row saying why
+        there is no comparison.
     """
     if ref is None:
         return pd.DataFrame([{"model": "nanoGPT reference", "note": "not recorded"}])
@@ -82,7 +83,9 @@ def reference_table(
             f"{ref['characters_scored']} test characters): run 12 at its defaults to compare"
         )
         return pd.DataFrame([{"model": "nanoGPT reference", "note": note}])
-    where = f"{ref['date']}, {ref['machine']}"
+    where = f"{ref['date']}, {ref['machine']}" + (
+        f" ({ref['timing_note']})" if ref.get("timing_note") else ""
+    )
     return pd.DataFrame([
         {"model": "this baseline (this run)", "test bits/char": bpc,
          "95% interval": "", "training seconds": run.get("train_seconds"), "measured": "this run"},
