@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nbhelpers.core.params import check_int
+from nbhelpers.core.params import ParameterError, check_int
 from nbhelpers.techniques.quantization.affine import WEIGHT_LAYERS, quantize_weights, sqnr_db
 
 
@@ -34,23 +34,46 @@ def kmeans_weights(model: nn.Module, bits: int, seed: int = 0) -> tuple[nn.Modul
     Returns:
         (the copy in eval mode, one row per layer: layer, weights, distinct values, mse).
     """
-    from sklearn.cluster import KMeans
-
     bits = check_int("bits", bits, minimum=1, maximum=8)
     out, rows = copy.deepcopy(model).eval(), []
     with torch.no_grad():
         for name, m in out.named_modules():
             if not isinstance(m, WEIGHT_LAYERS):
                 continue
-            w = m.weight.detach().cpu().double().reshape(-1, 1).numpy()
-            k = min(2**bits, len(np.unique(w)))
-            init = np.linspace(w.min(), w.max(), k).reshape(-1, 1)
-            km = KMeans(k, init=init, n_init=1, random_state=seed).fit(w)
-            shared = km.cluster_centers_[km.labels_].reshape(m.weight.shape)
+            w = m.weight.detach().cpu().double().reshape(-1).numpy()
+            centroids, labels = linear_kmeans(w, 2**bits, seed)
+            shared = centroids[labels].reshape(m.weight.shape)
             m.weight.copy_(torch.from_numpy(shared).to(m.weight))
-            rows.append({"layer": name, "weights": w.size, "distinct values": k,
-                         "mse": float(((shared.reshape(-1, 1) - w) ** 2).mean())})  # fmt: skip
+            rows.append({"layer": name, "weights": w.size, "distinct values": len(centroids),
+                         "mse": float(((shared.reshape(-1) - w) ** 2).mean())})  # fmt: skip
     return out, pd.DataFrame(rows)
+
+
+def linear_kmeans(values: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One-dimensional k-means with Han et al.'s linear initialisation.
+
+    The centroids start evenly spaced between the smallest and the largest value, then Lloyd's
+    iterations (scikit-learn ``KMeans``, one start) move them. With fewer distinct values than
+    ``k``, there are as many centroids as distinct values.
+
+    Args:
+        values: the numbers to cluster (any shape, at least one).
+        k: the number of centroids wanted, >= 1.
+        seed: seed of scikit-learn's k-means.
+
+    Returns:
+        (centroids as float64, the centroid index of every value, flattened).
+    """
+    from sklearn.cluster import KMeans
+
+    check_int("k", k, minimum=1)
+    v = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    if v.size == 0:
+        raise ParameterError("values", "an empty array", "at least one value")
+    k = min(k, len(np.unique(v)))
+    init = np.linspace(v.min(), v.max(), k).reshape(-1, 1)
+    km = KMeans(k, init=init, n_init=1, random_state=seed).fit(v)
+    return km.cluster_centers_.reshape(-1), km.labels_.astype(np.int64)
 
 
 def kmeans_vs_uniform(
