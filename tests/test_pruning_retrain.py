@@ -190,3 +190,23 @@ def test_kept_shares_set_a_model_beside_the_table():
     assert shares.loc["total", "kept share, this model"] == pytest.approx(0.1, abs=1e-12)
     assert shares.loc["total", "kept share, table"] == pytest.approx(21776 / 266200, abs=1e-12)
     assert "kept share, table" not in P.kept_shares(P.layer_sparsity(lenet), [])
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        ({"FINETUNE_L2": -0.1}, "FINETUNE_L2"),
+        ({"FINETUNE_DROPOUT": 1.0}, "FINETUNE_DROPOUT"),
+        ({"LAYER_KEEP": [0.08, 0.0, 0.26]}, "LAYER_KEEP"),
+        ({"LAYER_KEEP": [0.08, 0.09], "SWEEP_RUNS": ["iterative/table"]}, "LAYER_KEEP"),
+        ({"SWEEP_RUNS": ["iterative/rows"]}, "SWEEP_RUNS"),
+    ],
+)
+def test_notebook_04_bad_retraining_input_fails_in_validation(override, name, tmp_path):
+    """Bad retraining parameters stop notebook 04 in its validation cell, before any training."""
+    from pathlib import Path
+
+    from notebook_runner import assert_fails_in_validation
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "04_weight_pruning.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, **override)

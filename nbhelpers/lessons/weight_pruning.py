@@ -16,11 +16,17 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from nbhelpers.core.models import build_model
+from nbhelpers.core.params import ParameterError, check_float, check_list
 from nbhelpers.core.train import evaluate
 from nbhelpers.measure import accuracy
 from nbhelpers.techniques.pruning import (
+    RUN_SCOPES,
+    dropout_rates,
     is_weight_matrix,
+    kept_shares,
     layer_sparsity,
+    magnitude,
     magnitude_prune,
     predicted_bytes,
     prunable,
@@ -31,6 +37,83 @@ from nbhelpers.techniques.pruning import (
 NAIVE_RUN = "naive threshold (no fine-tune)"
 
 LAYER_NO_FINETUNE_RUN = "layer, no fine-tune"
+
+
+def check_run(name: str, value: object) -> tuple[str, str]:
+    """Check one of ``SWEEP_RUNS``: "<method>/<scope>" with scope "global", "layer" or "table".
+
+    Args:
+        name: parameter name.
+        value: e.g. "iterative/table".
+
+    Returns:
+        (method, scope).
+    """
+    return magnitude.check_run(name, value, RUN_SCOPES)
+
+
+def check_retraining(
+    l2: object, dropout: object, keep: object, runs: Sequence[tuple[str, str]], model: str
+) -> list[float]:
+    """Check Han et al.'s retraining parameters of notebook 04 before any work.
+
+    Args:
+        l2: ``FINETUNE_L2``, a number >= 0.
+        dropout: ``FINETUNE_DROPOUT``, in [0, 1).
+        keep: ``LAYER_KEEP``, kept shares in (0, 1]; one per prunable layer of ``model`` when a
+            run of ``runs`` has the scope "table".
+        runs: the checked (method, scope) pairs of ``SWEEP_RUNS``.
+        model: ``MODEL`` (its prunable layers are counted on a fresh copy).
+
+    Returns:
+        ``keep`` as a list.
+    """
+    check_float("FINETUNE_L2", l2, 0.0, 1.0)
+    check_float("FINETUNE_DROPOUT", dropout, 0.0, 1.0, high_inclusive=False)
+    keep = check_list(
+        "LAYER_KEEP", keep, lambda n, v: check_float(n, v, 0.0, 1.0, low_inclusive=False), 0
+    )
+    layers = [n for n, _ in prunable(build_model(model))]
+    if any(scope == "table" for _, scope in runs) and len(keep) != len(layers):
+        raise ParameterError(
+            "LAYER_KEEP",
+            keep,
+            f"{len(layers)} kept shares (layers {', '.join(layers)} of "
+            f"{model}) for a 'table' run of SWEEP_RUNS",
+        )
+    return keep
+
+
+def retraining_facts(
+    l2: float, dropout: float, model: nn.Module, keep: Sequence[float], dense_extra: Mapping
+) -> list[tuple]:
+    """Fact rows of Han et al.'s retraining: its L2 weight and dropout, the dropout each hidden
+    layer of the chosen model ends with, its kept shares beside ``keep`` and Liu et al.'s control.
+
+    Args:
+        l2: ``FINETUNE_L2``.
+        dropout: ``FINETUNE_DROPOUT`` (``D_o``).
+        model: the chosen pruned model.
+        keep: ``LAYER_KEEP`` (shown when it has one share per prunable layer).
+        dense_extra: the notebook's control: "pruned minus it (points)", low, high, verdict.
+
+    Returns:
+        (fact, value, unit, context) rows.
+    """
+    rows = [("fine-tuning L2 weight", float(l2), "lambda", "(lambda / 2) sum ||W||^2; 0: none"),
+            ("fine-tuning dropout D_o", float(dropout), "probability", "0: none")]  # fmt: skip
+    for name, rate in dropout_rates(model, dropout).items():
+        rows.append((f"dropout after layer {name}, chosen model", round(rate, 4), "probability",
+                     "D_o sqrt(C_ir / C_io)"))  # fmt: skip
+    shares = kept_shares(layer_sparsity(model), keep)
+    for name, r in shares.iterrows():
+        table = f"table {r['kept share, table']:.4f}" if "kept share, table" in r else "no table"
+        rows.append((f"layer {name}: kept share, chosen model", round(float(
+            r["kept share, this model"]), 4), "fraction", table))  # fmt: skip
+    d, diff = dense_extra, round(float(dense_extra["pruned minus it (points)"]), 2)
+    rows.append(("chosen run minus dense + extra epochs", diff, "points",
+                 f"[{d['low']:+.2f}, {d['high']:+.2f}], {d['verdict']}"))  # fmt: skip
+    return rows
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -225,6 +308,7 @@ def summary(
     best_run: str,
     naive_equals_global: bool,
     prediction: pd.DataFrame | None = None,
+    retraining: Sequence[tuple] = (),
 ) -> pd.DataFrame:
     """This run's facts about weight pruning, from the notebook's tables.
 
@@ -240,6 +324,8 @@ def summary(
         best_run: the fine-tuned run chosen on validation.
         naive_equals_global: whether the naive threshold's weights equal global one-shot pruning's.
         prediction: ``storage_prediction`` of the files (None: no rows about predicted bytes).
+        retraining: rows of ``retraining_facts`` (Han et al.'s recipe), placed after the chosen
+            run's rows.
 
     Returns:
         A ``fact_table``.
@@ -322,6 +408,7 @@ def summary(
         ("chosen run: verdict vs dense", str(p["verdict"]), "", verdict_reason(p)),
         ("non-zero weights", int(p["nonzero"]), "weights", f"of {int(p['params']):,} parameters"),
     ]
+    rows += list(retraining)
     rows += [
         (
             f"times smaller: {fmt}",
