@@ -13,7 +13,10 @@ map that can be folded into the linear or convolutional layer before it.
 * ``diagnostics``: ``ActivationStats`` (percentile hooks), ``bn_activation_and_gradient``,
   ``scale_invariance``, ``train_mode_accuracy`` (a forgotten ``model.eval()``);
 * ``lr_sweep``: the learning-rate sweep with and without BN in numbers (``lr_facts``, ``lr_range``,
-  ``speed_with_interval``, ``chosen_test``, ...).
+  ``speed_with_interval``, ``chosen_test``, ...);
+* ``figure1``: Ioffe and Szegedy's Figure 1(a) at the paper's settings: ``sigmoid_net`` (with
+  ``Binarize`` and ``gaussian_init``), ``StepAccuracy`` (test accuracy every few steps),
+  ``first_not_above`` and ``above_share``, ``step_curves`` and ``compare_curves``.
 
 Everything public is re-exported here (``from nbhelpers.techniques import normalization;
 normalization.fold_batchnorm``); notebook 08's targets, facts, figures and its check against torch
@@ -32,6 +35,16 @@ from nbhelpers.techniques.normalization.diagnostics import (
     bn_activation_and_gradient,
     scale_invariance,
     train_mode_accuracy,
+)
+from nbhelpers.techniques.normalization.figure1 import (
+    Binarize,
+    StepAccuracy,
+    above_share,
+    compare_curves,
+    first_not_above,
+    gaussian_init,
+    sigmoid_net,
+    step_curves,
 )
 from nbhelpers.techniques.normalization.folding import fold_batchnorm, fold_bn
 from nbhelpers.techniques.normalization.lr_sweep import (
@@ -53,22 +66,30 @@ __all__ = [
     "NEAR_BEST_POINTS",
     "ActivationStats",
     "BatchNorm",
+    "Binarize",
+    "StepAccuracy",
+    "above_share",
     "accuracy_gap",
     "bn_activation_and_gradient",
     "check_lrs",
+    "compare_curves",
     "chosen_test",
     "count_batchnorm",
     "epochs_to_reach",
+    "first_not_above",
     "fold_batchnorm",
     "fold_bn",
     "from_torch",
+    "gaussian_init",
     "grid_lr",
     "lr_facts",
     "lr_range",
     "padded",
     "scale_invariance",
+    "sigmoid_net",
     "speed_table",
     "speed_with_interval",
+    "step_curves",
     "swap_batchnorm",
     "train_mode_accuracy",
 ]
