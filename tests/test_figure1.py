@@ -129,3 +129,22 @@ def test_step_curves_and_compare_curves():
     with pytest.raises(ParameterError):
         N.compare_curves(curves, 2.5)  # no no-BN curve at that rate
     assert N.step_curves([]).empty
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        ({"SIG_PAPER_STD": -0.01}, "SIG_PAPER_STD"),
+        ({"SIG_EVAL_EVERY": 0}, "SIG_EVAL_EVERY"),
+        ({"BASELINE_EPOCHS": [15]}, "BASELINE_EPOCHS"),
+        ({"BASELINE_EPOCHS": [15, 0]}, "BASELINE_EPOCHS"),
+    ],
+)
+def test_notebook_08_bad_figure1_input_fails_in_validation(override, name, tmp_path):
+    """Bad Figure 1 parameters stop notebook 08 in its validation cell, before any training."""
+    from pathlib import Path
+
+    from notebook_runner import assert_fails_in_validation
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "08_batch_normalization.ipynb"
+    assert_fails_in_validation(nb, tmp_path, name, **override)

@@ -16,9 +16,105 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from nbhelpers.core.params import ParameterError, check_int
 from nbhelpers.measure.facts import fact_table
 from nbhelpers.measure.targets import target
 from nbhelpers.techniques.normalization import from_torch
+
+#: Ioffe and Szegedy (2015), section 4.1 and Figure 1(a): what the paper says of its MNIST curves
+#: (they carry no number), drawn beside ours.
+PAPER_FIGURE1 = (
+    "Ioffe and Szegedy 2015, section 4.1, Figure 1(a):\n"
+    "28x28 binary images; 3 fully connected hidden\nlayers of 100 sigmoid units, weights "
+    "initialized\nto small random Gaussian values; 50,000 steps\nof 60 examples; test accuracy "
+    'against steps.\n\n"The batch-normalized network enjoys the\nhigher test accuracy."\n'
+    'Caption: BN "helps the network train faster\nand achieve higher accuracy."\n\n'
+    "Their axes: 10K to 50K steps, accuracy 0.7 to 1."
+)
+
+
+def check_baseline_epochs(value: object) -> tuple[int, int]:
+    """Check ``BASELINE_EPOCHS``: the epochs of the shared MLP and LeNet-5 baselines.
+
+    Args:
+        value: a list of two positive integers.
+
+    Returns:
+        (MLP epochs, LeNet-5 epochs).
+    """
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ParameterError("BASELINE_EPOCHS", value, "[MLP epochs, LeNet-5 epochs]")
+    return tuple(check_int("BASELINE_EPOCHS", v, minimum=1) for v in value)  # type: ignore
+
+
+def figure1_target(cmp: dict) -> dict:
+    """Ioffe and Szegedy's claim as a target: BN's mean test curve above no-BN's at every scoring.
+
+    Args:
+        cmp: ``normalization.compare_curves`` at the best no-BN rate.
+
+    Returns:
+        A ``targets.target`` dict whose note states the first step where BN is not above.
+    """
+    first = cmp["first_step_not_above"]
+    note = f"share of {cmp['points']} scorings to step {cmp['last_step']:,}; first step not above: "
+    return target(f"sigmoid mlp: BN's test curve above no-BN's at lr {cmp['lr']:g} (Figure 1a)",
+                  cmp["share_above"], ">=", 1.0, "",
+                  note + ("none" if math.isnan(first) else f"{first:,.0f}"))  # fmt: skip
+
+
+def figure1_facts(cmp: dict, paper_std: float) -> pd.DataFrame:
+    """Facts of the Figure 1 comparison (``normalization.compare_curves``), to join ``summary``.
+
+    Args:
+        cmp: the comparison at the best no-BN rate.
+        paper_std: ``SIG_PAPER_STD`` (0: torch's initial weights and gray pixels).
+
+    Returns:
+        A ``facts.fact_table`` (4 significant digits).
+    """
+    first, last = cmp["first_step_not_above"], f"step {cmp['last_step']:,}"
+    setup = f"binary pixels, N(0, {paper_std:g}^2)" if paper_std else "gray pixels, torch init"
+    seeds = ", ".join(f"seed {k}: " + ("never" if math.isnan(v) else f"{v:,.0f}")
+                      for k, v in cmp["seed_first_not_above"].items())  # fmt: skip
+    return fact_table([
+        ("Figure 1: share of test scorings with BN above", cmp["share_above"], "fraction",
+         f"mean over seeds, lr {cmp['lr']:g}, {cmp['points']} scorings, {setup}"),
+        ("Figure 1: first step BN not above", "never" if math.isnan(first) else first, "step",
+         f"per seed: {seeds}"),
+        ("Figure 1: smallest gap, BN minus no BN", round(cmp["smallest_gap_points"], 2), "points",
+         f"at step {cmp['smallest_gap_step']:,}"),
+        ("Figure 1: test accuracy at the last step, BN", cmp["bn_last"], "accuracy", last),
+        ("Figure 1: test accuracy at the last step, no BN", cmp["no_bn_last"], "accuracy", last),
+    ], digits=4)  # fmt: skip
+
+
+def figure1_figure(curves: pd.DataFrame, cmp: dict) -> Figure:
+    """Our Figure 1(a) beside the paper's description: test accuracy against training steps with
+    and without BN at one rate (mean over seeds, thick; each seed, thin), on the paper's axes.
+
+    Args:
+        curves: ``normalization.step_curves``.
+        cmp: ``normalization.compare_curves`` at the rate shown.
+
+    Returns:
+        The figure.
+    """
+    fig, (ax, text) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=(1.5, 1))
+    at, steps = curves[curves["lr"].astype(float) == cmp["lr"]], sorted(cmp["mean"])
+    for bn, color, label in ((False, "tab:blue", "no BN"), (True, "tab:orange", "BN")):
+        for _, s in at[at["bn"] == bn].groupby("seed"):
+            ax.plot(s["step"], s["accuracy"], color=color, lw=0.6, alpha=0.4)
+        ax.plot(steps, [cmp["mean"][t][label] for t in steps], color=color, lw=2, label=label)
+    low = min(0.7, float(at["accuracy"].quantile(0.05)))
+    ax.set(xlabel="training steps", ylabel="test accuracy", ylim=(low, 1.0),
+           title=f"Ours: sigmoid 3 x 100, lr {cmp['lr']:g}")  # fmt: skip
+    ax.legend(loc="lower right"), text.axis("off")
+    k = plt.FuncFormatter(lambda v, _: f"{v / 1e3:g}K" if v >= 1e3 else f"{v:g}")  # 10K steps
+    ax.xaxis.set_major_formatter(k)
+    text.text(0.0, 1.0, PAPER_FIGURE1, va="top", fontsize=9, family="serif", wrap=True)
+    fig.tight_layout()
+    return fig
 
 
 def compare_with_torch(kind: str, steps: int = 5, c: int = 8, seed: int = 0) -> dict:
