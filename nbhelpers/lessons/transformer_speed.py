@@ -368,7 +368,12 @@ def summary(
         )
     )
     rows.append(
-        ("compile: status", _compile_reason(stages) or "compiled", "", "first stage not compiled")
+        (
+            "compile: status",
+            _compile_reason(stages) or "compiled",
+            "",
+            "the first stage that failed" if _compile_reason(stages) else "every stage",
+        )
     )
     for s in stages.itertuples():
         rows.append((f"compile: {s.stage}, first call", s.seconds, "s", s.status))
