@@ -4,11 +4,13 @@ trains its centroids with Han et al.'s summed gradient, per-layer gradual prunin
 shares, and the size chain's factors multiply to the whole."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from notebook_runner import validation_error
 from torch import nn
 
 from nbhelpers.core.models import MLP, build_model
@@ -17,6 +19,7 @@ from nbhelpers.techniques.compression import (
     LayerPruner,
     bake,
     check_keep,
+    check_record,
     compact,
     prune_layers_gradually,
     share_weights,
@@ -345,3 +348,134 @@ def test_size_stages_exact_bytes():
     assert t.loc["entropy coder", "bytes"] == len(compact.encode(model))
     assert t.loc["dense float32", "bytes"] == 10_000
     assert isinstance(t, pd.DataFrame) and list(t.index)[0] == "dense float32"
+
+
+RECORD = {"keep": [0.05, 0.5], "epochs": 1, "lr": 0.001, "bits": [3], "tune_epochs": 1}
+
+
+def test_check_record():
+    assert check_record("RECORD", {}, 3) == {}
+    out = check_record("RECORD", {**RECORD, "keep": [0.1, 0.2, 1]}, 3)
+    assert out["bits"] == [3, 3, 3] and out["keep"] == [0.1, 0.2, 1.0] and out["lr"] == 0.001
+    assert check_record("RECORD", {**RECORD, "bits": [4, 5]}, 2)["bits"] == [4, 5]
+    for bad, key in (
+        ([], "RECORD"),
+        ({"keep": [0.5, 0.5]}, "RECORD"),
+        ({**RECORD, "extra": 1}, "RECORD"),
+        ({**RECORD, "keep": [0.5]}, "RECORD['keep']"),
+        ({**RECORD, "bits": [3, 4, 5]}, "RECORD['bits']"),
+        ({**RECORD, "bits": [0]}, "RECORD['bits']"),
+        ({**RECORD, "epochs": 0}, "RECORD['epochs']"),
+        ({**RECORD, "tune_epochs": -1}, "RECORD['tune_epochs']"),
+        ({**RECORD, "lr": 0}, "RECORD['lr']"),
+    ):
+        with pytest.raises(ParameterError) as err:
+            check_record("RECORD", bad, 2)
+        assert key in str(err.value), (bad, str(err.value))
+
+
+NB = Path(__file__).resolve().parents[1] / "notebooks" / "10_compression_pipeline.ipynb"
+
+
+@pytest.mark.parametrize(
+    "override, name",
+    [
+        ({"RECORD": {**RECORD, "keep": [0.05, 0.5, 0.5]}}, "RECORD['keep']"),  # the student: 2
+        ({"RECORD": {**RECORD, "bits": [13]}}, "RECORD['bits']"),
+        ({"RECORD": {"keep": [0.1, 0.1]}}, "RECORD"),
+        ({"RECORD": {**RECORD, "epochs": 0}}, "RECORD['epochs']"),
+        (
+            {
+                "MODEL": "lenet5_caffe",
+                "DISTILL_EPOCHS": 0,
+                "STRUCT_FRACTION": 0,
+                "MO_TRIALS": 0,
+                "RECORD": RECORD,
+            },
+            "RECORD['keep']",
+        ),  # Caffe's LeNet-5 has 4 weight layers
+    ],
+)
+def test_bad_record_stops_notebook_10_in_validation(override, name, tmp_path):
+    err = validation_error(NB, tmp_path, **override)
+    assert isinstance(err, ParameterError) and name in str(err), repr(err)
+
+
+def test_artifact_summary_wilson_and_ratio():
+    from nbhelpers.measure.stats import wilson_interval
+    from nbhelpers.techniques.compression import artifact_summary
+
+    hits = np.array([1] * 9_900 + [0] * 100)
+    rec = artifact_summary(hits, 10_000, 1_720_000, True, 0.99)
+    lo, hi = wilson_interval(100, 10_000)
+    assert rec["test_errors"] == 100 and rec["test_error_pct"] == pytest.approx(1.0)
+    assert (rec["error_low"], rec["error_high"]) == pytest.approx((100 * lo, 100 * hi))
+    assert rec["times_smaller"] == 172.0 and rec["val_error_pct"] == pytest.approx(1.0)
+    with pytest.raises(ParameterError, match="hits"):
+        artifact_summary(np.array([]), 10, 100, True, 0.5)
+    with pytest.raises(ParameterError, match="artifact_bytes"):
+        artifact_summary(hits, 0, 100, True, 0.5)
+
+
+def test_record_lesson_rows():
+    from nbhelpers.lessons import compression_pipeline as lesson
+    from nbhelpers.techniques.compression import artifact_summary
+
+    assert lesson.record_layers("mlp", [300, 100], 20) == 3
+    assert (
+        lesson.record_layers("mlp", [32], 2) == 2
+        and lesson.record_layers("lenet5_caffe", [], 0) == 4
+    )
+    table = lesson.published_frontier("lenet5_caffe")
+    assert table["times smaller"].is_monotonic_increasing and 162.0 in set(table["times smaller"])
+    assert set(lesson.published_frontier("mlp")["times smaller"]) == {40.0, 64.0}
+    with pytest.raises(ParameterError, match="MODEL"):
+        lesson.published_frontier("lenet5")
+    rec = artifact_summary(np.array([1] * 9_910 + [0] * 90), 10_000, 1_720_000, True, 0.99)
+    met = [t["met"] for t in lesson.record_targets(rec, "lenet5_caffe")]
+    assert met == [True, True, True]  # 172x > 162x, 0.9% <= 1.0%, identical
+    rec = artifact_summary(np.array([1] * 9_880 + [0] * 120), 20_000, 1_069_000, False, 0.99)
+    assert [t["met"] for t in lesson.record_targets(rec, "mlp")] == [False, True, False]
+    shares = stage_table({"dense float32": 1000, "pruning": 100, "entropy coder": 10})
+    facts = lesson.record_facts(rec, shares)
+    names = [f[0] for f in facts]
+    assert names[:3] == [
+        "record: times smaller than the dense file",
+        "record: test error",
+        "record: decoded artifact gives the same outputs",
+    ]
+    assert names[3:] == ["record component: pruning", "record component: entropy coder"]
+    assert facts[3][1] == 10.0 and facts[3][3].startswith("50%")
+
+
+def test_record_rows_in_the_papers_tables():
+    from nbhelpers.reporting import claims, paper
+    from nbhelpers.reporting.record_claims import RECORD_CAFFE, RECORD_MLP
+    from nbhelpers.techniques.compression import artifact_summary
+
+    caffe = artifact_summary(np.array([1] * 9_915 + [0] * 85), 8_000, 1_727_000, True, 0.991)
+    mlp = artifact_summary(np.array([1] * 9_830 + [0] * 170), 17_000, 1_069_000, True, 0.983)
+    records = {RECORD_CAFFE: {"record": caffe, "model": "lenet5_caffe"},
+               RECORD_MLP: {"record": mlp, "model": "mlp"}}  # fmt: skip
+    table = claims.claims_table(records, {RECORD_CAFFE: 900.0})
+    rec = table[table["notebook"].isin([RECORD_MLP, RECORD_CAFFE])].set_index(
+        ["notebook", "metric"]
+    )
+    assert len(rec) == 5
+    assert rec.loc[(RECORD_CAFFE, "smaller on disk (x)"), "ours"] == pytest.approx(215.875)
+    assert rec.loc[(RECORD_CAFFE, "smaller (x)"), "published"] == 419.0
+    err = rec.loc[(RECORD_MLP, "test error (%)")]
+    assert err["ours"] == pytest.approx(1.7) and err["low"] < 1.7 < err["high"]
+    targets = claims.profile_targets(records)
+    names = [t["name"] for t in targets]
+    assert names == [
+        f"Compression record, {m}: {n}"
+        for m in ("LeNet-300-100", "LeNet-5 (Caffe)")
+        for n in ("times smaller on disk than the dense file",
+                  "test error of the decoded artifact",
+                  "decoded artifact gives the same outputs")
+    ]  # fmt: skip
+    # LeNet-300-100: 1,069,000 / 17,000 = 62.9x, short of 64x; 1.7% <= 1.8%; LeNet-5: 215.9x, 0.85%
+    assert [t["met"] for t in targets] == [False, True, True, True, True, True]
+    runs = paper.profile_runs()
+    assert {RECORD_MLP, RECORD_CAFFE} <= set(runs)

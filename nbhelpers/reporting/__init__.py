@@ -7,6 +7,7 @@ Modules:
     bench   every notebook at its defaults -> docs/benchmarks.md (``python -m
             nbhelpers.reporting.bench``)
     claims  the papers' MNIST figures, how each is read from a run, the profile's targets
+    record_claims  notebook 10's compression record: the figures it is set against, its targets
     paper   the papers' MNIST tables beside ours -> docs/papers.md (``python -m
             nbhelpers.reporting.paper``)
     nanogpt_reference  nanoGPT's own model.py trained at the transformer baseline's settings,

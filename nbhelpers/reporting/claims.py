@@ -13,6 +13,7 @@ import pandas as pd
 
 from nbhelpers.measure.stats import wilson_interval
 from nbhelpers.measure.targets import target
+from nbhelpers.reporting.record_claims import record_claim_rows, record_targets
 
 CAFFE = "04_weight_pruning.lenet5_caffe"  # Han et al.'s LeNet-5 through notebook 04
 DC_CAFFE = "10_compression_pipeline.lenet5_caffe"  # Deep Compression's LeNet-5 through 10
@@ -310,6 +311,9 @@ CLAIMS = [
 ]
 
 
+CLAIMS += [Claim(*row) for row in record_claim_rows()]  # notebook 10's compression record
+
+
 def claims_table(
     records: Mapping[str, Mapping[str, Any]], seconds: Mapping[str, float]
 ) -> pd.DataFrame:
@@ -437,7 +441,7 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
         d = records.get(key)
         if d and "final_stage" in d:
             out += _deep_compression_targets(d, label, ratio)
-    return out
+    return out + record_targets(records)
 
 
 def _hinton_target(gap: Mapping[str, Any]) -> dict:

@@ -5,7 +5,8 @@ with its fine-tuning, and the bytes each component saves on the way to the compa
 Zhu and Gupta's cubic schedule while training; ``tune_codebooks`` is Deep Compression's weight
 sharing with fine-tuned centroids (``codebook``); ``size_stages`` lays out the chain of formats
 from the dense float32 file to the compact artifact (``compact``), each a complete description
-of the same weights, so that each component's factor is measured on its own.
+of the same weights, so that each component's factor is measured on its own;
+``artifact_summary`` gives the artifact's factor and its test error with the Wilson interval.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 from torch import nn
 
 from nbhelpers.core.params import ParameterError
+from nbhelpers.measure.stats import wilson_interval
 from nbhelpers.techniques import pruning
 from nbhelpers.techniques.compression import codebook as cb
 from nbhelpers.techniques.compression import compact
@@ -232,3 +234,85 @@ def stage_table(sizes: dict[str, int]) -> pd.DataFrame:
     out["share_of_factor"] = np.log(out["smaller_than_previous"]) / total if total else math.nan
     out["bytes"] = out["bytes"].astype(int)
     return out.rename_axis("format")
+
+
+def artifact_summary(
+    hits: Any, artifact_bytes: int, dense_bytes: int, identical: bool, val_accuracy: float
+) -> dict[str, Any]:
+    """A compact artifact's factor on disk and its decoded model's test error with the Wilson 95%
+    interval.
+
+    Args:
+        hits: right (1) or wrong (0) on each test image, of the model decoded from the artifact.
+        artifact_bytes: bytes of the compact artifact.
+        dense_bytes: bytes of the dense float32 baseline's file.
+        identical: whether the decoded model gave the same outputs as the encoded one.
+        val_accuracy: the decoded model's validation accuracy (what the recipe was chosen on).
+
+    Returns:
+        {"bytes", "dense_bytes", "times_smaller", "test_error_pct", "error_low", "error_high",
+        "test_errors", "test_images", "val_error_pct", "identical_predictions"}.
+    """
+    n = len(hits)
+    if n == 0:
+        raise ParameterError("hits", "no test images", "one 0/1 entry per test image")
+    for name, v in (("artifact_bytes", artifact_bytes), ("dense_bytes", dense_bytes)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ParameterError(name, v, "a positive number of bytes")
+    wrong = int(n - int(sum(int(h) for h in hits)))
+    low, high = wilson_interval(wrong, n)
+    return {
+        "bytes": int(artifact_bytes),
+        "dense_bytes": int(dense_bytes),
+        "times_smaller": float(dense_bytes) / float(artifact_bytes),
+        "test_error_pct": 100.0 * wrong / n,
+        "error_low": 100.0 * low,
+        "error_high": 100.0 * high,
+        "test_errors": wrong,
+        "test_images": n,
+        "val_error_pct": 100.0 * (1.0 - float(val_accuracy)),
+        "identical_predictions": bool(identical),
+    }
+
+
+#: The keys of notebook 10's RECORD parameter and what each holds.
+RECORD_KEYS = {
+    "keep": "kept share of each Linear/Conv2d layer, in (0, 1]",
+    "epochs": "epochs pruning to those shares (>= 1)",
+    "lr": "Adam's initial rate of the pruning (> 0); the codebooks tune at a tenth",
+    "bits": "codebook index bits, [b] for every layer or one per layer (1 to 12)",
+    "tune_epochs": "epochs fine-tuning the shared values and biases (>= 0)",
+}
+
+
+def check_record(name: str, value: object, layers: int) -> dict[str, Any]:
+    """Check notebook 10's RECORD parameter: {} (no record) or every key of ``RECORD_KEYS``.
+
+    Args:
+        name: parameter name, e.g. "RECORD".
+        value: the given dict.
+        layers: the compressed model's number of Linear/Conv2d layers.
+
+    Returns:
+        The dict ({} when no record runs), shares and rate as floats.
+    """
+    from nbhelpers.core.params import check_int, check_positive
+
+    if not isinstance(value, dict) or (value and set(value) != set(RECORD_KEYS)):
+        raise ParameterError(name, value, "{} or a dict with the keys " + ", ".join(RECORD_KEYS))
+    if not value:
+        return {}
+    keep = check_keep(f"{name}['keep']", value["keep"], layers)
+    bits = value["bits"]
+    allowed = f"a list of one codebook width (1 to 12) or of {layers}, one per layer"
+    if not isinstance(bits, list | tuple) or len(bits) not in (1, layers):
+        raise ParameterError(f"{name}['bits']", bits, allowed)
+    if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 12 for b in bits):
+        raise ParameterError(f"{name}['bits']", bits, allowed)
+    return {
+        "keep": keep,
+        "epochs": check_int(f"{name}['epochs']", value["epochs"], minimum=1),
+        "lr": float(check_positive(f"{name}['lr']", value["lr"])),
+        "bits": list(bits) if len(bits) == layers else list(bits) * layers,
+        "tune_epochs": check_int(f"{name}['tune_epochs']", value["tune_epochs"], minimum=0),
+    }
