@@ -108,7 +108,8 @@ def retraining_facts(
     shares = kept_shares(layer_sparsity(model), keep)
     for name, r in shares.iterrows():
         table = f"table {r['kept share, table']:.4f}" if "kept share, table" in r else "no table"
-        rows.append((f"layer {name}: kept share, chosen model", round(float(
+        label = "all layers" if name == "total" else f"layer {name}"
+        rows.append((f"{label}: kept share, chosen model", round(float(
             r["kept share, this model"]), 4), "fraction", table))  # fmt: skip
     d, diff = dense_extra, round(float(dense_extra["pruned minus it (points)"]), 2)
     rows.append(("chosen run minus dense + extra epochs", diff, "points",
