@@ -257,7 +257,9 @@ def fit(
         validate: "every" scores ``val_loader`` after every epoch (learning curves); "last" only
             after the last one (or the one that diverged), when only the final score is read: a
             pass over the validation set can cost as much as a training epoch. The weights are
-            the same either way.
+            the same either way unless iterating ``val_loader`` draws from torch's global
+            generator (a shuffling loader without a generator of its own) while the model
+            uses it (dropout): then each extra pass shifts the dropout masks.
 
     Returns:
         A DataFrame with one row per epoch: epoch, lr, train_loss, train_accuracy, val_loss,
