@@ -258,7 +258,7 @@ def fit(
             after the last one (or the one that diverged), when only the final score is read: a
             pass over the validation set can cost as much as a training epoch. The weights are
             the same either way unless iterating ``val_loader`` draws from torch's global
-            generator (a shuffling loader without a generator of its own) while the model
+            generator (any DataLoader without a generator of its own draws a seed) while the model
             uses it (dropout): then each extra pass shifts the dropout masks.
 
     Returns:
