@@ -163,6 +163,7 @@ def test_runs_are_parameter_files_and_variants(tmp_path):
     assert paper.select_runs(names, None) == names
     assert paper.select_runs(names, ["04"]) == names[:2]
     assert paper.select_runs(names, ["04_weight_pruning.lenet5_caffe", "08"]) == names[1:]
+    assert paper.select_runs(names, ["04_weight_pruning"]) == names[:1]  # a full name: that alone
     with pytest.raises(ValueError, match=r"no run named \['09'\]; the runs are"):
         paper.select_runs(names, ["09"])
 

@@ -184,11 +184,12 @@ def profile_runs(params_dir: Path = PARAMS_DIR) -> dict[str, Path]:
 
 
 def select_runs(names: list[str], wanted: list[str] | None) -> list[str]:
-    """The runs to execute: all, or those whose name starts with one of ``wanted``.
+    """The runs to execute: all, or those named by ``wanted``, exactly or by prefix.
 
     Args:
         names: every run name.
-        wanted: run names or prefixes ("04" selects both runs of notebook 04); None or empty: all.
+        wanted: run names or prefixes ("04" selects both runs of notebook 04; a full run name,
+            "04_weight_pruning", selects that run alone); None or empty: all.
 
     Returns:
         The selected names, in order.
@@ -201,7 +202,7 @@ def select_runs(names: list[str], wanted: list[str] | None) -> list[str]:
     unknown = [w for w in wanted if not any(n.startswith(w) for n in names)]
     if unknown:
         raise ValueError(f"no run named {unknown}; the runs are {list(names)}")
-    return [n for n in names if any(n.startswith(w) for w in wanted)]
+    return [n for n in names if any(n == w or (w not in names and n.startswith(w)) for w in wanted)]
 
 
 def load_log(out_dir: Path) -> dict[str, dict]:
