@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from nbhelpers.core.paths import cache_dir
-from nbhelpers.measure import leaderboard, transfer
+from nbhelpers.measure import leaderboard, lm_leaderboard, transfer
 from nbhelpers.measure.targets import measured_text, verdict_text
 from nbhelpers.reporting.runner import (
     DEFAULT_NOTEBOOKS,
@@ -139,6 +139,21 @@ def _speed_frame(records: dict[str, dict]) -> pd.DataFrame:
     ]
 
 
+def _runs_frame(results: list[RunResult]) -> pd.DataFrame:
+    """Each notebook's status, wall seconds and error, as the doc's run-times table shows them."""
+    return pd.DataFrame(
+        [
+            {
+                "notebook": r.stem,
+                "status": r.status,
+                "wall seconds": f"{r.seconds:.1f}",
+                "error": r.error[:120],
+            }
+            for r in results
+        ]
+    )
+
+
 def markdown(
     results: list[RunResult],
     wall_seconds: float,
@@ -163,17 +178,7 @@ def markdown(
     met = int((targets["met"] == "yes").sum()) if not targets.empty else 0
     good = {r.stem: r.records for r in results if r.status == "ok"}
     speed = _speed_frame(good)
-    runs = pd.DataFrame(
-        [
-            {
-                "notebook": r.stem,
-                "status": r.status,
-                "wall seconds": f"{r.seconds:.1f}",
-                "error": r.error[:120],
-            }
-            for r in results
-        ]
-    )
+    runs = _runs_frame(results)
     return (
         f"""# Benchmarks
 
@@ -201,6 +206,11 @@ same test images ("within noise": the interval contains zero) and McNemar's exac
 on disk; speed-up: times faster at batch 1 / 256.
 
 {markdown_table(speed)}
+## The transformer language model: every compressed model against the baseline of the same run
+
+{lm_leaderboard.INTRO}
+
+{markdown_table(lm_leaderboard.readable(lm_leaderboard.build(good)))}
 ## Does it transfer? Each technique on MNIST beside the transformer language model
 
 MNIST: accuracy change in points with its paired 95% interval; transformer: bits per character

@@ -219,12 +219,16 @@ def write_index(out_dir: Path) -> Path:
     Returns:
         The path of ``index.html``.
     """
-    from nbhelpers.measure import leaderboard, transfer
+    from nbhelpers.measure import leaderboard, lm_leaderboard, transfer
 
     runs = load_runs(out_dir)
     records = {stem: (r.get("last_good") or {}).get("records") or {} for stem, r in runs.items()}
     path = Path(out_dir) / "index.html"
-    sections = [leaderboard.safe_html_section(records), transfer.html_section(records)]
+    sections = [
+        leaderboard.safe_html_section(records),
+        lm_leaderboard.html_section(records),
+        transfer.html_section(records),
+    ]
     path.write_text(index_html(runs, sections), encoding="utf-8")
     return path
 
