@@ -399,3 +399,12 @@ def test_a_profile_of_a_missing_notebook_names_its_file(tmp_path, monkeypatch, c
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert str(ghost) in err and "99_no_such_notebook" in err
+
+
+def test_equal_figures_differ_by_zero_not_by_float_rounding():
+    rec = {**PRUNING, "comparison": [PRUNING["comparison"][0], {**PRUNING["comparison"][1]}]}
+    rec["comparison"][1]["accuracy"] = 0.9841  # 1.59% error: (1 - 0.9841) * 100 != 1.59 exactly
+    runs = {"04_weight_pruning": RunResult("04_weight_pruning", "ok", 1.0, records=rec)}
+    text = paper.markdown(runs, 1.0, {"cpu": "Test CPU", "commit": "abc"}, {})
+    row = next(line for line in text.splitlines() if "LeNet-300-100 pruned | test error" in line)
+    assert "| 1.59 | 1.59 [" in row and "| +0 |" in row and "e-1" not in row

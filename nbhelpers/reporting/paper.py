@@ -124,7 +124,8 @@ def _claims_frame(table: pd.DataFrame) -> pd.DataFrame:
                 _fmt(v, lo, hi) for v, lo, hi in zip(table["ours"], table["low"], table["high"])
             ],
             "ours - published": table["difference"].map(
-                lambda v: "" if not math.isfinite(v) else f"{v:+.3g}"
+                # float rounding of two equal figures (1.59 - 1.59 = 2e-15) reads as 0
+                lambda v: "" if not math.isfinite(v) else f"{0.0 if abs(v) < 1e-9 else v:+.3g}"
             ),
             "run (s)": [
                 f"{n} ({s:.0f} s)" if math.isfinite(s) else n
