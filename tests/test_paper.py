@@ -408,3 +408,19 @@ def test_equal_figures_differ_by_zero_not_by_float_rounding():
     text = paper.markdown(runs, 1.0, {"cpu": "Test CPU", "commit": "abc"}, {})
     row = next(line for line in text.splitlines() if "LeNet-300-100 pruned | test error" in line)
     assert "| 1.59 | 1.59 [" in row and "| +0 |" in row and "e-1" not in row
+
+
+def test_ioffe_row_reads_the_test_curve_when_recorded():
+    fig1 = {"share_above": 0.98, "first_step_not_above": 1500, "points": 100, "last_step": 50000}
+    rec = {**SIGMOID, "figure1": {**fig1, "lr": 2.5}}
+    t = claims.claims_table({"08_batch_normalization": rec}, {}).set_index("setting")
+    assert t.loc["3 x 100 sigmoid units, batches of 60", "ours"] == pytest.approx(0.98)
+    bn = next(
+        x for x in claims.profile_targets({"08_batch_normalization": rec}) if "Ioffe" in x["name"]
+    )
+    assert not bn["met"] and "first step BN not above: 1500" in bn["note"]
+    never = {**rec, "figure1": {**rec["figure1"], "share_above": 1.0, "first_step_not_above": None}}
+    bn = next(
+        x for x in claims.profile_targets({"08_batch_normalization": never}) if "Ioffe" in x["name"]
+    )
+    assert bn["met"] and "100 test scorings to step 50000" in bn["note"] and "never" in bn["note"]
