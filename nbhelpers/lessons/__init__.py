@@ -12,6 +12,7 @@ Modules (a notebook imports its own as ``lesson``):
     int8_configs          06: ONNX Runtime's int8 configurations side by side, their targets
     distillation          07: the teacher's soft targets at several temperatures, facts
     batch_normalization   08: the check against torch, targets, figures, drift, facts
+    bn_robustness         08: BN at the robustness rate again with warm-up and without momentum
     lr_schedules          09: runs per schedule against constant, the scaling rule, shapes, facts
     compression_pipeline  10: the Pareto board, the search's front against the hand-built artifact
     your_own_model        11: the loss in words, facts

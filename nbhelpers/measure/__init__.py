@@ -12,6 +12,7 @@ Modules:
     targets      targets checked against measurements and their intervals
     facts        a run's facts as a small table (fact, value, unit, context)
     leaderboard  every notebook's comparison in one table and picture (no torch)
+    lm_leaderboard  the transformer lessons' models in one table: bits/char, bytes, speed (no torch)
     transfer     each technique's MNIST verdict beside its transformer verdict (no torch)
 
 The public names of ``hits``, ``size``, ``timing`` and ``comparison`` (four of the six that import
@@ -33,6 +34,7 @@ _SUBMODULES = (
     "facts",
     "generation",
     "leaderboard",
+    "lm_leaderboard",
     "stats",
     "targets",
     "verdicts",

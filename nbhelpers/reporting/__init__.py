@@ -8,6 +8,7 @@ Modules:
             nbhelpers.reporting.bench``)
     claims  the papers' MNIST figures, how each is read from a run, the profile's targets
     record_claims  notebook 10's compression record: the figures it is set against, its targets
+    figure1_claims  Ioffe and Szegedy's Figure 1(a): the share of notebook 08's curve with BN above
     paper   the papers' MNIST tables beside ours -> docs/papers.md (``python -m
             nbhelpers.reporting.paper``)
     nanogpt_reference  nanoGPT's own model.py trained at the transformer baseline's settings,

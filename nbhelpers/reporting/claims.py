@@ -13,6 +13,7 @@ import pandas as pd
 
 from nbhelpers.measure.stats import wilson_interval
 from nbhelpers.measure.targets import target
+from nbhelpers.reporting.figure1_claims import bn_above_share, figure1_context
 from nbhelpers.reporting.record_claims import record_claim_rows, record_targets
 
 CAFFE = "04_weight_pruning.lenet5_caffe"  # Han et al.'s LeNet-5 through notebook 04
@@ -107,39 +108,6 @@ def student_errors(rec: Mapping[str, Any], student: str) -> Figure:
     """Test errors of a student of notebook 07 (``main_summary``: mean over its seeds)."""
     rows = {r["student"]: r for r in rec["main_summary"]}
     return accuracy_errors(rec, float(rows[student]["mean"]))
-
-
-def bn_above_share(rec: Mapping[str, Any]) -> Figure:
-    """Share of Figure 1(a)'s points at which the sigmoid net with BN is above the one without
-    (notebook 08), both at the best learning rate of the network without BN (chosen on validation).
-
-    The paper's figure is test accuracy against training steps: a run that recorded ``figure1``
-    (the test images scored every ``SIG_EVAL_EVERY`` steps, mean over seeds) is read there; an
-    older run, from the mean validation accuracy at the end of each epoch (``sigmoid_curves``).
-    """
-    fig1 = rec.get("figure1")
-    if isinstance(fig1, Mapping) and fig1.get("share_above") is not None:
-        return float(fig1["share_above"]), math.nan, math.nan
-    curves = pd.DataFrame(rec["sigmoid_curves"])
-    lr = float(rec["facts_sigmoid"]["best_no_bn_lr"])
-    at = curves[curves["lr"].astype(float) == lr].pivot(
-        index="epoch", columns="bn", values="val_accuracy"
-    )
-    above = at[True] > at[False]
-    return float(above.mean()), math.nan, math.nan
-
-
-def figure1_context(rec: Mapping[str, Any]) -> str:
-    """Where Figure 1(a)'s share was read, and the first step at which BN was not above."""
-    fig1 = rec.get("figure1")
-    if not (isinstance(fig1, Mapping) and fig1.get("share_above") is not None):
-        return "share of the epochs (validation), sigmoid net, same rate"
-    first = fig1.get("first_step_not_above")
-    return (
-        f"share of {fig1.get('points')} test scorings to step {fig1.get('last_step')}, mean over "
-        f"seeds, lr {fig1.get('lr'):g}; first step BN not above: "
-        + ("never" if first is None else f"{first}")
-    )
 
 
 HAN15 = "Han, Pool, Tran, Dally 2015"
