@@ -310,7 +310,7 @@ def test_render_writes_the_doc_from_the_log_without_running(tmp_path):
     r = RunResult("04_weight_pruning", "ok", 100.0, records=PRUNING, finished_at="2026-11-24T01:00")
     paper.save_log(tmp_path, {"04_weight_pruning": {"result": asdict(r), "commit": "abc1234"}})
     doc = tmp_path / "papers.md"
-    assert paper.main(["--render", "--out", str(tmp_path), "--doc", str(doc)]) == 0
+    assert paper.main(["--render", "--log", str(tmp_path), "--doc", str(doc)]) == 0
     text = doc.read_text()
     assert "| 04_weight_pruning | ok | 100 | 2026-11-24 01:00 | abc1234 |  |" in text
     assert "| LeNet-300-100 dense | test error (%) | 1.64 | 1.64 [1.41, 1.9] |" in text
@@ -327,7 +327,10 @@ def test_a_profile_with_a_misspelt_parameter_runs_nothing(tmp_path, monkeypatch,
     ran = []
     monkeypatch.setattr(paper, "run_all", lambda *a, **k: ran.append(a) or [])
     doc = tmp_path / "papers.md"
-    assert paper.main(["--out", str(tmp_path / "runs"), "--doc", str(doc)]) == 2
+    assert (
+        paper.main(["--out", str(tmp_path / "runs"), "--log", str(tmp_path), "--doc", str(doc)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown parameter 'TEMPERATURE'" in err and "did you mean SWEEP_TEMPERATURES?" in err
     assert ran == [] and not doc.exists() and not (tmp_path / "runs").exists()
@@ -372,7 +375,7 @@ def test_a_dirty_tree_runs_nothing_unless_allowed(tmp_path, monkeypatch, capsys)
     ran = []
     monkeypatch.setattr(paper, "run_all", lambda *a, **k: ran.append(a) or [])
     doc, out = tmp_path / "papers.md", tmp_path / "runs"
-    assert paper.main(["--out", str(out), "--doc", str(doc)]) == 2
+    assert paper.main(["--out", str(out), "--log", str(out), "--doc", str(doc)]) == 2
     assert "--allow-dirty" in capsys.readouterr().err
     assert ran == [] and not doc.exists() and not out.exists()
 
@@ -385,7 +388,7 @@ def test_a_dirty_tree_runs_nothing_unless_allowed(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(paper, "run_all", first_run)
     with pytest.raises(Started):  # told otherwise, it runs
-        paper.main(["--out", str(out), "--doc", str(doc), "--allow-dirty"])
+        paper.main(["--out", str(out), "--log", str(out), "--doc", str(doc), "--allow-dirty"])
     assert len(ran) == 1
 
 

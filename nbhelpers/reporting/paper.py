@@ -14,7 +14,8 @@ notebook again with other parameters (another paper's model), its outputs in
 ``reports/paper/<variant>/``. Each run records what the notebook always records; this module reads
 the published figure of each claim from ``CLAIMS``, our figure from the run's records, and writes
 one table with our 95% interval, the profile's targets and each run's time, finish time and commit
-(``reports/paper/paper_runs.json`` keeps the latest result of every run).
+(``docs/paper/paper_runs.json``, committed, keeps the latest result of every run, so the doc can be
+written from runs of several sessions).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ from nbhelpers.reporting.runner import (
 PARAMS_DIR = PROJECT_DIR / "docs" / "paper"
 DEFAULT_OUT = PROJECT_DIR / "reports" / "paper"
 LOG_NAME = "paper_runs.json"
+#: Where the run log is kept: committed beside the profiles, so docs/papers.md can be written from
+#: runs of several sessions (each run with its own commit in the doc's runs table).
+LOG_DIR = PROJECT_DIR / "docs" / "paper"
 
 
 def _fmt(v: float, low: float = math.nan, high: float = math.nan) -> str:
@@ -235,12 +239,8 @@ def _dirty(at: str) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns 1 if any run failed, 2 for a profile naming a parameter
-    its notebook does not have or for a working tree that differs from its commit without
-    ``--allow-dirty`` (nothing runs then)."""
-    from nbhelpers.reporting.bench import commit, machine_info
-
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``main``."""
     ap = argparse.ArgumentParser(
         prog="python -m nbhelpers.reporting.paper", description=__doc__.split("\n")[0]
     )
@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs", nargs="*", help="run names or prefixes (default: every docs/paper/*.yaml)"
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument(
+        "--log", type=Path, default=LOG_DIR, help=f"folder of the run log {LOG_NAME} (committed)"
+    )
     ap.add_argument("--doc", type=Path, default=PROJECT_DIR / "docs" / "papers.md")
     ap.add_argument(
         "--render", action="store_true", help="run nothing; write the doc from the run log"
@@ -257,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run although tracked files differ from the commit (the doc then says +changes)",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns 1 if any run failed, 2 for a profile naming a parameter
+    its notebook does not have or for a working tree that differs from its commit without
+    ``--allow-dirty`` (nothing runs then)."""
+    from nbhelpers.reporting.bench import commit, machine_info
+
+    ap = _parser()
     args = ap.parse_args(argv)
     if not args.render and not args.allow_dirty and _dirty(commit()):
         return 2
@@ -278,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownParameterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    log, at, t0 = load_log(args.out), commit(), time.perf_counter()
+    log, at, t0 = load_log(args.log), commit(), time.perf_counter()
     for key in chosen:
         stem, _, variant = key.partition(".")
         params = profiles[key]
@@ -289,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             parameters={stem: params},
         )
         log[key] = {"result": asdict(result), "commit": at}
-        save_log(args.out, log)
+        save_log(args.log, log)
     wall = time.perf_counter() - t0
     runs = {k: RunResult(**v["result"]) for k, v in log.items() if k in files}
     commits = {k: v["commit"] for k, v in log.items() if k in files}
