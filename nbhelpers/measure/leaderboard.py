@@ -230,7 +230,7 @@ def headline(records: Mapping[str, Any]) -> str:
             text = f"{r['model']}: {float(r['size_ratio']):.1f}x smaller"
             if pd.notna(r.get("speedup_b256")):
                 text += f", {float(r['speedup_b256']):.2f}x as fast at batch 256"
-            change = _interval(
+            change = format_interval(
                 r.get("accuracy_delta_points", float("nan")),
                 r.get("delta_low_points", float("nan")),
                 r.get("delta_high_points", float("nan")),
@@ -250,7 +250,8 @@ def headline(records: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _interval(v: float, lo: float, hi: float, fmt: str) -> str:
+def format_interval(v: float, lo: float, hi: float, fmt: str) -> str:
+    """``fmt`` of v with " [lo, hi]" when both ends are known; "" when v is missing."""
     if v is None or pd.isna(v):
         return ""
     text = fmt.format(v)
@@ -278,11 +279,11 @@ def readable(board: pd.DataFrame) -> pd.DataFrame:
             "notebook": b["notebook"],
             "model": b["model"],
             "accuracy [95% CI]": [
-                _interval(v, lo, hi, "{:.4f}")
+                format_interval(v, lo, hi, "{:.4f}")
                 for v, lo, hi in zip(b["accuracy"], b["accuracy_low"], b["accuracy_high"])
             ],
             "change, points [95% CI]": [
-                "" if base else _interval(v, lo, hi, "{:+.2f}")
+                "" if base else format_interval(v, lo, hi, "{:+.2f}")
                 for v, lo, hi, base in zip(
                     b["accuracy_delta_points"],
                     b["delta_low_points"],

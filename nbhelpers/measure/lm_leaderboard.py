@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from nbhelpers.measure.leaderboard import format_interval
+
 COMPRESSION = "12_transformer_compression"
 DISTILLATION = "14_transformer_distillation"
 
@@ -284,12 +286,7 @@ def readable(board: pd.DataFrame) -> pd.DataFrame:
         bytes, times smaller, weights kept, speed-up at batch 1 and 32 and in generation.
     """
     b = board.reindex(columns=COLUMNS)
-
-    def interval(v, lo, hi, fmt):
-        text = _fmt(v, fmt)
-        both = _fmt(lo, fmt) and _fmt(hi, fmt)
-        return f"{text} [{_fmt(lo, fmt)}, {_fmt(hi, fmt)}]" if text and both else text
-
+    interval = format_interval
     col = lambda name, fmt: [_fmt(v, fmt) for v in b[name]]  # noqa: E731
     return pd.DataFrame(
         {
