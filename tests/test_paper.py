@@ -274,8 +274,22 @@ def test_hinton_and_ioffe_rows():
             {"07_knowledge_distillation": DISTIL, "08_batch_normalization": SIGMOID}
         )
     }
-    gap = next(x for n, x in ts.items() if n.startswith("Hinton"))
+    gap = next(x for n, x in ts.items() if n.startswith("Hinton") and "gap" in n)
     assert gap["met"] and gap["decided"] and (gap["low"], gap["high"]) == (0.55, 0.95)
+    # 70 teacher errors (<= 80), 90 distilled (<= 90, the goal inside its interval), plain 150
+    # is 4 from 146 and its Wilson interval spans 146, so the nearest distance is 0
+    teacher = ts["Hinton: 1200-1200 teacher, test errors"]
+    assert teacher["met"] and teacher["measured"] == 70 and teacher["low"] < 70 < teacher["high"]
+    distilled = ts["Hinton: distilled 800-800 student, test errors"]
+    assert distilled["met"] and distilled["measured"] == 90 and distilled["decided"] is False
+    plain = [x for n, x in ts.items() if n.startswith("Hinton: plain")]
+    assert len(plain) == 1 and plain[0]["met"] and plain[0]["measured"] == 4
+    assert plain[0]["low"] == 0 and plain[0]["high"] > 4
+    far = claims.hinton_error_targets(
+        {**DISTIL, "main_summary": [{"student": "plain", "mean": 0.9750},
+                                    {"student": "distilled", "mean": 0.9880}]})  # fmt: skip
+    assert [t["met"] for t in far] == [True, False, False]
+    assert far[2]["measured"] == 104 and far[2]["low"] > 30  # 250 errors: 104 from 146, decided
     bn = next(x for n, x in ts.items() if n.startswith("Ioffe"))
     assert not bn["met"] and bn["measured"] == pytest.approx(2 / 3)
 
@@ -427,3 +441,20 @@ def test_ioffe_row_reads_the_test_curve_when_recorded():
         x for x in claims.profile_targets({"08_batch_normalization": never}) if "Ioffe" in x["name"]
     )
     assert bn["met"] and "100 test scorings to step 50000" in bn["note"] and "never" in bn["note"]
+
+
+def test_budget_target_sums_every_profile_and_misses_while_one_is_not_run():
+    ok = {
+        "a": RunResult("a", "ok", 4000.0),
+        "b.x": RunResult("b", "ok", 3000.0),
+        "c": RunResult("c", "failed", 10.0, error="boom"),
+    }
+    full = paper.budget_target(ok, ["a", "b.x"])
+    assert full["met"] and full["measured"] == 7000.0 and full["threshold"] == 7200.0
+    over = paper.budget_target({**ok, "a": RunResult("a", "ok", 4201.0)}, ["a", "b.x"])
+    assert not over["met"] and over["measured"] == 7201.0
+    partial = paper.budget_target(ok, ["a", "b.x", "c", "d"])  # c failed, d never ran
+    assert not partial["met"] and partial["measured"] == 7000.0
+    assert "2 of 4 profiles" in partial["note"] and "not run: c, d" in partial["note"]
+    text = paper.markdown(ok, 1.0, {"cpu": "Test CPU", "commit": "abc"}, {}, ["a", "b.x"])
+    assert "| make paper: every profile, one at a time | 7000 s | <= 7200 s | yes |" in text

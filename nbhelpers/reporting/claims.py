@@ -408,7 +408,7 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
             out += _pruning_targets(p, label, dense_error)
     k = records.get(DISTIL)
     if k and "targets" in k:
-        out.append(_hinton_target(k["targets"][0]))
+        out += [_hinton_target(k["targets"][0]), *hinton_error_targets(k)]
     b = records.get("08_batch_normalization")
     if b and "sigmoid_curves" in b:
         out.append(
@@ -447,6 +447,32 @@ def _hinton_target(gap: Mapping[str, Any]) -> dict:
         "Hinton et al. closed (146 - 74) / (146 - 67) = 0.91",
         interval=interval,
     )
+
+
+def hinton_error_targets(rec: Mapping[str, Any]) -> list[dict]:
+    """Hinton et al.'s figures as absolute targets (issue 31): teacher <= 80 test errors,
+    distilled 800-800 student <= 90, plain 800-800 student within 30 of the paper's 146.
+
+    Args:
+        rec: notebook 07's records (``teacher_test_accuracy``, ``main_summary``, ``split_sizes``).
+
+    Returns:
+        Three ``target`` dicts, each with its Wilson 95% interval in test errors; the plain
+        student's measure is its distance from 146, the interval the distances its interval spans.
+    """
+    teacher = accuracy_errors(rec, float(rec["teacher_test_accuracy"]))
+    distilled, plain = student_errors(rec, "distilled"), student_errors(rec, "plain")
+    lo, hi = plain[1] - 146, plain[2] - 146
+    near = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
+    return [
+        target("Hinton: 1200-1200 teacher, test errors", teacher[0], "<=", 80, "errors",
+               "the paper: 67", interval=teacher[1:]),
+        target("Hinton: distilled 800-800 student, test errors", distilled[0], "<=", 90,
+               "errors", "the paper: 74", interval=distilled[1:]),
+        target("Hinton: plain 800-800 student, distance from the paper's 146 test errors",
+               abs(plain[0] - 146), "<=", 30, "errors", f"ours: {plain[0]:.0f}",
+               interval=(near, max(abs(lo), abs(hi)))),
+    ]  # fmt: skip
 
 
 def _deep_compression_targets(d: Mapping[str, Any], label: str, ratio: float) -> list[dict]:
