@@ -458,3 +458,20 @@ def test_budget_target_sums_every_profile_and_misses_while_one_is_not_run():
     assert "2 of 4 profiles" in partial["note"] and "not run: c, d" in partial["note"]
     text = paper.markdown(ok, 1.0, {"cpu": "Test CPU", "commit": "abc"}, {}, ["a", "b.x"])
     assert "| make paper: every profile, one at a time | 7000 s | <= 7200 s | yes |" in text
+
+
+def test_teacher_curve_note_shows_the_error_falling_with_epochs():
+    from nbhelpers.reporting.hinton_claims import teacher_curve_note
+
+    curves = [
+        {"model": "teacher", "seed": 0, "epoch": e, "val_error": 2.0 - e / 10} for e in range(1, 9)
+    ] + [{"model": "plain", "seed": 0, "epoch": 1, "val_error": 0.1}]
+    note = teacher_curve_note({"learning_curves": curves})
+    assert note == (
+        "validation error (%) after epochs 2/4/6/8: 1.80/1.60/1.40/1.20; lowest at epoch 8 of 8"
+    )
+    assert teacher_curve_note({}) == ""
+    assert teacher_curve_note({"learning_curves": curves[-1:]}) == ""  # no teacher rows
+    rec = {**DISTIL, "learning_curves": curves}
+    teacher = claims.hinton_error_targets(rec)[0]
+    assert teacher["note"] == "the paper: 67; " + note

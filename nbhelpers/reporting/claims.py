@@ -11,9 +11,14 @@ from typing import Any
 
 import pandas as pd
 
-from nbhelpers.measure.stats import wilson_interval
 from nbhelpers.measure.targets import target
 from nbhelpers.reporting.figure1_claims import bn_above_share, figure1_context
+from nbhelpers.reporting.hinton_claims import (
+    accuracy_errors,
+    hinton_error_targets,
+    hinton_gap_target,
+    student_errors,
+)
 from nbhelpers.reporting.record_claims import record_claim_rows, record_targets
 
 CAFFE = "04_weight_pruning.lenet5_caffe"  # Han et al.'s LeNet-5 through notebook 04
@@ -86,28 +91,6 @@ def size_ratio(rec: Mapping[str, Any], model: str) -> Figure:
 
 def _baseline(rec: Mapping[str, Any]) -> str:
     return rec["comparison_baseline"]
-
-
-def accuracy_errors(rec: Mapping[str, Any], accuracy: float) -> Figure:
-    """Test errors (a count of the test images) of an accuracy, with the Wilson 95% interval.
-
-    Args:
-        rec: the notebook's records (``split_sizes`` gives the number of test images).
-        accuracy: the model's test accuracy (for several seeds, their mean).
-
-    Returns:
-        (errors, low, high).
-    """
-    n = int(rec["split_sizes"]["test"])
-    wrong = int(round((1 - accuracy) * n))
-    lo, hi = wilson_interval(wrong, n)
-    return float(wrong), n * lo, n * hi
-
-
-def student_errors(rec: Mapping[str, Any], student: str) -> Figure:
-    """Test errors of a student of notebook 07 (``main_summary``: mean over its seeds)."""
-    rows = {r["student"]: r for r in rec["main_summary"]}
-    return accuracy_errors(rec, float(rows[student]["mean"]))
 
 
 HAN15 = "Han, Pool, Tran, Dally 2015"
@@ -408,7 +391,7 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
             out += _pruning_targets(p, label, dense_error)
     k = records.get(DISTIL)
     if k and "targets" in k:
-        out += [_hinton_target(k["targets"][0]), *hinton_error_targets(k)]
+        out += [hinton_gap_target(k["targets"][0]), *hinton_error_targets(k)]
     b = records.get("08_batch_normalization")
     if b and "sigmoid_curves" in b:
         out.append(
@@ -429,50 +412,6 @@ def profile_targets(records: Mapping[str, Mapping[str, Any]]) -> list[dict]:
         if d and "final_stage" in d:
             out += _deep_compression_targets(d, label, ratio)
     return out + record_targets(records)
-
-
-def _hinton_target(gap: Mapping[str, Any]) -> dict:
-    """Hinton et al.'s gap target from notebook 07's own gap-closed target row."""
-    interval = (
-        None
-        if gap.get("low") is None or not math.isfinite(gap["low"])
-        else (gap["low"], gap["high"])
-    )
-    return target(
-        "Hinton: the distilled 800-800 student closes half the plain-to-teacher gap",
-        gap["measured"],
-        ">=",
-        0.5,
-        "",
-        "Hinton et al. closed (146 - 74) / (146 - 67) = 0.91",
-        interval=interval,
-    )
-
-
-def hinton_error_targets(rec: Mapping[str, Any]) -> list[dict]:
-    """Hinton et al.'s figures as absolute targets (issue 31): teacher <= 80 test errors,
-    distilled 800-800 student <= 90, plain 800-800 student within 30 of the paper's 146.
-
-    Args:
-        rec: notebook 07's records (``teacher_test_accuracy``, ``main_summary``, ``split_sizes``).
-
-    Returns:
-        Three ``target`` dicts, each with its Wilson 95% interval in test errors; the plain
-        student's measure is its distance from 146, the interval the distances its interval spans.
-    """
-    teacher = accuracy_errors(rec, float(rec["teacher_test_accuracy"]))
-    distilled, plain = student_errors(rec, "distilled"), student_errors(rec, "plain")
-    lo, hi = plain[1] - 146, plain[2] - 146
-    near = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
-    return [
-        target("Hinton: 1200-1200 teacher, test errors", teacher[0], "<=", 80, "errors",
-               "the paper: 67", interval=teacher[1:]),
-        target("Hinton: distilled 800-800 student, test errors", distilled[0], "<=", 90,
-               "errors", "the paper: 74", interval=distilled[1:]),
-        target("Hinton: plain 800-800 student, distance from the paper's 146 test errors",
-               abs(plain[0] - 146), "<=", 30, "errors", f"ours: {plain[0]:.0f}",
-               interval=(near, max(abs(lo), abs(hi)))),
-    ]  # fmt: skip
 
 
 def _deep_compression_targets(d: Mapping[str, Any], label: str, ratio: float) -> list[dict]:
