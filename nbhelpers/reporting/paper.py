@@ -166,7 +166,8 @@ def _claims_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _targets_frame(targets: list[dict]) -> pd.DataFrame:
-    """The profile's targets as the doc shows them."""
+    """The profile's targets as the doc shows them, each with its note (where the goal comes from,
+    what else the run measured)."""
     return pd.DataFrame(
         [
             {
@@ -174,10 +175,11 @@ def _targets_frame(targets: list[dict]) -> pd.DataFrame:
                 "measured": measured_text(t),
                 "goal": f"{t['op']} {t['threshold']:g} {t['unit']}".strip(),
                 "met": verdict_text(t),
+                "note": t.get("note", ""),
             }
             for t in targets
         ],
-        columns=["target", "measured", "goal", "met"],
+        columns=["target", "measured", "goal", "met", "note"],
     )
 
 
