@@ -78,6 +78,28 @@ def test_trained_on_the_same_threads_whoever_asks(tmp_path):
     assert not cache_path(CONFIG, tmp_path).exists()  # the thread count is part of the key
 
 
+def test_a_model_asked_for_on_more_threads_is_another_entry(tmp_path):
+    seen = []
+
+    def train(model):
+        seen.append(torch.get_num_threads())
+        return {}
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, _, hit_two = cached_model(CONFIG, _build, train, tmp_path, threads=2)
+        _, _, hit_shared = cached_model(CONFIG, _build, train, tmp_path)  # not the 2-thread one
+        _, _, again = cached_model(CONFIG, _build, train, tmp_path, threads=2)
+        assert seen == [2, TRAIN_THREADS] and torch.get_num_threads() == 1
+        assert (hit_two, hit_shared, again) == (False, False, True)
+    finally:
+        torch.set_num_threads(before)
+    assert cache_path({**CONFIG, "train_threads": 2}, tmp_path).exists()
+    with pytest.raises(ParameterError, match="threads"):
+        cached_model(CONFIG, _build, train, tmp_path, threads=0)
+
+
 def test_file_of_another_shape_is_rebuilt(tmp_path):
     calls = []
     cached_model(CONFIG, lambda: MLP(16, hidden=[4]), _trainer(calls), tmp_path)

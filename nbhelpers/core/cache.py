@@ -20,6 +20,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from nbhelpers.core.params import check_int
 from nbhelpers.core.paths import cache_dir
 from nbhelpers.core.train import torch_threads
 
@@ -199,28 +200,33 @@ def cached_model(
     build: Callable[[], nn.Module],
     train: Callable[[nn.Module], Mapping[str, Any]],
     root: Path | None = None,
+    threads: int = TRAIN_THREADS,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """Load a trained model from the cache, or build, train and store it.
 
     Args:
         config: everything that determines the trained weights (dataset, arch, seed, epochs...);
-            ``TRAIN_THREADS`` is added to it.
+            ``threads`` is added to it as "train_threads".
         build: makes the untrained model.
-        train: trains the model in place (on ``TRAIN_THREADS`` CPU threads; the caller's count is
+        train: trains the model in place (on ``threads`` CPU threads; the caller's count is
             restored after) and returns JSON-able extras to keep (e.g. history).
         root: the cache folder.
+        threads: CPU threads to train on (default ``TRAIN_THREADS``, what every shared model
+            uses); another count is another entry, so a model trained faster on more threads
+            never stands in for the shared one.
 
     Returns:
         (model on the CPU, extras, hit) where ``hit`` tells whether it came from the cache.
     """
-    config = {**config, "train_threads": TRAIN_THREADS}
+    check_int("threads", threads, minimum=1)
+    config = {**config, "train_threads": threads}
     path = cache_path(config, root)
     with _locked(path):
         model = build()
         blob = _try_load(path, config, model)
         if blob is not None:
             return model, json.loads(blob["extras"]), True
-        with torch_threads(TRAIN_THREADS):
+        with torch_threads(threads):
             model = build()
             extras = dict(train(model) or {})
         model.cpu()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nbhelpers.core.cache import cached_model, runtime_key
+from nbhelpers.core.cache import TRAIN_THREADS, cached_model, runtime_key
 from nbhelpers.core.data import loader
 from nbhelpers.core.models import build_model
 from nbhelpers.core.params import ParameterError, check_choice
@@ -181,6 +181,7 @@ def get_teacher(
     batch_size: int = 64,
     recipe: TeacherRecipe | None = None,
     val_loader: DataLoader | None = None,
+    threads: int = TRAIN_THREADS,
 ) -> tuple[nn.Module, pd.DataFrame, bool]:
     """The teacher trained on the shifted views, from the cache or trained now.
 
@@ -201,6 +202,8 @@ def get_teacher(
             with a cosine decay and nothing else, as before).
         val_loader: validation images scored after every epoch (the history's learning curve,
             through ``quiet_loader``: the weights are the same with or without it), or None.
+        threads: CPU threads to train on if the cache misses (part of the key; the default is
+            the cache's ``TRAIN_THREADS``).
 
     Returns:
         (teacher on the CPU in eval mode, its training history, whether it came from the cache).
@@ -237,7 +240,7 @@ def get_teacher(
         hist = train_teacher(model, dl, epochs, lr, recipe, val, device)
         return {"history": hist.to_dict(orient="list")}
 
-    model, extras, hit = cached_model(config, build, train)
+    model, extras, hit = cached_model(config, build, train, threads=threads)
     return model.eval(), pd.DataFrame(extras["history"]), hit
 
 
