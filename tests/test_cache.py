@@ -60,13 +60,19 @@ def test_corrupt_file_is_rebuilt(tmp_path):
     assert (hit, len(calls)) == (True, 2)
 
 
-def test_trained_on_the_same_threads_whoever_asks(tmp_path):
-    seen = []
+def _thread_recorder(seen: list) -> object:
+    """A ``train`` for ``cached_model`` that notes the thread count it ran on."""
 
     def train(model):
         seen.append(torch.get_num_threads())
         return {}
 
+    return train
+
+
+def test_trained_on_the_same_threads_whoever_asks(tmp_path):
+    seen = []
+    train = _thread_recorder(seen)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -80,11 +86,7 @@ def test_trained_on_the_same_threads_whoever_asks(tmp_path):
 
 def test_a_model_asked_for_on_more_threads_is_another_entry(tmp_path):
     seen = []
-
-    def train(model):
-        seen.append(torch.get_num_threads())
-        return {}
-
+    train = _thread_recorder(seen)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
