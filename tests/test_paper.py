@@ -476,3 +476,10 @@ def test_teacher_curve_note_shows_the_error_falling_with_epochs():
     rec = {**DISTIL, "learning_curves": curves}
     teacher = claims.hinton_error_targets(rec)[0]
     assert teacher["note"] == "the paper: 67; " + note
+
+
+def test_a_render_says_it_ran_nothing():
+    runs = {"a": RunResult("a", "ok", 10.0)}
+    info = {"cpu": "Test CPU", "commit": "abc"}
+    assert "this invocation ran nothing" in paper.markdown(runs, None, info, {}, ["a"])
+    assert "this invocation: 12 s wall" in paper.markdown(runs, 12.0, info, {}, ["a"])

@@ -65,7 +65,7 @@ def _fmt(v: float, low: float = math.nan, high: float = math.nan) -> str:
 
 def markdown(
     runs: Mapping[str, RunResult],
-    wall_seconds: float,
+    wall_seconds: float | None,
     info: Mapping[str, str],
     commits: Mapping[str, str] | None = None,
     profiles: list[str] | None = None,
@@ -74,7 +74,7 @@ def markdown(
 
     Args:
         runs: run name (``<stem>`` or ``<stem>.<variant>``) -> its latest result.
-        wall_seconds: wall time of this invocation.
+        wall_seconds: wall time of this invocation's runs (None: it ran nothing, ``--render``).
         info: the machine (``nbhelpers.reporting.bench.machine_info``) and the current commit.
         commits: run name -> the commit it ran at (default: the current one for every run).
         profiles: every profile's run name, for the budget target (``budget_target``; None: no
@@ -93,6 +93,11 @@ def markdown(
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = "".join(f"| {k} | {v} |\n" for k, v in info.items())
     total = sum(r.seconds for r in runs.values())
+    invocation = (
+        "this invocation ran nothing (written from the run log)"
+        if wall_seconds is None
+        else f"this invocation: {wall_seconds:.0f} s wall"
+    )
     return f"""# The papers' MNIST tables, reproduced
 
 Written by `make paper` (`python -m nbhelpers.reporting.paper`) on {date}, at commit {at}; each
@@ -110,8 +115,7 @@ test. Rows marked "not run" are not reproduced yet and say why.
 {markdown_table(ts)}
 ## Runs
 
-Every run, one at a time: {total:.0f} s in all ({total / 3600:.2f} h); this invocation:
-{wall_seconds:.0f} s wall.
+Every run, one at a time: {total:.0f} s in all ({total / 3600:.2f} h); {invocation}.
 
 {markdown_table(table_runs)}
 ## Machine
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {k: RunResult(**v["result"]) for k, v in log.items() if k in files}
     commits = {k: v["commit"] for k, v in log.items() if k in files}
     info = {**machine_info(), "commit": at}
-    text = markdown(runs, wall, info, commits, sorted(files))
+    text = markdown(runs, wall if chosen else None, info, commits, sorted(files))
     args.doc.write_text(text, encoding="utf-8")
     print(f"wrote {args.doc}")
     return 1 if any(runs[k].status != "ok" for k in chosen) else 0
