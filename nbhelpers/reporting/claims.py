@@ -14,6 +14,7 @@ import pandas as pd
 from nbhelpers.measure.targets import target
 from nbhelpers.reporting.figure1_claims import bn_above_share, figure1_context
 from nbhelpers.reporting.hinton_claims import (
+    Figure,
     accuracy_errors,
     hinton_error_targets,
     hinton_gap_target,
@@ -23,8 +24,6 @@ from nbhelpers.reporting.record_claims import record_claim_rows, record_targets
 
 CAFFE = "04_weight_pruning.lenet5_caffe"  # Han et al.'s LeNet-5 through notebook 04
 DC_CAFFE = "10_compression_pipeline.lenet5_caffe"  # Deep Compression's LeNet-5 through 10
-
-Figure = tuple[float, float, float]  # (value, low, high); low/high NaN without an interval
 
 
 @dataclass(frozen=True)

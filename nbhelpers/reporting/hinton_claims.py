@@ -12,7 +12,7 @@ from typing import Any
 from nbhelpers.measure.stats import wilson_interval
 from nbhelpers.measure.targets import target
 
-Figure = tuple[float, float, float]  # (value, low, high)
+Figure = tuple[float, float, float]  # (value, low, high); low/high NaN without an interval
 
 
 def accuracy_errors(rec: Mapping[str, Any], accuracy: float) -> Figure:
